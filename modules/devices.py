@@ -1,0 +1,119 @@
+"""Device and precision choices in one place (A1111's `modules.devices`, minus the hijacks).
+
+CUDA runs the UNet and text encoders in float16 (bfloat16 by option) and the VAE in float16 too, except the SDXL
+VAE, whose activations overflow float16: it runs in bfloat16 where the GPU has it, float32 otherwise. The CPU
+always computes in float32. `--no-half`, `--no-half-vae`, `--precision full` and `--use-cpu` adjust this.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import sys
+from dataclasses import dataclass
+
+import torch
+
+cpu = torch.device("cpu")
+
+
+@dataclass
+class Precision:
+    device: torch.device
+    unet: torch.dtype
+    text_encoder: torch.dtype
+    vae: torch.dtype
+    sdxl_vae: torch.dtype
+
+
+def choose_device(use_cpu: list[str] | None = None, device_id: int | None = None) -> torch.device:
+    use_cpu = [u.lower() for u in (use_cpu or [])]
+    if "all" in use_cpu or "sd" in use_cpu or not torch.cuda.is_available():
+        return cpu
+    return torch.device("cuda", device_id or 0)
+
+
+def choose_precision(
+    device: torch.device,
+    no_half: bool = False,
+    no_half_vae: bool = False,
+    precision: str = "autocast",
+    prefer_bf16: bool = False,
+) -> Precision:
+    if device.type != "cuda" or no_half or precision == "full":
+        model = torch.float32
+    elif prefer_bf16 and torch.cuda.is_bf16_supported():
+        model = torch.bfloat16
+    else:
+        model = torch.float16
+    if model == torch.float32 or no_half_vae:
+        vae = sdxl_vae = torch.float32
+    else:
+        vae = model
+        # bfloat16 has float32's range, so the SDXL VAE cannot overflow in it; float16 it would (black/NaN images).
+        sdxl_vae = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    return Precision(device=device, unet=model, text_encoder=model, vae=vae, sdxl_vae=sdxl_vae)
+
+
+def precision_from_cmd_opts(cmd_opts, prefer_bf16: bool = False) -> Precision:
+    device = choose_device(getattr(cmd_opts, "use_cpu", None), getattr(cmd_opts, "device_id", None))
+    return choose_precision(
+        device,
+        no_half=bool(getattr(cmd_opts, "no_half", False)),
+        no_half_vae=bool(getattr(cmd_opts, "no_half_vae", False)),
+        precision=getattr(cmd_opts, "precision", "autocast") or "autocast",
+        prefer_bf16=prefer_bf16,
+    )
+
+
+# A1111 module-level names that extensions read. `configure()` keeps them in step with the chosen precision.
+device: torch.device = cpu
+dtype: torch.dtype = torch.float32
+dtype_vae: torch.dtype = torch.float32
+dtype_unet: torch.dtype = torch.float32
+
+
+def configure(precision: Precision) -> None:
+    global device, dtype, dtype_vae, dtype_unet
+    device, dtype, dtype_vae, dtype_unet = precision.device, precision.unet, precision.vae, precision.unet
+
+
+def get_optimal_device() -> torch.device:
+    return device
+
+
+def _malloc_trim() -> None:
+    """glibc keeps freed heap pages; after dropping a model, ask it to return them to the OS."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+
+
+def torch_gc() -> None:
+    """Give freed memory back: Python objects first, then the CUDA cache, then the C heap."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.ipc_collect()
+    _malloc_trim()
+
+
+def autocast(disable: bool = False):
+    """Weights are already in the compute dtype, so no autocast is needed; kept for extensions that call it."""
+    return contextlib.nullcontext()
+
+
+def attention_backend(xformers_flag: bool, setting: str = "Automatic") -> str:
+    """Which attention implementation to use: 'sdpa' (default), 'xformers' when asked for and installed."""
+    wants_xformers = xformers_flag or setting.lower() == "xformers"
+    if wants_xformers:
+        try:
+            import xformers.ops  # noqa: F401
+
+            return "xformers"
+        except ImportError:
+            return "sdpa"
+    return "sdpa"

@@ -1,0 +1,118 @@
+"""One place that decides which checkpoints are in memory and where (ComfyUI's model_management, in small).
+
+- `sd_checkpoints_limit` models stay loaded at most (the current one included), least recently used go first.
+- With `sd_checkpoints_keep_in_cpu`, only the current model sits on the GPU; the others wait in RAM.
+- A checkpoint that fails to load leaves the previous model current and usable.
+- Memory of a dropped model is handed back to the OS (gc, CUDA cache, malloc_trim), so switching does not grow.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from modules import devices
+from modules.devices import Precision
+from modules.models.loader import load_model
+from modules.models.sd_model import StableDiffusionModel
+from modules.models.vae_loader import apply_vae
+
+
+@dataclass
+class CachePolicy:
+    limit: int = 1  # A1111 sd_checkpoints_limit
+    keep_in_cpu: bool = True  # A1111 sd_checkpoints_keep_in_cpu
+
+
+class ModelManager:
+    def __init__(self, precision: Callable[[], Precision], policy: Callable[[], CachePolicy] = CachePolicy):
+        self._precision = precision
+        self._policy = policy
+        self._loaded: OrderedDict[str, StableDiffusionModel] = OrderedDict()  # most recently used last
+        self.current: StableDiffusionModel | None = None
+        self.lock = threading.RLock()
+        self.loaded_listeners: list[Callable[[StableDiffusionModel], None]] = []
+
+    @property
+    def loaded_filenames(self) -> list[str]:
+        return list(self._loaded)
+
+    def load(self, checkpoint_info, vae_path: str | None = None) -> StableDiffusionModel:
+        """Make `checkpoint_info` the current model (with `vae_path`, None = its own VAE) and return it."""
+        with self.lock:
+            key = checkpoint_info.filename
+            if self.current is not None and self._key(self.current) == key:
+                apply_vae(self.current, vae_path)
+                return self.current
+            precision = self._precision()
+            previous = self.current
+            self._park(previous, precision)
+            cached = self._loaded.get(key)
+            if cached is not None:
+                cached.to(precision.device)
+                model = cached
+            else:
+                # Make room first, but hold on to what was dropped until the new model is in: if the load
+                # fails, the previous model goes back exactly as it was.
+                dropped = self._drop_for_room()
+                try:
+                    model = load_model(key, precision, checkpoint_info=checkpoint_info)
+                except BaseException:
+                    self._loaded = OrderedDict([*dropped, *self._loaded.items()])
+                    if previous is not None:
+                        previous.to(precision.device)
+                    raise
+                del dropped
+            try:
+                apply_vae(model, vae_path)
+            finally:
+                # A VAE that does not fit is reported, but the checkpoint itself is fine: it stays current.
+                self._activate(model, key)
+                del previous
+                devices.torch_gc()
+            return model
+
+    def unload(self) -> None:
+        """Drop every loaded model (A1111's unload-checkpoint) and give the memory back."""
+        with self.lock:
+            self._loaded.clear()
+            self.current = None
+            devices.torch_gc()
+
+    def _activate(self, model: StableDiffusionModel, key: str) -> None:
+        self._loaded[key] = model
+        self._loaded.move_to_end(key)
+        self.current = model
+        self._evict(keep=key)
+        for listener in self.loaded_listeners:
+            listener(model)
+
+    @staticmethod
+    def _key(model: StableDiffusionModel) -> str:
+        return model.checkpoint_info.filename
+
+    def _park(self, model: StableDiffusionModel | None, precision: Precision) -> None:
+        """Move the outgoing model off the GPU if the policy says only one lives there."""
+        if model is not None and self._policy().keep_in_cpu and precision.device.type != "cpu":
+            model.to(devices.cpu)
+            devices.torch_gc()
+
+    def _drop_for_room(self) -> list[tuple[str, StableDiffusionModel]]:
+        """Take the least recently used models out of the cache so one more fits; return them."""
+        dropped = []
+        while self._loaded and len(self._loaded) >= max(1, self._policy().limit):
+            dropped.append(self._loaded.popitem(last=False))
+        return dropped
+
+    def _evict(self, keep: str) -> None:
+        while len(self._loaded) > max(1, self._policy().limit):
+            oldest = next(iter(self._loaded))
+            if oldest == keep:
+                break
+            self._drop_oldest()
+
+    def _drop_oldest(self) -> None:
+        self._loaded.popitem(last=False)
+        devices.torch_gc()

@@ -1,0 +1,80 @@
+"""The loaded model: diffusers components plus what the engine and extensions need to know about them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from modules.models.detection import ModelSpec
+
+
+@dataclass
+class StableDiffusionModel:
+    spec: ModelSpec
+    unet: torch.nn.Module
+    vae: torch.nn.Module
+    text_encoders: list[torch.nn.Module]
+    tokenizers: list[Any]
+    alphas_cumprod: torch.Tensor
+    checkpoint_info: Any = None  # registry.CheckpointInfo
+    vae_file: str | None = None  # external VAE in use; None = the checkpoint's own
+    baked_vae_state: dict[str, torch.Tensor] | None = field(default=None, repr=False)  # to undo an external VAE
+    attention: str = "sdpa"
+
+    # --- A1111 attribute names that extensions read -------------------------------------------------------------
+    @property
+    def sd_checkpoint_info(self):
+        return self.checkpoint_info
+
+    @property
+    def sd_model_checkpoint(self) -> str | None:
+        return getattr(self.checkpoint_info, "filename", None)
+
+    @property
+    def sd_model_hash(self) -> str | None:
+        return getattr(self.checkpoint_info, "shorthash", None) or getattr(self.checkpoint_info, "hash", None)
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.spec.is_sdxl
+
+    @property
+    def is_sdxl_refiner(self) -> bool:
+        return self.spec.family == "sdxl_refiner"
+
+    @property
+    def is_sd2(self) -> bool:
+        return self.spec.family == "sd2"
+
+    @property
+    def is_sd1(self) -> bool:
+        return self.spec.family == "sd1"
+
+    @property
+    def parameterization(self) -> str:
+        return "v" if self.spec.prediction_type == "v_prediction" else "eps"
+
+    @property
+    def is_inpainting(self) -> bool:
+        return self.spec.variant == "inpaint"
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.vae.config.latent_channels)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    def modules(self) -> list[torch.nn.Module]:
+        return [self.unet, self.vae, *self.text_encoders]
+
+    def to(self, device: torch.device | str) -> StableDiffusionModel:
+        for module in self.modules():
+            module.to(device)
+        return self
+
+    def parameter_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() for m in self.modules() for p in m.parameters())
