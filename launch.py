@@ -1,0 +1,198 @@
+"""Start the web UI the A1111 way: parse flags, prepare the environment, then hand over to webui.start().
+
+Extension install.py scripts `import launch` and call `is_installed`, `run_pip`, `run`, `python`,
+`index_url` and `args`, so those names are public. Start-up stays fast: nothing here imports torch, and the
+requirement check reads installed-package metadata instead of asking pip.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import importlib.util
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+
+from modules import cmd_args, shared
+
+script_path = os.path.dirname(os.path.abspath(__file__))
+python: str = sys.executable
+git: str = os.environ.get("GIT", "git")
+index_url: str = os.environ.get("INDEX_URL", "")
+requirements_file: str = os.environ.get("REQS_FILE", os.path.join(script_path, "requirements.txt"))
+default_command_live: bool = os.environ.get("WEBUI_LAUNCH_LIVE_OUTPUT") == "1"
+
+# What `import launch` sees, e.g. in an install.py run in its own process: lenient, so a flag only an
+# extension knows cannot kill the import. main() replaces it with the strict parse.
+args: argparse.Namespace = cmd_args.parse_args([], os.environ, strict=False)
+
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "DIFFUSERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+}
+
+
+def run(
+    command: str | Sequence[str],
+    desc: str | None = None,
+    errdesc: str | None = None,
+    custom_env: Mapping[str, str] | None = None,
+    live: bool = default_command_live,
+) -> str:
+    """Run a command; return its output ("" when live). A string runs through the shell, as in A1111."""
+    if desc:
+        print(desc, flush=True)
+    shell = isinstance(command, str)
+    env = dict(custom_env) if custom_env is not None else None
+    result = subprocess.run(command, shell=shell, env=env, capture_output=not live, text=True, errors="replace")
+    if result.returncode != 0:
+        shown = command if shell else shlex.join(command)
+        message = [f"{errdesc or 'Error running command'}.", f"Command: {shown}", f"Error code: {result.returncode}"]
+        if not live:
+            message += [f"stdout: {result.stdout or '<empty>'}", f"stderr: {result.stderr or '<empty>'}"]
+        raise RuntimeError("\n".join(message))
+    return "" if live else (result.stdout or "")
+
+
+def run_pip(command: str, desc: str | None = None, live: bool = default_command_live) -> str:
+    """`python -m pip <command>`, as install.py scripts call it; does nothing with --skip-install."""
+    if args.skip_install:
+        return ""
+    extra = ["--index-url", index_url] if index_url else []
+    argv = [python, "-m", "pip", *shlex.split(command), "--prefer-binary", *extra]
+    return run(argv, desc=f"Installing {desc}", errdesc=f"Couldn't install {desc}", live=live)
+
+
+def is_installed(package: str) -> bool:
+    """Whether a distribution (or, failing that, an importable module) of this name is present."""
+    try:
+        importlib.metadata.distribution(package)
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+_PIN = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*(?:==\s*([^\s;#]+))?")
+
+
+def missing_requirements(path: str) -> list[str]:
+    """Lines of a requirements file that the installed packages do not satisfy, with what is installed.
+
+    Understands `name` and `name==version` (the form our requirements.txt uses); other specifiers only
+    check that the package is there. Options (-r, --index-url ...) are skipped.
+    """
+    problems = []
+    with open(path, encoding="utf8") as file:
+        for raw in file:
+            line = raw.split("#", 1)[0].strip()
+            if not line or line.startswith("-"):
+                continue
+            match = _PIN.match(line)
+            if not match:
+                problems.append(f"{line} (cannot be read)")
+                continue
+            name, wanted = match.groups()
+            if not _applies_here(line):
+                continue
+            try:
+                installed = importlib.metadata.version(name)
+            except importlib.metadata.PackageNotFoundError:
+                problems.append(f"{line} (not installed)")
+                continue
+            if wanted and not _same_version(installed, wanted):
+                problems.append(f"{line} (installed: {installed})")
+    return problems
+
+
+def _applies_here(line: str) -> bool:
+    """False when an environment marker (`; sys_platform == "win32"`) excludes this line here."""
+    if ";" not in line:
+        return True
+    try:
+        from packaging.markers import Marker
+
+        return Marker(line.split(";", 1)[1].strip()).evaluate()
+    except Exception:
+        return True  # cannot judge the marker: check the package anyway
+
+
+def _same_version(installed: str, wanted: str) -> bool:
+    try:
+        from packaging.version import Version  # present wherever pip-installed transformers is
+
+        return Version(installed) == Version(wanted)
+    except Exception:
+        return installed == wanted
+
+
+def _install_torch() -> None:
+    torch_command = os.environ.get("TORCH_COMMAND", "pip install torch==2.13.0")
+    argv = shlex.split(torch_command)
+    if not argv:
+        print("TORCH_COMMAND is empty; not installing torch", file=sys.stderr)
+        return
+    if argv and os.path.basename(argv[0]) in ("python", "python3"):
+        argv = argv[1:]  # "python -m pip ..." is accepted too
+    if argv[:1] == ["-m"]:
+        argv = argv[1:]
+    run([python, "-m", *argv], "Installing torch", "Couldn't install torch", live=True)
+
+
+def _install_requirements(path: str) -> None:
+    # Pin whatever torch is installed, so pip can never replace it while resolving the other packages.
+    with tempfile.TemporaryDirectory() as tmp:
+        constraints = []
+        if is_installed("torch"):
+            constraints = ["-c", os.path.join(tmp, "constraints.txt")]
+            with open(constraints[1], "w", encoding="utf8") as file:
+                file.write(f"torch=={importlib.metadata.version('torch')}\n")
+        extra = ["--index-url", index_url] if index_url else []
+        argv = [python, "-m", "pip", "install", "-r", path, *constraints, "--prefer-binary", *extra]
+        run(argv, "Installing requirements", "Couldn't install requirements", live=True)
+
+
+def prepare_environment(cmd_opts: argparse.Namespace) -> None:
+    """Go offline-first, then (unless --skip-install) install torch if absent and fix unmet requirements."""
+    os.environ.update(OFFLINE_ENV)
+    if cmd_opts.skip_install:
+        return
+    if not is_installed("torch"):
+        _install_torch()
+    missing = missing_requirements(requirements_file)
+    if missing:
+        print("Requirements not met: " + ", ".join(missing), flush=True)
+        _install_requirements(requirements_file)
+
+
+def main(argv: list[str] | None = None) -> int:
+    global args
+    args = cmd_args.parse_args(argv, os.environ)
+    shared.set_cmd_opts(args)
+    for flag in cmd_args.not_yet_effective(args):
+        print(f"note: {flag} is accepted but not yet effective")
+    prepare_environment(args)
+    if args.exit:
+        print("Exiting because of --exit argument")
+        return 0
+
+    import webui  # only now: it pulls in the heavy libraries
+
+    webui.start()
+    return 0
+
+
+if __name__ == "__main__":
+    # `import launch` from code running in this process must find this module, not load a second copy.
+    sys.modules.setdefault("launch", sys.modules[__name__])
+    sys.exit(main())

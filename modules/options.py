@@ -1,0 +1,407 @@
+"""Settings (A1111's `shared.opts`): a registry of `OptionInfo` templates plus the values in config.json.
+
+Built-ins and extensions register options the same way (`opts.add_option`). Saving is atomic, and a corrupt
+config.json is moved aside instead of stopping start-up (A1111 #9163, #8836).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+class OptionInfo:
+    """One setting's template: default, label, UI component and where it shows in the settings page."""
+
+    def __init__(
+        self,
+        default: Any = None,
+        label: str = "",
+        component: Any = None,
+        component_args: dict | Callable[[], dict] | None = None,
+        onchange: Callable[[], None] | None = None,
+        section: tuple[str | None, str] | None = None,
+        refresh: Callable[[], None] | None = None,
+        comment_before: str = "",
+        comment_after: str = "",
+        infotext: str | None = None,
+        restrict_api: bool = False,
+        category_id: str | None = None,
+    ) -> None:
+        self.default = default
+        self.label = label
+        self.component = component
+        self.component_args = component_args
+        self.onchange = onchange
+        self.section = section
+        self.category_id = category_id
+        self.refresh = refresh
+        self.do_not_save = False
+        self.comment_before = comment_before
+        self.comment_after = comment_after
+        self.infotext = infotext  # name of the infotext field that carries this setting, e.g. "Clip skip"
+        self.restrict_api = restrict_api  # True: the API may not change it (paths, security-relevant switches)
+
+    # Chainable helpers, as A1111 extensions write them: OptionInfo(...).info("...").needs_reload_ui()
+    def link(self, label: str, url: str) -> OptionInfo:
+        self.comment_before += f"[<a href='{url}' target='_blank'>{label}</a>]"
+        return self
+
+    def js(self, label: str, js_func: str) -> OptionInfo:
+        self.comment_before += f"[<a onclick='{js_func}(); return false'>{label}</a>]"
+        return self
+
+    def info(self, info: str) -> OptionInfo:
+        self.comment_after += f"<span class='info'>({info})</span>"
+        return self
+
+    def html(self, html: str) -> OptionInfo:
+        self.comment_after += html
+        return self
+
+    def needs_restart(self) -> OptionInfo:
+        self.comment_after += " <span class='info'>(requires restart)</span>"
+        return self
+
+    def needs_reload_ui(self) -> OptionInfo:
+        self.comment_after += " <span class='info'>(requires Reload UI)</span>"
+        return self
+
+
+class OptionHTML(OptionInfo):
+    """A block of explanatory HTML on the settings page; it has no value and is never saved."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(str(text).strip(), label="")
+        self.do_not_save = True
+
+
+def options_section(section_identifier: tuple, options_dict: dict[str, OptionInfo]) -> dict[str, OptionInfo]:
+    """Put options into a settings section: (id, label) or (id, label, category_id)."""
+    for info in options_dict.values():
+        info.section = tuple(section_identifier[:2])
+        if len(section_identifier) == 3:
+            info.category_id = section_identifier[2]
+    return options_dict
+
+
+@dataclass
+class OptionsCategory:
+    id: str
+    label: str
+
+
+class OptionsCategories:
+    """Groups of sections on the settings page ("Stable Diffusion", "User interface", ...)."""
+
+    def __init__(self) -> None:
+        self.mapping: dict[str, OptionsCategory] = {}
+
+    def register_category(self, category_id: str, label: str) -> str:
+        self.mapping.setdefault(category_id, OptionsCategory(category_id, label))
+        return category_id
+
+
+categories = OptionsCategories()
+
+_BUILTIN_FIELDS = {"data", "data_labels", "restricted_opts", "typemap", "_save_lock"}
+_FALSE_WORDS = {"false", "0", "no", "off"}
+_TRUE_WORDS = {"true", "1", "yes", "on"}
+
+
+class Options:
+    """Setting values by key, readable and writable as attributes: `opts.sd_vae`."""
+
+    typemap = {int: float}  # an int setting may hold a float and vice versa (sliders send either)
+
+    def __init__(self, data_labels: dict[str, OptionInfo] | None = None, restricted_opts: set[str] | None = None):
+        object.__setattr__(self, "data_labels", data_labels if data_labels is not None else {})
+        object.__setattr__(self, "restricted_opts", restricted_opts if restricted_opts is not None else set())
+        object.__setattr__(self, "data", self._defaults())
+        object.__setattr__(self, "_save_lock", threading.Lock())
+
+    def _defaults(self) -> dict[str, Any]:
+        return {k: v.default for k, v in self.data_labels.items() if not v.do_not_save}
+
+    def __getattr__(self, item: str) -> Any:
+        # Only called when normal lookup fails, i.e. for setting keys.
+        if item in _BUILTIN_FIELDS:
+            raise AttributeError(item)
+        if item in self.data:
+            return self.data[item]
+        if item in self.data_labels:
+            return self.data_labels[item].default
+        raise AttributeError(f"no setting named {item!r}")
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        if key in _BUILTIN_FIELDS:
+            object.__setattr__(self, key, value)
+            return
+        if key not in self.data_labels and key not in self.data:
+            raise AttributeError(f"no setting named {key!r}; register it first with opts.add_option()")
+        info = self.data_labels.get(key)
+        if info is not None and info.do_not_save:
+            return
+        args = info.component_args if info is not None else None
+        if isinstance(args, dict) and args.get("visible", True) is False:
+            raise RuntimeError(f"setting {key!r} is restricted and cannot be changed")
+        self.data[key] = value
+
+    def set(self, key: str, value: Any, is_api: bool = False, run_callbacks: bool = True) -> bool:
+        """Set a value and run its onchange callback; True if the value changed.
+
+        A failing callback is reported and the old value restored, so one broken extension cannot leave a
+        setting half-applied.
+        """
+        if key not in self.data_labels:
+            raise KeyError(f"no setting named {key!r}")
+        option = self.data_labels[key]
+        old = self.data.get(key, option.default)
+        if old == value or option.do_not_save or (is_api and option.restrict_api):
+            return False
+        try:
+            setattr(self, key, value)
+        except RuntimeError:
+            return False
+        if run_callbacks and option.onchange is not None:
+            try:
+                option.onchange()
+            except Exception:
+                print(f"Error changing setting {key} to {value!r}:\n{traceback.format_exc()}", file=sys.stderr)
+                setattr(self, key, old)
+                return False
+        return True
+
+    def get_default(self, key: str) -> Any:
+        info = self.data_labels.get(key)
+        return None if info is None else info.default
+
+    def add_option(self, key: str, info: OptionInfo) -> None:
+        self.data_labels[key] = info
+        if key not in self.data and not info.do_not_save:
+            self.data[key] = info.default
+
+    def onchange(self, key: str, func: Callable[[], None], call: bool = True) -> None:
+        """Run func (no arguments) whenever the setting changes through set(); call it once now if call."""
+        if key not in self.data_labels:
+            raise KeyError(f"no setting named {key!r}")
+        self.data_labels[key].onchange = func
+        if call:
+            func()
+
+    def same_type(self, x: Any, y: Any) -> bool:
+        if x is None or y is None:
+            return True
+        return self.typemap.get(type(x), type(x)) == self.typemap.get(type(y), type(y))
+
+    def cast_value(self, key: str, value: Any) -> Any:
+        """Convert value (often a string from the API or infotext) to the type of the setting's default.
+
+        Raises ValueError naming the key when the value does not fit. Settings whose default is None and that
+        have no value yet carry no type, so the value is returned as given.
+        """
+        if key not in self.data_labels:
+            raise KeyError(f"no setting named {key!r}")
+        if value is None:
+            return None
+        reference = self.data_labels[key].default
+        if reference is None:
+            reference = self.data.get(key)
+        if reference is None:
+            return value
+        try:
+            return _cast(value, type(reference))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"setting {key!r}: cannot use {value!r} as {type(reference).__name__} ({e})") from None
+
+    def save(self, filename: str) -> None:
+        """Write the values as JSON, atomically: a crash leaves either the old file or the new one."""
+        data = self._serializable(dict(self.data))
+        text = json.dumps(data, indent=4, ensure_ascii=False)
+        with self._save_lock:
+            _atomic_write(filename, text)
+
+    def _serializable(self, data: dict[str, Any]) -> dict[str, Any]:
+        # One unserializable value (an extension storing an object) drops that key, not the whole save.
+        try:
+            json.dumps(data)
+            return data
+        except (TypeError, ValueError):
+            pass
+        kept = {}
+        for key, value in data.items():
+            try:
+                json.dumps(value)
+                kept[key] = value
+            except (TypeError, ValueError):
+                print(f"Warning: setting {key!r} not saved: {type(value).__name__} is not JSON", file=sys.stderr)
+        return kept
+
+    def load(self, filename: str) -> None:
+        """Read values from a JSON file. Missing file: defaults. Corrupt file: moved aside, defaults, a warning."""
+        loaded: dict[str, Any] = {}
+        try:
+            with open(filename, encoding="utf8") as file:
+                loaded = json.load(file)
+            if not isinstance(loaded, dict):
+                raise ValueError(f"expected a JSON object, found {type(loaded).__name__}")
+        except FileNotFoundError:
+            loaded = {}
+        except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            _move_aside(filename, e)
+            loaded = {}
+
+        data = self._defaults()
+        data.update(loaded)
+        _migrate(data, loaded)
+        object.__setattr__(self, "data", data)
+        self._warn_bad_types(loaded)
+
+    def _warn_bad_types(self, loaded: dict[str, Any]) -> None:
+        bad = 0
+        for key, value in loaded.items():
+            info = self.data_labels.get(key)
+            if info is not None and not self.same_type(info.default, value):
+                expected = type(info.default).__name__
+                print(f"Warning: bad setting value: {key}: {value!r} ({type(value).__name__}; expected {expected})",
+                      file=sys.stderr)
+                bad += 1
+        if bad:
+            print(f"{bad} settings in the config file have values of the wrong type", file=sys.stderr)
+
+    def dumpjson(self) -> str:
+        """All values plus the comments and category headings the settings page needs."""
+        d: dict[str, Any] = {k: self.data.get(k, v.default) for k, v in self.data_labels.items()}
+        d["_comments_before"] = {k: v.comment_before for k, v in self.data_labels.items() if v.comment_before}
+        d["_comments_after"] = {k: v.comment_after for k, v in self.data_labels.items() if v.comment_after}
+
+        # [section label, category label] for the first section of each category: the page puts a heading there.
+        first_section: dict[str, str] = {}
+        for info in self.data_labels.values():
+            if not info.section or info.section[0] is None:
+                continue
+            category = categories.mapping.get(info.category_id or "")
+            first_section.setdefault(category.label if category is not None else "Uncategorized", info.section[1])
+        d["_categories"] = [[section, cat] for cat, section in first_section.items()] + [["Defaults", "Other"]]
+        return json.dumps(d, default=str)
+
+    def reorder(self) -> None:
+        """Sort settings by category (registration order), then by section label, as the settings page shows them."""
+        order = {cat_id: i for i, cat_id in enumerate(categories.mapping)}
+
+        def rank(item: tuple[str, OptionInfo]) -> tuple[int, str]:
+            info = item[1]
+            section_label = info.section[1] if info.section else ""
+            return order.get(info.category_id or "", len(order)), section_label or ""
+
+        ordered = dict(sorted(self.data_labels.items(), key=rank))
+        self.data_labels.clear()  # in place: shared.options_templates is the same dict
+        self.data_labels.update(ordered)
+
+
+def _cast(value: Any, expected: type) -> Any:
+    if isinstance(value, expected) and not (expected is int and isinstance(value, bool)):
+        return value
+    if expected is bool:
+        if isinstance(value, str) and value.strip().lower() in _TRUE_WORDS | _FALSE_WORDS:
+            return value.strip().lower() in _TRUE_WORDS
+        if isinstance(value, int | float) and value in (0, 1):
+            return bool(value)
+        raise ValueError("expected true/false")
+    if expected is int:
+        if isinstance(value, bool):
+            raise ValueError("expected a number")
+        number = float(value) if isinstance(value, str) and not value.strip().lstrip("+-").isdigit() else value
+        if isinstance(number, float) and not number.is_integer():
+            raise ValueError("expected a whole number")
+        return int(number)
+    if expected is float:
+        if isinstance(value, bool):
+            raise ValueError("expected a number")
+        return float(value)
+    if expected is str:
+        return str(value)
+    if expected in (list, tuple) and isinstance(value, list | tuple):
+        return expected(value)
+    if expected in (list, dict) and isinstance(value, str):
+        parsed = json.loads(value)
+        if isinstance(parsed, expected):
+            return parsed
+    raise ValueError(f"expected {expected.__name__}")
+
+
+def _migrate(data: dict[str, Any], loaded: dict[str, Any]) -> None:
+    """Carry old keys over to their new names, as A1111 does when reading an older config.json."""
+    # 1.6.0: sd_vae_as_default became sd_vae_overrides_per_model_preferences (with the opposite meaning)
+    if loaded.get("sd_vae_as_default") is not None and "sd_vae_overrides_per_model_preferences" not in loaded:
+        data["sd_vae_overrides_per_model_preferences"] = not loaded["sd_vae_as_default"]
+
+
+def _move_aside(filename: str, error: Exception) -> None:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = f"{filename}.bad-{stamp}"
+    n = 1
+    while os.path.exists(target):
+        target = f"{filename}.bad-{stamp}-{n}"
+        n += 1
+    try:
+        os.replace(filename, target)
+        where = f'it was moved to "{target}"'
+    except OSError as move_error:
+        where = f"it could not be moved aside ({move_error})"
+    print(f'Warning: could not load settings from "{filename}" ({type(error).__name__}: {error}); '
+          f"{where}; using default settings", file=sys.stderr)
+
+
+def _atomic_write(filename: str, text: str) -> None:
+    directory = os.path.dirname(os.path.abspath(filename))
+    os.makedirs(directory, exist_ok=True)
+    # Same directory, so os.replace is a rename on one file system. 0o666 lets the umask decide, like open().
+    tmp = os.path.join(directory, f".{os.path.basename(filename)}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "w", encoding="utf8") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        _keep_mode(filename, tmp)
+        os.replace(tmp, filename)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(directory)
+
+
+def _keep_mode(existing: str, tmp: str) -> None:
+    # A user who restricted config.json's permissions keeps them after a save.
+    try:
+        os.chmod(tmp, os.stat(existing).st_mode & 0o777)
+    except OSError:
+        pass
+
+
+def _fsync_dir(directory: str) -> None:
+    # Makes the rename itself durable on POSIX; not possible (nor needed) on Windows.
+    if os.name != "posix":
+        return
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
