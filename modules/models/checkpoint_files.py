@@ -126,7 +126,9 @@ def _load_pickle(path: str, device: str) -> dict[str, Any]:
     if not zipfile.is_zipfile(path):
         # Legacy (pre-1.6) torch files are a bare pickle stream; anything else is not a torch file at all.
         with open(path, "rb") as f:
-            magic = f.read(2)
+            magic = f.read(4)
+        if magic == b"PK\x03\x04":
+            raise ModelFileError(path, "truncated or corrupt checkpoint: the zip archive is damaged")
         if len(magic) < 2 or magic[0] != 0x80:
             raise ModelFileError(path, "not a PyTorch checkpoint (neither a zip archive nor a pickle stream)")
     try:
