@@ -36,6 +36,11 @@ EFFECTIVE_FLAGS: set[str] = {
     "--xformers",
     "--opt-sdp-attention",
     "--exit",
+    "--skip-load-model-at-start",
+    "--no-hashing",
+    "--loglevel",
+    "--filenames-max-length",
+    "--device-id",
 }
 
 # Values that must never be shown back (API /cmd-flags, logs, sysinfo): credentials and TLS material.

@@ -249,7 +249,7 @@ def list_models(
     if ckpt_file:
         if os.path.exists(ckpt_file):
             add(ckpt_file)
-        else:
+        elif os.path.abspath(ckpt_file) != os.path.join(paths.script_path, "model.ckpt"):  # A1111's default value
             log.warning("checkpoint in --ckpt argument not found: %s", ckpt_file)
     for root in roots:
         if os.path.isdir(root):

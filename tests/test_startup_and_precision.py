@@ -1,0 +1,84 @@
+"""The launcher starts on a data dir with a checkpoint, and precision follows the flags."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from tiny_models import write_tiny_checkpoint
+
+from modules import devices
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _launch(*args, env_extra=None):
+    env = dict(os.environ, **(env_extra or {}))
+    return subprocess.run([sys.executable, "launch.py", "--skip-install", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_launch_loads_the_checkpoint_from_the_data_dir(tmp_path):
+    ckpt_dir = tmp_path / "models" / "Stable-diffusion"
+    ckpt_dir.mkdir(parents=True)
+    write_tiny_checkpoint(ckpt_dir / "tiny.safetensors", "sd1")
+    result = _launch("--data-dir", str(tmp_path), "--use-cpu", "all")
+    assert result.returncode == 0, result.stderr
+    assert "Model loaded: tiny.safetensors [" in result.stdout
+    assert "(SD1.x) on cpu" in result.stdout
+    assert "not available in this build yet" in result.stdout
+    assert (tmp_path / "cache.json").exists()  # the hash was computed and cached
+
+
+def test_launch_reports_a_broken_checkpoint_without_crashing(tmp_path):
+    ckpt_dir = tmp_path / "models" / "Stable-diffusion"
+    ckpt_dir.mkdir(parents=True)
+    (ckpt_dir / "broken.safetensors").write_bytes(b"\x05")
+    result = _launch(env_extra={"COMMANDLINE_ARGS": f"--data-dir {tmp_path}"})
+    assert result.returncode == 0, result.stderr
+    assert "Could not load the checkpoint: broken.safetensors: not a valid .safetensors file" in result.stdout
+
+
+def test_cpu_computes_in_float32():
+    p = devices.choose_precision(torch.device("cpu"))
+    assert (p.unet, p.text_encoder, p.vae, p.sdxl_vae) == (torch.float32,) * 4
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+def test_cuda_is_half_precision_and_the_sdxl_vae_never_float16(monkeypatch, bf16):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+    p = devices.choose_precision(torch.device("cuda"))
+    assert p.unet == torch.float16 and p.vae == torch.float16
+    assert p.sdxl_vae == (torch.bfloat16 if bf16 else torch.float32)
+    assert devices.choose_precision(torch.device("cuda"), prefer_bf16=True).unet == (torch.bfloat16 if bf16 else torch.float16)
+
+
+@pytest.mark.parametrize(("flags", "unet", "vae"), [
+    ({"no_half": True}, torch.float32, torch.float32),
+    ({"precision": "full"}, torch.float32, torch.float32),
+    ({"no_half_vae": True}, torch.float16, torch.float32),
+])
+def test_precision_flags(monkeypatch, flags, unet, vae):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    p = devices.choose_precision(torch.device("cuda"), **flags)
+    assert (p.unet, p.vae) == (unet, vae)
+    if vae == torch.float32:
+        assert p.sdxl_vae == torch.float32
+
+
+def test_use_cpu_forces_the_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert devices.choose_device(["all"]).type == "cpu"
+    assert devices.choose_device(["sd"]).type == "cpu"
+    assert devices.choose_device([]).type == "cuda"
+
+
+def test_xformers_falls_back_to_sdpa_when_missing():
+    assert devices.attention_backend(False) == "sdpa"
+    try:
+        import xformers  # noqa: F401
+    except ImportError:
+        assert devices.attention_backend(True) == "sdpa"
