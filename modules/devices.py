@@ -101,6 +101,25 @@ def torch_gc() -> None:
     _malloc_trim()
 
 
+def move_modules(modules: list[torch.nn.Module], target: torch.device) -> None:
+    """Move whole models between GPU and RAM. Into RAM they go in pinned memory, which the copy back to the GPU
+    reads several times faster than ordinary pages; both directions run asynchronously and sync once."""
+    to_cpu_from_cuda = target.type == "cpu" and torch.cuda.is_available()
+
+    def move(t: torch.Tensor) -> torch.Tensor:
+        if t.device == target:
+            return t
+        if to_cpu_from_cuda and t.is_cuda:
+            pinned = torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=True)
+            return pinned.copy_(t, non_blocking=True)
+        return t.to(target, non_blocking=True)
+
+    for module in modules:
+        module._apply(move)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def autocast(disable: bool = False):
     """Weights are already in the compute dtype, so no autocast is needed; kept for extensions that call it."""
     return contextlib.nullcontext()

@@ -104,7 +104,10 @@ def load_model(checkpoint_info: CheckpointInfo | None = None) -> StableDiffusion
     info = checkpoint_info or select_checkpoint()
     if not getattr(shared.cmd_opts, "no_hashing", False):
         info.calculate_shorthash()
-    model = manager.load(info, vae_path=_vae_path_for(info))
+    try:
+        model = manager.load(info, vae_path=_vae_path_for(info))
+    finally:
+        shared.sd_model = manager.current  # after a failure: whatever the manager kept or brought back
     _apply_attention(model)
     shared.sd_model = model
     shared.opts.data["sd_model_checkpoint"] = info.title

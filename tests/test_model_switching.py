@@ -176,3 +176,27 @@ def test_vae_from_commandline_and_a_vae_that_does_not_fit(data_dir):
     shared.cmd_opts.vae_path = str(data_dir / "flag.safetensors")
     sd_models.reload_vae_weights()
     torch.testing.assert_close(_decode(shared.sd_model), _decode_with(flagged))
+
+
+def test_failure_after_the_header_check_brings_the_previous_model_back(data_dir, monkeypatch):
+    """E.g. out of memory while building: the previous model is reloaded and stays current."""
+    _ckpt(data_dir, "a.safetensors", seed=1)
+    _ckpt(data_dir, "b.safetensors", seed=2)
+    sd_models.list_models()
+    first = sd_models.load_model(sd_models.get_closet_checkpoint_match("a.safetensors"))
+    reference = _unet_output(first)
+    del first
+    real = loader.load_model
+
+    def out_of_memory(path, *args, **kwargs):
+        if path.endswith("b.safetensors"):
+            raise MemoryError("simulated: out of memory while building the UNet")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr("modules.models.manager.load_model", out_of_memory)
+    with pytest.raises(MemoryError):
+        sd_models.load_model(sd_models.get_closet_checkpoint_match("b.safetensors"))
+    current = sd_models.model_data.sd_model
+    assert shared.sd_model is current
+    assert os.path.basename(current.sd_model_checkpoint) == "a.safetensors"
+    torch.testing.assert_close(_unet_output(current), reference)

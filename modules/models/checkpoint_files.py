@@ -106,6 +106,26 @@ def validate_safetensors_header(path: str) -> dict[str, Any]:
     return header
 
 
+_TORCH_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                 "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                 "BOOL": torch.bool}
+
+
+def read_state_dict_shapes(path: str) -> dict[str, torch.Tensor] | None:
+    """The tensors of a .safetensors file as data-less meta tensors (names, shapes, dtypes) from its header.
+
+    Enough to detect, plan and check a whole load without reading the data. None for formats without a header.
+    """
+    if not path.lower().endswith(SAFETENSORS_EXTENSIONS) or not os.path.isfile(path):
+        return None
+    header = validate_safetensors_header(path)
+    return {
+        name: torch.empty(entry["shape"], dtype=_TORCH_DTYPES.get(entry["dtype"], torch.float32), device="meta")
+        for name, entry in header.items()
+        if name != "__metadata__"
+    }
+
+
 def read_safetensors_metadata(path: str) -> dict[str, str]:
     meta = validate_safetensors_header(path).get("__metadata__") or {}
     return {str(k): str(v) for k, v in meta.items()} if isinstance(meta, dict) else {}

@@ -21,7 +21,7 @@ from modules import paths
 from modules.devices import Precision
 from modules.models import configs_from_weights as cfg
 from modules.models import convert
-from modules.models.checkpoint_files import ModelFileError, read_state_dict
+from modules.models.checkpoint_files import ModelFileError, read_state_dict, read_state_dict_shapes
 from modules.models.detection import (
     FAMILY_NAMES,
     REFINER_TEXT_PREFIX,
@@ -134,11 +134,28 @@ def _apply_sidecar(spec: ModelSpec, checkpoint_path: str) -> None:
     spec.overrides = overrides
 
 
-def load_single_file(path: str, precision: Precision, checkpoint_info=None) -> StableDiffusionModel:
+def check_loadable(path: str, precision: Precision) -> None:
+    """Run the whole load of a .safetensors checkpoint on the meta device: header only, no data read.
+
+    Raises the same ModelFileError a real load would for a wrong, foreign or incomplete file, in a fraction
+    of the time, so the model manager can refuse a bad file before it lets go of the current model.
+    """
+    shapes = read_state_dict_shapes(path)
+    if shapes is not None:
+        meta = Precision(torch.device("meta"), precision.unet, precision.text_encoder, precision.vae, precision.sdxl_vae)
+        load_single_file(path, meta, state_dict=shapes)
+    elif not os.path.exists(path):
+        raise ModelFileError(path, "file not found")
+
+
+def load_single_file(
+    path: str, precision: Precision, checkpoint_info=None, state_dict: dict[str, torch.Tensor] | None = None
+) -> StableDiffusionModel:
     device = precision.device
-    # Straight to the GPU when possible: the dtype casts then run there, and no CPU copy is made.
-    read_device = str(device) if device.type == "cuda" and path.lower().endswith(".safetensors") else "cpu"
-    state_dict = read_state_dict(path, device=read_device)
+    if state_dict is None:
+        # Straight to the GPU when possible: the dtype casts then run there, and no CPU copy is made.
+        read_device = str(device) if device.type == "cuda" and path.lower().endswith(".safetensors") else "cpu"
+        state_dict = read_state_dict(path, device=read_device)
     try:
         spec = detect_family(state_dict)
     except NotStableDiffusionError as e:
@@ -156,7 +173,7 @@ def load_single_file(path: str, precision: Precision, checkpoint_info=None) -> S
 
     unet = materialize(lambda: UNet2DConditionModel(**unet_config), unet_weights, precision.unet, device, "UNet", path)
     del unet_weights
-    if spec.prediction_type is None:
+    if spec.prediction_type is None and device.type != "meta":
         is_v = probe_v_prediction(unet, unet_config["cross_attention_dim"])
         spec.prediction_type = "v_prediction" if is_v else "epsilon"
         spec.prediction_source = "UNet probe"
@@ -169,7 +186,8 @@ def load_single_file(path: str, precision: Precision, checkpoint_info=None) -> S
     text_encoders, tokenizers = _text_encoders(state_dict, spec, precision.text_encoder, device, path)
 
     alphas = state_dict.get("alphas_cumprod")
-    alphas_cumprod = alphas.float().cpu() if alphas is not None and alphas.numel() == 1000 else default_alphas_cumprod()
+    usable = alphas is not None and alphas.numel() == 1000 and alphas.device.type != "meta"
+    alphas_cumprod = alphas.float().cpu() if usable else default_alphas_cumprod()
     del state_dict
     return StableDiffusionModel(
         spec=spec, unet=unet, vae=vae, text_encoders=text_encoders, tokenizers=tokenizers,

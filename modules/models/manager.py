@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from modules import devices
 from modules.devices import Precision
-from modules.models.loader import load_model
+from modules.models.loader import check_loadable, load_model
 from modules.models.sd_model import StableDiffusionModel
 from modules.models.vae_loader import apply_vae
 
@@ -47,31 +47,27 @@ class ModelManager:
                 apply_vae(self.current, vae_path)
                 return self.current
             precision = self._precision()
-            previous = self.current
-            self._park(previous, precision)
             cached = self._loaded.get(key)
             if cached is not None:
-                cached.to(precision.device)
+                self._park(self.current, precision)
+                devices.move_modules(cached.modules(), precision.device)
                 model = cached
             else:
-                # Make room first, but hold on to what was dropped until the new model is in: if the load
-                # fails, the previous model goes back exactly as it was.
-                dropped = self._drop_for_room()
+                # A wrong or broken file is refused here, from its header, before anything changes.
+                check_loadable(key, precision)
+                previous = (self._key(self.current), self.current.checkpoint_info, self.current.vae_file) \
+                    if self.current is not None else None
+                self._make_room(precision)
                 try:
                     model = load_model(key, precision, checkpoint_info=checkpoint_info)
                 except BaseException:
-                    self._loaded = OrderedDict([*dropped, *self._loaded.items()])
-                    if previous is not None:
-                        previous.to(precision.device)
+                    self._recover(previous, precision)
                     raise
-                del dropped
             try:
                 apply_vae(model, vae_path)
             finally:
                 # A VAE that does not fit is reported, but the checkpoint itself is fine: it stays current.
                 self._activate(model, key)
-                del previous
-                devices.torch_gc()
             return model
 
     def unload(self) -> None:
@@ -94,17 +90,40 @@ class ModelManager:
         return model.checkpoint_info.filename
 
     def _park(self, model: StableDiffusionModel | None, precision: Precision) -> None:
-        """Move the outgoing model off the GPU if the policy says only one lives there."""
+        """Move a model that stays cached off the GPU if the policy says only the current one lives there."""
         if model is not None and self._policy().keep_in_cpu and precision.device.type != "cpu":
-            model.to(devices.cpu)
+            devices.move_modules(model.modules(), devices.cpu)
+
+    def _make_room(self, precision: Precision) -> None:
+        """Before a new model loads: drop the least recently used so it fits; park the current one if it stays."""
+        limit = max(1, self._policy().limit)
+        dropped = False
+        while self._loaded and len(self._loaded) >= limit:
+            self._loaded.popitem(last=False)
+            dropped = True
+        if self.current is not None and self._key(self.current) in self._loaded:
+            self._park(self.current, precision)
+        else:
+            self.current = None  # its memory goes now, before the new model needs it
+        if dropped:
             devices.torch_gc()
 
-    def _drop_for_room(self) -> list[tuple[str, StableDiffusionModel]]:
-        """Take the least recently used models out of the cache so one more fits; return them."""
-        dropped = []
-        while self._loaded and len(self._loaded) >= max(1, self._policy().limit):
-            dropped.append(self._loaded.popitem(last=False))
-        return dropped
+    def _recover(self, previous: tuple | None, precision: Precision) -> None:
+        """A load failed after the header check passed: bring the previous model back (from cache or disk)."""
+        self.current = None
+        if previous is None:
+            return
+        key, info, vae_file = previous
+        try:
+            if key in self._loaded:
+                model = self._loaded[key]
+                devices.move_modules(model.modules(), precision.device)
+            else:
+                model = load_model(key, precision, checkpoint_info=info)
+                apply_vae(model, vae_file)
+            self._activate(model, key)
+        except Exception:  # the previous file vanished meanwhile: nothing is loaded, and the caller's error stands
+            self.current = None
 
     def _evict(self, keep: str) -> None:
         while len(self._loaded) > max(1, self._policy().limit):

@@ -72,8 +72,9 @@ class StableDiffusionModel:
         return [self.unet, self.vae, *self.text_encoders]
 
     def to(self, device: torch.device | str) -> StableDiffusionModel:
-        for module in self.modules():
-            module.to(device)
+        from modules.devices import move_modules
+
+        move_modules(self.modules(), torch.device(device))
         return self
 
     def parameter_bytes(self) -> int:
