@@ -1,0 +1,120 @@
+"""Classifier-free guidance around the UNet, with A1111's per-step semantics.
+
+`unet_call` is the single function boundary where the network runs: latents and conditioning in, model output
+out. Everything per step (which prompt-editing text applies, AND-composition weights, inpainting masks,
+interrupts, extension callbacks) happens in `CFGDenoiser` around it, so the boundary can later be compiled or
+captured in a CUDA graph without touching the semantics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from modules import prompt_parser
+from modules.engine.sampling.common import InterruptedException
+
+
+def unet_call(
+    unet: torch.nn.Module,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    context: torch.Tensor,
+    added: dict[str, torch.Tensor] | None = None,
+    image_cond: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One UNet evaluation in the network's dtype; returns float32 model output of x's shape."""
+    dtype = unet.dtype
+    if image_cond is not None:
+        x = torch.cat([x, image_cond.to(x.dtype)], dim=1)
+    added_cond = {k: v.to(dtype) for k, v in added.items()} if added else None
+    out = unet(x.to(dtype), t, encoder_hidden_states=context.to(dtype), added_cond_kwargs=added_cond,
+               return_dict=False)[0]
+    return out.float()
+
+
+@dataclass
+class StepConditioning:
+    """What the denoiser needs at one step, per request."""
+
+    cond: prompt_parser.MulticondLearnedConditioning
+    uncond: list[list[prompt_parser.ScheduledPromptConditioning]]
+    cfg_scale: float
+    added_cond: dict[str, torch.Tensor] | None = None  # SDXL time ids (cond and uncond rows), see engine
+    added_uncond: dict[str, torch.Tensor] | None = None
+    image_cond: torch.Tensor | None = None  # inpainting-model channels, [batch, c, h, w]
+
+
+class CFGDenoiser:
+    """k-diffusion denoiser: denoised = uncond + Σ weight·cfg·(cond_i − uncond), per image of the batch."""
+
+    def __init__(self, inner: Any, conditioning: StepConditioning, *, is_sdxl: bool,
+                 should_stop: Callable[[], bool] = lambda: False,
+                 mask: torch.Tensor | None = None, nmask: torch.Tensor | None = None,
+                 init_latent: torch.Tensor | None = None):
+        self.inner_model = inner  # samplers reach the schedule through .inner_model
+        self.c = conditioning
+        self.is_sdxl = is_sdxl
+        self.should_stop = should_stop
+        self.mask, self.nmask, self.init_latent = mask, nmask, init_latent
+        self.step = 0
+        self.after_step_hooks: list[Callable[[dict[str, Any]], None]] = []
+
+    def _context(self, conds: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if isinstance(conds, dict):
+            return conds["crossattn"], conds["vector"]
+        return conds, None
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **_: Any) -> torch.Tensor:
+        if self.should_stop():
+            raise InterruptedException
+        conds_list, cond_batch = prompt_parser.reconstruct_multicond_batch(self.c.cond, self.step)
+        uncond_batch = prompt_parser.reconstruct_cond_batch(self.c.uncond, self.step)
+        cond_ctx, cond_vec = self._context(cond_batch)
+        uncond_ctx, uncond_vec = self._context(uncond_batch)
+        batch = x.shape[0]
+        repeats = [len(c) for c in conds_list]
+        sigma = sigma.expand(batch) if sigma.ndim == 0 else sigma
+
+        x_in = torch.cat([x[i : i + 1].expand(n, -1, -1, -1) for i, n in enumerate(repeats)] + [x])
+        sigma_in = torch.cat([sigma[i : i + 1].expand(n) for i, n in enumerate(repeats)] + [sigma])
+        image_cond_in = None
+        if self.c.image_cond is not None:
+            ic = self.c.image_cond
+            image_cond_in = torch.cat([ic[i : i + 1].expand(n, -1, -1, -1) for i, n in enumerate(repeats)] + [ic])
+
+        added_in = None
+        if self.is_sdxl:
+            time_cond = torch.cat([self.c.added_cond["time_ids"][i : i + 1].expand(n, -1) for i, n in enumerate(repeats)])
+            added_in = {
+                "text_embeds": torch.cat([cond_vec, uncond_vec]),
+                "time_ids": torch.cat([time_cond, self.c.added_uncond["time_ids"]]),
+            }
+
+        if cond_ctx.shape[1] == uncond_ctx.shape[1]:
+            out = self.inner_model(x_in, sigma_in, context=torch.cat([cond_ctx, uncond_ctx]), added=added_in,
+                                   image_cond=image_cond_in)
+        else:
+            # Different prompt lengths (chunk counts): two passes, as A1111 does by default.
+            n_cond = cond_ctx.shape[0]
+            parts = []
+            for rows, context in ((slice(0, n_cond), cond_ctx), (slice(n_cond, None), uncond_ctx)):
+                parts.append(self.inner_model(
+                    x_in[rows], sigma_in[rows], context=context,
+                    added={k: v[rows] for k, v in added_in.items()} if added_in else None,
+                    image_cond=None if image_cond_in is None else image_cond_in[rows]))
+            out = torch.cat(parts)
+
+        denoised_uncond = out[-batch:]
+        denoised = denoised_uncond.clone()
+        for i, conds in enumerate(conds_list):
+            for cond_index, weight in conds:
+                denoised[i] += (out[cond_index] - denoised_uncond[i]) * (weight * self.c.cfg_scale)
+        if self.mask is not None:
+            # Inpainting with an ordinary model: keep the original where the mask says so (A1111's mask = keep).
+            denoised = self.init_latent * self.mask + self.nmask * denoised
+        self.step += 1
+        return denoised

@@ -1,0 +1,163 @@
+"""One denoising run for a batch: conditioning, noise, sampler, CFG, and VAE encode/decode.
+
+txt2img, img2img and inpainting all come through `sample_batch`; they differ only in where the latent starts
+(pure noise, or an encoded image noised to the first sigma) and in the masks and image conditioning they pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from modules import prompt_parser
+from modules.engine.cfg_denoiser import CFGDenoiser, StepConditioning, unet_call
+from modules.engine.conditioning import PromptEncoder
+from modules.engine.sampling.registry import create_sampler
+from modules.engine.sampling.sampler import ScheduleSettings
+from modules.models.sd_model import StableDiffusionModel
+
+REFINER_AESTHETIC = {"positive": 6.0, "negative": 2.5}  # A1111's sdxl_refiner_*_aesthetic_score defaults
+
+
+@dataclass
+class BatchRequest:
+    """Everything one sampling run needs, independent of where it came from."""
+
+    model: StableDiffusionModel
+    prompts: list[str]
+    negative_prompts: list[str]
+    seeds: list[int]
+    subseeds: list[int]
+    subseed_strength: float = 0.0
+    seed_resize_from_h: int = 0
+    seed_resize_from_w: int = 0
+    sampler_name: str = "Euler"
+    scheduler: str = "Automatic"
+    steps: int = 20
+    cfg_scale: float = 7.0
+    width: int = 512
+    height: int = 512
+    clip_skip: int = 1
+    emphasis: str = "Original"
+    settings: dict[str, Any] = field(default_factory=dict)  # sampler parameters (eta_*, s_*, sigma_*, rho ...)
+    eta: float | None = None
+    # img2img / inpainting
+    init_latent: torch.Tensor | None = None
+    denoising_strength: float | None = None
+    mask: torch.Tensor | None = None  # 1 = keep the original (A1111's p.mask)
+    nmask: torch.Tensor | None = None  # 1 = new content
+    image_cond: torch.Tensor | None = None
+    initial_noise_multiplier: float = 1.0
+    # output
+    infotext_params: dict[str, Any] = field(default_factory=dict)
+
+
+def encoder_for(request: BatchRequest) -> PromptEncoder:
+    backtrack = int(request.settings.get("comma_padding_backtrack", 20))
+    return PromptEncoder(request.model, clip_skip=request.clip_skip, emphasis=request.emphasis,
+                         comma_backtrack=backtrack)
+
+
+def sdxl_time_ids(model: StableDiffusionModel, width: int, height: int, negative: bool, batch: int) -> torch.Tensor:
+    """SDXL's size conditioning: original size, crop (0, 0), target size; the refiner takes an aesthetic score."""
+    if model.is_sdxl_refiner:
+        score = REFINER_AESTHETIC["negative" if negative else "positive"]
+        ids = [height, width, 0, 0, score]
+    else:
+        ids = [height, width, 0, 0, height, width]
+    return torch.tensor([ids], dtype=torch.float32, device=model.device).repeat(batch, 1)
+
+
+def make_noise(request: BatchRequest, shape: tuple[int, ...]) -> Any:
+    from modules import rng
+
+    return rng.ImageRNG(shape, request.seeds, subseeds=request.subseeds, subseed_strength=request.subseed_strength,
+                        seed_resize_from_h=request.seed_resize_from_h, seed_resize_from_w=request.seed_resize_from_w,
+                        device=request.model.device)
+
+
+def sample_batch(request: BatchRequest, callback: Callable[[dict[str, Any]], None] | None = None,
+                 should_stop: Callable[[], bool] = lambda: False) -> torch.Tensor:
+    """Run the sampler for one batch and return denoised latents (float32, unscaled by the VAE factor)."""
+    model = request.model
+    batch = len(request.prompts)
+    encoder = encoder_for(request)
+    steps = request.steps
+    with torch.no_grad():
+        cond = prompt_parser.get_multicond_learned_conditioning(
+            encoder.encode, prompt_parser.SdConditioning(request.prompts, width=request.width, height=request.height),
+            steps)
+        uncond = prompt_parser.get_learned_conditioning(
+            encoder.encode, prompt_parser.SdConditioning(request.negative_prompts, is_negative_prompt=True,
+                                                         width=request.width, height=request.height), steps)
+
+    conditioning = StepConditioning(cond=cond, uncond=uncond, cfg_scale=request.cfg_scale,
+                                    image_cond=request.image_cond)
+    if model.is_sdxl:
+        conditioning.added_cond = {"time_ids": sdxl_time_ids(model, request.width, request.height, False, batch)}
+        conditioning.added_uncond = {"time_ids": sdxl_time_ids(model, request.width, request.height, True, batch)}
+
+    sampler = create_sampler(request.sampler_name, model)
+    unet = model.unet
+    denoiser = sampler.make_denoiser(
+        lambda x, t, context, added=None, image_cond=None: unet_call(unet, x, t, context, added, image_cond),
+        model.alphas_cumprod, model.spec.prediction_type, is_sdxl=model.is_sdxl)
+    cfg = CFGDenoiser(denoiser, conditioning, is_sdxl=model.is_sdxl, should_stop=should_stop,
+                      mask=request.mask, nmask=request.nmask, init_latent=request.init_latent)
+
+    schedule_settings = ScheduleSettings.from_options(request.settings)
+    latent_shape = (model.latent_channels, request.height // 8, request.width // 8)
+    noise_source = make_noise(request, latent_shape)
+    noise = noise_source.first()
+
+    if request.init_latent is None:
+        sigmas = sampler.get_sigmas(steps, request.scheduler, cfg, schedule_settings, request.infotext_params)
+        full_sigmas = sigmas
+        x = noise * sigmas[0].to(noise.device)
+    else:
+        strength = float(request.denoising_strength if request.denoising_strength is not None else 0.75)
+        full_sigmas = sampler.get_sigmas(steps, request.scheduler, cfg, schedule_settings, request.infotext_params)
+        sigmas = sampler.sigmas_for_img2img(steps, strength, request.scheduler, cfg, schedule_settings)
+        x = request.init_latent + noise * sigmas[0].to(noise.device) * request.initial_noise_multiplier
+    sigmas = sigmas.to(model.device)
+
+    generators = getattr(noise_source, "generators", None)
+    noise_sampler = sampler.create_noise_sampler(x, full_sigmas, seeds=request.seeds, generators=generators)
+    options = sampler.sampler_kwargs(request.settings, eta=request.eta, infotext=request.infotext_params)
+    return sampler.sample(cfg, x, sigmas, extra_args={}, callback=callback, noise_sampler=noise_sampler,
+                          disable=True, **options)
+
+
+def vae_decode(model: StableDiffusionModel, latents: torch.Tensor) -> torch.Tensor:
+    """Latents -> images in [0, 1], float32 [B, 3, H, W]. Retries in float32 if half precision made NaNs."""
+    vae = model.vae
+    scaled = latents / vae.config.scaling_factor
+    with torch.no_grad():
+        images = vae.decode(scaled.to(vae.dtype), return_dict=False)[0].float()
+        if vae.dtype != torch.float32 and not torch.isfinite(images).all():
+            vae.to(torch.float32)  # A1111's automatic --no-half-vae fallback, kept for this model
+            images = vae.decode(scaled.float(), return_dict=False)[0].float()
+    return ((images + 1) / 2).clamp(0, 1)
+
+
+def vae_encode(model: StableDiffusionModel, images: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1] [B, 3, H, W] -> scaled latents (the distribution's mean, as A1111 does)."""
+    vae = model.vae
+    with torch.no_grad():
+        dist = vae.encode((images * 2 - 1).to(model.device, vae.dtype)).latent_dist
+    return dist.mean.float() * vae.config.scaling_factor
+
+
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    arrays = (images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+    return [Image.fromarray(a) for a in arrays]
+
+
+def from_pil(images: list[Image.Image]) -> torch.Tensor:
+    arrays = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) / 255 for im in images])
+    return torch.from_numpy(arrays).permute(0, 3, 1, 2)

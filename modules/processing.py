@@ -1,0 +1,573 @@
+"""A1111's public generation API: request objects, `process_images(p)` and `Processed`.
+
+Every front door (UI, API, scripts, extensions) builds a `StableDiffusionProcessingTxt2Img` or `...Img2Img` with
+A1111's field names and calls `process_images`. The work below is done by `modules.engine`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image, ImageOps
+
+from modules import images, infotext_utils, paths, rng, shared
+from modules.engine import generate, inpainting
+from modules.engine.generate import BatchRequest
+from modules.engine.sampling.common import InterruptedException
+from modules.engine.sampling.registry import find_sampler_config, get_sampler_and_scheduler
+
+VERSION = "studio-0.1"  # not an A1111 version number on purpose: A1111's parser applies no back-compat to it
+OUTDIRS = {
+    "txt2img": ("outdir_txt2img_samples", "outputs/txt2img-images", "outdir_txt2img_grids", "outputs/txt2img-grids"),
+    "img2img": ("outdir_img2img_samples", "outputs/img2img-images", "outdir_img2img_grids", "outputs/img2img-grids"),
+}
+
+
+def _opt(name: str, default: Any) -> Any:
+    return shared.opts.data.get(name, getattr(shared.opts, name, default)) if hasattr(shared.opts, "data") else default
+
+
+def _outdir(kind: str, samples: bool) -> str:
+    key_s, default_s, key_g, default_g = OUTDIRS[kind]
+    key, default = (key_s, default_s) if samples else (key_g, default_g)
+    configured = _opt(key, "") or (_opt("outdir_samples", "") if samples else _opt("outdir_grids", ""))
+    return configured or os.path.join(paths.data_path, default)
+
+
+@dataclass(repr=False)
+class StableDiffusionProcessing:
+    """A1111's base request: field names and defaults as A1111's constructor."""
+
+    sd_model: Any = None
+    outpath_samples: str | None = None
+    outpath_grids: str | None = None
+    prompt: str | list[str] = ""
+    styles: list[str] | None = None
+    seed: int = -1
+    subseed: int = -1
+    subseed_strength: float = 0
+    seed_resize_from_h: int = -1
+    seed_resize_from_w: int = -1
+    seed_enable_extras: bool = True
+    sampler_name: str | None = None
+    scheduler: str | None = None
+    batch_size: int = 1
+    n_iter: int = 1
+    steps: int = 50
+    cfg_scale: float = 7.0
+    width: int = 512
+    height: int = 512
+    restore_faces: bool | None = None
+    tiling: bool | None = None
+    do_not_save_samples: bool = False
+    do_not_save_grid: bool = False
+    extra_generation_params: dict[str, Any] | None = None
+    overlay_images: list | None = None
+    negative_prompt: str | list[str] = ""
+    eta: float | None = None
+    do_not_reload_embeddings: bool = False
+    denoising_strength: float | None = None
+    ddim_discretize: str | None = None
+    s_min_uncond: float | None = None
+    s_churn: float | None = None
+    s_tmax: float | None = None
+    s_tmin: float | None = None
+    s_noise: float | None = None
+    override_settings: dict[str, Any] | None = None
+    override_settings_restore_afterwards: bool = True
+    sampler_index: int | None = None
+    refiner_checkpoint: str | None = None
+    refiner_switch_at: float | None = None
+    token_merging_ratio: float = 0
+    token_merging_ratio_hr: float = 0
+    disable_extra_networks: bool = False
+    firstpass_image: Any = None
+    comments: dict[str, Any] | None = None
+    is_api: bool = False
+    user: str | None = None
+
+    scripts: Any = field(default=None, init=False)
+    script_args: Any = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.extra_generation_params = dict(self.extra_generation_params or {})
+        self.override_settings = dict(self.override_settings or {})
+        self.styles = list(self.styles or [])
+        self.comments = dict(self.comments or {})
+        self.all_prompts: list[str] = []
+        self.all_negative_prompts: list[str] = []
+        self.all_seeds: list[int] = []
+        self.all_subseeds: list[int] = []
+        self.iteration = 0
+        self.job_timestamp = time.strftime("%Y%m%d%H%M%S")
+        self.prompts: list[str] = []
+        self.negative_prompts: list[str] = []
+        self.seeds: list[int] = []
+        self.subseeds: list[int] = []
+        self.clip_skip = 1
+
+    kind = "txt2img"
+
+    @property
+    def sd_model_name(self) -> str | None:
+        info = getattr(self.sd_model, "sd_checkpoint_info", None)
+        return getattr(info, "model_name", None)
+
+    @property
+    def sd_model_hash(self) -> str | None:
+        return getattr(self.sd_model, "sd_model_hash", None)
+
+    # --- hooks the subclasses fill in ---------------------------------------------------------------------------
+    def init(self, all_prompts: list[str], all_seeds: list[int], all_subseeds: list[int]) -> None:
+        pass
+
+    def batch_request(self, request: BatchRequest) -> BatchRequest:
+        return request
+
+    def postprocess_image(self, index: int, image: Image.Image) -> Image.Image:
+        return image
+
+
+@dataclass(repr=False)
+class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
+    enable_hr: bool = False
+    hr_scale: float = 2.0
+    hr_upscaler: str | None = None
+    hr_second_pass_steps: int = 0
+    hr_resize_x: int = 0
+    hr_resize_y: int = 0
+    hr_checkpoint_name: str | None = None
+    hr_sampler_name: str | None = None
+    hr_scheduler: str | None = None
+    hr_prompt: str = ""
+    hr_negative_prompt: str = ""
+    force_task_id: str | None = None
+
+    kind = "txt2img"
+
+
+@dataclass(repr=False)
+class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
+    init_images: list | None = None
+    resize_mode: int = 0
+    denoising_strength: float = 0.75
+    image_cfg_scale: float | None = None
+    mask: Any = None
+    mask_blur_x: int = 4
+    mask_blur_y: int = 4
+    mask_blur: int | None = None
+    mask_round: bool = True
+    inpainting_fill: int = 0
+    inpaint_full_res: bool = True
+    inpaint_full_res_padding: int = 0
+    inpainting_mask_invert: int = 0
+    initial_noise_multiplier: float | None = None
+    latent_mask: Any = None
+    force_task_id: str | None = None
+
+    kind = "img2img"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.mask_blur is not None:
+            self.mask_blur_x = self.mask_blur_y = self.mask_blur
+        self.image_mask = self.mask
+        self.init_latent = None
+        self._region = None
+        self._overlay_masks: list[Image.Image] = []
+        self._originals: list[Image.Image] = []
+
+    def init(self, all_prompts, all_seeds, all_subseeds) -> None:
+        if not self.init_images:
+            raise ValueError("img2img needs at least one init image")
+        self.init_images = [images.flatten(im) if hasattr(images, "flatten") else im.convert("RGB")
+                            for im in self.init_images]
+        if self.image_mask is not None:
+            self.extra_generation_params["Mask blur"] = self.mask_blur_x if self.mask_blur_x == self.mask_blur_y \
+                else None
+            if self.inpainting_mask_invert:
+                self.extra_generation_params["Mask mode"] = "Inpaint not masked"
+            self.extra_generation_params["Masked content"] = ["fill", "original", "latent noise", "latent nothing"][
+                self.inpainting_fill]
+            self.extra_generation_params["Inpaint area"] = "Only masked" if self.inpaint_full_res else "Whole picture"
+            if self.inpaint_full_res:
+                self.extra_generation_params["Masked area padding"] = self.inpaint_full_res_padding
+
+    def batch_request(self, request: BatchRequest) -> BatchRequest:
+        model = request.model
+        batch = len(request.prompts)
+        sources = [self.init_images[(self.iteration * self.batch_size + i) % len(self.init_images)]
+                   for i in range(batch)]
+        prepared, masks_latent, cond_masks = [], [], []
+        self._overlay_masks, self._originals, self._regions = [], [], []
+        for image in sources:
+            image = ImageOps.exif_transpose(image).convert("RGB")
+            if self.image_mask is None:
+                prepared.append(images.resize_image(self.resize_mode, image, self.width, self.height))
+                self._regions.append(None)
+                continue
+            mask = inpainting.prepare_mask(self.image_mask, mask_blur_x=self.mask_blur_x, mask_blur_y=self.mask_blur_y,
+                                           invert=bool(self.inpainting_mask_invert), mask_round=self.mask_round)
+            if self.inpaint_full_res:
+                region = inpainting.InpaintRegion.create(image, mask, self.width, self.height,
+                                                         self.inpaint_full_res_padding)
+                work_image, work_mask = region.image, region.mask_for_latent
+            else:
+                region = None
+                image = images.resize_image(self.resize_mode, image, self.width, self.height)
+                work_image = image
+                work_mask = images.resize_image(self.resize_mode, mask.for_latent, self.width, self.height)
+            self._originals.append(image)
+            self._overlay_masks.append(mask.for_overlay if region is not None else
+                                       images.resize_image(self.resize_mode, mask.for_overlay, self.width, self.height))
+            self._regions.append(region)
+            work_image = inpainting.init_image_for_masked_content(work_image, work_mask, self.inpainting_fill)
+            prepared.append(work_image)
+            masks_latent.append(work_mask)
+            cond_masks.append(work_mask)
+
+        pixels = generate.from_pil(prepared).to(model.device)
+        init_latent = generate.vae_encode(model, pixels)
+        request.init_latent = init_latent
+        request.denoising_strength = self.denoising_strength
+        request.initial_noise_multiplier = self.initial_noise_multiplier if self.initial_noise_multiplier else 1.0
+        if masks_latent:
+            latent_h, latent_w = init_latent.shape[-2:]
+            new_content = torch.cat([inpainting.latent_mask(m, latent_h, latent_w) for m in masks_latent]).to(
+                model.device)
+            if self.inpainting_fill in (2, 3):
+                noise = torch.randn(init_latent.shape, generator=torch.Generator().manual_seed(request.seeds[0])).to(
+                    model.device)
+                request.init_latent = init_latent = inpainting.apply_latent_fill(init_latent, new_content,
+                                                                                 self.inpainting_fill, noise)
+            if model.is_inpainting:
+                request.image_cond = inpainting.inpainting_model_conditioning(
+                    pixels * 2 - 1, new_content_mask_pixels(cond_masks, model.device),
+                    lambda x: generate.vae_encode(model, (x + 1) / 2))
+            else:
+                request.mask, request.nmask = 1 - new_content, new_content
+        elif model.is_inpainting:
+            # An inpainting model used for plain img2img: an all-keep mask and the whole image as conditioning.
+            full = torch.zeros(pixels.shape[0], 1, *pixels.shape[-2:], device=model.device)
+            request.image_cond = inpainting.inpainting_model_conditioning(
+                pixels * 2 - 1, full, lambda x: generate.vae_encode(model, (x + 1) / 2))
+        return request
+
+    def postprocess_image(self, index: int, image: Image.Image) -> Image.Image:
+        if self.image_mask is None or index >= len(self._overlay_masks):
+            return image
+        return inpainting.apply_overlay(image, self._originals[index], self._overlay_masks[index],
+                                        self._regions[index])
+
+
+def new_content_mask_pixels(masks: list[Image.Image], device: torch.device) -> torch.Tensor:
+    arrays = [torch.from_numpy((ImageOps.grayscale(m).point(lambda v: 255 if v >= 128 else 0).__array__()
+                                / 255.0).astype("float32")) for m in masks]
+    return torch.stack(arrays).unsqueeze(1).to(device)
+
+
+class Processed:
+    """A1111's result object."""
+
+    def __init__(self, p: StableDiffusionProcessing, images_list: list[Image.Image], seed: int = -1, info: str = "",
+                 subseed: int | None = None, all_prompts=None, all_negative_prompts=None, all_seeds=None,
+                 all_subseeds=None, index_of_first_image: int = 0, infotexts: list[str] | None = None,
+                 comments: str = ""):
+        self.images = images_list
+        self.prompt = p.prompt
+        self.negative_prompt = p.negative_prompt
+        self.seed = seed
+        self.subseed = subseed
+        self.subseed_strength = p.subseed_strength
+        self.info = info
+        self.comments = comments
+        self.width, self.height = p.width, p.height
+        self.sampler_name = p.sampler_name
+        self.cfg_scale = p.cfg_scale
+        self.image_cfg_scale = getattr(p, "image_cfg_scale", None)
+        self.steps = p.steps
+        self.batch_size = p.batch_size
+        self.restore_faces = p.restore_faces
+        self.face_restoration_model = None
+        self.sd_model_name = p.sd_model_name
+        self.sd_model_hash = p.sd_model_hash
+        self.sd_vae_name = getattr(p, "sd_vae_name", None)
+        self.sd_vae_hash = getattr(p, "sd_vae_hash", None)
+        self.seed_resize_from_w = p.seed_resize_from_w
+        self.seed_resize_from_h = p.seed_resize_from_h
+        self.denoising_strength = p.denoising_strength
+        self.extra_generation_params = p.extra_generation_params
+        self.index_of_first_image = index_of_first_image
+        self.styles = p.styles
+        self.job_timestamp = p.job_timestamp
+        self.clip_skip = p.clip_skip
+        self.eta = p.eta
+        self.ddim_discretize = p.ddim_discretize
+        self.s_churn, self.s_tmin, self.s_tmax, self.s_noise = p.s_churn, p.s_tmin, p.s_tmax, p.s_noise
+        self.sampler_noise_scheduler_override = None
+        self.is_using_inpainting_conditioning = bool(getattr(p.sd_model, "is_inpainting", False))
+        self.all_prompts = all_prompts or p.all_prompts or [p.prompt]
+        self.all_negative_prompts = all_negative_prompts or p.all_negative_prompts or [p.negative_prompt]
+        self.all_seeds = all_seeds or p.all_seeds or [seed]
+        self.all_subseeds = all_subseeds or p.all_subseeds or [subseed]
+        self.infotexts = infotexts or [info]
+        self.version = VERSION
+
+    def js(self) -> str:
+        obj = {
+            "prompt": self.all_prompts[0], "all_prompts": self.all_prompts,
+            "negative_prompt": self.all_negative_prompts[0], "all_negative_prompts": self.all_negative_prompts,
+            "seed": self.seed, "all_seeds": self.all_seeds, "subseed": self.subseed, "all_subseeds": self.all_subseeds,
+            "subseed_strength": self.subseed_strength, "width": self.width, "height": self.height,
+            "sampler_name": self.sampler_name, "cfg_scale": self.cfg_scale, "steps": self.steps,
+            "batch_size": self.batch_size, "restore_faces": self.restore_faces,
+            "face_restoration_model": self.face_restoration_model, "sd_model_name": self.sd_model_name,
+            "sd_model_hash": self.sd_model_hash, "sd_vae_name": self.sd_vae_name, "sd_vae_hash": self.sd_vae_hash,
+            "seed_resize_from_w": self.seed_resize_from_w, "seed_resize_from_h": self.seed_resize_from_h,
+            "denoising_strength": self.denoising_strength, "extra_generation_params": self.extra_generation_params,
+            "index_of_first_image": self.index_of_first_image, "infotexts": self.infotexts, "styles": self.styles,
+            "job_timestamp": self.job_timestamp, "clip_skip": self.clip_skip,
+            "is_using_inpainting_conditioning": self.is_using_inpainting_conditioning, "version": self.version,
+        }
+        return json.dumps(obj, default=lambda o: None)
+
+    def infotext(self, p: StableDiffusionProcessing, index: int) -> str:
+        return self.infotexts[index] if index < len(self.infotexts) else self.info
+
+
+def fix_seed(p: StableDiffusionProcessing) -> None:
+    p.seed = rng.get_fixed_seed(p.seed)
+    p.subseed = rng.get_fixed_seed(p.subseed)
+
+
+get_fixed_seed = rng.get_fixed_seed
+
+
+def create_infotext(p: StableDiffusionProcessing, all_prompts, all_seeds, all_subseeds, comments=None,
+                    iteration: int = 0, position_in_batch: int = 0, all_negative_prompts=None) -> str:
+    index = position_in_batch + iteration * p.batch_size
+    negatives = all_negative_prompts or p.all_negative_prompts
+    model = p.sd_model
+    info = getattr(model, "sd_checkpoint_info", None)
+    vae_file = getattr(model, "vae_file", None)
+    cfg_scale: Any = p.cfg_scale
+    if isinstance(cfg_scale, float) and cfg_scale.is_integer() and not p.is_api:
+        cfg_scale = int(cfg_scale)  # the UI shows 7, the API 7.0: A1111 writes what it was given
+    params: dict[str, Any] = {
+        "Steps": p.steps,
+        "Sampler": p.sampler_name,
+        "Schedule type": p.scheduler if p.scheduler and p.scheduler != "Automatic" else None,
+        "CFG scale": cfg_scale,
+        "Image CFG scale": getattr(p, "image_cfg_scale", None) if getattr(model, "spec", None)
+        and model.spec.variant == "instruct-pix2pix" else None,
+        "Seed": all_seeds[index],
+        "Size": f"{p.width}x{p.height}",
+        "Model hash": getattr(model, "sd_model_hash", None),
+        "Model": getattr(info, "model_name", None),
+        "VAE hash": None,
+        "VAE": os.path.splitext(os.path.basename(vae_file))[0] if vae_file else None,
+        "Variation seed": all_subseeds[index] if p.subseed_strength else None,
+        "Variation seed strength": p.subseed_strength if p.subseed_strength else None,
+        "Seed resize from": f"{p.seed_resize_from_w}x{p.seed_resize_from_h}"
+        if p.seed_resize_from_w > 0 and p.seed_resize_from_h > 0 else None,
+        "Denoising strength": p.denoising_strength if p.kind == "img2img" else None,
+        "Clip skip": p.clip_skip if p.clip_skip > 1 else None,
+        "RNG": _opt("randn_source", "GPU") if _opt("randn_source", "GPU") != "GPU" else None,
+        "Tiling": True if p.tiling else None,
+    }
+    params["Tiling"] = "Tiling" if p.tiling else None  # a flag: written bare
+    extra = dict(p.extra_generation_params)
+    return infotext_utils.build_infotext(all_prompts[index], negatives[index] if negatives else "", params, extra,
+                                         version=VERSION, user=p.user, index=index)
+
+
+@contextlib.contextmanager
+def _tiling(model, enabled: bool):
+    """Seamless tiling: every convolution pads circularly for the duration of the generation."""
+    convs = [m for mod in (model.unet, model.vae) for m in mod.modules() if isinstance(m, torch.nn.Conv2d)]
+    saved = [m.padding_mode for m in convs]
+    if enabled:
+        for m in convs:
+            m.padding_mode = "circular"
+    try:
+        yield
+    finally:
+        for m, mode in zip(convs, saved, strict=True):
+            m.padding_mode = mode
+
+
+def _apply_override_settings(p: StableDiffusionProcessing) -> dict[str, Any]:
+    saved = {}
+    for key, value in p.override_settings.items():
+        if key not in shared.opts.data_labels:
+            continue
+        saved[key] = shared.opts.data.get(key)
+        shared.opts.set(key, value, is_api=p.is_api)
+        if key == "sd_model_checkpoint":
+            from modules import sd_models
+
+            info = sd_models.get_closet_checkpoint_match(str(value))
+            if info is None:
+                raise ValueError(f"override_settings: unknown checkpoint {value!r}")
+            sd_models.load_model(info)
+        elif key == "sd_vae":
+            from modules import sd_models
+
+            sd_models.reload_vae_weights()
+    return saved
+
+
+def process_images(p: StableDiffusionProcessing) -> Processed:
+    """Run a request; `override_settings` apply for its duration and are restored after (unless asked not to)."""
+    saved = _apply_override_settings(p)
+    try:
+        return process_images_inner(p)
+    finally:
+        if p.override_settings_restore_afterwards:
+            for key, value in saved.items():
+                shared.opts.data[key] = value
+                if key == "sd_model_checkpoint" and value:
+                    from modules import sd_models
+
+                    info = sd_models.get_closet_checkpoint_match(str(value))
+                    if info is not None:
+                        sd_models.load_model(info)
+
+
+def _validate(p: StableDiffusionProcessing) -> None:
+    if p.width % 8 or p.height % 8 or p.width < 64 or p.height < 64:
+        raise ValueError(f"width and height must be multiples of 8 and at least 64, got {p.width}x{p.height}")
+    if p.steps < 1:
+        raise ValueError(f"steps must be at least 1, got {p.steps}")
+    if p.batch_size < 1 or p.n_iter < 1:
+        raise ValueError("batch_size and n_iter must be at least 1")
+
+
+def _resolve_sampler(p: StableDiffusionProcessing) -> None:
+    if p.sampler_name is None and p.sampler_index is not None:
+        from modules.engine.sampling.registry import samplers
+
+        p.sampler_name = samplers[p.sampler_index].name if p.sampler_index < len(samplers) else None
+    sampler, scheduler = get_sampler_and_scheduler(p.sampler_name or "Euler", p.scheduler or "Automatic")
+    if find_sampler_config(sampler) is None:
+        raise ValueError(f"unknown sampler {p.sampler_name!r}")
+    p.sampler_name, p.scheduler = find_sampler_config(sampler).name, scheduler
+
+
+def _prompt_list(value: str | list[str], n: int) -> list[str]:
+    if isinstance(value, list):
+        return [value[i % len(value)] for i in range(n)] if value else [""] * n
+    return [value] * n
+
+
+def process_images_inner(p: StableDiffusionProcessing) -> Processed:
+    from modules import sd_models
+
+    _validate(p)
+    _resolve_sampler(p)
+    if p.sd_model is None:
+        p.sd_model = shared.sd_model or sd_models.load_model()
+    model = p.sd_model
+    fix_seed(p)
+    p.clip_skip = int(_opt("CLIP_stop_at_last_layers", 1))
+    total = p.n_iter * p.batch_size
+    styles_db = getattr(shared, "prompt_styles", None)
+    prompts = _prompt_list(p.prompt, total)
+    negatives = _prompt_list(p.negative_prompt, total)
+    if styles_db is not None and p.styles:
+        prompts = [styles_db.apply_styles_to_prompt(x, p.styles) for x in prompts]
+        negatives = [styles_db.apply_negative_styles_to_prompt(x, p.styles) for x in negatives]
+    p.all_prompts, p.all_negative_prompts = prompts, negatives
+    p.all_seeds = [int(p.seed) + i for i in range(total)] if not isinstance(p.seed, list) else list(p.seed)
+    p.all_subseeds = [int(p.subseed) + i for i in range(total)] if not isinstance(p.subseed, list) else list(p.subseed)
+    p.init(p.all_prompts, p.all_seeds, p.all_subseeds)
+
+    state = getattr(shared, "state", None)
+    outpath_samples = p.outpath_samples or _outdir(p.kind, True)
+    outpath_grids = p.outpath_grids or _outdir(p.kind, False)
+    output_images: list[Image.Image] = []
+    infotexts: list[str] = []
+    if state is not None:
+        state.job_count = p.n_iter
+    with _tiling(model, bool(p.tiling)):
+        for n in range(p.n_iter):
+            if state is not None and (state.interrupted or state.stopping_generation):
+                break
+            p.iteration = n
+            sl = slice(n * p.batch_size, (n + 1) * p.batch_size)
+            p.prompts, p.negative_prompts = p.all_prompts[sl], p.all_negative_prompts[sl]
+            p.seeds, p.subseeds = p.all_seeds[sl], p.all_subseeds[sl]
+            request = BatchRequest(
+                model=model, prompts=p.prompts, negative_prompts=p.negative_prompts, seeds=p.seeds,
+                subseeds=p.subseeds, subseed_strength=p.subseed_strength,
+                seed_resize_from_h=max(p.seed_resize_from_h, 0), seed_resize_from_w=max(p.seed_resize_from_w, 0),
+                sampler_name=p.sampler_name, scheduler=p.scheduler, steps=p.steps, cfg_scale=p.cfg_scale,
+                width=p.width, height=p.height, clip_skip=p.clip_skip, emphasis=_opt("emphasis", "Original"),
+                settings=dict(shared.opts.data), eta=p.eta,
+            )
+            request = p.batch_request(request)
+            try:
+                latents = generate.sample_batch(request, callback=_progress_callback(state, p),
+                                                should_stop=_stop_check(state))
+            except InterruptedException:
+                if state is not None and state.skipped and not state.interrupted:
+                    state.skipped = False
+                    continue
+                break
+            for key, value in request.infotext_params.items():
+                p.extra_generation_params.setdefault(key, value)
+            decoded = generate.to_pil(generate.vae_decode(model, latents))
+            for i, image in enumerate(decoded):
+                image = p.postprocess_image(i, image)
+                text = create_infotext(p, p.all_prompts, p.all_seeds, p.all_subseeds, iteration=n, position_in_batch=i)
+                if not p.do_not_save_samples and _opt("samples_save", True):
+                    images.save_image(image, outpath_samples, "", p.seeds[i], p.prompts[i],
+                                      _opt("samples_format", "png"), info=text, p=p)
+                image.info["parameters"] = text
+                output_images.append(image)
+                infotexts.append(text)
+            if state is not None:
+                state.nextjob()
+
+    index_of_first_image = 0
+    if len(output_images) > 1 and _opt("return_grid", True) and not p.do_not_save_grid:
+        grid = images.image_grid(output_images, p.batch_size)
+        grid_text = infotexts[0]
+        if _opt("grid_save", True):
+            images.save_image(grid, outpath_grids, "grid", p.all_seeds[0], p.all_prompts[0],
+                              _opt("grid_format", "png"), info=grid_text, short_filename=not _opt(
+                                  "grid_extended_filename", False), p=p, grid=True)
+        grid.info["parameters"] = grid_text
+        output_images.insert(0, grid)
+        infotexts.insert(0, grid_text)
+        index_of_first_image = 1
+
+    return Processed(p, output_images, p.all_seeds[0] if p.all_seeds else -1,
+                     infotexts[0] if infotexts else "", p.all_subseeds[0] if p.all_subseeds else None,
+                     index_of_first_image=index_of_first_image, infotexts=infotexts)
+
+
+def _stop_check(state):
+    if state is None:
+        return lambda: False
+    return lambda: bool(state.interrupted or state.skipped)
+
+
+def _progress_callback(state, p):
+    if state is None:
+        return None
+
+    def callback(d: dict[str, Any]) -> None:
+        state.sampling_step = int(d["i"]) + 1
+        state.sampling_steps = p.steps
+        state.current_latent = d.get("denoised")
+        if hasattr(state, "set_current_image"):
+            state.set_current_image()
+
+    return callback
