@@ -38,3 +38,7 @@ def set_cmd_opts(ns: argparse.Namespace) -> None:
     data_path = paths.data_path
     models_path = paths.models_path
     extensions_dir = paths.extensions_dir
+
+from modules.shared_state import State  # noqa: E402  (no cycle: shared_state reads shared only at call time)
+
+state = State()  # progress, interrupt/skip flags and live preview of the running job

@@ -54,3 +54,39 @@ options_templates.update(options_section(("vae", "VAE", "sd"), {
 options_templates.update(options_section(("optimizations", "Optimizations", "sd"), {
     "cross_attention_optimization": OptionInfo("Automatic", "Cross attention optimization"),
 }))
+
+# Noise (modules.rng) and live previews (modules.shared_state, modules.engine.previews).
+categories.register_category("ui", "User interface")
+
+options_templates.update(options_section(("sd", "Stable Diffusion", "sd"), {
+    "randn_source": OptionInfo(
+        "GPU", "Random number generator source.", component_args={"choices": ["GPU", "CPU", "NV"]}, infotext="RNG"
+    ).info(
+        "changes seeds drastically; use CPU to produce the same picture across different videocard vendors; "
+        "use NV to produce same picture as on NVidia videocards"
+    ),
+}))
+
+options_templates.update(options_section(("sampler-params", "Sampler parameters", "sd"), {
+    "eta_noise_seed_delta": OptionInfo(0, "Eta noise seed delta", component_args={"precision": 0}, infotext="ENSD").info(
+        "ENSD; does not improve anything, just produces different results for ancestral samplers - "
+        "only useful for reproducing images"
+    ),
+}))
+
+options_templates.update(options_section(("ui", "Live previews", "ui"), {
+    "live_previews_enable": OptionInfo(True, "Show live previews of the created image"),
+    "live_previews_image_format": OptionInfo(
+        "png", "Live preview file format", component_args={"choices": ["jpeg", "png", "webp"]}
+    ),
+    "show_progress_grid": OptionInfo(True, "Show previews of all images generated in a batch as a grid"),
+    "show_progress_every_n_steps": OptionInfo(
+        10, "Live preview display period", component_args={"minimum": -1, "maximum": 32, "step": 1}
+    ).info("in sampling steps - show new live preview image every N sampling steps; -1 = only show after completion of batch"),
+    "show_progress_type": OptionInfo(
+        "Approx cheap", "Live preview method", component_args={"choices": ["Full", "Approx cheap"]}
+    ).info("Full = slow but accurate; Approx cheap = super fast but terrible otherwise"),
+    "live_preview_refresh_period": OptionInfo(1000, "Progressbar and preview update period").info(
+        "in milliseconds"
+    ),
+}))
