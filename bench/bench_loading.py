@@ -101,25 +101,22 @@ def main() -> None:
     for label, policy in (("ours_limit1", CachePolicy(1, True)), ("ours_limit2_keep_in_cpu", CachePolicy(2, True))):
         manager = ModelManager(precision=lambda: precision, policy=lambda policy=policy: policy)
         manager.load(_Info(files["sd15"][0]))
-        times = []
-        for family in order[1 : args.switches + 1]:
-            times.append(_timed(lambda family=family: manager.load(_Info(files[family][0]))))
+        times = [_timed(lambda m=manager, f=family: m.load(_Info(files[f][0])))
+                 for family in order[1 : args.switches + 1]]
         allocated = torch.cuda.memory_allocated() / 2**30
         results["switch"][label] = {"median_s": statistics.median(times), "all": times, "gpu_gib_after": allocated}
         print(label, results["switch"][label], flush=True)
         manager.unload()
-        del manager
         _free()
 
-    pipe = diffusers_load("sd15", *files["sd15"])
-    times = []
-    for family in order[1 : args.switches + 1]:
-        def switch(family=family):
-            nonlocal pipe
-            del pipe
-            _free()
-            pipe = diffusers_load(family, *files[family])
-        times.append(_timed(switch))
+    holder = {"pipe": diffusers_load("sd15", *files["sd15"])}
+
+    def switch(family: str) -> None:
+        holder.pop("pipe")  # drop the old pipeline first, as a user switching models would
+        _free()
+        holder["pipe"] = diffusers_load(family, *files[family])
+
+    times = [_timed(lambda f=family: switch(f)) for family in order[1 : args.switches + 1]]
     results["switch"]["diffusers"] = {"median_s": statistics.median(times), "all": times,
                                       "gpu_gib_after": torch.cuda.memory_allocated() / 2**30}
     print("diffusers", results["switch"]["diffusers"], flush=True)

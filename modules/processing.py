@@ -21,6 +21,7 @@ from modules.engine import generate, inpainting
 from modules.engine.generate import BatchRequest
 from modules.engine.sampling.common import InterruptedException
 from modules.engine.sampling.registry import find_sampler_config, get_sampler_and_scheduler
+from modules.engine.sampling.schedules import schedulers
 
 VERSION = "studio-0.1"  # not an A1111 version number on purpose: A1111's parser applies no back-compat to it
 OUTDIRS = {
@@ -204,59 +205,60 @@ class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
         batch = len(request.prompts)
         sources = [self.init_images[(self.iteration * self.batch_size + i) % len(self.init_images)]
                    for i in range(batch)]
-        prepared, masks_latent, cond_masks = [], [], []
+        prepared, masks_latent = [], []
         self._overlay_masks, self._originals, self._regions = [], [], []
         for image in sources:
             image = ImageOps.exif_transpose(image).convert("RGB")
             if self.image_mask is None:
                 prepared.append(images.resize_image(self.resize_mode, image, self.width, self.height))
-                self._regions.append(None)
                 continue
-            mask = inpainting.prepare_mask(self.image_mask, mask_blur_x=self.mask_blur_x, mask_blur_y=self.mask_blur_y,
+            mask_image = self.image_mask
+            if getattr(mask_image, "size", image.size) != image.size:
+                mask_image = mask_image.resize(image.size, Image.Resampling.LANCZOS)
+            mask = inpainting.prepare_mask(mask_image, mask_blur_x=self.mask_blur_x, mask_blur_y=self.mask_blur_y,
                                            invert=bool(self.inpainting_mask_invert), mask_round=self.mask_round)
-            if self.inpaint_full_res:
-                region = inpainting.InpaintRegion.create(image, mask, self.width, self.height,
-                                                         self.inpaint_full_res_padding)
-                work_image, work_mask = region.image, region.mask_for_latent
-            else:
-                region = None
+            region = inpainting.InpaintRegion.create(image, mask, self.width, self.height,
+                                                     self.inpaint_full_res_padding) if self.inpaint_full_res else None
+            if region is not None:
+                work_image, work_mask, overlay = region.image, region.mask_for_latent, mask.for_overlay
+            else:  # "Whole picture", or "Only masked" with an empty mask (A1111 falls back the same way)
                 image = images.resize_image(self.resize_mode, image, self.width, self.height)
-                work_image = image
-                work_mask = images.resize_image(self.resize_mode, mask.for_latent, self.width, self.height)
+                whole = mask.for_whole_picture(self.resize_mode, self.width, self.height)
+                work_image, work_mask, overlay = image, whole.for_latent, whole.for_overlay
             self._originals.append(image)
-            self._overlay_masks.append(mask.for_overlay if region is not None else
-                                       images.resize_image(self.resize_mode, mask.for_overlay, self.width, self.height))
+            self._overlay_masks.append(overlay)
             self._regions.append(region)
-            work_image = inpainting.init_image_for_masked_content(work_image, work_mask, self.inpainting_fill)
-            prepared.append(work_image)
+            prepared.append(inpainting.init_image_for_masked_content(work_image, work_mask, self.inpainting_fill))
             masks_latent.append(work_mask)
-            cond_masks.append(work_mask)
 
         pixels = generate.from_pil(prepared).to(model.device)
         init_latent = generate.vae_encode(model, pixels)
         request.init_latent = init_latent
         request.denoising_strength = self.denoising_strength
         request.initial_noise_multiplier = self.initial_noise_multiplier if self.initial_noise_multiplier else 1.0
+
+        def encode(x: torch.Tensor) -> torch.Tensor:  # [-1, 1] pixels -> scaled latents
+            return generate.vae_encode(model, (x + 1) / 2)
+
         if masks_latent:
             latent_h, latent_w = init_latent.shape[-2:]
-            new_content = torch.cat([inpainting.latent_mask(m, latent_h, latent_w) for m in masks_latent]).to(
-                model.device)
-            if self.inpainting_fill in (2, 3):
-                noise = torch.randn(init_latent.shape, generator=torch.Generator().manual_seed(request.seeds[0])).to(
-                    model.device)
+            new_content = torch.cat([inpainting.latent_mask(m, latent_h, latent_w, round=self.mask_round)
+                                     for m in masks_latent]).to(model.device)
+            if inpainting.needs_latent_fill(self.inpainting_fill):
+                noise = torch.stack([torch.randn(init_latent.shape[1:], generator=torch.Generator().manual_seed(s))
+                                     for s in request.seeds]).to(model.device)
                 request.init_latent = init_latent = inpainting.apply_latent_fill(init_latent, new_content,
                                                                                  self.inpainting_fill, noise)
             if model.is_inpainting:
-                request.image_cond = inpainting.inpainting_model_conditioning(
-                    pixels * 2 - 1, new_content_mask_pixels(cond_masks, model.device),
-                    lambda x: generate.vae_encode(model, (x + 1) / 2))
+                request.image_cond = torch.cat([
+                    inpainting.inpainting_model_conditioning(pixels[i : i + 1] * 2 - 1, m, encode,
+                                                             round_mask=self.mask_round)
+                    for i, m in enumerate(masks_latent)])
             else:
                 request.mask, request.nmask = 1 - new_content, new_content
         elif model.is_inpainting:
-            # An inpainting model used for plain img2img: an all-keep mask and the whole image as conditioning.
-            full = torch.zeros(pixels.shape[0], 1, *pixels.shape[-2:], device=model.device)
-            request.image_cond = inpainting.inpainting_model_conditioning(
-                pixels * 2 - 1, full, lambda x: generate.vae_encode(model, (x + 1) / 2))
+            # An inpainting model used for plain img2img: the whole image is "repaint" (A1111 does the same).
+            request.image_cond = inpainting.inpainting_model_conditioning(pixels * 2 - 1, None, encode)
         return request
 
     def postprocess_image(self, index: int, image: Image.Image) -> Image.Image:
@@ -264,12 +266,6 @@ class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
             return image
         return inpainting.apply_overlay(image, self._originals[index], self._overlay_masks[index],
                                         self._regions[index])
-
-
-def new_content_mask_pixels(masks: list[Image.Image], device: torch.device) -> torch.Tensor:
-    arrays = [torch.from_numpy((ImageOps.grayscale(m).point(lambda v: 255 if v >= 128 else 0).__array__()
-                                / 255.0).astype("float32")) for m in masks]
-    return torch.stack(arrays).unsqueeze(1).to(device)
 
 
 class Processed:
@@ -425,10 +421,16 @@ def _apply_override_settings(p: StableDiffusionProcessing) -> dict[str, Any]:
 
 def process_images(p: StableDiffusionProcessing) -> Processed:
     """Run a request; `override_settings` apply for its duration and are restored after (unless asked not to)."""
+    state = getattr(shared, "state", None)
+    owns_job = state is not None and not state.job  # called directly, not from a queue that began a job
+    if owns_job:
+        state.begin(job=p.kind)
     saved = _apply_override_settings(p)
     try:
         return process_images_inner(p)
     finally:
+        if owns_job:
+            state.end()
         if p.override_settings_restore_afterwards:
             for key, value in saved.items():
                 shared.opts.data[key] = value
@@ -454,9 +456,12 @@ def _resolve_sampler(p: StableDiffusionProcessing) -> None:
         from modules.engine.sampling.registry import samplers
 
         p.sampler_name = samplers[p.sampler_index].name if p.sampler_index < len(samplers) else None
-    sampler, scheduler = get_sampler_and_scheduler(p.sampler_name or "Euler", p.scheduler or "Automatic")
-    if find_sampler_config(sampler) is None:
+    name = p.sampler_name or "Euler"
+    known = find_sampler_config(name) is not None or any(
+        name.endswith(" " + s.label) and find_sampler_config(name[: -len(s.label) - 1]) for s in schedulers)
+    if not known:
         raise ValueError(f"unknown sampler {p.sampler_name!r}")
+    sampler, scheduler = get_sampler_and_scheduler(name, p.scheduler or "Automatic")
     p.sampler_name, p.scheduler = find_sampler_config(sampler).name, scheduler
 
 
@@ -484,8 +489,8 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
         prompts = [styles_db.apply_styles_to_prompt(x, p.styles) for x in prompts]
         negatives = [styles_db.apply_negative_styles_to_prompt(x, p.styles) for x in negatives]
     p.all_prompts, p.all_negative_prompts = prompts, negatives
-    p.all_seeds = [int(p.seed) + i for i in range(total)] if not isinstance(p.seed, list) else list(p.seed)
-    p.all_subseeds = [int(p.subseed) + i for i in range(total)] if not isinstance(p.subseed, list) else list(p.subseed)
+    p.all_seeds = rng.seeds_for_batch(p.seed, p.n_iter, p.batch_size, p.subseed_strength)
+    p.all_subseeds = rng.subseeds_for_batch(p.subseed, p.n_iter, p.batch_size)
     p.init(p.all_prompts, p.all_seeds, p.all_subseeds)
 
     state = getattr(shared, "state", None)

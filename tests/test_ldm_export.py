@@ -121,12 +121,12 @@ def test_sd1_layout(written):
     assert ckpt[u + "input_blocks.1.1.proj_in.weight"].ndim == 4  # SD1: 1x1 conv projection
     assert ckpt["cond_stage_model.transformer.text_model.embeddings.token_embedding.weight"].shape == (49408, 64)
     assert ckpt["first_stage_model.encoder.mid.attn_1.q.weight"].shape == (64, 64, 1, 1)
-    # ldm numbers decoder levels in reverse: diffusers' up_blocks[0] (lowest resolution, upsampler) is up.1
-    assert "first_stage_model.decoder.up.1.upsample.conv.weight" in ckpt
+    # ldm numbers decoder levels in reverse: diffusers' up_blocks[0] (lowest resolution) is up.3 of 4
+    assert "first_stage_model.decoder.up.3.upsample.conv.weight" in ckpt
     assert "first_stage_model.decoder.up.0.upsample.conv.weight" not in ckpt
-    assert torch.equal(
-        ckpt["first_stage_model.decoder.up.0.block.0.nin_shortcut.weight"],
-        model.vae.state_dict()["decoder.up_blocks.1.resnets.0.conv_shortcut.weight"],
+    assert torch.equal(  # the 64 -> 32 channel change sits in diffusers' up_blocks[2], ldm's up.1
+        ckpt["first_stage_model.decoder.up.1.block.0.nin_shortcut.weight"],
+        model.vae.state_dict()["decoder.up_blocks.2.resnets.0.conv_shortcut.weight"],
     )
 
 

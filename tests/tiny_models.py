@@ -130,9 +130,10 @@ def vae_config(family: str) -> dict:
     return {
         "in_channels": 3,
         "out_channels": 3,
-        "down_block_types": ("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        "up_block_types": ("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        "block_out_channels": (32, 64),
+        # Four levels, like the real VAE: 8 pixels per latent cell, so images stay cheap for the tiny UNet.
+        "down_block_types": ("DownEncoderBlock2D",) * 4,
+        "up_block_types": ("UpDecoderBlock2D",) * 4,
+        "block_out_channels": (32, 32, 64, 64),
         "layers_per_block": 1,
         "latent_channels": 4,
         "norm_num_groups": 32,

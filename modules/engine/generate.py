@@ -73,12 +73,13 @@ def sdxl_time_ids(model: StableDiffusionModel, width: int, height: int, negative
     return torch.tensor([ids], dtype=torch.float32, device=model.device).repeat(batch, 1)
 
 
-def make_noise(request: BatchRequest, shape: tuple[int, ...]) -> Any:
+def make_noise(request: BatchRequest, shape: tuple[int, ...], uses_ensd: bool) -> Any:
     from modules import rng
 
+    ensd = int(request.settings.get("eta_noise_seed_delta", 0) or 0) if uses_ensd else 0
     return rng.ImageRNG(shape, request.seeds, subseeds=request.subseeds, subseed_strength=request.subseed_strength,
                         seed_resize_from_h=request.seed_resize_from_h, seed_resize_from_w=request.seed_resize_from_w,
-                        device=request.model.device)
+                        device=request.model.device, eta_noise_seed_delta=ensd)
 
 
 def sample_batch(request: BatchRequest, callback: Callable[[dict[str, Any]], None] | None = None,
@@ -111,8 +112,9 @@ def sample_batch(request: BatchRequest, callback: Callable[[dict[str, Any]], Non
                       mask=request.mask, nmask=request.nmask, init_latent=request.init_latent)
 
     schedule_settings = ScheduleSettings.from_options(request.settings)
-    latent_shape = (model.latent_channels, request.height // 8, request.width // 8)
-    noise_source = make_noise(request, latent_shape)
+    factor = model.vae_scale_factor
+    latent_shape = (model.latent_channels, request.height // factor, request.width // factor)
+    noise_source = make_noise(request, latent_shape, bool(sampler.options.get("uses_ensd", False)))
     noise = noise_source.first()
 
     if request.init_latent is None:
@@ -126,8 +128,12 @@ def sample_batch(request: BatchRequest, callback: Callable[[dict[str, Any]], Non
         x = request.init_latent + noise * sigmas[0].to(noise.device) * request.initial_noise_multiplier
     sigmas = sigmas.to(model.device)
 
-    generators = getattr(noise_source, "generators", None)
-    noise_sampler = sampler.create_noise_sampler(x, full_sigmas, seeds=request.seeds, generators=generators)
+    if sampler.options.get("brownian_noise", False):
+        noise_sampler = sampler.create_noise_sampler(x, full_sigmas, seeds=request.seeds)
+    else:
+        # Step noise from each image's own generator (A1111's rng.next()), so batches stay reproducible.
+        def noise_sampler(sigma, sigma_next):
+            return noise_source.next()
     options = sampler.sampler_kwargs(request.settings, eta=request.eta, infotext=request.infotext_params)
     return sampler.sample(cfg, x, sigmas, extra_args={}, callback=callback, noise_sampler=noise_sampler,
                           disable=True, **options)

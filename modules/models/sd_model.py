@@ -65,6 +65,11 @@ class StableDiffusionModel:
         return int(self.vae.config.latent_channels)
 
     @property
+    def vae_scale_factor(self) -> int:
+        """Pixels per latent cell: 8 for every released model (tiny test models use less)."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
     def device(self) -> torch.device:
         return next(self.unet.parameters()).device
 

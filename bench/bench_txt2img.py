@@ -1,0 +1,121 @@
+"""txt2img speed on a CUDA GPU: our engine against plain diffusers pipelines, same weights, same process.
+
+For SD1.5 at 512x512 and SDXL at 1024x1024 (random weights at real sizes, fp16): 30 steps, CFG 7, Euler,
+batch 1. Ours: `process_images` on a `StableDiffusionProcessingTxt2Img` (nothing saved, no previews). Theirs:
+`StableDiffusionPipeline` / `StableDiffusionXLPipeline.from_single_file` on the same file with
+`EulerDiscreteScheduler`. Each side is warmed up, then timed `--repeats` times, alternating; medians are
+reported as seconds per image and iterations per second (steps / seconds, end to end: text encoding, sampling
+and VAE decode included), and the ratio (ours / diffusers speed).
+
+    python bench/bench_txt2img.py --workdir /tmp/bench --out results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.full_size import write_checkpoint_and_config  # noqa: E402
+
+SIZES = {"sd15": 512, "sdxl": 1024}
+PROMPT = "a photograph of an astronaut riding a horse on the moon, highly detailed"
+NEGATIVE = "blurry, low quality"
+
+
+def _time(fn) -> float:
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def ours_runner(path: str, family: str, steps: int):
+    from modules import devices, processing, shared
+    from modules.models.loader import load_model
+
+    shared.opts.data["live_previews_enable"] = False
+    model = load_model(path, devices.choose_precision(torch.device("cuda")))
+    size = SIZES[family]
+
+    def run():
+        p = processing.StableDiffusionProcessingTxt2Img(
+            prompt=PROMPT, negative_prompt=NEGATIVE, steps=steps, cfg_scale=7.0, width=size, height=size,
+            sampler_name="Euler", seed=1234, do_not_save_samples=True, do_not_save_grid=True)
+        p.sd_model = model
+        processing.process_images(p)
+
+    return run
+
+
+def diffusers_runner(path: str, config_dir: str, family: str, steps: int):
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    cls = StableDiffusionPipeline if family == "sd15" else StableDiffusionXLPipeline
+    extra = {"safety_checker": None, "requires_safety_checker": False} if family == "sd15" else {}
+    pipe = cls.from_single_file(path, config=config_dir, local_files_only=True, torch_dtype=torch.float16, **extra)
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    pipe = pipe.to("cuda")
+    pipe.set_progress_bar_config(disable=True)
+    size = SIZES[family]
+
+    def run():
+        generator = torch.Generator("cuda").manual_seed(1234)
+        pipe(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=steps, guidance_scale=7.0, width=size,
+             height=size, generator=generator)
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--workdir", default="/tmp/bench-models")
+    parser.add_argument("--out", default="bench-txt2img.json")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--families", default="sd15,sdxl")
+    args = parser.parse_args()
+    assert torch.cuda.is_available(), "this benchmark needs a CUDA GPU"
+    os.makedirs(args.workdir, exist_ok=True)
+    results: dict = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "steps": args.steps}
+    for family in args.families.split(","):
+        path = os.path.join(args.workdir, f"{family}.safetensors")
+        config_dir = os.path.join(args.workdir, f"{family}-config")
+        if not os.path.exists(path):
+            write_checkpoint_and_config(family, path, config_dir)
+        ours = ours_runner(path, family, args.steps)
+        theirs = diffusers_runner(path, config_dir, family, args.steps)
+        ours(), theirs()  # warm-up: kernels, allocator, cuDNN autotune
+        ours_t, theirs_t = [], []
+        for _ in range(args.repeats):
+            ours_t.append(_time(ours))
+            theirs_t.append(_time(theirs))
+        o, t = statistics.median(ours_t), statistics.median(theirs_t)
+        results[family] = {
+            "size": SIZES[family], "ours_s_per_image": o, "diffusers_s_per_image": t,
+            "ours_it_s": args.steps / o, "diffusers_it_s": args.steps / t, "ratio": t / o,
+            "ours_all": ours_t, "diffusers_all": theirs_t,
+            "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+        }
+        print(family, json.dumps(results[family]), flush=True)
+        del ours, theirs
+        torch.cuda.empty_cache()
+    with open(args.out, "w") as f:
+        json.dump(results, f, indent=1)
+    print("\n| model | ours s/image (it/s) | diffusers s/image (it/s) | ratio |\n|---|---|---|---|")
+    for family in args.families.split(","):
+        r = results[family]
+        print(f"| {family} {r['size']}x{r['size']} | {r['ours_s_per_image']:.2f} ({r['ours_it_s']:.1f}) | "
+              f"{r['diffusers_s_per_image']:.2f} ({r['diffusers_it_s']:.1f}) | {r['ratio']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

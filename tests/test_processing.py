@@ -1,0 +1,249 @@
+"""The generation engine through A1111's public entry point, on tiny random-weight models (CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from tiny_models import write_tiny_checkpoint
+
+from modules import images, infotext_utils, processing, sd_models, shared
+from modules.engine import cfg_denoiser
+from modules.engine.sampling.registry import all_samplers
+from modules.engine.sampling.schedules import schedulers
+from modules.models import registry
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    saved = dict(shared.opts.data)
+    shared.set_cmd_opts(shared.parser.parse_args(["--data-dir", str(root)]))
+    ckpt_dir = root / "models" / "Stable-diffusion"
+    ckpt_dir.mkdir(parents=True)
+    write_tiny_checkpoint(ckpt_dir / "sd1.safetensors", "sd1", seed=3)
+    write_tiny_checkpoint(ckpt_dir / "sd2v.safetensors", "sd2", seed=4, prediction="v")
+    write_tiny_checkpoint(ckpt_dir / "xl.safetensors", "sdxl", seed=5)
+    write_tiny_checkpoint(ckpt_dir / "refiner.safetensors", "sdxl_refiner", seed=6)
+    write_tiny_checkpoint(ckpt_dir / "sd1-inpaint.safetensors", "sd1", "inpaint", seed=7)
+    shared.opts.data["live_previews_enable"] = False
+    registry.list_models()
+    yield root
+    sd_models.unload_model_weights()
+    shared.opts.data.clear()
+    shared.opts.data.update(saved)
+    shared.set_cmd_opts(shared.parser.parse_args([]))
+    registry.list_models()
+
+
+def use(name: str):
+    return sd_models.load_model(sd_models.get_closet_checkpoint_match(name))
+
+
+def txt2img(**kw) -> processing.Processed:
+    args = {"prompt": "a red circle", "negative_prompt": "blurry", "steps": 4, "width": 64, "height": 64,
+            "sampler_name": "Euler", "seed": 42, "cfg_scale": 7.0, "do_not_save_samples": True,
+            "do_not_save_grid": True}
+    args.update(kw)
+    return processing.process_images(processing.StableDiffusionProcessingTxt2Img(**args))
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+
+def test_same_settings_give_a_bit_identical_image(data_dir):
+    use("sd1.safetensors")
+    a, b = txt2img(), txt2img()
+    assert np.array_equal(pixels(a.images[0]), pixels(b.images[0]))
+    c = txt2img(seed=43)
+    assert not np.array_equal(pixels(a.images[0]), pixels(c.images[0]))
+
+
+def test_random_seed_is_fixed_and_reported(data_dir):
+    use("sd1.safetensors")
+    result = txt2img(seed=-1)
+    assert result.seed >= 0
+    again = txt2img(seed=result.seed)
+    assert np.array_equal(pixels(result.images[0]), pixels(again.images[0]))
+
+
+def test_batch_image_i_gets_seed_plus_i(data_dir):
+    use("sd1.safetensors")
+    batch = txt2img(batch_size=2, n_iter=2)
+    assert batch.all_seeds == [42, 43, 44, 45]
+    assert len(batch.images) == 4  # no grid: do_not_save_grid
+    single = txt2img(seed=43)
+    # Same noise and conditioning; batched matmuls may differ in the last bit, so allow one level.
+    assert np.abs(pixels(batch.images[1]) - pixels(single.images[0])).max() <= 1
+    assert json.loads(batch.js())["all_seeds"] == [42, 43, 44, 45]
+
+
+def test_variation_seed(data_dir):
+    use("sd1.safetensors")
+    base = txt2img()
+    zero = txt2img(subseed=7, subseed_strength=0.0)
+    varied = txt2img(subseed=7, subseed_strength=0.5)
+    assert np.array_equal(pixels(base.images[0]), pixels(zero.images[0]))
+    assert not np.array_equal(pixels(base.images[0]), pixels(varied.images[0]))
+    assert "Variation seed: 7, Variation seed strength: 0.5" in varied.infotexts[0]
+
+
+@pytest.mark.parametrize("sampler", [s.name for s in all_samplers])
+def test_every_sampler_runs(data_dir, sampler):
+    use("sd1.safetensors")
+    result = txt2img(sampler_name=sampler, steps=3)
+    assert np.isfinite(pixels(result.images[0])).all()
+    assert f"Sampler: {sampler}" in result.infotexts[0]
+
+
+@pytest.mark.parametrize("scheduler", [s.label for s in schedulers])
+def test_every_schedule_type_runs(data_dir, scheduler):
+    use("sd1.safetensors")
+    result = txt2img(sampler_name="DPM++ 2M", scheduler=scheduler, steps=4)
+    assert result.images[0].size == (64, 64)
+    if scheduler != "Automatic":
+        assert f"Schedule type: {scheduler}" in result.infotexts[0]
+
+
+def test_old_combined_sampler_names_are_accepted(data_dir):
+    use("sd1.safetensors")
+    result = txt2img(sampler_name="Euler a Karras")
+    assert "Sampler: Euler a, Schedule type: Karras" in result.infotexts[0]
+
+
+@pytest.mark.parametrize(("name", "size"), [("sd2v.safetensors", (64, 64)), ("xl.safetensors", (64, 96)),
+                                            ("refiner.safetensors", (64, 64))])
+def test_other_families_generate(data_dir, name, size):
+    model = use(name)
+    result = txt2img(width=size[0], height=size[1])
+    assert result.images[0].size == size
+    assert model.sd_checkpoint_info.model_name in result.infotexts[0]
+
+
+def _record_contexts(monkeypatch):
+    seen = []
+    real = cfg_denoiser.unet_call
+
+    def spy(unet, x, t, context, added=None, image_cond=None):
+        seen.append(context.clone())
+        return real(unet, x, t, context, added, image_cond)
+
+    monkeypatch.setattr("modules.engine.generate.unet_call", spy)
+    return seen
+
+
+def _encoded(text: str) -> torch.Tensor:
+    from modules.engine.conditioning import PromptEncoder
+
+    return PromptEncoder(shared.sd_model).encode([text])
+
+
+def test_prompt_editing_switches_conditioning_at_the_right_step(data_dir, monkeypatch):
+    use("sd1.safetensors")
+    seen = _record_contexts(monkeypatch)
+    txt2img(prompt="[cat:dog:2]", steps=4)
+    cat, dog = _encoded("cat")[0], _encoded("dog")[0]
+    assert len(seen) == 4
+    # A1111 compares the 0-based step with the schedule's end step using <=: "cat" through step 2.
+    assert [torch.equal(c[0], cat) for c in seen] == [True, True, True, False]
+    assert torch.equal(seen[3][0], dog)
+
+
+def test_prompt_editing_by_fraction_and_alternation(data_dir, monkeypatch):
+    use("sd1.safetensors")
+    seen = _record_contexts(monkeypatch)
+    txt2img(prompt="[cat:dog:0.5]", steps=8)  # 0.5 of 8 steps: end step 4
+    cat, dog = _encoded("cat")[0], _encoded("dog")[0]
+    assert [torch.equal(c[0], cat) for c in seen] == [True] * 5 + [False] * 3
+    assert all(torch.equal(c[0], dog) for c in seen[5:])
+    seen.clear()
+    txt2img(prompt="[cat|dog]", steps=5)  # A1111's schedule [[1, cat], [2, dog], [3, cat], ...] read with <=
+    assert [("cat" if torch.equal(c[0], cat) else "dog" if torch.equal(c[0], dog) else "?") for c in seen] == [
+        "cat", "cat", "dog", "cat", "dog"]
+
+
+def test_and_composition_runs_one_row_per_subprompt(data_dir, monkeypatch):
+    use("sd1.safetensors")
+    seen = _record_contexts(monkeypatch)
+    txt2img(prompt="a cat AND a dog:0.5", steps=2)
+    assert seen[0].shape[0] == 3  # two sub-prompts + the negative
+
+
+def test_long_prompts_and_break_use_more_chunks(data_dir, monkeypatch):
+    use("sd1.safetensors")
+    seen = _record_contexts(monkeypatch)
+    txt2img(prompt="circle " * 100, negative_prompt="", steps=1)
+    assert seen[0].shape[1] == 154  # two 77-token chunks; the negative ran separately (one chunk)
+    seen.clear()
+    txt2img(prompt="red BREAK blue", negative_prompt="x BREAK y", steps=1)
+    assert seen[0].shape[1] == 154
+
+
+def test_interrupt_stops_within_one_step(data_dir, monkeypatch):
+    use("sd1.safetensors")
+    seen = _record_contexts(monkeypatch)
+    real_sample = processing.generate.sample_batch
+
+    def sample_and_interrupt(request, callback=None, should_stop=lambda: False):
+        def cb(d):
+            if callback:
+                callback(d)
+            if d["i"] == 2:
+                shared.state.interrupt()
+        return real_sample(request, callback=cb, should_stop=should_stop)
+
+    monkeypatch.setattr(processing.generate, "sample_batch", sample_and_interrupt)
+    shared.state.begin(job="test")
+    try:
+        result = txt2img(steps=20, n_iter=3)
+    finally:
+        shared.state.end()
+        shared.state.interrupted = False
+    assert len(seen) == 3  # steps 0, 1, 2 ran; the interrupt came during step 2
+    assert result.images == []
+
+
+def test_saved_png_carries_the_infotext_in_a1111_layout(data_dir):
+    use("sd1.safetensors")
+    result = txt2img(do_not_save_samples=False, prompt="a red circle", negative_prompt="blurry")
+    folder = os.path.join(str(data_dir), "outputs", "txt2img-images")
+    day = os.listdir(folder)[0]
+    files = sorted(os.listdir(os.path.join(folder, day)))
+    assert files[-1] == f"{len(files) - 1:05d}-42.png"
+    saved = Image.open(os.path.join(folder, day, files[-1]))
+    text = saved.info["parameters"]
+    model = shared.sd_model
+    assert text == (
+        "a red circle\nNegative prompt: blurry\n"
+        f"Steps: 4, Sampler: Euler, CFG scale: 7, Seed: 42, Size: 64x64, Model hash: {model.sd_model_hash}, "
+        f"Model: sd1, Version: {processing.VERSION}"
+    )
+    assert text == result.infotexts[0]
+    params = infotext_utils.parse_generation_parameters(text)
+    assert params["Prompt"] == "a red circle" and params["Seed"] == "42" and params["Size-1"] == "64"
+    assert images.read_info_from_image(saved)[0] == text
+
+
+def test_tiling_and_clip_skip_are_recorded(data_dir):
+    use("sd1.safetensors")
+    shared.opts.data["CLIP_stop_at_last_layers"] = 2
+    try:
+        result = txt2img(tiling=True)
+    finally:
+        shared.opts.data["CLIP_stop_at_last_layers"] = 1
+    assert "Clip skip: 2" in result.infotexts[0] and result.infotexts[0].count("Tiling") == 1
+    plain = txt2img()
+    assert not np.array_equal(pixels(plain.images[0]), pixels(result.images[0]))
+
+
+def test_bad_requests_are_refused_with_a_message(data_dir):
+    use("sd1.safetensors")
+    with pytest.raises(ValueError, match="multiples of 8"):
+        txt2img(width=65)
+    with pytest.raises(ValueError, match="unknown sampler 'Nope'"):
+        txt2img(sampler_name="Nope")
