@@ -3,7 +3,7 @@
 For SD1.5 at 512x512 and SDXL at 1024x1024 (random weights at real sizes, fp16): 30 steps, CFG 7, Euler,
 batch 1. Ours: `process_images` on a `StableDiffusionProcessingTxt2Img` (nothing saved, no previews). Theirs:
 `StableDiffusionPipeline` / `StableDiffusionXLPipeline.from_single_file` on the same file with
-`EulerDiscreteScheduler`. Each side is warmed up, then timed `--repeats` times, alternating; medians are
+`EulerDiscreteScheduler`. Ours runs with CUDA-graph replay of the UNet (the default) and without. Each side is warmed up, then timed `--repeats` times, alternating; medians are
 reported as seconds per image and iterations per second (steps / seconds, end to end: text encoding, sampling
 and VAE decode included), and the ratio (ours / diffusers speed).
 
@@ -38,7 +38,7 @@ def _time(fn) -> float:
     return time.perf_counter() - start
 
 
-def ours_runner(path: str, family: str, steps: int):
+def ours_runner(path: str, family: str, steps: int, graphs: bool = True):
     from modules import devices, processing, shared
     from modules.models.loader import load_model
 
@@ -47,6 +47,7 @@ def ours_runner(path: str, family: str, steps: int):
     size = SIZES[family]
 
     def run():
+        shared.opts.data["cuda_graphs"] = graphs
         p = processing.StableDiffusionProcessingTxt2Img(
             prompt=PROMPT, negative_prompt=NEGATIVE, steps=steps, cfg_scale=7.0, width=size, height=size,
             sampler_name="Euler", seed=1234, do_not_save_samples=True, do_not_save_grid=True)
@@ -92,29 +93,34 @@ def main() -> None:
         if not os.path.exists(path):
             write_checkpoint_and_config(family, path, config_dir)
         ours = ours_runner(path, family, args.steps)
+        eager = ours_runner(path, family, args.steps, graphs=False)
         theirs = diffusers_runner(path, config_dir, family, args.steps)
-        ours(), theirs()  # warm-up: kernels, allocator, cuDNN autotune
-        ours_t, theirs_t = [], []
+        ours(), eager(), theirs()  # warm-up: kernels, allocator, cuDNN autotune, graph capture
+        ours_t, eager_t, theirs_t = [], [], []
         for _ in range(args.repeats):
             ours_t.append(_time(ours))
+            eager_t.append(_time(eager))
             theirs_t.append(_time(theirs))
-        o, t = statistics.median(ours_t), statistics.median(theirs_t)
+        o, e, t = statistics.median(ours_t), statistics.median(eager_t), statistics.median(theirs_t)
         results[family] = {
             "size": SIZES[family], "ours_s_per_image": o, "diffusers_s_per_image": t,
             "ours_it_s": args.steps / o, "diffusers_it_s": args.steps / t, "ratio": t / o,
-            "ours_all": ours_t, "diffusers_all": theirs_t,
+            "ours_eager_s_per_image": e, "ratio_eager": t / e,
+            "ours_all": ours_t, "ours_eager_all": eager_t, "diffusers_all": theirs_t,
             "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
         }
         print(family, json.dumps(results[family]), flush=True)
-        del ours, theirs
+        del ours, eager, theirs
         torch.cuda.empty_cache()
     with open(args.out, "w") as f:
         json.dump(results, f, indent=1)
-    print("\n| model | ours s/image (it/s) | diffusers s/image (it/s) | ratio |\n|---|---|---|---|")
+    print("\n| model | ours s/image (it/s) | ours, no CUDA graphs | diffusers s/image (it/s) | ratio (graphs / eager) |"
+          "\n|---|---|---|---|---|")
     for family in args.families.split(","):
         r = results[family]
         print(f"| {family} {r['size']}x{r['size']} | {r['ours_s_per_image']:.2f} ({r['ours_it_s']:.1f}) | "
-              f"{r['diffusers_s_per_image']:.2f} ({r['diffusers_it_s']:.1f}) | {r['ratio']:.2f} |")
+              f"{r['ours_eager_s_per_image']:.2f} | {r['diffusers_s_per_image']:.2f} ({r['diffusers_it_s']:.1f}) | "
+              f"{r['ratio']:.2f} / {r['ratio_eager']:.2f} |")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,8 @@ options_templates.update(options_section(("sd", "Stable Diffusion", "sd"), {
         1, "Clip skip", component_args={"minimum": 1, "maximum": 12, "step": 1}, infotext="Clip skip"
     ).info("ignore last layers of CLIP network; 1 ignores none, 2 ignores one layer"),
     "upcast_attn": OptionInfo(False, "Upcast cross attention layer to float32"),
+    "cuda_graphs": OptionInfo(True, "Replay the UNet as a CUDA graph").info(
+        "faster on fast GPUs, where launching kernels limits speed; uses some extra VRAM per image size"),
     "model_precision": OptionInfo(
         "float16", "Half-precision type on CUDA", component_args={"choices": ["float16", "bfloat16"]}
     ).info("bfloat16 has float32's range: no overflow to NaN/black images, slightly less precision; needs a recent GPU"),

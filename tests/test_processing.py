@@ -129,9 +129,9 @@ def _record_contexts(monkeypatch):
     seen = []
     real = cfg_denoiser.unet_call
 
-    def spy(unet, x, t, context, added=None, image_cond=None):
+    def spy(unet, x, t, context, added=None, image_cond=None, **kwargs):
         seen.append(context.clone())
-        return real(unet, x, t, context, added, image_cond)
+        return real(unet, x, t, context, added, image_cond, **kwargs)
 
     monkeypatch.setattr("modules.engine.generate.unet_call", spy)
     return seen

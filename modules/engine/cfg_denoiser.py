@@ -25,15 +25,24 @@ def unet_call(
     context: torch.Tensor,
     added: dict[str, torch.Tensor] | None = None,
     image_cond: torch.Tensor | None = None,
+    use_graphs: bool = False,
 ) -> torch.Tensor:
-    """One UNet evaluation in the network's dtype; returns float32 model output of x's shape."""
+    """One UNet evaluation in the network's dtype; returns float32 model output of x's shape.
+
+    With `use_graphs` on a CUDA device the forward is a CUDA-graph replay (modules.engine.unet_graph).
+    """
     dtype = unet.dtype
     if image_cond is not None:
         x = torch.cat([x, image_cond.to(x.dtype)], dim=1)
     added_cond = {k: v.to(dtype) for k, v in added.items()} if added else None
-    out = unet(x.to(dtype), t, encoder_hidden_states=context.to(dtype), added_cond_kwargs=added_cond,
-               return_dict=False)[0]
-    return out.float()
+    x, context = x.to(dtype), context.to(dtype)
+    if use_graphs and x.is_cuda:
+        from modules.engine.unet_graph import graphed_forward
+
+        out = graphed_forward(unet, x, t, context, added_cond)
+    else:
+        out = unet(x, t, encoder_hidden_states=context, added_cond_kwargs=added_cond, return_dict=False)[0]
+    return out.float()  # a copy: a replayed graph's output buffer is reused
 
 
 @dataclass

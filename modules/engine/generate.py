@@ -105,8 +105,10 @@ def sample_batch(request: BatchRequest, callback: Callable[[dict[str, Any]], Non
 
     sampler = create_sampler(request.sampler_name, model)
     unet = model.unet
+    use_graphs = bool(request.settings.get("cuda_graphs", True))
     denoiser = sampler.make_denoiser(
-        lambda x, t, context, added=None, image_cond=None: unet_call(unet, x, t, context, added, image_cond),
+        lambda x, t, context, added=None, image_cond=None: unet_call(unet, x, t, context, added, image_cond,
+                                                                     use_graphs=use_graphs),
         model.alphas_cumprod, model.spec.prediction_type, is_sdxl=model.is_sdxl)
     cfg = CFGDenoiser(denoiser, conditioning, is_sdxl=model.is_sdxl, should_stop=should_stop,
                       mask=request.mask, nmask=request.nmask, init_latent=request.init_latent)
