@@ -483,6 +483,10 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
     p.clip_skip = int(_opt("CLIP_stop_at_last_layers", 1))
     total = p.n_iter * p.batch_size
     styles_db = getattr(shared, "prompt_styles", None)
+    if styles_db is None and p.styles:
+        from modules.styles import StyleDatabase
+
+        shared.prompt_styles = styles_db = StyleDatabase(paths.data_file("styles.csv"))
     prompts = _prompt_list(p.prompt, total)
     negatives = _prompt_list(p.negative_prompt, total)
     if styles_db is not None and p.styles:
@@ -493,6 +497,7 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
     p.all_subseeds = rng.subseeds_for_batch(p.subseed, p.n_iter, p.batch_size)
     p.init(p.all_prompts, p.all_seeds, p.all_subseeds)
 
+    refiner = _load_refiner(p, model)
     state = getattr(shared, "state", None)
     outpath_samples = p.outpath_samples or _outdir(p.kind, True)
     outpath_grids = p.outpath_grids or _outdir(p.kind, False)
@@ -516,6 +521,7 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
                 width=p.width, height=p.height, clip_skip=p.clip_skip, emphasis=_opt("emphasis", "Original"),
                 settings=dict(shared.opts.data), eta=p.eta,
             )
+            request.refiner, request.refiner_switch_at = refiner, float(p.refiner_switch_at or 1.0)
             request = p.batch_request(request)
             try:
                 latents = generate.sample_batch(request, callback=_progress_callback(state, p),
@@ -540,6 +546,8 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
             if state is not None:
                 state.nextjob()
 
+    if refiner is not None:
+        sd_models.manager.release_auxiliary(refiner)
     index_of_first_image = 0
     if len(output_images) > 1 and _opt("return_grid", True) and not p.do_not_save_grid:
         grid = images.image_grid(output_images, p.batch_size)
@@ -556,6 +564,28 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
     return Processed(p, output_images, p.all_seeds[0] if p.all_seeds else -1,
                      infotexts[0] if infotexts else "", p.all_subseeds[0] if p.all_subseeds else None,
                      index_of_first_image=index_of_first_image, infotexts=infotexts)
+
+
+def _load_refiner(p: StableDiffusionProcessing, model):
+    """A1111's refiner: the checkpoint that finishes the last (1 - switch_at) of the steps, or None."""
+    from modules import sd_models
+
+    name = p.refiner_checkpoint
+    if not name or name == "None" or p.refiner_switch_at is None or float(p.refiner_switch_at) >= 1:
+        return None
+    info = sd_models.get_closet_checkpoint_match(str(name))
+    if info is None:
+        raise ValueError(f"refiner checkpoint not found: {name!r}")
+    if info.filename == model.sd_checkpoint_info.filename:
+        return None
+    refiner = sd_models.manager.load_auxiliary(info)
+    if refiner.latent_channels != model.latent_channels or refiner.is_sdxl != model.is_sdxl:
+        raise ValueError(f"refiner {info.title} does not share the model's latent space ({model.spec.display_name})")
+    if not getattr(shared.cmd_opts, "no_hashing", False):
+        info.calculate_shorthash()
+    p.extra_generation_params["Refiner"] = info.short_title
+    p.extra_generation_params["Refiner switch at"] = p.refiner_switch_at
+    return refiner
 
 
 def _stop_check(state):

@@ -247,3 +247,81 @@ def test_bad_requests_are_refused_with_a_message(data_dir):
         txt2img(width=65)
     with pytest.raises(ValueError, match="unknown sampler 'Nope'"):
         txt2img(sampler_name="Nope")
+
+
+def test_sdxl_refiner_takes_over_at_the_switch_step(data_dir, monkeypatch):
+    base = use("xl.safetensors")
+    calls = []
+    real = cfg_denoiser.unet_call
+
+    def spy(unet, x, t, context, added=None, image_cond=None, **kwargs):
+        calls.append(unet)
+        return real(unet, x, t, context, added, image_cond, **kwargs)
+
+    monkeypatch.setattr("modules.engine.generate.unet_call", spy)
+    result = txt2img(steps=5, refiner_checkpoint="refiner.safetensors", refiner_switch_at=0.6)
+    refiner_unet = [u for u in calls if u is not base.unet]
+    assert len(calls) == 5 and calls[:3] == [base.unet] * 3 and len(refiner_unet) == 2
+    assert refiner_unet[0].config.projection_class_embeddings_input_dim != base.unet.config.projection_class_embeddings_input_dim
+    info = sd_models.get_closet_checkpoint_match("refiner.safetensors")
+    assert f"Refiner: {info.short_title}, Refiner switch at: 0.6" in result.infotexts[0]
+    assert shared.sd_model is base  # the base model stays current
+    with pytest.raises(ValueError, match="refiner checkpoint not found"):
+        txt2img(refiner_checkpoint="missing", refiner_switch_at=0.5)
+
+
+def test_styles_from_styles_csv_apply_with_the_prompt_placeholder(data_dir):
+    from modules.styles import StyleDatabase
+
+    (data_dir / "styles.csv").write_text('name,prompt,negative_prompt\n"Glow","{prompt}, glowing","dark"\n',
+                                         encoding="utf-8")
+    shared.prompt_styles = StyleDatabase(str(data_dir / "styles.csv"))
+    use("sd1.safetensors")
+    result = txt2img(prompt="a red circle", negative_prompt="blurry", styles=["Glow"])
+    assert result.all_prompts == ["a red circle, glowing"]
+    assert result.infotexts[0].startswith("a red circle, glowing\nNegative prompt: blurry, dark\n")
+
+
+def test_skip_moves_on_to_the_next_batch(data_dir, monkeypatch):
+    use("sd1.safetensors")
+    real_sample = processing.generate.sample_batch
+    batches = []
+
+    def sample_and_skip_first(request, callback=None, should_stop=lambda: False):
+        batches.append(request.seeds[0])
+
+        def cb(d):
+            if callback:
+                callback(d)
+            if len(batches) == 1 and d["i"] == 1:
+                shared.state.skip()
+        return real_sample(request, callback=cb, should_stop=should_stop)
+
+    monkeypatch.setattr(processing.generate, "sample_batch", sample_and_skip_first)
+    result = txt2img(n_iter=3, steps=4)
+    assert batches == [42, 43, 44]
+    assert [int(t.split("Seed: ")[1].split(",")[0]) for t in result.infotexts] == [43, 44]
+
+
+def test_progress_and_live_previews_during_sampling(data_dir, monkeypatch):
+    use("sd1.safetensors")
+    shared.opts.data.update(live_previews_enable=True, show_progress_every_n_steps=2)
+    seen = []
+    real_sample = processing.generate.sample_batch
+
+    def watch(request, callback=None, should_stop=lambda: False):
+        def cb(d):
+            callback(d)
+            seen.append((shared.state.sampling_step, shared.state.sampling_steps, shared.state.progress()[0],
+                         shared.state.current_image))
+        return real_sample(request, callback=cb, should_stop=should_stop)
+
+    monkeypatch.setattr(processing.generate, "sample_batch", watch)
+    try:
+        txt2img(steps=4)
+    finally:
+        shared.opts.data["live_previews_enable"] = False
+    assert [s[:2] for s in seen] == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert [round(s[2], 2) for s in seen] == [0.26, 0.51, 0.76, 1.0]  # A1111's formula starts at 0.01
+    previews = [s[3] for s in seen if s[3] is not None]
+    assert previews and previews[-1].size == (64, 64)

@@ -53,14 +53,11 @@ class BatchRequest:
     nmask: torch.Tensor | None = None  # 1 = new content
     image_cond: torch.Tensor | None = None
     initial_noise_multiplier: float = 1.0
+    # SDXL refiner: a second model that takes over after `refiner_switch_at` of the steps
+    refiner: StableDiffusionModel | None = None
+    refiner_switch_at: float = 1.0
     # output
     infotext_params: dict[str, Any] = field(default_factory=dict)
-
-
-def encoder_for(request: BatchRequest) -> PromptEncoder:
-    backtrack = int(request.settings.get("comma_padding_backtrack", 20))
-    return PromptEncoder(request.model, clip_skip=request.clip_skip, emphasis=request.emphasis,
-                         comma_backtrack=backtrack)
 
 
 def sdxl_time_ids(model: StableDiffusionModel, width: int, height: int, negative: bool, batch: int) -> torch.Tensor:
@@ -82,36 +79,49 @@ def make_noise(request: BatchRequest, shape: tuple[int, ...], uses_ensd: bool) -
                         device=request.model.device, eta_noise_seed_delta=ensd)
 
 
+def build_denoiser(model: StableDiffusionModel, request: BatchRequest, sampler: Any,
+                   should_stop: Callable[[], bool]) -> CFGDenoiser:
+    """Conditioning for `model` (prompt schedules, SDXL size ids) wrapped in a CFG denoiser over its UNet."""
+    batch = len(request.prompts)
+    encoder = PromptEncoder(model, clip_skip=request.clip_skip, emphasis=request.emphasis,
+                            comma_backtrack=int(request.settings.get("comma_padding_backtrack", 20)))
+    with torch.no_grad():
+        cond = prompt_parser.get_multicond_learned_conditioning(
+            encoder.encode, prompt_parser.SdConditioning(request.prompts, width=request.width, height=request.height),
+            request.steps)
+        uncond = prompt_parser.get_learned_conditioning(
+            encoder.encode, prompt_parser.SdConditioning(request.negative_prompts, is_negative_prompt=True,
+                                                         width=request.width, height=request.height), request.steps)
+    conditioning = StepConditioning(cond=cond, uncond=uncond, cfg_scale=request.cfg_scale,
+                                    image_cond=request.image_cond if model is request.model else None)
+    if model.is_sdxl:
+        conditioning.added_cond = {"time_ids": sdxl_time_ids(model, request.width, request.height, False, batch)}
+        conditioning.added_uncond = {"time_ids": sdxl_time_ids(model, request.width, request.height, True, batch)}
+    unet = model.unet
+    use_graphs = bool(request.settings.get("cuda_graphs", True))
+
+    def model_fn(x, t, context, added=None, image_cond=None):
+        return unet_call(unet, x, t, context, added, image_cond, use_graphs=use_graphs)
+
+    denoiser = sampler.make_denoiser(model_fn, model.alphas_cumprod, model.spec.prediction_type,
+                                     is_sdxl=model.is_sdxl)
+    return CFGDenoiser(denoiser, conditioning, is_sdxl=model.is_sdxl, should_stop=should_stop,
+                       mask=request.mask, nmask=request.nmask, init_latent=request.init_latent)
+
+
+def refiner_start(n_sigmas: int, switch_at: float) -> int:
+    """Index of the sigma where the refiner takes over: after `switch_at` of the steps (at least one each)."""
+    steps = n_sigmas - 1
+    return min(max(int(round(steps * switch_at)), 1), steps - 1) if steps > 1 else steps
+
+
 def sample_batch(request: BatchRequest, callback: Callable[[dict[str, Any]], None] | None = None,
                  should_stop: Callable[[], bool] = lambda: False) -> torch.Tensor:
     """Run the sampler for one batch and return denoised latents (float32, unscaled by the VAE factor)."""
     model = request.model
-    batch = len(request.prompts)
-    encoder = encoder_for(request)
     steps = request.steps
-    with torch.no_grad():
-        cond = prompt_parser.get_multicond_learned_conditioning(
-            encoder.encode, prompt_parser.SdConditioning(request.prompts, width=request.width, height=request.height),
-            steps)
-        uncond = prompt_parser.get_learned_conditioning(
-            encoder.encode, prompt_parser.SdConditioning(request.negative_prompts, is_negative_prompt=True,
-                                                         width=request.width, height=request.height), steps)
-
-    conditioning = StepConditioning(cond=cond, uncond=uncond, cfg_scale=request.cfg_scale,
-                                    image_cond=request.image_cond)
-    if model.is_sdxl:
-        conditioning.added_cond = {"time_ids": sdxl_time_ids(model, request.width, request.height, False, batch)}
-        conditioning.added_uncond = {"time_ids": sdxl_time_ids(model, request.width, request.height, True, batch)}
-
     sampler = create_sampler(request.sampler_name, model)
-    unet = model.unet
-    use_graphs = bool(request.settings.get("cuda_graphs", True))
-    denoiser = sampler.make_denoiser(
-        lambda x, t, context, added=None, image_cond=None: unet_call(unet, x, t, context, added, image_cond,
-                                                                     use_graphs=use_graphs),
-        model.alphas_cumprod, model.spec.prediction_type, is_sdxl=model.is_sdxl)
-    cfg = CFGDenoiser(denoiser, conditioning, is_sdxl=model.is_sdxl, should_stop=should_stop,
-                      mask=request.mask, nmask=request.nmask, init_latent=request.init_latent)
+    cfg = build_denoiser(model, request, sampler, should_stop)
 
     schedule_settings = ScheduleSettings.from_options(request.settings)
     factor = model.vae_scale_factor
@@ -119,13 +129,12 @@ def sample_batch(request: BatchRequest, callback: Callable[[dict[str, Any]], Non
     noise_source = make_noise(request, latent_shape, bool(sampler.options.get("uses_ensd", False)))
     noise = noise_source.first()
 
+    full_sigmas = sampler.get_sigmas(steps, request.scheduler, cfg, schedule_settings, request.infotext_params)
     if request.init_latent is None:
-        sigmas = sampler.get_sigmas(steps, request.scheduler, cfg, schedule_settings, request.infotext_params)
-        full_sigmas = sigmas
+        sigmas = full_sigmas
         x = noise * sigmas[0].to(noise.device)
     else:
         strength = float(request.denoising_strength if request.denoising_strength is not None else 0.75)
-        full_sigmas = sampler.get_sigmas(steps, request.scheduler, cfg, schedule_settings, request.infotext_params)
         sigmas = sampler.sigmas_for_img2img(steps, strength, request.scheduler, cfg, schedule_settings)
         x = request.init_latent + noise * sigmas[0].to(noise.device) * request.initial_noise_multiplier
     sigmas = sigmas.to(model.device)
@@ -137,8 +146,23 @@ def sample_batch(request: BatchRequest, callback: Callable[[dict[str, Any]], Non
         def noise_sampler(sigma, sigma_next):
             return noise_source.next()
     options = sampler.sampler_kwargs(request.settings, eta=request.eta, infotext=request.infotext_params)
-    return sampler.sample(cfg, x, sigmas, extra_args={}, callback=callback, noise_sampler=noise_sampler,
-                          disable=True, **options)
+
+    def run(denoiser: CFGDenoiser, part: torch.Tensor, x: torch.Tensor, first_step: int) -> torch.Tensor:
+        def shifted(d: dict[str, Any]) -> None:
+            if callback is not None:
+                callback({**d, "i": d["i"] + first_step})
+        return sampler.sample(denoiser, x, part, extra_args={}, callback=shifted, noise_sampler=noise_sampler,
+                              disable=True, **options)
+
+    refiner = request.refiner
+    if refiner is None or request.refiner_switch_at >= 1 or len(sigmas) < 3:
+        return run(cfg, sigmas, x, 0)
+    # SDXL refiner: the base model denoises the first part of the schedule, the refiner finishes it.
+    switch = refiner_start(len(sigmas), request.refiner_switch_at)
+    x = run(cfg, sigmas[: switch + 1], x, 0)
+    refiner_cfg = build_denoiser(refiner, request, sampler, should_stop)
+    refiner_cfg.step = switch  # prompt-editing schedules continue where the base model stopped
+    return run(refiner_cfg, sigmas[switch:].to(refiner.device), x.to(refiner.device), switch)
 
 
 def vae_decode(model: StableDiffusionModel, latents: torch.Tensor) -> torch.Tensor:

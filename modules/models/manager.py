@@ -70,6 +70,32 @@ class ModelManager:
                 self._activate(model, key)
             return model
 
+    def load_auxiliary(self, checkpoint_info) -> StableDiffusionModel:
+        """A second model needed next to the current one (the SDXL refiner), on the device, current unchanged.
+
+        It joins the cache like any model; with a cache of one it is not kept after the caller lets go of it.
+        """
+        with self.lock:
+            key = checkpoint_info.filename
+            precision = self._precision()
+            model = self._loaded.get(key)
+            if model is None:
+                check_loadable(key, precision)
+                model = load_model(key, precision, checkpoint_info=checkpoint_info)
+                self._loaded[key] = model
+            devices.move_modules(model.modules(), precision.device)
+            if self.current is not None:
+                self._loaded.move_to_end(key)
+                self._loaded.move_to_end(self._key(self.current))
+                self._evict(keep=self._key(self.current))
+            return model
+
+    def release_auxiliary(self, model: StableDiffusionModel) -> None:
+        """After the job: a cached auxiliary model goes back to RAM if only the current one may stay on the GPU."""
+        with self.lock:
+            if model is not self.current and self._key(model) in self._loaded:
+                self._park(model, self._precision())
+
     def unload(self) -> None:
         """Drop every loaded model (A1111's unload-checkpoint) and give the memory back."""
         with self.lock:
