@@ -325,3 +325,24 @@ def test_progress_and_live_previews_during_sampling(data_dir, monkeypatch):
     assert [round(s[2], 2) for s in seen] == [0.26, 0.51, 0.76, 1.0]  # A1111's formula starts at 0.01
     previews = [s[3] for s in seen if s[3] is not None]
     assert previews and previews[-1].size == (64, 64)
+
+
+def test_batches_save_every_image_and_a_grid(data_dir):
+    use("sd1.safetensors")
+    result = txt2img(batch_size=2, n_iter=2, do_not_save_samples=False, do_not_save_grid=False, seed=500)
+    assert result.index_of_first_image == 1 and len(result.images) == 5
+    assert result.images[0].size == (128, 128)  # 2x2 grid of 64x64
+    grids = os.path.join(str(data_dir), "outputs", "txt2img-grids")
+    day = os.listdir(grids)[0]
+    assert sorted(os.listdir(os.path.join(grids, day)))[-1].startswith("grid-")
+    samples = os.path.join(str(data_dir), "outputs", "txt2img-images", day)
+    assert {f.split("-", 1)[1] for f in os.listdir(samples)} >= {"500.png", "501.png", "502.png", "503.png"}
+
+
+def test_token_counter_for_the_ui(data_dir):
+    from modules.engine.conditioning import PromptEncoder
+
+    encoder = PromptEncoder(use("sd1.safetensors"))
+    assert encoder.token_count("a red circle") == (3, 75)
+    assert encoder.token_count("(a:1.3) [red] circle") == (3, 75)
+    assert encoder.token_count("circle " * 80) == (80, 150)
