@@ -7,17 +7,15 @@ An entry is trusted only while the file's mtime is unchanged. Extensions call `s
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
-import tempfile
 import threading
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from modules import paths
+from modules import atomic_files, paths
 
 log = logging.getLogger(__name__)
 
@@ -82,24 +80,12 @@ def cache(subsection: str) -> dict[str, dict]:
 
 
 def dump_cache() -> None:
-    """Write the cache atomically: a temp file in the same folder, then os.replace (readers never see half a file)."""
+    """Write the cache atomically (readers never see half a file)."""
     with _lock:
         data = _load_locked()
         path = cache_path()
-        folder = os.path.dirname(path) or "."
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".cache-", suffix=".json.tmp", dir=folder)
-        try:
-            with os.fdopen(fd, "w", encoding="utf8") as file:
-                json.dump(data, file, indent=4, ensure_ascii=False)
-                file.flush()
-                os.fsync(file.fileno())
-            os.chmod(tmp, 0o644)  # mkstemp makes 0600; a cache is not a secret
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.remove(tmp)
-            raise
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        atomic_files.atomic_write_text(path, json.dumps(data, indent=4, ensure_ascii=False))
         global _loaded_from
         _loaded_from = (path, _stat_key(path))
 

@@ -15,7 +15,6 @@ import importlib
 import json
 import math
 import os
-import secrets
 import sys
 from collections import namedtuple
 from collections.abc import Mapping
@@ -25,7 +24,7 @@ import piexif
 import piexif.helper
 from PIL import Image, ImageColor, PngImagePlugin
 
-from modules import filename_patterns
+from modules import atomic_files, filename_patterns
 from modules.filename_patterns import (
     NOTHING_AND_SKIP_PREVIOUS_TEXT,
     FilenameGenerator,
@@ -127,33 +126,6 @@ def _write_image(
         image.save(fileobj, format=image_format, quality=quality)
 
 
-def _open_temp(folder: str) -> tuple[int, str]:
-    # os.open with 0o666 keeps the user's umask for the final file (mkstemp would make it private, 0600)
-    while True:
-        tmp = os.path.join(folder, f".{secrets.token_hex(8)}.tmp")
-        try:
-            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
-        except FileExistsError:
-            continue
-
-
-def _atomic_write(filename: str, write: Any) -> None:
-    """Run write(fileobj) on a temp file next to `filename`, fsync, then rename it into place."""
-    fd, tmp = _open_temp(os.path.dirname(os.path.abspath(filename)))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, filename)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def save_image_with_geninfo(
     image: Image.Image,
     geninfo: str | None,
@@ -173,14 +145,16 @@ def save_image_with_geninfo(
         extension = "." + extension
     if extension.lower() not in Image.registered_extensions():
         raise ValueError(f"unknown image format: {extension!r}")
-    _atomic_write(
+    # keep_mode=False: a new image gets the umask's permissions even when it overwrites an older one
+    atomic_files.atomic_write(
         filename,
         lambda f: _write_image(image, f, geninfo, extension, existing_pnginfo, pnginfo_section_name, settings),
+        keep_mode=False,
     )
 
 
 def _write_text_atomic(filename: str, text: str) -> None:
-    _atomic_write(filename, lambda f: f.write(text.encode("utf-8")))
+    atomic_files.atomic_write_text(filename, text, keep_mode=False)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import sys
 import threading
 import time
@@ -16,6 +15,8 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from modules import atomic_files
 
 
 class OptionInfo:
@@ -227,7 +228,8 @@ class Options:
         data = self._serializable(dict(self.data))
         text = json.dumps(data, indent=4, ensure_ascii=False)
         with self._save_lock:
-            _atomic_write(filename, text)
+            os.makedirs(os.path.dirname(os.path.abspath(filename)), exist_ok=True)
+            atomic_files.atomic_write_text(filename, text)
 
     def _serializable(self, data: dict[str, Any]) -> dict[str, Any]:
         # One unserializable value (an extension storing an object) drops that key, not the whole save.
@@ -359,49 +361,3 @@ def _move_aside(filename: str, error: Exception) -> None:
         where = f"it could not be moved aside ({move_error})"
     print(f'Warning: could not load settings from "{filename}" ({type(error).__name__}: {error}); '
           f"{where}; using default settings", file=sys.stderr)
-
-
-def _atomic_write(filename: str, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(filename))
-    os.makedirs(directory, exist_ok=True)
-    # Same directory, so os.replace is a rename on one file system. 0o666 lets the umask decide, like open().
-    tmp = os.path.join(directory, f".{os.path.basename(filename)}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "w", encoding="utf8") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        _keep_mode(filename, tmp)
-        os.replace(tmp, filename)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(directory)
-
-
-def _keep_mode(existing: str, tmp: str) -> None:
-    # A user who restricted config.json's permissions keeps them after a save.
-    try:
-        os.chmod(tmp, os.stat(existing).st_mode & 0o777)
-    except OSError:
-        pass
-
-
-def _fsync_dir(directory: str) -> None:
-    # Makes the rename itself durable on POSIX; not possible (nor needed) on Windows.
-    if os.name != "posix":
-        return
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -7,13 +7,15 @@ Infotext pasting runs this backwards (extract_styles_from_prompt) to recover whi
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import os
 import shutil
 import typing
-import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+
+from modules import atomic_files
 
 log = logging.getLogger(__name__)
 
@@ -215,16 +217,9 @@ def _write_atomic(path: Path, fields: list[str], rows: list[dict[str, str]]) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
         shutil.copy2(path, path.with_name(path.name + ".bak"))
-    # a unique name next to the target (same file system, so the rename is atomic); open() keeps the umask's
-    # permissions, which mkstemp would narrow to 0600
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        # utf-8-sig like A1111, so spreadsheet programs open the file with the right encoding
-        with open(tmp, "x", encoding="utf-8-sig", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    text = io.StringIO(newline="")  # the csv module writes its own \r\n line ends
+    writer = csv.DictWriter(text, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    # utf-8-sig like A1111, so spreadsheet programs open the file with the right encoding
+    atomic_files.atomic_write_text(path, text.getvalue(), encoding="utf-8-sig")
