@@ -1,0 +1,415 @@
+"""The one job queue: every GPU job from the web UI, the HTTP API and scripts runs here, one at a time, in order.
+
+A1111 serialised work with a bare `queue_lock`; we keep that name (extensions take it), but the queue itself
+is an explicit FIFO with job ids, positions, results, readable errors and cancellation, which the progress
+endpoint (`modules.progress`) reports on. Importing this module pulls in no torch.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import html
+import logging
+import secrets
+import string
+import sys
+import threading
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
+
+from modules import shared
+
+log = logging.getLogger(__name__)
+
+STATUSES = ("queued", "running", "done", "failed", "cancelled")
+FINISHED = ("done", "failed", "cancelled")
+OOM_MESSAGE = "Out of GPU memory: try a smaller size or batch"
+_ID_CHARS = string.ascii_lowercase + string.digits
+_MAX_MESSAGE = 1000
+
+
+class JobFailed(Exception):
+    """Raised by `Job.wait()` when the job's function raised; `message` is the readable one-line error."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class JobCancelled(Exception):
+    """Raised by `Job.wait()` when the job was cancelled before it ran."""
+
+
+def new_task_id(kind: str) -> str:
+    """A1111's task id form, `task(<kind>-<15 random chars>)`, which the browser also generates."""
+    return f"task({kind}-{''.join(secrets.choice(_ID_CHARS) for _ in range(15))})"
+
+
+# --- readable errors ---
+
+
+def _is_instance_of_loaded(e: BaseException, module: str, name: str) -> bool:
+    # Checking only modules already imported keeps torch out of this module: if torch (or the model loader)
+    # was never imported, the exception cannot be one of its classes.
+    mod = sys.modules.get(module)
+    cls = getattr(mod, name, None) if mod is not None else None
+    return isinstance(cls, type) and isinstance(e, cls)
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    if _is_instance_of_loaded(e, "torch", "OutOfMemoryError"):
+        return True
+    return isinstance(e, RuntimeError) and "out of memory" in str(e).lower()
+
+
+def _one_line(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 1] + "…"
+
+
+def _classify(e: BaseException) -> tuple[str, str]:
+    """(message, kind): kind "input" (the request was wrong), "oom", or "other" (a bug: log the traceback)."""
+    if is_out_of_memory(e):
+        return OOM_MESSAGE, "oom"
+    if isinstance(e, KeyError) and len(e.args) == 1 and isinstance(e.args[0], str):
+        return _one_line(e.args[0]) or "KeyError", "input"  # str(KeyError) would quote the key
+    if isinstance(e, ValueError | KeyError) or _is_instance_of_loaded(
+        e, "modules.models.checkpoint_files", "ModelFileError"
+    ):
+        return _one_line(str(e)) or type(e).__name__, "input"
+    text = _one_line(str(e))
+    return (f"{type(e).__name__}: {text}" if text else type(e).__name__), "other"
+
+
+def error_message(e: BaseException) -> str:
+    """A one-line message a person can act on: input errors as they are, OOM as advice, others with the type."""
+    return _classify(e)[0]
+
+
+def free_gpu_memory() -> None:
+    """Release cached CUDA blocks after an OOM so the next job starts clean (torch imported only now)."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # freeing memory must never turn into a second failure
+        log.exception("could not empty the CUDA cache")
+
+
+def _describe_failure(e: BaseException, what: str) -> tuple[str, bool]:
+    """Log a failure as it deserves and return (message, was it an OOM)."""
+    message, kind = _classify(e)
+    if kind == "oom":
+        log.warning("%s: %s (%s)", what, message, _one_line(str(e)))
+    elif kind == "input":
+        log.warning("%s failed: %s", what, message)  # the request was wrong: no traceback needed
+    else:
+        log.error("%s failed: %s", what, message, exc_info=e)
+    return message, kind == "oom"
+
+
+# --- jobs ---
+
+
+class Job:
+    """One unit of work in a `JobQueue`. Read the fields; change it only through `cancel()`."""
+
+    def __init__(self, owner: JobQueue, kind: str, fn: Callable[[], Any], task_id: str | None = None):
+        self.id: str = task_id or new_task_id(kind)
+        self.kind = kind
+        self.fn: Callable[[], Any] | None = fn
+        self.status: str = "queued"
+        self.error: str | None = None
+        self.result: Any = None
+        self.created: float = time.time()
+        self.started: float | None = None
+        self.finished: float | None = None
+        self._queue = owner
+        self._done = threading.Event()
+
+    def __repr__(self) -> str:
+        return f"Job({self.id!r}, {self.status})"
+
+    def position(self) -> int:
+        """0 when running or finished; otherwise how many jobs run before it, the running one included."""
+        return self._queue._position(self)
+
+    def wait(self, timeout: float | None = None) -> Any:
+        """Block until the job finishes and return its result. Raises `JobFailed` / `JobCancelled`, and
+        `TimeoutError` when `timeout` seconds pass first."""
+        if not self._done.is_set() and self._queue.in_worker():
+            raise RuntimeError(f"waiting for {self.id} from inside a running job would deadlock the queue")
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"{self.id} still {self.status} after {timeout} seconds")
+        if self.status == "failed":
+            raise JobFailed(self.error or "failed")
+        if self.status == "cancelled":
+            raise JobCancelled(self.id)
+        return self.result
+
+    def cancel(self) -> bool:
+        """A queued job is removed and becomes "cancelled". A running job is interrupted
+        (`shared.state.interrupt()`, the Interrupt button): it stops at the next step and finishes as its
+        function decides, usually "done" with partial results, as in A1111. False once it has finished."""
+        return self._queue._cancel(self)
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+
+class JobQueue:
+    """FIFO of jobs run by one worker thread (started on the first submit). Thread-safe.
+
+    Around each job the worker holds `queue_lock` (so extension code that takes it still never overlaps a
+    job) and calls `shared.state.begin(job=job.id)` / `shared.state.end()`.
+    """
+
+    def __init__(self, keep_recent: int = 100, lock: AbstractContextManager[Any] | None = None):
+        self._lock = threading.Lock()
+        self._wakeup = threading.Condition(self._lock)
+        self._pending: collections.deque[Job] = collections.deque()
+        self._current: Job | None = None
+        self._recent: collections.deque[Job] = collections.deque(maxlen=keep_recent)
+        self._by_id: dict[str, Job] = {}
+        self._worker: threading.Thread | None = None
+        self._stopping = False
+        self._run_lock = lock if lock is not None else queue_lock
+
+    # --- submitting and looking up ---
+
+    def submit(self, kind: str, fn: Callable[[], Any], task_id: str | None = None) -> Job:
+        job = Job(self, kind, fn, task_id)
+        with self._lock:
+            if self._stopping:
+                raise RuntimeError("the job queue has been shut down")
+            self._pending.append(job)
+            self._by_id[job.id] = job  # a reused task id now names the newest job
+            if self._worker is None or not self._worker.is_alive():
+                self._worker = threading.Thread(target=self._run, name="job-queue", daemon=True)
+                self._worker.start()
+            self._wakeup.notify()
+        return job
+
+    def get(self, task_id: str) -> Job | None:
+        with self._lock:
+            return self._by_id.get(task_id)
+
+    def pending(self) -> list[Job]:
+        """Queued jobs, next first."""
+        with self._lock:
+            return list(self._pending)
+
+    def current(self) -> Job | None:
+        with self._lock:
+            return self._current
+
+    def recent(self) -> list[Job]:
+        """Finished jobs (done, failed, cancelled), oldest first; bounded so memory stays flat."""
+        with self._lock:
+            return list(self._recent)
+
+    def in_worker(self) -> bool:
+        """True on the worker thread, i.e. inside a running job."""
+        return self._worker is not None and threading.current_thread() is self._worker
+
+    def shutdown(self, timeout: float | None = 10.0) -> None:
+        """Cancel queued jobs, let the running one finish, stop the worker. For tests and process exit."""
+        with self._lock:
+            self._stopping = True
+            cancelled = list(self._pending)
+            self._pending.clear()
+            for job in cancelled:
+                self._finish(job, "cancelled")
+            self._wakeup.notify_all()
+            worker = self._worker
+        if worker is not None and worker is not threading.current_thread():
+            worker.join(timeout)
+
+    # --- internals ---
+
+    def _position(self, job: Job) -> int:
+        with self._lock:
+            if job.status != "queued":
+                return 0
+            try:
+                index = self._pending.index(job)
+            except ValueError:
+                return 0
+            return index + (1 if self._current is not None else 0)
+
+    def _cancel(self, job: Job) -> bool:
+        with self._lock:
+            if job.status == "queued" and job in self._pending:
+                self._pending.remove(job)
+                self._finish(job, "cancelled")
+                return True
+            if job.status == "running" and job is self._current:
+                # Under the lock the worker cannot move on to the next job, so the flag hits this one.
+                shared.state.interrupt()
+                return True
+            return False
+
+    def _finish(self, job: Job, status: str) -> None:
+        """Record a finished job; caller holds self._lock."""
+        job.status = status
+        job.finished = time.time()
+        job.fn = None  # drop the closure (and the images it references) once it has run
+        if len(self._recent) == self._recent.maxlen:
+            evicted = self._recent[0]
+            if self._by_id.get(evicted.id) is evicted:
+                del self._by_id[evicted.id]
+        self._recent.append(job)
+        job._done.set()
+
+    def _next_job(self) -> Job | None:
+        """Wait for a job; None when shutting down."""
+        with self._lock:
+            while not self._pending and not self._stopping:
+                self._wakeup.wait()
+            return None if self._stopping else self._pending[0]
+
+    def _run(self) -> None:
+        while self._next_job() is not None:
+            with self._run_lock:
+                with self._lock:
+                    if not self._pending:  # cancelled while we waited for the run lock
+                        continue
+                    job = self._pending.popleft()
+                    job.status = "running"
+                    job.started = time.time()
+                    self._current = job
+                    # State changes under our lock so cancel() never interrupts the wrong job.
+                    _safe_state_call("begin", job=job.id)
+                self._run_one(job)
+
+    def _run_one(self, job: Job) -> None:
+        status, oom = "done", False
+        try:
+            job.result = job.fn()
+        except BaseException as e:  # any failure is the job's, never the worker's
+            job.error, oom = _describe_failure(e, f"job {job.id}")
+            status = "failed"
+        if oom:
+            free_gpu_memory()  # after the except block, so the traceback's tensors are already released
+        with self._lock:
+            _safe_state_call("end")
+            self._current = None
+            self._finish(job, status)
+
+
+def _safe_state_call(name: str, **kwargs: Any) -> None:
+    # A broken state object (an extension replaced it) must not stop the worker thread.
+    try:
+        getattr(shared.state, name)(**kwargs)
+    except Exception:
+        log.exception("shared.state.%s failed", name)
+
+
+# --- A1111-compatible names extensions import ---
+
+# Kept for extensions: `with queue_lock:` still excludes generation, because the queue worker holds it while
+# each job runs. New code submits to `queue` instead, which is what serialises jobs.
+queue_lock = threading.Lock()
+
+queue = JobQueue()  # process-wide: every browser tab and the API share it
+
+
+def wrap_queued_call(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Run `func` under `queue_lock`, i.e. never at the same time as a queued job."""
+
+    @functools.wraps(func)
+    def f(*args: Any, **kwargs: Any) -> Any:
+        if queue.in_worker():  # already inside a job, which holds the lock
+            return func(*args, **kwargs)
+        with queue_lock:
+            return func(*args, **kwargs)
+
+    return f
+
+
+def _error_outputs(message: str, extra_outputs: list[Any] | None) -> list[Any]:
+    """A1111's failure shape: `extra_outputs` (default `[None, ""]`, e.g. gallery and generation info)
+    followed by an HTML error for the last (HTML info) output."""
+    outputs = list(extra_outputs) if extra_outputs is not None else [None, ""]
+    return outputs + [f"<div class='error'>{html.escape(message)}</div>"]
+
+
+def _task_id_from_args(args: tuple[Any, ...]) -> str | None:
+    # The UI passes the id it polls progress with as the first argument, as A1111's does.
+    first = args[0] if args else None
+    if isinstance(first, str) and first.startswith("task(") and first.endswith(")"):
+        return first
+    return None
+
+
+def wrap_gradio_gpu_call(func: Callable[..., Any], extra_outputs: list[Any] | None = None) -> Callable[..., Any]:
+    """Wrap a UI callback: `func(*args)` runs as a "ui" job on `queue` (task id taken from a first argument
+    shaped `task(...)`), and the caller blocks until it is done.
+
+    Returns func's result unchanged on success. On failure or cancellation it returns
+    `[*extra_outputs, "<div class='error'>message</div>"]` (extra_outputs defaults to `[None, ""]`), so the
+    outputs keep their count and the readable message lands in the last (HTML) one."""
+
+    @functools.wraps(func)
+    def f(*args: Any, **kwargs: Any) -> Any:
+        if queue.in_worker():  # called from inside a job: queueing would wait on ourselves
+            return wrap_gradio_call(func, extra_outputs)(*args, **kwargs)
+        job = queue.submit("ui", lambda: func(*args, **kwargs), task_id=_task_id_from_args(args))
+        try:
+            return job.wait()
+        except JobFailed as e:
+            return _error_outputs(e.message, extra_outputs)
+        except JobCancelled:
+            return _error_outputs("Cancelled", extra_outputs)
+
+    return f
+
+
+def wrap_gradio_call(
+    func: Callable[..., Any], extra_outputs: list[Any] | None = None, add_stats: bool = False
+) -> Callable[..., Any]:
+    """The same error handling as `wrap_gradio_gpu_call`, without the queue. With `add_stats`, a result
+    whose last element is an HTML string gets A1111's "Time taken" line appended to it."""
+
+    @functools.wraps(func)
+    def f(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        oom = False
+        try:
+            result = func(*args, **kwargs)
+        except Exception as e:
+            message, oom = _describe_failure(e, getattr(func, "__name__", "call"))
+            result = _error_outputs(message, extra_outputs)
+        if oom:
+            free_gpu_memory()
+        if add_stats and isinstance(result, list | tuple) and result and isinstance(result[-1], str):
+            elapsed = time.perf_counter() - start
+            stats = (
+                "<div class='performance'><p class='time'>Time taken: <wbr>"
+                f"<span class='measurement'>{elapsed:.1f} sec.</span></p></div>"
+            )
+            items = [*result[:-1], result[-1] + stats]
+            result = tuple(items) if isinstance(result, tuple) else items
+        return result
+
+    return f
+
+
+__all__ = [
+    "Job",
+    "JobCancelled",
+    "JobFailed",
+    "JobQueue",
+    "error_message",
+    "new_task_id",
+    "queue",
+    "queue_lock",
+    "wrap_gradio_call",
+    "wrap_gradio_gpu_call",
+    "wrap_queued_call",
+]
