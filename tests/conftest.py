@@ -1,14 +1,19 @@
-"""Test-wide guards.
+"""Test-wide guards and helpers.
 
 Nothing may reach the network: any connection to a non-loopback address fails the test that made it.
 Model hubs are also told to stay offline, so a code path that would download raises instead of hanging.
+`isolated_data_dir` gives a test module (or test) its own --data-dir with tiny checkpoints.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import socket
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -63,3 +68,41 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect_ex", _guarded_connect_ex)
     monkeypatch.setattr(socket, "getaddrinfo", _guarded_getaddrinfo)
     yield
+
+
+@contextlib.contextmanager
+def _isolated_data_dir(
+    root: Path, checkpoints: Mapping[str, Mapping[str, Any]] | None = None, settings: Mapping[str, Any] | None = None
+) -> Iterator[Path]:
+    """Point --data-dir at `root` with the A1111 model folders, write `checkpoints` (file name -> keyword
+    arguments of tiny_models.write_tiny_checkpoint) into models/Stable-diffusion, apply `settings` to opts,
+    and list the models. Afterwards: model unloaded, settings, command line and model list as before."""
+    # imported here so that collecting tests that never use a data dir does not import the web UI
+    from tiny_models import write_tiny_checkpoint
+
+    from modules import sd_models, shared
+    from modules.models import registry
+
+    saved = dict(shared.opts.data)
+    shared.set_cmd_opts(shared.parser.parse_args(["--data-dir", str(root)]))
+    try:
+        ckpt_dir = root / "models" / "Stable-diffusion"
+        ckpt_dir.mkdir(parents=True)
+        (root / "models" / "VAE").mkdir()
+        for name, kwargs in (checkpoints or {}).items():
+            write_tiny_checkpoint(ckpt_dir / name, **kwargs)
+        shared.opts.data.update(settings or {})
+        registry.list_models()
+        yield root
+    finally:
+        sd_models.unload_model_weights()
+        shared.opts.data.clear()
+        shared.opts.data.update(saved)
+        shared.set_cmd_opts(shared.parser.parse_args([]))
+        registry.list_models()
+
+
+@pytest.fixture(scope="session")
+def isolated_data_dir():
+    """The `_isolated_data_dir` context manager, for fixtures of any scope: `with isolated_data_dir(root, ...)`."""
+    return _isolated_data_dir

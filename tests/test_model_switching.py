@@ -12,25 +12,16 @@ from safetensors.torch import save_file
 from tiny_models import build_family, write_tiny_checkpoint
 
 from modules import sd_models, shared
-from modules.models import loader, registry, vae_registry
+from modules.models import loader, vae_registry
 from modules.models.checkpoint_files import ModelFileError
 from modules.models.ldm_export import vae_to_ldm
 
 
 @pytest.fixture
-def data_dir(tmp_path):
+def data_dir(tmp_path, isolated_data_dir):
     """A fresh --data-dir with the A1111 model folders, and settings back to defaults afterwards."""
-    saved = dict(shared.opts.data)
-    shared.set_cmd_opts(shared.parser.parse_args(["--data-dir", str(tmp_path)]))
-    ckpt_dir = tmp_path / "models" / "Stable-diffusion"
-    ckpt_dir.mkdir(parents=True)
-    (tmp_path / "models" / "VAE").mkdir()
-    yield tmp_path
-    sd_models.unload_model_weights()
-    shared.opts.data.clear()
-    shared.opts.data.update(saved)
-    shared.set_cmd_opts(shared.parser.parse_args([]))
-    registry.list_models()
+    with isolated_data_dir(tmp_path) as root:
+        yield root
 
 
 def _ckpt(data_dir, name, family="sd1", seed=0, **kw):

@@ -9,35 +9,24 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny_models import write_tiny_checkpoint
 
 from modules import images, infotext_utils, processing, sd_models, shared
 from modules.engine import cfg_denoiser
 from modules.engine.sampling.registry import all_samplers
 from modules.engine.sampling.schedules import schedulers
-from modules.models import registry
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    saved = dict(shared.opts.data)
-    shared.set_cmd_opts(shared.parser.parse_args(["--data-dir", str(root)]))
-    ckpt_dir = root / "models" / "Stable-diffusion"
-    ckpt_dir.mkdir(parents=True)
-    write_tiny_checkpoint(ckpt_dir / "sd1.safetensors", "sd1", seed=3)
-    write_tiny_checkpoint(ckpt_dir / "sd2v.safetensors", "sd2", seed=4, prediction="v")
-    write_tiny_checkpoint(ckpt_dir / "xl.safetensors", "sdxl", seed=5)
-    write_tiny_checkpoint(ckpt_dir / "refiner.safetensors", "sdxl_refiner", seed=6)
-    write_tiny_checkpoint(ckpt_dir / "sd1-inpaint.safetensors", "sd1", "inpaint", seed=7)
-    shared.opts.data["live_previews_enable"] = False
-    registry.list_models()
-    yield root
-    sd_models.unload_model_weights()
-    shared.opts.data.clear()
-    shared.opts.data.update(saved)
-    shared.set_cmd_opts(shared.parser.parse_args([]))
-    registry.list_models()
+def data_dir(tmp_path_factory, isolated_data_dir):
+    checkpoints = {
+        "sd1.safetensors": {"family": "sd1", "seed": 3},
+        "sd2v.safetensors": {"family": "sd2", "seed": 4, "prediction": "v"},
+        "xl.safetensors": {"family": "sdxl", "seed": 5},
+        "refiner.safetensors": {"family": "sdxl_refiner", "seed": 6},
+        "sd1-inpaint.safetensors": {"family": "sd1", "variant": "inpaint", "seed": 7},
+    }
+    with isolated_data_dir(tmp_path_factory.mktemp("data"), checkpoints, {"live_previews_enable": False}) as root:
+        yield root
 
 
 def use(name: str):
