@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.full_size import write_checkpoint_and_config  # noqa: E402
+from bench.full_size import diffusers_pipeline, write_checkpoint_and_config  # noqa: E402
 from modules import devices  # noqa: E402
 from modules.models.loader import load_model  # noqa: E402
 from modules.models.manager import CachePolicy, ModelManager  # noqa: E402
@@ -52,15 +52,6 @@ def _timed(fn) -> float:
 def _free() -> None:
     gc.collect()
     torch.cuda.empty_cache()
-
-
-def diffusers_load(family: str, path: str, config_dir: str):
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-    cls = StableDiffusionPipeline if family == "sd15" else StableDiffusionXLPipeline
-    extra = {"safety_checker": None, "requires_safety_checker": False} if family == "sd15" else {}
-    pipe = cls.from_single_file(path, config=config_dir, local_files_only=True, torch_dtype=torch.float16, **extra)
-    return pipe.to("cuda")
 
 
 def main() -> None:
@@ -89,9 +80,9 @@ def main() -> None:
         _free()
         ours = [_timed(lambda path=path: load_model(path, precision)) for _ in range(args.repeats)]
         _free()
-        _timed(lambda f=family, p=path, c=config_dir: diffusers_load(f, p, c))
+        _timed(lambda f=family, p=path, c=config_dir: diffusers_pipeline(f, p, c))
         _free()
-        theirs = [_timed(lambda f=family, p=path, c=config_dir: diffusers_load(f, p, c)) for _ in range(args.repeats)]
+        theirs = [_timed(lambda f=family, p=path, c=config_dir: diffusers_pipeline(f, p, c)) for _ in range(args.repeats)]
         _free()
         results["load"][family] = {"ours_s": statistics.median(ours), "diffusers_s": statistics.median(theirs),
                                    "ours_all": ours, "diffusers_all": theirs}
@@ -109,12 +100,12 @@ def main() -> None:
         manager.unload()
         _free()
 
-    holder = {"pipe": diffusers_load("sd15", *files["sd15"])}
+    holder = {"pipe": diffusers_pipeline("sd15", *files["sd15"])}
 
     def switch(family: str) -> None:
         holder.pop("pipe")  # drop the old pipeline first, as a user switching models would
         _free()
-        holder["pipe"] = diffusers_load(family, *files[family])
+        holder["pipe"] = diffusers_pipeline(family, *files[family])
 
     times = [_timed(lambda f=family: switch(f)) for family in order[1 : args.switches + 1]]
     results["switch"]["diffusers"] = {"median_s": statistics.median(times), "all": times,

@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.full_size import write_checkpoint_and_config  # noqa: E402
+from bench.full_size import diffusers_pipeline, write_checkpoint_and_config  # noqa: E402
 
 SIZES = {"sd15": 512, "sdxl": 1024}
 PROMPT = "a photograph of an astronaut riding a horse on the moon, highly detailed"
@@ -58,13 +58,11 @@ def ours_runner(path: str, family: str, steps: int, graphs: bool = True):
 
 
 def diffusers_runner(path: str, config_dir: str, family: str, steps: int):
-    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers import EulerDiscreteScheduler
 
-    cls = StableDiffusionPipeline if family == "sd15" else StableDiffusionXLPipeline
-    extra = {"safety_checker": None, "requires_safety_checker": False} if family == "sd15" else {}
-    pipe = cls.from_single_file(path, config=config_dir, local_files_only=True, torch_dtype=torch.float16, **extra)
+    pipe = diffusers_pipeline(family, path, config_dir)
+    # pipe.to() moves only the torch modules, so swapping the scheduler after it changes nothing
     pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
-    pipe = pipe.to("cuda")
     pipe.set_progress_bar_config(disable=True)
     size = SIZES[family]
 

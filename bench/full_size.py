@@ -2,7 +2,8 @@
 
 Benchmarks need real sizes but no downloads: the architectures below are the published ones (UNet, VAE, CLIP
 text encoders), the weights are random. `write_checkpoint_and_config` also writes a diffusers config folder so
-plain diffusers' `from_single_file` can run offline on the same file, side by side with our loader.
+plain diffusers' `from_single_file` can run offline on the same file (`diffusers_pipeline`), side by side with our
+loader.
 """
 
 from __future__ import annotations
@@ -104,3 +105,14 @@ def write_checkpoint_and_config(family: str, path: str, config_dir: str, device:
         json.dump(index, f, indent=1)
     del parts
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
+
+
+def diffusers_pipeline(family: str, path: str, config_dir: str):
+    """Plain diffusers' StableDiffusion(XL)Pipeline.from_single_file for a file written above, fp16, on the GPU:
+    the baseline the benchmarks compare against (offline, with the config folder)."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    cls = StableDiffusionPipeline if family == "sd15" else StableDiffusionXLPipeline
+    extra = {"safety_checker": None, "requires_safety_checker": False} if family == "sd15" else {}
+    pipe = cls.from_single_file(path, config=config_dir, local_files_only=True, torch_dtype=torch.float16, **extra)
+    return pipe.to("cuda")
