@@ -1,12 +1,15 @@
-"""Start-up after the launcher: settings, model folders, the first checkpoint.
+"""Start-up after the launcher: settings, model folders, the first checkpoint, then the web UI.
 
-The browser UI and the HTTP API are not part of this build yet; `start()` says so plainly rather than pretend.
+The first checkpoint loads as the first job on the shared queue while gradio is imported and the page is
+built, so the server answers sooner; a Generate pressed meanwhile simply waits behind the load.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import time
 
 from modules import shared
 
@@ -42,11 +45,31 @@ def load_first_model() -> bool:
 
 
 def start() -> None:
+    started = time.perf_counter()
     logging.basicConfig(level=getattr(logging, str(shared.cmd_opts.loglevel or "INFO").upper(), logging.INFO))
     initialize()
-    if not shared.cmd_opts.skip_load_model_at_start:
-        load_first_model()
-    print("The web UI and the HTTP API are not available in this build yet; there is nothing to serve.")
+    cmd_opts = shared.cmd_opts
+    if cmd_opts.nowebui:
+        print("--nowebui: the HTTP API is not available in this build yet; there is nothing to serve.")
+        return
+    from modules import call_queue
+
+    if not (cmd_opts.skip_load_model_at_start or cmd_opts.ui_debug_mode):
+        call_queue.queue.submit("load-model", load_first_model)
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: no phoning home
+    from modules.ui import app, assets, server
+
+    try:
+        demo = app.create_ui()
+        server.serve(demo, cmd_opts, assets.css(), assets.head())
+    except ValueError as e:  # e.g. a malformed --gradio-auth entry: say what is wrong, no traceback
+        print(f"Cannot start the web UI: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    print(f"Startup time: {time.perf_counter() - started:.1f}s (the model may still be loading)")
+    try:
+        demo.block_thread()
+    finally:
+        call_queue.queue.shutdown(timeout=5)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,26 @@ EFFECTIVE_FLAGS: set[str] = {
     "--loglevel",
     "--filenames-max-length",
     "--device-id",
+    # the web UI (modules/ui)
+    "--listen",
+    "--port",
+    "--server-name",
+    "--share",
+    "--gradio-auth",
+    "--gradio-auth-path",
+    "--autolaunch",
+    "--theme",
+    "--subpath",
+    "--tls-keyfile",
+    "--tls-certfile",
+    "--disable-tls-verify",
+    "--gradio-allowed-path",
+    "--hide-ui-dir-config",
+    "--freeze-settings",
+    "--freeze-settings-in-sections",
+    "--freeze-specific-settings",
+    "--ui-debug-mode",
+    "--nowebui",
 }
 
 # Values that must never be shown back (API /cmd-flags, logs, sysinfo): credentials and TLS material.

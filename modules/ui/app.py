@@ -1,0 +1,37 @@
+"""Build the page: quicksettings bar, then the tabs txt2img, img2img, PNG Info and Settings."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from modules import infotext_utils
+from modules.ui import img2img, pnginfo, quicksettings, sendto, settings, styles_store, txt2img
+
+
+def create_ui() -> gr.Blocks:
+    infotext_utils.reset()  # paste-field registry: rebuilt with the page
+    styles_store.database()
+    with gr.Blocks(title="Stable Diffusion", analytics_enabled=False) as demo:
+        quick = quicksettings.build()
+        with gr.Tabs(elem_id="tabs") as tabs:
+            with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
+                t2i = txt2img.build()
+            with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
+                i2i = img2img.build()
+            with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
+                png = pnginfo.build()
+            with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
+                page = settings.build()
+        sendto.wire(tabs, t2i, i2i, png)
+        refiner_boxes = [t2i.refiner.checkpoint, i2i.refiner.checkpoint]
+        quicksettings.wire(demo, quick, refiner_boxes)
+        settings.wire(demo, page)
+
+        def refresh_styles():
+            choices = styles_store.names()
+            return gr.Dropdown(choices=choices), gr.Dropdown(choices=choices)
+
+        # Each page load sees the current styles file (another tab may have saved a style).
+        demo.load(refresh_styles, outputs=[t2i.toprow.styles, i2i.toprow.styles], show_progress="hidden",
+                  queue=False)
+    return demo

@@ -1,0 +1,41 @@
+"""Glue between a Generate button and the queue: build the request object, stream progress, show the result."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import gradio as gr
+
+from modules.ui import results, tasks, toprow
+
+
+def stream(kind: str, work: Callable[[], Any], request: gr.Request | None) -> Iterator[tuple[Any, ...]]:
+    """Run work() on the queue; yield the results panel's outputs as the job waits, runs and ends."""
+    session = getattr(request, "session_hash", None)
+    started = time.perf_counter()
+    for update in tasks.run(kind, work, session):
+        if not update.finished:
+            yield results.in_progress(update.progress_html)
+        elif update.error is not None:
+            yield results.failed(update.error)
+        else:
+            yield results.finished(update.result, started)
+
+
+def wire_buttons(top: toprow.Toprow, panel: results.Results, handler: Callable[..., Any], inputs: list[Any]) -> None:
+    """Generate (and Ctrl+Enter, which clicks it), Interrupt, Skip; "generate forever" re-clicks from the page."""
+    event = top.generate.click(handler, inputs=inputs, outputs=panel.outputs, show_progress="hidden",
+                               concurrency_limit=None, concurrency_id="generate")
+    # After each run the page decides whether "generate forever" wants another (javascript/ui.js).
+    event.then(None, js=f"() => window.studioAfterGenerate && window.studioAfterGenerate('{top.tabname}')")
+
+    def interrupt(request: gr.Request) -> None:
+        tasks.interrupt(getattr(request, "session_hash", None))
+
+    def skip(request: gr.Request) -> None:
+        tasks.skip(getattr(request, "session_hash", None))
+
+    top.interrupt.click(interrupt, show_progress="hidden", concurrency_limit=None, queue=False)
+    top.skip.click(skip, show_progress="hidden", concurrency_limit=None, queue=False)

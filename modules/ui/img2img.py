@@ -1,0 +1,273 @@
+"""The img2img tab with A1111's sub-tabs: img2img, sketch, inpaint (mask painted in the page), inpaint upload
+and batch (from a directory). Each becomes a StableDiffusionProcessingImg2Img on the shared queue."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+from PIL import Image
+
+from modules import processing, shared
+from modules.ui import common, generation, masks, params, results, toprow
+
+MODES = ("img2img", "sketch", "inpaint", "inpaint_upload", "batch")
+RESIZE_MODES = ["Just resize", "Crop and resize", "Resize and fill"]
+MASK_MODES = ["Inpaint masked", "Inpaint not masked"]
+MASKED_CONTENT = ["fill", "original", "latent noise", "latent nothing"]
+INPAINT_AREAS = ["Whole picture", "Only masked"]
+
+
+@dataclass
+class Img2ImgTab:
+    toprow: toprow.Toprow
+    mode_tabs: gr.Tabs
+    mode: gr.State
+    init_img: gr.Image
+    sketch: gr.ImageEditor
+    inpaint: gr.ImageEditor
+    inpaint_base: gr.Image
+    inpaint_mask: gr.Image
+    batch_input_dir: gr.Textbox
+    batch_output_dir: gr.Textbox
+    batch_mask_dir: gr.Textbox
+    resize_mode: gr.Radio
+    resize_by: gr.State
+    scale_by: gr.Slider
+    sampler: params.SamplerControls
+    size: params.SizeControls
+    batch: params.BatchControls
+    denoising_strength: gr.Slider
+    seeds: params.SeedControls
+    tiling: gr.Checkbox
+    refiner: params.RefinerControls
+    mask_blur: gr.Slider
+    mask_mode: gr.Radio
+    inpainting_fill: gr.Radio
+    inpaint_full_res: gr.Radio
+    inpaint_padding: gr.Slider
+    results: results.Results
+
+
+def _editor(elem_id: str, label: str, brush: gr.Brush) -> gr.ImageEditor:
+    return gr.ImageEditor(label=label, elem_id=elem_id, type="pil", image_mode="RGBA", sources=["upload", "clipboard"],
+                          brush=brush, eraser=gr.Eraser(), layers=False, transforms=(), height=480,
+                          format="png")
+
+
+def build() -> Img2ImgTab:
+    top = toprow.build("img2img")
+    mode = gr.State(0)
+    resize_by = gr.State(False)
+    with gr.Row(elem_id="img2img_settings_row", equal_height=False):
+        with gr.Column(elem_id="img2img_settings", scale=1):
+            with gr.Tabs(elem_id="mode_img2img") as mode_tabs:
+                with gr.Tab("img2img", id="img2img", elem_id="img2img_img2img_tab") as tab0:
+                    init_img = gr.Image(label="Image for img2img", elem_id="img2img_image", type="pil",
+                                        image_mode="RGBA", sources=["upload", "clipboard"], height=480)
+                with gr.Tab("Sketch", id="sketch", elem_id="img2img_img2img_sketch_tab") as tab1:
+                    sketch = _editor("img2img_sketch", "Image for img2img (draw on it)",
+                                     gr.Brush(color_mode="defaults", default_color="#ff0000"))
+                with gr.Tab("Inpaint", id="inpaint", elem_id="img2img_inpaint_tab") as tab2:
+                    inpaint = _editor("img2maskimg", "Image for inpainting (paint the mask)",
+                                      gr.Brush(colors=["#ffffff"], default_color="#ffffff", color_mode="fixed",
+                                               default_size=24))
+                with gr.Tab("Inpaint upload", id="inpaint_upload", elem_id="img2img_inpaint_upload_tab") as tab3:
+                    inpaint_base = gr.Image(label="Image", elem_id="img_inpaint_base", type="pil", image_mode="RGBA",
+                                            sources=["upload", "clipboard"], height=320)
+                    inpaint_mask = gr.Image(label="Mask (white = repaint)", elem_id="img_inpaint_mask", type="pil",
+                                            image_mode="RGBA", sources=["upload", "clipboard"], height=320)
+                with gr.Tab("Batch", id="batch", elem_id="img2img_batch_tab") as tab4:
+                    gr.Markdown("Process every image in a folder on the server. Results go to the output folder "
+                                "(or the usual img2img folder when empty). Masks are matched by file name.")
+                    batch_input = gr.Textbox(label="Input directory", elem_id="img2img_batch_input_dir")
+                    batch_output = gr.Textbox(label="Output directory", elem_id="img2img_batch_output_dir")
+                    batch_mask = gr.Textbox(label="Inpaint batch mask directory (optional)",
+                                            elem_id="img2img_batch_inpaint_mask_dir")
+            for index, tab in enumerate((tab0, tab1, tab2, tab3, tab4)):
+                tab.select(lambda i=index: i, outputs=[mode], show_progress="hidden", queue=False)
+
+            resize_mode = gr.Radio(label="Resize mode", elem_id="resize_mode", choices=RESIZE_MODES,
+                                   value=RESIZE_MODES[0], type="index")
+            with gr.Group(elem_id="img2img_inpaint_controls"):
+                mask_blur = gr.Slider(label="Mask blur", minimum=0, maximum=64, step=1, value=4,
+                                      elem_id="img2img_mask_blur")
+                mask_mode = gr.Radio(label="Mask mode", choices=MASK_MODES, value=MASK_MODES[0], type="index",
+                                     elem_id="img2img_mask_mode")
+                inpainting_fill = gr.Radio(label="Masked content", choices=MASKED_CONTENT, value="original",
+                                           type="index", elem_id="img2img_inpainting_fill")
+                with gr.Row():
+                    inpaint_full_res = gr.Radio(label="Inpaint area", choices=INPAINT_AREAS, value=INPAINT_AREAS[0],
+                                                type="index", elem_id="img2img_inpaint_full_res")
+                    inpaint_padding = gr.Slider(label="Only masked padding, pixels", minimum=0, maximum=256, step=4,
+                                                value=32, elem_id="img2img_inpaint_full_res_padding")
+            sampler = params.sampler_controls("img2img")
+            with gr.Tabs(elem_id="img2img_tabs_resize"):
+                with gr.Tab("Resize to", id="to", elem_id="img2img_tab_resize_to") as to_tab:
+                    with gr.Row():
+                        size = params.size_controls("img2img")
+                        detect = common.tool_button(common.DETECT_SIZE, "img2img_detect_image_size_btn",
+                                                    "Set width and height from the image")
+                with gr.Tab("Resize by", id="by", elem_id="img2img_tab_resize_by") as by_tab:
+                    scale_by = gr.Slider(label="Scale", minimum=0.05, maximum=4.0, step=0.05, value=1.0,
+                                         elem_id="img2img_scale")
+            to_tab.select(lambda: False, outputs=[resize_by], show_progress="hidden", queue=False)
+            by_tab.select(lambda: True, outputs=[resize_by], show_progress="hidden", queue=False)
+            batch = params.batch_controls("img2img")
+            denoising = gr.Slider(label="Denoising strength", minimum=0.0, maximum=1.0, step=0.01, value=0.75,
+                                  elem_id="img2img_denoising_strength")
+            seeds = params.seed_controls("img2img")
+            tiling = params.tiling_checkbox("img2img")
+            refiner = params.refiner_controls("img2img")
+        with gr.Column(scale=1):
+            panel = results.build("img2img")
+
+    tab = Img2ImgTab(top, mode_tabs, mode, init_img, sketch, inpaint, inpaint_base, inpaint_mask, batch_input,
+                     batch_output, batch_mask, resize_mode, resize_by, scale_by, sampler, size, batch, denoising,
+                     seeds, tiling, refiner, mask_blur, mask_mode, inpainting_fill, inpaint_full_res,
+                     inpaint_padding, panel)
+    toprow.wire(top, sampler.steps)
+    params.wire_reuse_seed(seeds, panel.generation_info, panel.selected_index)
+    detect.click(detect_size, inputs=[mode, init_img, sketch, inpaint, inpaint_base],
+                 outputs=[size.width, size.height], show_progress="hidden")
+    generation.wire_buttons(top, panel, generate, inputs(tab))
+    return tab
+
+
+def inputs(t: Img2ImgTab) -> list[Any]:
+    return [t.mode, t.init_img, t.sketch, t.inpaint, t.inpaint_base, t.inpaint_mask, t.batch_input_dir,
+            t.batch_output_dir, t.batch_mask_dir, t.resize_mode, t.resize_by, t.scale_by, t.mask_blur, t.mask_mode,
+            t.inpainting_fill, t.inpaint_full_res, t.inpaint_padding, t.denoising_strength,
+            t.toprow.prompt, t.toprow.negative_prompt, t.toprow.styles, t.sampler.steps, t.sampler.sampler,
+            t.sampler.scheduler, t.size.width, t.size.height, t.batch.batch_count, t.batch.batch_size,
+            t.batch.cfg_scale, t.seeds.seed, t.seeds.extra, t.seeds.subseed, t.seeds.subseed_strength,
+            t.seeds.seed_resize_from_w, t.seeds.seed_resize_from_h, t.tiling, t.refiner.enabled,
+            t.refiner.checkpoint, t.refiner.switch_at]
+
+
+def _source_image(mode: int, init_img: Any, sketch: Any, inpaint: Any, inpaint_base: Any) -> Image.Image | None:
+    return [init_img, masks.editor_composite(sketch), masks.editor_background(inpaint), inpaint_base, None][mode]
+
+
+def detect_size(mode: int, init_img: Any, sketch: Any, inpaint: Any, inpaint_base: Any):
+    image = _source_image(int(mode or 0), init_img, sketch, inpaint, inpaint_base)
+    if image is None:
+        return gr.skip(), gr.skip()
+    return max(64, image.width // 8 * 8), max(64, image.height // 8 * 8)
+
+
+def _size(image: Image.Image | None, resize_by: bool, scale_by: float, width: float, height: float) -> tuple[int, int]:
+    if resize_by and image is not None:
+        # "Resize by" scales the source; sizes must be multiples of 8 for the latent space.
+        return max(64, int(image.width * scale_by) // 8 * 8), max(64, int(image.height * scale_by) // 8 * 8)
+    return int(width), int(height)
+
+
+def _common_fields(values: list[Any]) -> dict[str, Any]:
+    (prompt, negative, styles, steps, sampler_name, scheduler, _width, _height, batch_count, batch_size, cfg_scale,
+     seed, extras, subseed, subseed_strength, resize_w, resize_h, tiling, use_refiner, refiner_checkpoint,
+     refiner_switch_at) = values
+    return dict(
+        prompt=prompt or "", negative_prompt=negative or "", styles=list(styles or []), steps=int(steps),
+        sampler_name=sampler_name, scheduler=scheduler, n_iter=int(batch_count), batch_size=int(batch_size),
+        cfg_scale=float(cfg_scale), seed=int(seed if seed is not None else -1),
+        subseed=int(subseed if subseed is not None and extras else -1),
+        subseed_strength=float(subseed_strength) if extras else 0.0,
+        seed_resize_from_w=int(resize_w) if extras and resize_w else -1,
+        seed_resize_from_h=int(resize_h) if extras and resize_h else -1,
+        tiling=bool(tiling),
+        refiner_checkpoint=refiner_checkpoint if use_refiner and refiner_checkpoint else None,
+        refiner_switch_at=float(refiner_switch_at) if use_refiner and refiner_checkpoint else None,
+    )
+
+
+def generate(request: gr.Request, *values: Any):
+    try:
+        work = make_work(list(values))
+    except ValueError as e:
+        yield results.failed(str(e))
+        return
+    yield from generation.stream("img2img", work, request)
+
+
+def make_work(values: list[Any]):
+    """Widget values -> a function the queue runs (one request, or a loop over a batch folder)."""
+    (mode, init_img, sketch, inpaint, inpaint_base, inpaint_mask, batch_input, batch_output, batch_mask,
+     resize_mode, resize_by, scale_by, mask_blur, mask_mode, inpainting_fill, inpaint_full_res, padding,
+     denoising) = values[:18]
+    rest = values[18:]
+    width, height = rest[6], rest[7]
+    mode = int(mode or 0)
+    fields = _common_fields(rest)
+    inpaint_fields = dict(mask_blur=int(mask_blur), inpainting_mask_invert=int(mask_mode or 0),
+                          inpainting_fill=int(inpainting_fill if inpainting_fill is not None else 1),
+                          inpaint_full_res=bool(inpaint_full_res), inpaint_full_res_padding=int(padding))
+    if MODES[mode] == "batch":
+        return _batch_work(batch_input, batch_output, batch_mask, fields, inpaint_fields, int(resize_mode or 0),
+                           bool(resize_by), float(scale_by), width, height, float(denoising))
+
+    image = _source_image(mode, init_img, sketch, inpaint, inpaint_base)
+    if image is None:
+        raise ValueError("Add an image first (drop one on the image box of this sub-tab).")
+    mask = None
+    if MODES[mode] == "inpaint":
+        mask = masks.painted_mask(inpaint)
+        if mask is None:
+            raise ValueError("Paint over the part of the image to repaint first (the mask is empty).")
+    elif MODES[mode] == "inpaint_upload":
+        mask = masks.uploaded_mask(inpaint_mask)
+        if mask is None:
+            raise ValueError("Add a mask image too (white where the picture should change).")
+    w, h = _size(image, bool(resize_by), float(scale_by), width, height)
+    p = processing.StableDiffusionProcessingImg2Img(
+        init_images=[image.convert("RGB")], mask=mask, resize_mode=int(resize_mode or 0),
+        denoising_strength=float(denoising), width=w, height=h, **fields, **(inpaint_fields if mask else {}))
+    return lambda: processing.process_images(p)
+
+
+def _batch_work(input_dir: str, output_dir: str, mask_dir: str, fields: dict[str, Any],
+                inpaint_fields: dict[str, Any], resize_mode: int, resize_by: bool, scale_by: float, width: Any,
+                height: Any, denoising: float):
+    if getattr(shared.cmd_opts, "hide_ui_dir_config", False):
+        raise ValueError("Batch from a directory is turned off on this server (--hide-ui-dir-config).")
+    input_dir, output_dir, mask_dir = (s.strip() if s else "" for s in (input_dir, output_dir, mask_dir))
+    if not input_dir or not os.path.isdir(input_dir):
+        raise ValueError(f"Input directory not found: {input_dir or '(empty)'}")
+    if mask_dir and not os.path.isdir(mask_dir):
+        raise ValueError(f"Mask directory not found: {mask_dir}")
+    files = masks.list_images(input_dir)
+    if not files:
+        raise ValueError(f"No images in {input_dir}")
+
+    def work() -> processing.Processed:
+        done_images: list[Image.Image] = []
+        infotexts: list[str] = []
+        last = None
+        shared.state.job_count = len(files)
+        for path in files:
+            if shared.state.interrupted or shared.state.stopping_generation:
+                break
+            with Image.open(path) as opened:
+                image = opened.convert("RGB")
+            mask_path = masks.mask_for(path, mask_dir)
+            mask = None
+            if mask_path:
+                with Image.open(mask_path) as opened:
+                    mask = masks.uploaded_mask(opened.copy())
+            w, h = _size(image, resize_by, scale_by, width, height)
+            p = processing.StableDiffusionProcessingImg2Img(
+                init_images=[image], mask=mask, resize_mode=resize_mode, denoising_strength=denoising, width=w,
+                height=h, outpath_samples=output_dir or None, do_not_save_grid=True, **fields,
+                **(inpaint_fields if mask else {}))
+            last = processing.process_images(p)
+            done_images += last.images
+            infotexts += last.infotexts
+        if last is None:
+            raise ValueError("Interrupted before the first image.")
+        return processing.Processed(p, done_images, last.seed, infotexts[0] if infotexts else "",
+                                    infotexts=infotexts, comments=f"Processed {len(infotexts)} image(s) from "
+                                                                  f"{input_dir}.")
+
+    return work

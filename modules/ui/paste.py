@@ -1,0 +1,85 @@
+"""Infotext -> widget values: what "send to txt2img / img2img / inpaint" and PNG Info fill in.
+
+The fields of each tab are registered in `modules.infotext_utils.paste_fields` (A1111's registry, which
+extensions read and extend); a value that does not fit its widget (an unknown sampler, a malformed number) is
+left as it was rather than breaking the paste.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import gradio as gr
+
+from modules import infotext_utils
+from modules.ui import styles_store
+
+Field = tuple[Any, str | Callable[[dict[str, Any]], Any]]
+
+
+def common_fields(toprow: Any, sampler: Any, size: Any, batch: Any, seeds: Any, tiling: Any, refiner: Any) -> list[Field]:
+    return [
+        (toprow.prompt, "Prompt"),
+        (toprow.negative_prompt, "Negative prompt"),
+        (toprow.styles, lambda d: d.get("Styles array", [])),
+        (sampler.steps, "Steps"),
+        (sampler.sampler, "Sampler"),
+        (sampler.scheduler, "Schedule type"),
+        (size.width, "Size-1"),
+        (size.height, "Size-2"),
+        (batch.batch_size, "Batch size"),
+        (batch.cfg_scale, "CFG scale"),
+        (seeds.seed, "Seed"),
+        (seeds.extra, lambda d: "Variation seed" in d or "Seed resize from-1" in d),
+        (seeds.subseed, "Variation seed"),
+        (seeds.subseed_strength, "Variation seed strength"),
+        (seeds.seed_resize_from_w, "Seed resize from-1"),
+        (seeds.seed_resize_from_h, "Seed resize from-2"),
+        (tiling, lambda d: "Tiling" in d),
+        (refiner.enabled, lambda d: "Refiner" in d),
+        (refiner.checkpoint, "Refiner"),
+        (refiner.switch_at, "Refiner switch at"),
+    ]
+
+
+def parse(text: str) -> dict[str, Any]:
+    db = styles_store.database()
+    return infotext_utils.parse_generation_parameters(text or "", extract_styles=db.extract_styles_from_prompt)
+
+
+def _choices(component: Any) -> list[Any]:
+    return [c[1] if isinstance(c, list | tuple) else c for c in (getattr(component, "choices", None) or [])]
+
+
+def _fit(component: Any, value: Any) -> Any:
+    """value converted for component, or gr.skip() when it does not fit."""
+    try:
+        if isinstance(component, gr.Checkbox):
+            return value if isinstance(value, bool) else str(value).strip().lower() in ("true", "1", "yes")
+        if isinstance(component, gr.Slider | gr.Number):
+            number = float(value)
+            step = getattr(component, "step", None)
+            whole = getattr(component, "precision", None) == 0 or (isinstance(step, int | float) and float(step).is_integer())
+            return int(number) if whole else number
+        if isinstance(component, gr.Radio) and getattr(component, "type", "value") == "index":
+            choices = _choices(component)
+            return choices.index(value) if value in choices else gr.skip()
+        if isinstance(component, gr.Dropdown | gr.Radio):
+            if getattr(component, "multiselect", False):
+                return list(value) if isinstance(value, list | tuple) else [value]
+            choices = _choices(component)
+            if value in choices or getattr(component, "allow_custom_value", False):
+                return value
+            return gr.skip()
+        return str(value)
+    except (TypeError, ValueError):
+        return gr.skip()
+
+
+def values_for(fields: list[Field], params: dict[str, Any]) -> list[Any]:
+    out = []
+    for component, target in fields:
+        value = target(params) if callable(target) else params.get(target)
+        out.append(gr.skip() if value is None else _fit(component, value))
+    return out

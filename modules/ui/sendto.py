@@ -1,0 +1,74 @@
+"""Cross-tab buttons: PNG Info and the result panels send an image and its parameters to txt2img / img2img /
+inpaint, switching to that tab."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from modules import infotext_utils
+from modules.ui import img2img, paste, results
+from modules.ui.pnginfo import PngInfoTab
+from modules.ui.txt2img import Txt2ImgTab
+
+
+def _img2img_fields(t: img2img.Img2ImgTab) -> list[paste.Field]:
+    return paste.common_fields(t.toprow, t.sampler, t.size, t.batch, t.seeds, t.tiling, t.refiner) + [
+        (t.denoising_strength, "Denoising strength"),
+        (t.mask_blur, "Mask blur"),
+        (t.mask_mode, "Mask mode"),
+        (t.inpainting_fill, "Masked content"),
+        (t.inpaint_full_res, "Inpaint area"),
+        (t.inpaint_padding, "Masked area padding"),
+    ]
+
+
+def wire(tabs: gr.Tabs, t2i: Txt2ImgTab, i2i: img2img.Img2ImgTab, png: PngInfoTab) -> None:
+    t2i_fields = paste.common_fields(t2i.toprow, t2i.sampler, t2i.size, t2i.batch, t2i.seeds, t2i.tiling, t2i.refiner)
+    i2i_fields = _img2img_fields(i2i)
+    # A1111's registry, so extensions can find the fields of each tab.
+    infotext_utils.add_paste_fields("txt2img", None, t2i_fields)
+    infotext_utils.add_paste_fields("img2img", i2i.init_img, i2i_fields)
+    infotext_utils.add_paste_fields("inpaint", i2i.inpaint, i2i_fields)
+
+    def to_txt2img(text: str) -> list[Any]:
+        if not text:
+            return [gr.skip()] * len(t2i_fields) + [gr.skip()]
+        return paste.values_for(t2i_fields, paste.parse(text)) + [gr.Tabs(selected="txt2img")]
+
+    def to_img2img_with(mode: str):
+        def send(image: str | None, text: str) -> list[Any]:
+            values = paste.values_for(i2i_fields, paste.parse(text)) if text else [gr.skip()] * len(i2i_fields)
+            if image is None:
+                picture = gr.skip()
+            elif mode == "inpaint":
+                picture = {"background": image, "layers": [], "composite": image}
+            else:
+                picture = image
+            return values + [picture, gr.Tabs(selected="img2img"), gr.Tabs(selected=mode),
+                             img2img.MODES.index(mode)]
+
+        return send
+
+    t2i_outputs = [c for c, _ in t2i_fields] + [tabs]
+    i2i_outputs = [c for c, _ in i2i_fields]
+
+    def outputs_for(mode: str) -> list[Any]:
+        picture = i2i.inpaint if mode == "inpaint" else i2i.init_img
+        return i2i_outputs + [picture, tabs, i2i.mode_tabs, i2i.mode]
+
+    png.send_to_txt2img.click(to_txt2img, inputs=[png.infotext], outputs=t2i_outputs, show_progress="hidden")
+    for button, mode in ((png.send_to_img2img, "img2img"), (png.send_to_inpaint, "inpaint")):
+        button.click(to_img2img_with(mode), inputs=[png.image, png.infotext], outputs=outputs_for(mode),
+                     show_progress="hidden")
+
+    for panel in (t2i.results, i2i.results):
+        for button, mode in ((panel.send_to_img2img, "img2img"), (panel.send_to_inpaint, "inpaint")):
+            send = to_img2img_with(mode)
+
+            def from_gallery(gallery: Any, index: int | None, info_json: str, send=send) -> list[Any]:
+                return send(results.image_at(gallery, index), results.infotext_at(info_json, index))
+
+            button.click(from_gallery, inputs=[panel.gallery, panel.selected_index, panel.generation_info],
+                         outputs=outputs_for(mode), show_progress="hidden")

@@ -1,0 +1,147 @@
+"""Serve the UI: A1111's server flags mapped onto gradio's launch(), plus A1111's /internal/progress route.
+
+--listen / --server-name / --port / --share / --gradio-auth(-path) / --autolaunch / --theme / --subpath /
+--tls-keyfile / --tls-certfile / --gradio-allowed-path.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import fastapi
+import gradio as gr
+
+from modules import progress
+
+DEFAULT_PORT = 7860
+
+
+def read_auth(cmd_opts: argparse.Namespace) -> list[tuple[str, str]]:
+    """Credentials from --gradio-auth (`u:p,u2:p2`) and the --gradio-auth-path files (same format, also by line).
+
+    Raises ValueError naming the file or the position of an entry without a colon (the value is never echoed).
+    """
+    entries: list[tuple[str, str]] = []
+    sources: list[tuple[str, str]] = []
+    if cmd_opts.gradio_auth:
+        sources.append(("--gradio-auth", cmd_opts.gradio_auth))
+    for path in filter(None, (p.strip() for p in (cmd_opts.gradio_auth_path or "").split(","))):
+        try:
+            with open(path, encoding="utf8") as file:
+                sources.append((path, file.read()))
+        except OSError as e:
+            raise ValueError(f"cannot read --gradio-auth-path file {path}: {e.strerror}") from None
+    for where, text in sources:
+        items = [x.strip() for line in text.splitlines() for x in line.split(",") if x.strip()]
+        for n, item in enumerate(items, start=1):
+            user, sep, password = item.partition(":")
+            if not sep or not user:
+                raise ValueError(f"entry {n} of {where} is not user:password")
+            entries.append((user, password))
+    return entries
+
+
+def server_name(cmd_opts: argparse.Namespace) -> str:
+    if cmd_opts.server_name:
+        return cmd_opts.server_name
+    return "0.0.0.0" if cmd_opts.listen else "127.0.0.1"
+
+
+def subpath(cmd_opts: argparse.Namespace) -> str:
+    """--subpath as a root path: `/sd` for `sd`, `/sd/`, `/sd`; "" when unset."""
+    value = (cmd_opts.subpath or "").strip().strip("/")
+    return f"/{value}" if value else ""
+
+
+def theme_head(cmd_opts: argparse.Namespace) -> str:
+    """--theme light|dark: the page switches to gradio's matching mode unless the URL already picks one."""
+    theme = (cmd_opts.theme or "").strip().lower()
+    if theme not in ("light", "dark"):
+        return ""
+    return (
+        "<script>(() => { const u = new URL(location.href);"
+        f" if (!u.searchParams.has('__theme')) {{ u.searchParams.set('__theme', '{theme}');"
+        " location.replace(u.href); } })();</script>"
+    )
+
+
+def launch_kwargs(cmd_opts: argparse.Namespace, css: str, head: str) -> dict[str, Any]:
+    auth = read_auth(cmd_opts)
+    allowed = [p for p in (cmd_opts.gradio_allowed_path or []) if p]
+    kwargs: dict[str, Any] = {
+        "server_name": server_name(cmd_opts),
+        "server_port": cmd_opts.port or DEFAULT_PORT,
+        "share": bool(cmd_opts.share),
+        "auth": auth or None,
+        "auth_message": "Log in to the Stable Diffusion web UI" if auth else None,
+        "inbrowser": bool(cmd_opts.autolaunch),
+        "root_path": subpath(cmd_opts) or None,
+        "ssl_keyfile": cmd_opts.tls_keyfile,
+        "ssl_certfile": cmd_opts.tls_certfile,
+        "ssl_verify": bool(cmd_opts.disable_tls_verify),
+        "allowed_paths": allowed or None,
+        "show_error": False,  # our callbacks turn errors into readable messages; never a trace in the page
+        "prevent_thread_lock": True,
+        "css": css,
+        "head": theme_head(cmd_opts) + head,
+        "favicon_path": None,
+        "ssr_mode": False,
+        "pwa": False,
+        "mcp_server": False,
+        "quiet": False,
+    }
+    return kwargs
+
+
+# --- A1111's /internal routes -------------------------------------------------------------------------------
+
+
+def _logged_in(app: Any, request: fastapi.Request) -> bool:
+    """Gradio's own login check, for routes gradio does not guard (A1111 #17492: those leaked past auth)."""
+    if getattr(app, "auth", None) is None and getattr(app, "auth_dependency", None) is None:
+        return True
+    cookie_id = getattr(app, "cookie_id", "")
+    token = request.cookies.get(f"access-token-{cookie_id}") or request.cookies.get(
+        f"access-token-unsecure-{cookie_id}")
+    return bool(token) and getattr(app, "tokens", {}).get(token) is not None
+
+
+def add_internal_routes(app: Any) -> None:
+    """POST /internal/progress with A1111's request and response shape; GET /internal/ping."""
+
+    async def progress_route(request: fastapi.Request) -> dict[str, Any]:
+        if not _logged_in(app, request):
+            raise fastapi.HTTPException(status_code=401, detail="Not authenticated")
+        try:
+            body = await request.json()
+        except ValueError:
+            raise fastapi.HTTPException(status_code=422, detail="expected a JSON body") from None
+        if not isinstance(body, dict) or not isinstance(body.get("id_task"), str):
+            raise fastapi.HTTPException(status_code=422, detail="id_task (a string) is required")
+        id_live_preview = body.get("id_live_preview", -1)
+        if not isinstance(id_live_preview, int) or isinstance(id_live_preview, bool):
+            id_live_preview = -1
+        return progress.progress_for(body["id_task"], id_live_preview=id_live_preview,
+                                     live_preview=bool(body.get("live_preview", True)))
+
+    async def ping(request: fastapi.Request) -> dict[str, Any]:
+        return {}
+
+    routes = [
+        fastapi.routing.APIRoute("/internal/progress", progress_route, methods=["POST"]),
+        fastapi.routing.APIRoute("/internal/ping", ping, methods=["GET"]),
+    ]
+    # In front of gradio's own routes, so no catch-all route of gradio's can shadow them.
+    app.router.routes[0:0] = routes
+
+
+def serve(demo: gr.Blocks, cmd_opts: argparse.Namespace, css: str, head: str) -> Any:
+    """Start the server without blocking; returns gradio's FastAPI app."""
+    gr.set_static_paths([])  # serve nothing from disk beyond gradio's cache and uploads
+    kwargs = launch_kwargs(cmd_opts, css, head)
+    app, local_url, share_url = demo.launch(**kwargs)
+    add_internal_routes(app)
+    if kwargs["root_path"]:
+        print(f"Serving under the sub-path {kwargs['root_path']}: {local_url.rstrip('/')}{kwargs['root_path']}/")
+    return app

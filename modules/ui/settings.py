@@ -1,0 +1,173 @@
+"""The Settings tab: one widget per registered setting (`opts.data_labels`), grouped by section.
+
+Apply settings sets each changed value through `opts.set` (so onchange callbacks run) and saves config.json
+atomically (`Options.save`). Reload UI reloads the page, which reads every value afresh. The quicksettings
+(checkpoint, VAE, Clip skip) live in the bar at the top and are left out here, so two widgets never fight
+over one setting.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import gradio as gr
+
+from modules import shared
+from modules.options import OptionHTML, OptionInfo
+from modules.ui import common
+
+QUICKSETTINGS = ("sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers")
+_TAGS = re.compile(r"<[^>]+>")
+
+
+@dataclass
+class SettingsPage:
+    keys: list[str] = field(default_factory=list)
+    components: list[Any] = field(default_factory=list)
+    apply: gr.Button | None = None
+    reload: gr.Button | None = None
+    result: gr.HTML | None = None
+
+
+def _plain(text: str) -> str:
+    """A setting's HTML comment as plain text for the widget's info line."""
+    return html.unescape(_TAGS.sub("", text or "")).strip()
+
+
+def _args(info: OptionInfo) -> dict[str, Any]:
+    args = info.component_args() if callable(info.component_args) else info.component_args
+    return dict(args or {})
+
+
+def _frozen(key: str, info: OptionInfo) -> bool:
+    opts = shared.cmd_opts
+    if getattr(opts, "freeze_settings", False):
+        return True
+    if key in shared.opts.restricted_opts and getattr(opts, "hide_ui_dir_config", False):
+        return True
+    sections = {s.strip() for s in (getattr(opts, "freeze_settings_in_sections", None) or "").split(",") if s.strip()}
+    specific = {s.strip() for s in (getattr(opts, "freeze_specific_settings", None) or "").split(",") if s.strip()}
+    return key in specific or bool(info.section and info.section[0] in sections)
+
+
+def component_for(key: str, info: OptionInfo) -> Any:
+    """A widget that fits the setting: checkbox, dropdown, slider, number or text, as A1111 picks them."""
+    args = _args(info)
+    args.pop("visible", None)
+    label = info.label or key
+    note = _plain(info.comment_after) or None
+    common_kwargs = dict(label=label, info=note, elem_id=f"setting_{key}",
+                         interactive=not _frozen(key, info))
+    default = info.default
+    if "choices" in args:
+        choices = list(args.pop("choices"))
+        multiselect = isinstance(default, list)
+        return gr.Dropdown(choices=choices, value=default, multiselect=multiselect, **common_kwargs)
+    if isinstance(default, bool):
+        return gr.Checkbox(value=default, **common_kwargs)
+    if isinstance(default, int | float) and "minimum" in args and "maximum" in args:
+        return gr.Slider(minimum=args["minimum"], maximum=args["maximum"], step=args.get("step", 1),
+                         value=default, **common_kwargs)
+    if isinstance(default, int | float):
+        precision = args.get("precision", 0 if isinstance(default, int) else None)
+        return gr.Number(value=default, precision=precision, **common_kwargs)
+    if isinstance(default, list):
+        return gr.Dropdown(choices=[str(x) for x in default], value=default, multiselect=True,
+                           allow_custom_value=True, **common_kwargs)
+    return gr.Textbox(value="" if default is None else str(default), lines=1, **common_kwargs)
+
+
+def _sections() -> dict[tuple[str, str], list[tuple[str, OptionInfo]]]:
+    grouped: dict[tuple[str, str], list[tuple[str, OptionInfo]]] = {}
+    for key, info in shared.opts.data_labels.items():
+        if key in QUICKSETTINGS or not info.section or info.section[0] is None:
+            continue
+        grouped.setdefault((str(info.section[0]), str(info.section[1])), []).append((key, info))
+    return grouped
+
+
+def build() -> SettingsPage:
+    page = SettingsPage()
+    with gr.Row(elem_id="settings_top"):
+        page.apply = gr.Button("Apply settings", variant="primary", elem_id="settings_submit")
+        page.reload = gr.Button("Reload UI", elem_id="settings_restart_gradio")
+    page.result = gr.HTML(elem_id="settings_result")
+    gr.Markdown("Checkpoint, VAE and Clip skip are in the bar at the top of the page. "
+                f"Settings are saved to `{_display_config()}`.")
+    with gr.Tabs(elem_id="settings"):
+        for (section_id, section_label), options in _sections().items():
+            with gr.Tab(section_label, id=section_id, elem_id=f"settings_{section_id}"):
+                for key, info in options:
+                    if isinstance(info, OptionHTML):
+                        gr.HTML(info.default)  # registered by our code or an extension: trusted markup
+                        continue
+                    page.keys.append(key)
+                    page.components.append(component_for(key, info))
+    return page
+
+
+def _display_config() -> str:
+    return os.path.basename(shared.config_filename)
+
+
+def current_values(keys: list[str]) -> list[Any]:
+    values = []
+    for key in keys:
+        value = shared.opts.data.get(key, shared.opts.get_default(key))
+        values.append("" if value is None and not isinstance(shared.opts.get_default(key), bool | int | float)
+                      else value)
+    return values
+
+
+def apply(keys: list[str], values: list[Any]) -> str:
+    """Set the changed settings and save; an HTML summary, or a readable error."""
+    if getattr(shared.cmd_opts, "freeze_settings", False):
+        return common.error_html("Settings are frozen on this server (--freeze-settings).")
+    changed, problems = [], []
+    for key, value in zip(keys, values, strict=True):
+        info = shared.opts.data_labels.get(key)
+        if info is None or _frozen(key, info):
+            continue
+        if value == "" and info.default is None:
+            value = None
+        try:
+            value = shared.opts.cast_value(key, value)
+        except ValueError as e:
+            problems.append(str(e))
+            continue
+        if shared.opts.data.get(key, info.default) == value:
+            continue
+        if shared.opts.set(key, value):
+            changed.append(info.label or key)
+        else:
+            problems.append(f"{info.label or key}: the new value was refused")
+    try:
+        shared.opts.save(shared.config_filename)
+    except OSError as e:
+        return common.error_html(f"Could not save settings to {shared.config_filename}: {e.strerror or e}")
+    parts = []
+    if changed:
+        parts.append(common.notice_html(f"{len(changed)} setting{'s' if len(changed) != 1 else ''} changed: "
+                                        + ", ".join(changed) + "."))
+    else:
+        parts.append(common.notice_html("No settings changed."))
+    parts += [common.error_html(p) for p in problems]
+    return "".join(parts)
+
+
+def wire(demo: gr.Blocks, page: SettingsPage) -> None:
+    keys = list(page.keys)
+
+    def on_apply(*values: Any) -> str:
+        return apply(keys, list(values))
+
+    def on_load() -> list[Any]:
+        return current_values(keys)
+
+    page.apply.click(on_apply, inputs=page.components, outputs=[page.result], show_progress="hidden")
+    page.reload.click(None, js="() => { window.location.reload(); }")
+    demo.load(on_load, outputs=page.components, show_progress="hidden", queue=False)

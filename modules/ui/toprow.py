@@ -1,0 +1,96 @@
+"""The top row of txt2img and img2img: prompts with token counters, Generate / Interrupt / Skip, styles."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+
+from modules import shared
+from modules.ui import common, styles_store
+
+
+@dataclass
+class Toprow:
+    tabname: str
+    prompt: gr.Textbox
+    negative_prompt: gr.Textbox
+    token_counter: gr.HTML
+    negative_token_counter: gr.HTML
+    generate: gr.Button
+    interrupt: gr.Button
+    skip: gr.Button
+    styles: gr.Dropdown
+    style_name: gr.Textbox
+    style_save: gr.Button
+    style_result: gr.HTML
+
+
+def build(tabname: str) -> Toprow:
+    with gr.Row(elem_id=f"{tabname}_toprow", elem_classes=["toprow"]):
+        with gr.Column(scale=6, elem_classes=["prompts"]):
+            prompt = gr.Textbox(label="Prompt", elem_id=f"{tabname}_prompt", lines=3, max_lines=20,
+                                placeholder="Prompt (press Ctrl+Enter to generate, Alt+Enter to skip, "
+                                            "Esc to interrupt)")
+            counter = gr.HTML(counter_html(0, 75), elem_id=f"{tabname}_token_counter",
+                              elem_classes=["token-counter"], padding=False)
+            negative = gr.Textbox(label="Negative prompt", elem_id=f"{tabname}_neg_prompt", lines=2, max_lines=20,
+                                  placeholder="Negative prompt")
+            negative_counter = gr.HTML(counter_html(0, 75), elem_id=f"{tabname}_negative_token_counter",
+                                       elem_classes=["token-counter"], padding=False)
+        with gr.Column(scale=2, elem_classes=["actions"]):
+            with gr.Row(elem_id=f"{tabname}_generate_box"):
+                interrupt = gr.Button("Interrupt", elem_id=f"{tabname}_interrupt", variant="stop", min_width=60)
+                skip = gr.Button("Skip", elem_id=f"{tabname}_skip", min_width=60)
+                generate = gr.Button("Generate", elem_id=f"{tabname}_generate", variant="primary", min_width=120)
+            styles = gr.Dropdown(label="Styles", elem_id=f"{tabname}_styles", choices=styles_store.names(),
+                                 value=[], multiselect=True)
+            with gr.Row(elem_id=f"{tabname}_style_save_row"):
+                style_name = gr.Textbox(label="Save prompts as style", elem_id=f"{tabname}_style_name",
+                                        placeholder="style name", scale=4)
+                style_save = common.tool_button(common.SAVE_STYLE, f"{tabname}_style_create",
+                                                "Save the current prompt and negative prompt as a style")
+            style_result = gr.HTML("", elem_id=f"{tabname}_style_result", padding=False)
+    return Toprow(tabname, prompt, negative, counter, negative_counter, generate, interrupt, skip, styles,
+                  style_name, style_save, style_result)
+
+
+def counter_html(count: int, limit: int) -> str:
+    over = " over" if count > limit else ""
+    return f"<span class='token-count{over}'>{count}/{limit}</span>"
+
+
+def count_tokens(text: str, steps: float | None = 20) -> str:
+    """The counter's text, `tokens/limit` with limit in 75-token chunks, as A1111 shows it."""
+    model = shared.sd_model
+    if model is None:
+        return "<span class='token-count'>?/75</span>"
+    from modules.engine.conditioning import PromptEncoder
+
+    try:
+        count, limit = PromptEncoder(model).token_count(text or "", int(steps or 20))
+    except Exception:  # a half-typed prompt must never break typing
+        return "<span class='token-count'>?/75</span>"
+    return counter_html(count, limit)
+
+
+def wire(toprow: Toprow, steps: gr.Slider) -> None:
+    """Token counters follow the prompts (and steps, which prompt-editing schedules depend on)."""
+    for box, counter in ((toprow.prompt, toprow.token_counter), (toprow.negative_prompt, toprow.negative_token_counter)):
+        for event in (box.change, steps.release):
+            event(count_tokens, inputs=[box, steps], outputs=[counter], show_progress="hidden",
+                  trigger_mode="always_last", concurrency_limit=None, queue=False)
+
+    def save_style(name: str, prompt: str, negative: str):
+        try:
+            saved = styles_store.save(name, prompt, negative)
+        except ValueError as e:
+            return gr.skip(), common.error_html(str(e))
+        return gr.Dropdown(choices=styles_store.names()), \
+            common.notice_html(f"Saved style {saved!r} to {styles_store.file_name()}.")
+
+    toprow.style_save.click(save_style, inputs=[toprow.style_name, toprow.prompt, toprow.negative_prompt],
+                            outputs=[toprow.styles, toprow.style_result], show_progress="hidden")
+
+
+__all__ = ["Toprow", "build", "count_tokens", "counter_html", "wire"]

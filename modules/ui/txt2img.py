@@ -1,0 +1,72 @@
+"""The txt2img tab: prompts and parameters -> StableDiffusionProcessingTxt2Img -> the shared queue."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+
+from modules import processing
+from modules.ui import generation, params, results, toprow
+
+
+@dataclass
+class Txt2ImgTab:
+    toprow: toprow.Toprow
+    sampler: params.SamplerControls
+    size: params.SizeControls
+    batch: params.BatchControls
+    seeds: params.SeedControls
+    tiling: gr.Checkbox
+    refiner: params.RefinerControls
+    results: results.Results
+
+
+def build() -> Txt2ImgTab:
+    top = toprow.build("txt2img")
+    with gr.Row(elem_id="txt2img_settings_row", equal_height=False):
+        with gr.Column(elem_id="txt2img_settings", scale=1):
+            sampler = params.sampler_controls("txt2img")
+            size = params.size_controls("txt2img")
+            batch = params.batch_controls("txt2img")
+            seeds = params.seed_controls("txt2img")
+            tiling = params.tiling_checkbox("txt2img")
+            refiner = params.refiner_controls("txt2img")
+        with gr.Column(scale=1):
+            panel = results.build("txt2img")
+    tab = Txt2ImgTab(top, sampler, size, batch, seeds, tiling, refiner, panel)
+    toprow.wire(top, sampler.steps)
+    params.wire_reuse_seed(seeds, panel.generation_info, panel.selected_index)
+    inputs = [top.prompt, top.negative_prompt, top.styles, sampler.steps, sampler.sampler, sampler.scheduler,
+              size.width, size.height, batch.batch_count, batch.batch_size, batch.cfg_scale, seeds.seed, seeds.extra,
+              seeds.subseed, seeds.subseed_strength, seeds.seed_resize_from_w, seeds.seed_resize_from_h, tiling,
+              refiner.enabled, refiner.checkpoint, refiner.switch_at]
+    generation.wire_buttons(top, panel, generate, inputs)
+    return tab
+
+
+def make_request(prompt: str, negative_prompt: str, styles: list[str] | None, steps: float, sampler_name: str,
+                 scheduler: str, width: float, height: float, batch_count: float, batch_size: float,
+                 cfg_scale: float, seed: float | None, seed_extras: bool, subseed: float | None,
+                 subseed_strength: float, resize_w: float, resize_h: float, tiling: bool, use_refiner: bool,
+                 refiner_checkpoint: str | None, refiner_switch_at: float
+                 ) -> processing.StableDiffusionProcessingTxt2Img:
+    """Widget values -> A1111's request object, with A1111's UI rules (variation seeds only with "Extra")."""
+    return processing.StableDiffusionProcessingTxt2Img(
+        prompt=prompt or "", negative_prompt=negative_prompt or "", styles=list(styles or []), steps=int(steps),
+        sampler_name=sampler_name, scheduler=scheduler, width=int(width), height=int(height),
+        n_iter=int(batch_count), batch_size=int(batch_size), cfg_scale=float(cfg_scale),
+        seed=int(seed if seed is not None else -1),
+        subseed=int(subseed if subseed is not None and seed_extras else -1),
+        subseed_strength=float(subseed_strength) if seed_extras else 0.0,
+        seed_resize_from_w=int(resize_w) if seed_extras and resize_w else -1,
+        seed_resize_from_h=int(resize_h) if seed_extras and resize_h else -1,
+        tiling=bool(tiling),
+        refiner_checkpoint=refiner_checkpoint if use_refiner and refiner_checkpoint else None,
+        refiner_switch_at=float(refiner_switch_at) if use_refiner and refiner_checkpoint else None,
+    )
+
+
+def generate(request: gr.Request, *values):
+    p = make_request(*values)
+    yield from generation.stream("txt2img", lambda: processing.process_images(p), request)
