@@ -449,6 +449,11 @@ def _validate(p: StableDiffusionProcessing) -> None:
         raise ValueError(f"steps must be at least 1, got {p.steps}")
     if p.batch_size < 1 or p.n_iter < 1:
         raise ValueError("batch_size and n_iter must be at least 1")
+    # Features that do not exist yet are refused by name rather than silently ignored.
+    if getattr(p, "enable_hr", False):
+        raise ValueError("enable_hr: Hires. fix is not available in this version")
+    if p.restore_faces:
+        raise ValueError("restore_faces: face restoration is not available in this version")
 
 
 def _resolve_sampler(p: StableDiffusionProcessing) -> None:
@@ -479,6 +484,8 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
     if p.sd_model is None:
         p.sd_model = shared.sd_model or sd_models.load_model()
     model = p.sd_model
+    if model.spec.variant in ("depth", "instruct-pix2pix"):
+        raise ValueError(f"{model.spec.display_name} models are recognised but cannot generate in this version")
     fix_seed(p)
     p.clip_skip = int(_opt("CLIP_stop_at_last_layers", 1))
     total = p.n_iter * p.batch_size
