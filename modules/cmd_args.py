@@ -60,7 +60,6 @@ EFFECTIVE_FLAGS: set[str] = {
     "--freeze-settings-in-sections",
     "--freeze-specific-settings",
     "--ui-debug-mode",
-    "--nowebui",
 }
 
 # Values that must never be shown back (API /cmd-flags, logs, sysinfo): credentials and TLS material.

@@ -15,6 +15,7 @@ def stream(kind: str, work: Callable[[], Any], request: gr.Request | None) -> It
     """Run work() on the queue; yield the results panel's outputs as the job waits, runs and ends."""
     session = getattr(request, "session_hash", None)
     started = time.perf_counter()
+    yield results.starting()  # clear the last run's log and errors at once
     for update in tasks.run(kind, work, session):
         if not update.finished:
             yield results.in_progress(update.progress_html)

@@ -18,6 +18,7 @@ RESIZE_MODES = ["Just resize", "Crop and resize", "Resize and fill"]
 MASK_MODES = ["Inpaint masked", "Inpaint not masked"]
 MASKED_CONTENT = ["fill", "original", "latent noise", "latent nothing"]
 INPAINT_AREAS = ["Whole picture", "Only masked"]
+INPAINT_MODES = ("inpaint", "inpaint_upload", "batch")
 
 
 @dataclass
@@ -48,6 +49,7 @@ class Img2ImgTab:
     inpainting_fill: gr.Radio
     inpaint_full_res: gr.Radio
     inpaint_padding: gr.Slider
+    inpaint_controls: gr.Group
     results: results.Results
 
 
@@ -86,12 +88,9 @@ def build() -> Img2ImgTab:
                     batch_output = gr.Textbox(label="Output directory", elem_id="img2img_batch_output_dir")
                     batch_mask = gr.Textbox(label="Inpaint batch mask directory (optional)",
                                             elem_id="img2img_batch_inpaint_mask_dir")
-            for index, tab in enumerate((tab0, tab1, tab2, tab3, tab4)):
-                tab.select(lambda i=index: i, outputs=[mode], show_progress="hidden", queue=False)
-
             resize_mode = gr.Radio(label="Resize mode", elem_id="resize_mode", choices=RESIZE_MODES,
                                    value=RESIZE_MODES[0], type="index")
-            with gr.Group(elem_id="img2img_inpaint_controls"):
+            with gr.Group(elem_id="img2img_inpaint_controls", visible=False) as inpaint_controls:
                 mask_blur = gr.Slider(label="Mask blur", minimum=0, maximum=64, step=1, value=4,
                                       elem_id="img2img_mask_blur")
                 mask_mode = gr.Radio(label="Mask mode", choices=MASK_MODES, value=MASK_MODES[0], type="index",
@@ -103,6 +102,10 @@ def build() -> Img2ImgTab:
                                                 type="index", elem_id="img2img_inpaint_full_res")
                     inpaint_padding = gr.Slider(label="Only masked padding, pixels", minimum=0, maximum=256, step=4,
                                                 value=32, elem_id="img2img_inpaint_full_res_padding")
+            for index, tab in enumerate((tab0, tab1, tab2, tab3, tab4)):
+                # Mask settings matter only where there is a mask (inpaint, inpaint upload, batch with masks).
+                tab.select(lambda i=index: (i, gr.Group(visible=MODES[i] in INPAINT_MODES)), outputs=[mode, inpaint_controls],
+                           show_progress="hidden", queue=False)
             sampler = params.sampler_controls("img2img")
             with gr.Tabs(elem_id="img2img_tabs_resize"):
                 with gr.Tab("Resize to", id="to", elem_id="img2img_tab_resize_to") as to_tab:
@@ -127,7 +130,7 @@ def build() -> Img2ImgTab:
     tab = Img2ImgTab(top, mode_tabs, mode, init_img, sketch, inpaint, inpaint_base, inpaint_mask, batch_input,
                      batch_output, batch_mask, resize_mode, resize_by, scale_by, sampler, size, batch, denoising,
                      seeds, tiling, refiner, mask_blur, mask_mode, inpainting_fill, inpaint_full_res,
-                     inpaint_padding, panel)
+                     inpaint_padding, inpaint_controls, panel)
     toprow.wire(top, sampler.steps)
     params.wire_reuse_seed(seeds, panel.generation_info, panel.selected_index)
     detect.click(detect_size, inputs=[mode, init_img, sketch, inpaint, inpaint_base],

@@ -11,7 +11,7 @@ from typing import Any
 import gradio as gr
 
 from modules import paths
-from modules.ui import common
+from modules.ui import common, tasks
 
 
 @dataclass
@@ -95,6 +95,10 @@ def finished(processed: Any, started: float) -> tuple[Any, ...]:
     if not images:
         log = common.notice_html("No images: the job was interrupted before the first image finished.") + log
     return images, info_json, info_html(info_json, 0), log, ""
+
+
+def starting() -> tuple[Any, ...]:
+    return gr.skip(), gr.skip(), gr.skip(), "", tasks.progress_html({"queued": True}, None)
 
 
 def in_progress(progress_html: str) -> tuple[Any, ...]:

@@ -47,7 +47,7 @@ def wire(tabs: gr.Tabs, t2i: Txt2ImgTab, i2i: img2img.Img2ImgTab, png: PngInfoTa
             else:
                 picture = image
             return values + [picture, gr.Tabs(selected="img2img"), gr.Tabs(selected=mode),
-                             img2img.MODES.index(mode)]
+                             img2img.MODES.index(mode), gr.Group(visible=mode in img2img.INPAINT_MODES)]
 
         return send
 
@@ -56,7 +56,7 @@ def wire(tabs: gr.Tabs, t2i: Txt2ImgTab, i2i: img2img.Img2ImgTab, png: PngInfoTa
 
     def outputs_for(mode: str) -> list[Any]:
         picture = i2i.inpaint if mode == "inpaint" else i2i.init_img
-        return i2i_outputs + [picture, tabs, i2i.mode_tabs, i2i.mode]
+        return i2i_outputs + [picture, tabs, i2i.mode_tabs, i2i.mode, i2i.inpaint_controls]
 
     png.send_to_txt2img.click(to_txt2img, inputs=[png.infotext], outputs=t2i_outputs, show_progress="hidden")
     for button, mode in ((png.send_to_img2img, "img2img"), (png.send_to_inpaint, "inpaint")):

@@ -88,7 +88,7 @@ def progress_html(info: dict[str, Any], preview: str | None) -> str:
         percent = float(info.get("progress") or 0.0) * 100
         eta = _format_eta(info.get("eta"))
         text = f"{percent:.0f}%" + (f" ETA: {eta}" if eta else "")
-    textinfo = info.get("textinfo")
+    textinfo = info.get("textinfo") if info.get("active") else None  # the queue place is already in the bar
     bar = (
         "<div class='progressDiv'>"
         f"<div class='progress' style='width:{percent:.1f}%'></div>"
