@@ -92,3 +92,30 @@ options_templates.update(options_section(("ui", "Live previews", "ui"), {
         "in milliseconds"
     ),
 }))
+
+# HTTP API limits (modules.api). restrict_api: a client must not be able to raise its own limits.
+categories.register_category("system", "System")
+
+options_templates.update(options_section(("api", "API", "system"), {
+    "api_max_width": OptionInfo(
+        4096, "API: largest width", component_args={"minimum": 64, "maximum": 16384, "step": 8}, restrict_api=True),
+    "api_max_height": OptionInfo(
+        4096, "API: largest height", component_args={"minimum": 64, "maximum": 16384, "step": 8}, restrict_api=True),
+    "api_max_steps": OptionInfo(
+        500, "API: most sampling steps", component_args={"minimum": 1, "maximum": 10000, "step": 1},
+        restrict_api=True),
+    "api_max_batch_size": OptionInfo(
+        16, "API: largest batch size", component_args={"minimum": 1, "maximum": 256, "step": 1}, restrict_api=True),
+    "api_max_n_iter": OptionInfo(
+        100, "API: largest batch count (n_iter)", component_args={"minimum": 1, "maximum": 10000, "step": 1},
+        restrict_api=True),
+    "api_max_init_images": OptionInfo(
+        16, "API: most init images in one img2img request", component_args={"minimum": 1, "maximum": 1000, "step": 1},
+        restrict_api=True),
+    "api_max_input_pixels": OptionInfo(
+        50_000_000, "API: most pixels in an uploaded image", component_args={"minimum": 4096, "step": 1},
+        restrict_api=True).info("larger images, and decompression bombs, are refused before they are decoded"),
+    "api_max_body_mb": OptionInfo(
+        100, "API: largest request body, in MB", component_args={"minimum": 1, "maximum": 4096, "step": 1},
+        restrict_api=True),
+}))

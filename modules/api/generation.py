@@ -1,0 +1,90 @@
+"""txt2img / img2img over the API: request -> validated processing arguments -> job -> response.
+
+The route only translates: the job builds A1111's `StableDiffusionProcessing*` with the request's fields and
+calls `process_images`, exactly what the UI does, on the same queue.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from modules import processing
+from modules.api import images, infotext, scripts, validation
+from modules.api.errors import invalid
+from modules.api.models import GenerationRequest, StableDiffusionImg2ImgProcessingAPI
+
+PROCESSING_CLASSES: dict[str, type[processing.StableDiffusionProcessing]] = {
+    "txt2img": processing.StableDiffusionProcessingTxt2Img,
+    "img2img": processing.StableDiffusionProcessingImg2Img,
+}
+
+
+def _init_fields(cls: type) -> dict[str, Any]:
+    """Constructor fields of a processing class and their defaults (MISSING when none)."""
+    return {f.name: f.default for f in dataclasses.fields(cls) if f.init}
+
+
+@dataclasses.dataclass
+class Prepared:
+    """A request ready to run: the (infotext-filled) request, the processing arguments, its task id."""
+
+    request: GenerationRequest
+    args: dict[str, Any]
+    task_id: str | None
+
+    def run(self, kind: str) -> processing.Processed:
+        p = PROCESSING_CLASSES[kind](**self.args)
+        p.is_api = True
+        return processing.process_images(p)
+
+
+def _decode_images(req: StableDiffusionImg2ImgProcessingAPI) -> tuple[list[Any], Any]:
+    if not req.init_images:
+        raise invalid("init_images", "img2img needs at least one init image")
+    most = validation.limit("api_max_init_images")
+    if len(req.init_images) > most:
+        raise invalid("init_images", f"{len(req.init_images)} images is more than {most} "
+                                     "(setting api_max_init_images)")
+    init = [images.decode_base64_to_image(x, ("init_images", i)) for i, x in enumerate(req.init_images)]
+    mask = images.decode_base64_to_image(req.mask, "mask") if req.mask else None
+    return init, mask
+
+
+def prepare(req: GenerationRequest, kind: str) -> Prepared:
+    """Everything that can be refused is refused here, with a 422 naming the field, before the job is queued."""
+    req = infotext.apply(req, kind)
+    scripts.check_request(kind, req.script_name, req.alwayson_scripts)
+    validation.check_limits(req)
+    validation.check_unsupported(req)
+    sampler_name, scheduler = validation.check_sampler(req)
+    validation.check_refiner(req)
+    override_settings = validation.check_override_settings(req.override_settings)
+
+    fields = _init_fields(PROCESSING_CLASSES[kind])
+    args: dict[str, Any] = {}
+    for name, value in req.model_dump().items():
+        if name not in fields or name == "sampler_index":  # ours is an index; the API's is a legacy name
+            continue
+        if value is None and fields[name] is not None:
+            continue  # an explicit null means "the default", not None where the engine expects a value
+        args[name] = value
+    args.update(sampler_name=sampler_name, scheduler=scheduler, override_settings=override_settings,
+                do_not_save_samples=not req.save_images, do_not_save_grid=not req.save_images)
+    if kind == "img2img":
+        assert isinstance(req, StableDiffusionImg2ImgProcessingAPI)
+        args["init_images"], args["mask"] = _decode_images(req)
+        args.pop("latent_mask", None)
+    args.pop("firstpass_image", None)  # a hires-fix input; hires fix does not exist here
+    return Prepared(req, args, req.force_task_id)
+
+
+def response(prepared: Prepared, processed: processing.Processed, kind: str) -> dict[str, Any]:
+    """A1111's response: base64 images (infotext embedded), the request as `parameters`, `info` as JSON text."""
+    req = prepared.request
+    encoded = [images.encode_pil_to_base64(im) for im in processed.images] if req.send_images else []
+    parameters = req.model_dump()
+    if kind == "img2img" and not parameters.get("include_init_images"):
+        parameters["init_images"] = None  # A1111 leaves the (large) inputs out unless asked for them
+        parameters["mask"] = None
+    return {"images": encoded, "parameters": parameters, "info": processed.js()}
