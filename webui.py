@@ -49,20 +49,26 @@ def start() -> None:
     logging.basicConfig(level=getattr(logging, str(shared.cmd_opts.loglevel or "INFO").upper(), logging.INFO))
     initialize()
     cmd_opts = shared.cmd_opts
-    if cmd_opts.nowebui:
-        print("--nowebui: the HTTP API is not available in this build yet; there is nothing to serve.")
-        return
     from modules import call_queue
 
     if not (cmd_opts.skip_load_model_at_start or cmd_opts.ui_debug_mode):
         call_queue.queue.submit("load-model", load_first_model)
+    if cmd_opts.nowebui:
+        from modules.api import server as api_server
+
+        api_server.serve_api_only(cmd_opts)  # blocks until stopped
+        return
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: no phoning home
     from modules.ui import app, assets, server
 
     try:
         demo = app.create_ui()
-        server.serve(demo, cmd_opts, assets.css(), assets.head())
-    except ValueError as e:  # e.g. a malformed --gradio-auth entry: say what is wrong, no traceback
+        fastapi_app = server.serve(demo, cmd_opts, assets.css(), assets.head())
+        if cmd_opts.api:
+            from modules.api import server as api_server
+
+            api_server.mount(fastapi_app)
+    except ValueError as e:  # a malformed --gradio-auth / --api-auth entry: say which, never echo it
         print(f"Cannot start the web UI: {e}", file=sys.stderr)
         raise SystemExit(1) from None
     print(f"Startup time: {time.perf_counter() - started:.1f}s (the model may still be loading)")

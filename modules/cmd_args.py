@@ -60,6 +60,11 @@ EFFECTIVE_FLAGS: set[str] = {
     "--freeze-settings-in-sections",
     "--freeze-specific-settings",
     "--ui-debug-mode",
+    # the HTTP API, wired by webui.py (modules/api)
+    "--api",
+    "--api-auth",
+    "--api-log",
+    "--nowebui",
 }
 
 # Values that must never be shown back (API /cmd-flags, logs, sysinfo): credentials and TLS material.

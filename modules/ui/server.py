@@ -97,21 +97,28 @@ def launch_kwargs(cmd_opts: argparse.Namespace, css: str, head: str) -> dict[str
 # --- A1111's /internal routes -------------------------------------------------------------------------------
 
 
-def _logged_in(app: Any, request: fastapi.Request) -> bool:
-    """Gradio's own login check, for routes gradio does not guard (A1111 #17492: those leaked past auth)."""
-    if getattr(app, "auth", None) is None and getattr(app, "auth_dependency", None) is None:
-        return True
+def _gradio_logged_in(app: Any, request: fastapi.Request) -> bool:
+    """Gradio's own login check (its session cookie), for routes gradio does not guard itself."""
     cookie_id = getattr(app, "cookie_id", "")
     token = request.cookies.get(f"access-token-{cookie_id}") or request.cookies.get(
         f"access-token-unsecure-{cookie_id}")
     return bool(token) and getattr(app, "tokens", {}).get(token) is not None
 
 
-def add_internal_routes(app: Any) -> None:
+def allowed(app: Any, request: fastapi.Request, api_auth: Any = None) -> bool:
+    """Whether a request to our /internal routes may proceed: the UI login, or (with --api) API credentials.
+    A1111 left these routes open even with --gradio-auth (#17492)."""
+    from modules.api.auth import allowed_on_ui_route
+
+    gradio_auth_on = getattr(app, "auth", None) is not None or getattr(app, "auth_dependency", None) is not None
+    return allowed_on_ui_route(request, api_auth, gradio_auth_on, _gradio_logged_in(app, request))
+
+
+def add_internal_routes(app: Any, api_auth: Any = None) -> None:
     """POST /internal/progress with A1111's request and response shape; GET /internal/ping."""
 
     async def progress_route(request: fastapi.Request) -> dict[str, Any]:
-        if not _logged_in(app, request):
+        if not allowed(app, request, api_auth):
             raise fastapi.HTTPException(status_code=401, detail="Not authenticated")
         try:
             body = await request.json()
@@ -126,6 +133,8 @@ def add_internal_routes(app: Any) -> None:
                                      live_preview=bool(body.get("live_preview", True)))
 
     async def ping(request: fastapi.Request) -> dict[str, Any]:
+        if not allowed(app, request, api_auth):
+            raise fastapi.HTTPException(status_code=401, detail="Not authenticated")
         return {}
 
     routes = [
@@ -140,8 +149,13 @@ def serve(demo: gr.Blocks, cmd_opts: argparse.Namespace, css: str, head: str) ->
     """Start the server without blocking; returns gradio's FastAPI app."""
     gr.set_static_paths([])  # serve nothing from disk beyond gradio's cache and uploads
     kwargs = launch_kwargs(cmd_opts, css, head)
+    api_auth = None
+    if getattr(cmd_opts, "api", False):  # parsed before launching, so a bad entry stops us before serving
+        from modules.api.auth import BasicAuth
+
+        api_auth = BasicAuth.from_flag(getattr(cmd_opts, "api_auth", None))
     app, local_url, share_url = demo.launch(**kwargs)
-    add_internal_routes(app)
+    add_internal_routes(app, api_auth)
     if kwargs["root_path"]:
         print(f"Serving under the sub-path {kwargs['root_path']}: {local_url.rstrip('/')}{kwargs['root_path']}/")
     return app

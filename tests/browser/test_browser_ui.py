@@ -1,0 +1,201 @@
+"""The web UI in a real browser: generate, inpaint with a painted mask, interrupt, PNG Info round trip, queue
+shared by two tabs, settings that survive a restart; screenshots of every tab."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import pytest
+from conftest import REPO, Server, make_data_dir, open_page, set_number, wait_for_run_end
+from PIL import Image, ImageDraw
+
+SCREENSHOTS = REPO / "docs" / "screenshots"
+
+
+def small_run(pg, tab: str, steps: int = 4) -> None:
+    set_number(pg, f"{tab}_width", 64)
+    set_number(pg, f"{tab}_height", 64)
+    set_number(pg, f"{tab}_steps", steps)
+
+
+def gallery_png(pg, tab: str) -> Image.Image:
+    """The first result image as the browser fetched it (the file a person would save)."""
+    src = pg.locator(f"#{tab}_gallery img").first.get_attribute("src")
+    response = pg.request.get(src)
+    assert response.ok
+    return Image.open(io.BytesIO(response.body()))
+
+
+def source_png(path: Path) -> Path:
+    image = Image.new("RGB", (64, 64), (30, 90, 200))
+    ImageDraw.Draw(image).ellipse((16, 16, 48, 48), fill=(240, 200, 20))
+    image.save(path)
+    return path
+
+
+def upload_into(pg, component, path: Path) -> None:
+    """Drop a file into an image widget and wait until the server has it (the upload request answered)."""
+    with pg.expect_response(lambda r: "/upload" in r.url and r.request.method == "POST"):
+        component.locator("input[type=file]").set_input_files(str(path))
+    component.locator(".empty").wait_for(state="hidden")
+
+
+def test_txt2img_generate_shows_image_whose_png_carries_the_infotext(page):
+    page.fill("#txt2img_prompt textarea", "a red circle")
+    page.wait_for_selector("#txt2img_token_counter :text('3/75')")
+    small_run(page, "txt2img")
+    page.click("#txt2img_generate")
+    page.wait_for_selector("#txt2img_gallery img")
+    wait_for_run_end(page, "txt2img")
+
+    image = gallery_png(page, "txt2img")
+    assert image.size == (64, 64)
+    parameters = image.info["parameters"]
+    assert parameters.startswith("a red circle\n")
+    assert "Steps: 4" in parameters and "Size: 64x64" in parameters and "Model: tiny" in parameters
+    info = page.inner_text("#html_info_txt2img")
+    assert "a red circle" in info and "Saved to:" in info
+
+    # The reuse-seed button brings back the seed of that image.
+    seed = parameters.split("Seed: ")[1].split(",")[0]
+    page.click("#txt2img_reuse_seed")
+    page.wait_for_function(f"() => document.querySelector('#txt2img_seed input').value == '{seed}'")
+
+
+def test_inpaint_with_a_mask_painted_in_the_page(page, tmp_path):
+    page.click("#tab_img2img-button")
+    page.click("#img2img_inpaint_tab-button")
+    editor = page.locator("#img2maskimg")
+    editor.locator("input[type=file]").set_input_files(str(source_png(tmp_path / "src.png")))
+    canvas = editor.locator(".pixi-target canvas").first
+    canvas.wait_for(state="visible")
+    small_run(page, "img2img")
+    page.fill("#img2img_prompt textarea", "a green square")
+
+    # Nothing painted yet: a readable message, not a stack trace.
+    page.click("#img2img_generate")
+    error = page.wait_for_selector("#html_log_img2img .error")
+    assert "mask is empty" in error.inner_text()
+    assert "Traceback" not in page.content()
+
+    editor.scroll_into_view_if_needed()
+    box = canvas.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x - 60, y)
+    page.mouse.down()
+    for i in range(13):
+        page.mouse.move(x - 60 + i * 10, y + (i % 2) * 6)
+    page.mouse.up()
+
+    page.click("#img2img_generate")
+    page.wait_for_selector("#img2img_gallery img")
+    parameters = gallery_png(page, "img2img").info["parameters"]
+    assert parameters.startswith("a green square\n")
+    for key in ("Denoising strength: 0.75", "Mask blur: 4", "Masked content: original"):
+        assert key in parameters
+
+
+def test_interrupt_stops_a_long_job_and_a_second_tab_waits_in_the_queue(page, playwright_browser, server):
+    set_number(page, "txt2img_width", 128)
+    set_number(page, "txt2img_height", 128)
+    set_number(page, "txt2img_steps", 150)
+    set_number(page, "txt2img_batch_count", 50)  # minutes of work on this CPU if nobody stopped it
+    page.fill("#txt2img_prompt textarea", "a long job")
+
+    context = playwright_browser.new_context(viewport={"width": 1400, "height": 1000})
+    other = context.new_page()
+    other.set_default_timeout(30_000)
+    open_page(other, server.url)
+    small_run(other, "txt2img")
+
+    page.click("#txt2img_generate")
+    page.wait_for_selector("#txt2img_progress .progressDiv")
+    page.wait_for_selector("#txt2img_progress .livePreview img")  # live preview while sampling
+    assert "ETA" in page.inner_text("#txt2img_progress")
+
+    other.click("#txt2img_generate")
+    other.wait_for_selector("#txt2img_progress .progress-text:has-text('Waiting in queue: 1 job ahead')")
+
+    page.click("#txt2img_interrupt")
+    wait_for_run_end(page, "txt2img")
+    assert page.locator("#txt2img_gallery img").count() < 50
+    # The queue moves on: the other tab's job runs and shows its image.
+    other.wait_for_selector("#txt2img_gallery img")
+    context.close()
+
+
+def test_png_info_round_trip_to_txt2img(page, tmp_path):
+    page.fill("#txt2img_prompt textarea", "round trip, blue")
+    page.fill("#txt2img_neg_prompt textarea", "blurry")
+    small_run(page, "txt2img", steps=5)
+    page.click("#txt2img_generate")
+    page.wait_for_selector("#txt2img_gallery img")
+    saved = tmp_path / "result.png"
+    image = gallery_png(page, "txt2img")
+    image.save(saved, pnginfo=_pnginfo(image))
+    seed = image.info["parameters"].split("Seed: ")[1].split(",")[0]
+
+    page.reload()
+    open_page(page, page.url)
+    page.click("#tab_pnginfo-button")
+    upload_into(page, page.locator("#pnginfo_image"), saved)
+    page.wait_for_selector("#pnginfo_html_info :text('Steps: 5')")
+    assert "round trip, blue" in page.inner_text("#pnginfo_html_info")
+
+    page.click("#pnginfo_send_to_txt2img")
+    page.wait_for_function("() => document.querySelector('#txt2img_prompt textarea').value == 'round trip, blue'")
+    assert page.input_value("#txt2img_neg_prompt textarea") == "blurry"
+    assert page.input_value("#txt2img_seed input") == seed
+    assert page.input_value("#txt2img_steps input[type=number]") == "5"
+    assert page.input_value("#txt2img_width input[type=number]") == "64"
+
+
+def _pnginfo(image: Image.Image):
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", image.info["parameters"])
+    return info
+
+
+def test_a_setting_survives_a_restart(playwright_browser, tmp_path):
+    data_dir = make_data_dir(tmp_path / "data")
+    srv = Server(data_dir).start()
+    context = playwright_browser.new_context(viewport={"width": 1400, "height": 1000})
+    pg = context.new_page()
+    pg.set_default_timeout(30_000)
+    try:
+        open_page(pg, srv.url)
+        pg.click("#tab_settings-button")
+        pg.click("#settings_ui-button")
+        set_number(pg, "setting_show_progress_every_n_steps", 7)
+        pg.click("#settings_submit")
+        pg.wait_for_selector("#settings_result :text('1 setting changed')")
+        saved = json.loads((data_dir / "config.json").read_text())
+        assert saved["show_progress_every_n_steps"] == 7
+
+        srv.stop()
+        srv.start()
+        open_page(pg, srv.url)
+        pg.click("#tab_settings-button")
+        pg.click("#settings_ui-button")
+        pg.wait_for_function("() => document.querySelector('#setting_show_progress_every_n_steps "
+                             "input[type=number]').value == '7'")
+    finally:
+        context.close()
+        srv.stop()
+
+
+@pytest.mark.parametrize("tab", ["txt2img", "img2img", "pnginfo", "settings"])
+def test_screenshot_of_each_tab(page, tab, tmp_path):
+    """Every tab renders; with UPDATE_SCREENSHOTS=1 the pictures in docs/screenshots/ are refreshed."""
+    page.click(f"#tab_{tab}-button")
+    page.wait_for_selector(f"#tab_{tab}", state="visible")
+    target = SCREENSHOTS if os.environ.get("UPDATE_SCREENSHOTS") == "1" else tmp_path
+    target.mkdir(parents=True, exist_ok=True)
+    path = target / f"{tab}.png"
+    page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 10_000

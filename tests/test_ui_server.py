@@ -1,0 +1,81 @@
+"""Server flags -> gradio launch options; credentials; the /internal routes' login check."""
+
+from __future__ import annotations
+
+import fastapi
+import pytest
+from fastapi.testclient import TestClient
+
+from modules import shared
+from modules.ui import server
+
+
+def opts(*argv: str):
+    return shared.parser.parse_args(list(argv))
+
+
+def test_defaults_serve_on_loopback_port_7860():
+    kwargs = server.launch_kwargs(opts(), css="", head="")
+    assert kwargs["server_name"] == "127.0.0.1" and kwargs["server_port"] == 7860
+    assert kwargs["share"] is False and kwargs["auth"] is None and kwargs["inbrowser"] is False
+    assert kwargs["root_path"] is None and kwargs["show_error"] is False
+
+
+def test_flags_map_to_launch_options():
+    kwargs = server.launch_kwargs(opts("--listen", "--port", "7999", "--share", "--autolaunch", "--subpath", "sd/",
+                                       "--gradio-auth", "alice:secret"), css="", head="")
+    assert kwargs["server_name"] == "0.0.0.0" and kwargs["server_port"] == 7999
+    assert kwargs["share"] is True and kwargs["inbrowser"] is True
+    assert kwargs["root_path"] == "/sd"
+    assert kwargs["auth"] == [("alice", "secret")]
+    assert server.launch_kwargs(opts("--server-name", "::1"), css="", head="")["server_name"] == "::1"
+
+
+def test_theme_flag_picks_gradio_dark_mode_by_url():
+    assert "__theme', 'dark'" in server.theme_head(opts("--theme", "dark"))
+    assert server.theme_head(opts()) == "" and server.theme_head(opts("--theme", "purple")) == ""
+
+
+def test_auth_from_flag_and_files(tmp_path):
+    first = tmp_path / "a.txt"
+    first.write_text("bob:pw1\ncarol:pa:ss\n")
+    second = tmp_path / "b.txt"
+    second.write_text("dave:x, erin:y")
+    ns = opts("--gradio-auth", "alice:s1", "--gradio-auth-path", f"{first},{second}")
+    assert server.read_auth(ns) == [("alice", "s1"), ("bob", "pw1"), ("carol", "pa:ss"), ("dave", "x"),
+                                    ("erin", "y")]
+
+
+def test_a_bad_auth_entry_is_named_but_never_echoed(tmp_path):
+    with pytest.raises(ValueError) as e:
+        server.read_auth(opts("--gradio-auth", "alice:ok,hunter2"))
+    assert "entry 2 of --gradio-auth" in str(e.value) and "hunter2" not in str(e.value)
+    with pytest.raises(ValueError, match="cannot read --gradio-auth-path"):
+        server.read_auth(opts("--gradio-auth-path", str(tmp_path / "missing.txt")))
+
+
+def _app(auth: bool) -> fastapi.FastAPI:
+    app = fastapi.FastAPI()
+    app.auth = [("u", "p")] if auth else None  # what gradio's App carries
+    app.auth_dependency = None
+    app.cookie_id = "abc"
+    app.tokens = {"good-token": "u"}
+    server.add_internal_routes(app)
+    return app
+
+
+def test_internal_progress_has_a1111_shape():
+    client = TestClient(_app(auth=False))
+    body = client.post("/internal/progress", json={"id_task": "task(nothing)", "id_live_preview": -1}).json()
+    assert set(body) >= {"active", "queued", "completed", "progress", "eta", "live_preview", "id_live_preview",
+                         "textinfo"}
+    assert client.post("/internal/progress", json={}).status_code == 422
+
+
+def test_internal_routes_need_the_ui_login_when_auth_is_on():
+    client = TestClient(_app(auth=True))
+    assert client.post("/internal/progress", json={"id_task": "t"}).status_code == 401
+    assert client.get("/internal/ping").status_code == 401
+    client.cookies.set("access-token-abc", "good-token")
+    assert client.post("/internal/progress", json={"id_task": "t"}).status_code == 200
+    assert client.get("/internal/ping").status_code == 200
