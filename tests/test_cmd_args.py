@@ -146,8 +146,8 @@ def test_help_lists_flags_and_marks_not_yet_effective(capsys, monkeypatch):
     out = capsys.readouterr().out
     for flag in ("--listen", "--data-dir", "--ckpt", "--api-auth", "--exit", "--precision"):
         assert flag in out
-    listen_help = out[out.index("--listen"):out.index("--port")]
-    assert "(not yet effective)" in listen_help
+    medvram_help = out[out.index("--medvram"):out.index("--medvram-sdxl")]
+    assert "(not yet effective)" in medvram_help
     data_dir_help = out[out.index("--data-dir DATA_DIR"):out.index("--models-dir")]
     assert "not yet effective" not in data_dir_help
 
@@ -162,8 +162,8 @@ def test_help_texts_end_with_marker_exactly_for_non_effective_flags():
 
 def test_not_yet_effective_reports_set_flags_only(tmp_path):
     assert cmd_args.not_yet_effective(parse()) == []
-    ns = parse("--listen", "--port", "7000", "--no-half", "--data-dir", str(tmp_path), "--disable-tls-verify")
-    assert sorted(cmd_args.not_yet_effective(ns)) == ["--disable-tls-verify", "--listen", "--port"]
+    ns = parse("--medvram", "--lowvram", "--no-half", "--data-dir", str(tmp_path), "--opt-channelslast", "--listen")
+    assert sorted(cmd_args.not_yet_effective(ns)) == ["--lowvram", "--medvram", "--opt-channelslast"]
 
 
 def test_path_defaults_follow_data_and_models_dir(tmp_path):
