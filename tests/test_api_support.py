@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -29,14 +28,13 @@ class ServerThread:
     """uvicorn serving `app` on 127.0.0.1:<free port> from a daemon thread."""
 
     def __init__(self, app: Any):
-        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.socket.bind(("127.0.0.1", 0))
-        self.port = self.socket.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, log_level="warning", timeout_keep_alive=30)
+        # port 0: the OS picks a free port, read back once started. (Handing uvicorn a socket of our own made
+        # every response wait ~40 ms for a delayed ACK.)
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", timeout_keep_alive=30)
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.port = 0
+        self.url = ""
 
     def start(self) -> ServerThread:
         self.thread.start()
@@ -45,12 +43,13 @@ class ServerThread:
             if time.monotonic() > deadline or not self.thread.is_alive():
                 raise RuntimeError("the API server did not start")
             time.sleep(0.01)
+        self.port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
         return self
 
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(10)
-        self.socket.close()
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ mounted on a foreign app (called by `routing.ApiRoute`), so both give the same s
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -44,7 +45,7 @@ def invalid(field: str | Sequence[str | int], message: str) -> ApiError:
 
 
 def _shorten(value: Any, depth: int = 0) -> Any:
-    """The value with long strings cut, so an error never echoes megabytes of base64 back."""
+    """The value with long strings cut (an error never echoes megabytes of base64 back), made JSON-safe."""
     if isinstance(value, str):
         return value if len(value) <= _MAX_ECHO else f"{value[:_MAX_ECHO]}... ({len(value)} characters)"
     if depth > 8:
@@ -55,6 +56,8 @@ def _shorten(value: Any, depth: int = 0) -> Any:
         return [_shorten(v, depth + 1) for v in value[:100]]
     if isinstance(value, bytes):
         return f"<{len(value)} bytes>"
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN/Infinity; the 422 for them must not fail to encode
     return value
 
 

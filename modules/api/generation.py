@@ -56,6 +56,7 @@ def prepare(req: GenerationRequest, kind: str) -> Prepared:
     req = infotext.apply(req, kind)
     scripts.check_request(kind, req.script_name, req.alwayson_scripts)
     validation.check_limits(req)
+    validation.check_prompts(req)
     validation.check_unsupported(req)
     sampler_name, scheduler = validation.check_sampler(req)
     validation.check_refiner(req)

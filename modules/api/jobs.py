@@ -26,7 +26,8 @@ def status_for(e: BaseException) -> int:
 
     if call_queue.is_out_of_memory(e) or isinstance(e, NoCheckpointError):
         return 503
-    if isinstance(e, ValueError | KeyError | ModelFileError):
+    # RecursionError: a prompt nested thousands of levels deep exhausts the parser's stack
+    if isinstance(e, ValueError | KeyError | ModelFileError | RecursionError):
         return 422
     return 500
 

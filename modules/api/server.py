@@ -12,7 +12,9 @@ import logging
 import sys
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 
 from modules import call_queue, shared
 from modules.api import errors
@@ -26,13 +28,33 @@ DEFAULT_PORT = 7861
 
 def create_app(queue: call_queue.JobQueue | None = None, *, auth: BasicAuth | None = FROM_FLAGS,
                log_requests: bool | None = None) -> FastAPI:
-    """A FastAPI app serving only the API, with OpenAPI docs at /docs (and /redoc). Auth from --api-auth
-    unless `auth` is given (None: open)."""
+    """A FastAPI app serving only the API, with OpenAPI docs at /docs (and /redoc, /openapi.json). Auth from
+    --api-auth unless `auth` is given (None: open); it covers the docs too."""
     app = FastAPI(title="Stable Diffusion web UI API", description="AUTOMATIC1111-compatible /sdapi/v1",
-                  docs_url="/docs", redoc_url="/redoc")
+                  docs_url=None, redoc_url=None, openapi_url=None)
     errors.install_handlers(app)
-    app.state.api = Api(app, queue or call_queue.queue, auth=auth, log_requests=log_requests)
+    api = Api(app, queue or call_queue.queue, auth=auth, log_requests=log_requests)
+    _add_docs(app, api)
+    app.state.api = api
     return app
+
+
+def _add_docs(app: FastAPI, api: Api) -> None:
+    """FastAPI's own docs routes would bypass the route class, hence the auth: these go through it."""
+    router = APIRouter(route_class=api.router.route_class)
+
+    def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="openapi.json", title=f"{app.title} - docs")
+
+    def redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url="openapi.json", title=f"{app.title} - ReDoc")
+
+    for path, endpoint in (("/openapi.json", openapi), ("/docs", docs), ("/redoc", redoc)):
+        router.add_api_route(path, endpoint, methods=["GET"], include_in_schema=False)
+    app.include_router(router)
 
 
 def mount(app: FastAPI, queue: call_queue.JobQueue | None = None) -> Api:

@@ -46,6 +46,32 @@ def check_limits(req: models.GenerationRequest) -> None:
             raise invalid(field, f"{value} is not a multiple of 8")
 
 
+MAX_PROMPT_NESTING = 100  # the prompt parser recurses per bracket level; (x) at depth 100 already weighs 1.1**100
+
+
+def _nesting(text: str) -> int:
+    depth = deepest = 0
+    escaped = False
+    for ch in text:
+        if escaped:
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch in "([{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in ")]}":
+            depth = max(depth - 1, 0)
+    return deepest
+
+
+def check_prompts(req: models.GenerationRequest) -> None:
+    for field in ("prompt", "negative_prompt"):
+        text = getattr(req, field) or ""
+        if _nesting(text) > MAX_PROMPT_NESTING:
+            raise invalid(field, f"brackets nested more than {MAX_PROMPT_NESTING} levels deep")
+
+
 def check_unsupported(req: models.GenerationRequest) -> None:
     """Features that do not exist yet are refused by name rather than silently ignored."""
     if getattr(req, "enable_hr", False):
@@ -99,9 +125,11 @@ def check_setting(key: str, value: Any, field: tuple[str, ...]) -> Any:
 
 def check_override_settings(settings: dict[str, Any] | None) -> dict[str, Any]:
     """The override settings to apply. Unknown keys are dropped, as processing and A1111's UI do (clients send
-    settings of A1111 features we lack); known ones must have a usable value."""
+    settings of A1111 features we lack), and so are nulls; known ones must have a usable value."""
     kept = {}
     for key, value in (settings or {}).items():
+        if value is None:
+            continue  # null overrides nothing (the engine would take it for a value)
         if key not in shared.opts.data_labels:
             log.info("override_settings: ignoring unknown setting %r", key)
             continue
