@@ -189,7 +189,7 @@ def _common_fields(values: list[Any]) -> dict[str, Any]:
 def generate(request: gr.Request, *values: Any):
     try:
         work = make_work(list(values))
-    except ValueError as e:
+    except (TypeError, ValueError) as e:
         yield results.failed(str(e))
         return
     yield from generation.stream("img2img", work, request)

@@ -68,5 +68,9 @@ def make_request(prompt: str, negative_prompt: str, styles: list[str] | None, st
 
 
 def generate(request: gr.Request, *values):
-    p = make_request(*values)
+    try:
+        p = make_request(*values)
+    except (TypeError, ValueError) as e:  # a widget left empty or holding text where a number belongs
+        yield results.failed(f"Check the parameters: {e}")
+        return
     yield from generation.stream("txt2img", lambda: processing.process_images(p), request)

@@ -9,98 +9,17 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-START_TIMEOUT = 90.0  # seconds; a cold start on a busy 2-core machine, with torch and gradio to import
+from .helpers import CHROMIUM, CHROMIUM_ARGS, Server, make_data_dir, open_page
 
 
 def _missing(reason: str) -> None:
     if os.environ.get("CI"):
         pytest.fail(f"browser tests cannot run: {reason}")
     pytest.skip(reason)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`python3 launch.py` on loopback, as a person starts it; stopped by its own process id."""
-
-    def __init__(self, data_dir: Path, *extra_args: str):
-        self.data_dir = data_dir
-        self.extra_args = list(extra_args)
-        self.port = 0
-        self.process: subprocess.Popen | None = None
-        self.log_path = data_dir / "server.log"
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/"
-
-    def start(self) -> Server:
-        self.port = free_port()
-        env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False",
-                   PYTHONUNBUFFERED="1")
-        env.pop("COMMANDLINE_ARGS", None)
-        args = [sys.executable, "launch.py", "--skip-install", "--data-dir", str(self.data_dir), "--port",
-                str(self.port), *self.extra_args]
-        log = open(self.log_path, "ab")  # noqa: SIM115  (closed in stop())
-        self.process = subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-        self._log = log
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
-            try:
-                with urllib.request.urlopen(self.url, timeout=2) as response:
-                    if response.status == 200:
-                        return self
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"server did not answer within {START_TIMEOUT}s:\n{self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
-        self.process = None
-        if getattr(self, "_log", None) is not None:
-            self._log.close()
-            self._log = None
-
-
-def make_data_dir(root: Path) -> Path:
-    from tiny_models import write_tiny_checkpoint
-
-    ckpt_dir = root / "models" / "Stable-diffusion"
-    ckpt_dir.mkdir(parents=True)
-    write_tiny_checkpoint(ckpt_dir / "tiny.safetensors", "sd1", seed=3)
-    return root
 
 
 @pytest.fixture(scope="session")
@@ -135,22 +54,3 @@ def page(playwright_browser, server):
     context.close()
 
 
-def open_page(pg, url: str) -> None:
-    pg.goto(url)
-    pg.wait_for_selector("#txt2img_generate")
-    # The page's load events fill the quicksettings from the server; wait until the model title is there.
-    pg.wait_for_function("() => { const i = document.querySelector('#setting_sd_model_checkpoint input');"
-                         " return i !== null && i.value.includes('tiny'); }")
-
-
-def set_number(pg, elem_id: str, value: int | float) -> None:
-    """Type into a slider's number box, as a person does, and confirm with Enter."""
-    box = pg.locator(f"#{elem_id} input[type=number]")
-    box.fill(str(value))
-    box.press("Enter")
-    pg.wait_for_function(f"() => document.querySelector('#{elem_id} input[type=number]').value == '{value}'")
-
-
-def wait_for_run_end(pg, tab: str) -> None:
-    """A run has ended when its time line appears in the log (after success, interrupt or error)."""
-    pg.wait_for_selector(f"#html_log_{tab} .time, #html_log_{tab} .error", timeout=60_000)

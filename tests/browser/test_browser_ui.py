@@ -9,8 +9,9 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import REPO, Server, make_data_dir, open_page, set_number, wait_for_run_end
 from PIL import Image, ImageDraw
+
+from .helpers import REPO, Server, make_data_dir, open_page, set_number, wait_for_run_end
 
 SCREENSHOTS = REPO / "docs" / "screenshots"
 
@@ -194,6 +195,15 @@ def test_screenshot_of_each_tab(page, tab, tmp_path):
     """Every tab renders; with UPDATE_SCREENSHOTS=1 the pictures in docs/screenshots/ are refreshed."""
     page.click(f"#tab_{tab}-button")
     page.wait_for_selector(f"#tab_{tab}", state="visible")
+    if tab == "txt2img":  # show a result, as a person would see the tab after a run
+        page.fill("#txt2img_prompt textarea", "a lighthouse at dusk, oil painting")
+        page.fill("#txt2img_neg_prompt textarea", "blurry")
+        set_number(page, "txt2img_width", 256)
+        set_number(page, "txt2img_height", 256)
+        set_number(page, "txt2img_steps", 8)
+        page.click("#txt2img_generate")
+        page.wait_for_selector("#txt2img_gallery img")
+        wait_for_run_end(page, "txt2img")
     target = SCREENSHOTS if os.environ.get("UPDATE_SCREENSHOTS") == "1" else tmp_path
     target.mkdir(parents=True, exist_ok=True)
     path = target / f"{tab}.png"
