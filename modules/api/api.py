@@ -99,7 +99,10 @@ class Api:
     # --- generation ---------------------------------------------------------------------------------------
 
     async def _generate(self, req: m.GenerationRequest, kind: str) -> dict[str, Any]:
-        prepared = await run_in_threadpool(generation.prepare, req, kind)  # decoding images takes a while
+        if kind == "img2img":  # decoding images takes a while: not on the event loop
+            prepared = await run_in_threadpool(generation.prepare, req, kind)
+        else:  # validation alone is microseconds; a thread hop would cost more
+            prepared = generation.prepare(req, kind)
         task_id = prepared.task_id or call_queue.new_task_id(kind)
         processed = await jobs.run(self.queue, kind, lambda: prepared.run(kind), task_id)
         return await run_in_threadpool(generation.response, prepared, processed, kind)

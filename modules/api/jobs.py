@@ -1,9 +1,10 @@
 """Run work on the shared job queue from an async route, without holding a thread while it waits.
 
 Requests wait in the queue's FIFO, behind UI jobs too; the route's coroutine sleeps on an asyncio event that the
-worker thread sets when the function returns. A failure becomes an `ApiError` with a status that says whose
-fault it was: 422 for input the engine refused, 503 when no model can run or the GPU ran out of memory, 500
-for anything else (a bug, logged by the queue with its traceback).
+worker thread sets as soon as the function has returned, and takes the result straight from it (the queue keeps
+no reference to the images: its job result is None). A failure becomes an `ApiError` with a status that says
+whose fault it was: 422 for input the engine refused, 503 when no model can run or the GPU ran out of memory,
+500 for anything else (a bug, logged by the queue with its traceback).
 """
 
 from __future__ import annotations
@@ -36,26 +37,30 @@ async def run(queue: call_queue.JobQueue, kind: str, fn: Callable[[], Any], task
     """Submit `fn` and return its result once it ran; raises ApiError when it failed or was cancelled."""
     loop = asyncio.get_running_loop()
     finished = asyncio.Event()
-    status = {"code": 500}
+    outcome: dict[str, Any] = {}
 
-    def job() -> Any:
+    def job() -> None:
         try:
-            return fn()
+            outcome["result"] = fn()
         except BaseException as e:
-            status["code"] = status_for(e)
-            raise
+            outcome["error"] = ApiError(status_for(e), call_queue.error_message(e))
+            raise  # the queue records the failure and logs it as it deserves
         finally:
             with contextlib.suppress(RuntimeError):  # the loop is gone when the server shut down meanwhile
                 loop.call_soon_threadsafe(finished.set)
 
     submitted = queue.submit(kind, job, task_id=task_id)
-    while not submitted.done and not finished.is_set():
+    while not finished.is_set() and not submitted.done:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(finished.wait(), _RECHECK_SECONDS)
-    try:
-        # fn has returned; the worker records the outcome a moment later, so this wait is short
-        return submitted.wait() if submitted.done else await asyncio.to_thread(submitted.wait)
+    if "error" in outcome:
+        raise outcome["error"]
+    if "result" in outcome:
+        return outcome["result"]
+    try:  # finished without running its function: cancelled while queued (or the queue shut down)
+        submitted.wait(timeout=0)
     except call_queue.JobFailed as e:
-        raise ApiError(status["code"], e.message) from None
-    except call_queue.JobCancelled:
-        raise ApiError(409, f"task {submitted.id} was cancelled before it started") from None
+        raise ApiError(500, e.message) from None
+    except (call_queue.JobCancelled, TimeoutError):
+        pass
+    raise ApiError(409, f"task {submitted.id} was cancelled before it started")
