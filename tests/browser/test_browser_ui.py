@@ -209,3 +209,41 @@ def test_screenshot_of_each_tab(page, tab, tmp_path):
     path = target / f"{tab}.png"
     page.screenshot(path=str(path), full_page=True)
     assert path.stat().st_size > 10_000
+
+
+
+def test_login_and_subpath(tmp_path):
+    """--subpath serves the page under /sd/; --gradio-auth guards gradio's routes and our /internal ones."""
+    import http.cookiejar
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    srv = Server(make_data_dir(tmp_path / "data"), "--subpath", "sd", "--gradio-auth", "alice:s3cret").start()
+    url = f"{srv.url}sd/"
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+
+    def status(path: str, body: dict | None = None) -> int:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(url + path, data=data, headers={"Content-Type": "application/json"})
+        try:
+            with opener.open(request, timeout=10) as response:
+                return response.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    try:
+        assert status("") == 200  # the log-in page
+        assert status("config") == 401
+        assert status("internal/progress", {"id_task": "x"}) == 401
+        form = urllib.parse.urlencode({"username": "alice", "password": "wrong"}).encode()
+        with pytest.raises(urllib.error.HTTPError):
+            opener.open(url + "login", data=form, timeout=10)
+        form = urllib.parse.urlencode({"username": "alice", "password": "s3cret"}).encode()
+        with opener.open(url + "login", data=form, timeout=10) as response:
+            assert response.status == 200
+        assert status("config") == 200
+        assert status("internal/progress", {"id_task": "x"}) == 200
+    finally:
+        srv.stop()
