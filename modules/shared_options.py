@@ -113,7 +113,7 @@ options_templates.update(options_section(("api", "API", "system"), {
         16, "API: most init images in one img2img request", component_args={"minimum": 1, "maximum": 1000, "step": 1},
         restrict_api=True),
     "api_max_input_pixels": OptionInfo(
-        50_000_000, "API: most pixels in an uploaded image", component_args={"minimum": 4096, "step": 1},
+        25_000_000, "API: most pixels in an uploaded image", component_args={"minimum": 4096, "step": 1},
         restrict_api=True).info("larger images, and decompression bombs, are refused before they are decoded"),
     "api_max_body_mb": OptionInfo(
         100, "API: largest request body, in MB", component_args={"minimum": 1, "maximum": 4096, "step": 1},

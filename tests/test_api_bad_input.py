@@ -111,7 +111,7 @@ CASES = [
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, isolated_data_dir):
     with isolated_data_dir(tmp_path_factory.mktemp("api-bad"), CHECKPOINTS, SETTINGS):
-        shared.opts.data["api_max_input_pixels"] = 40_000_000
+        shared.opts.data["api_max_input_pixels"] = 25_000_000
         with serving(create_app(auth=None)) as running:
             yield running
 
@@ -182,3 +182,19 @@ def test_jpeg_and_webp_inputs_are_accepted(http):
         Image.new("RGB", (64, 64), (10, 200, 10)).save(buffer, format=fmt)
         r = http.post("/sdapi/v1/png-info", json={"image": base64.b64encode(buffer.getvalue()).decode()})
         assert r.status_code == 200, (fmt, r.text)
+
+
+def test_failures_inside_the_job_get_a_status_that_says_whose_fault(http, monkeypatch):
+    from modules.api import generation
+    from modules.sd_models import NoCheckpointError
+
+    for error, status in ((RuntimeError("engine bug"), 500), (NoCheckpointError("No checkpoints found"), 503),
+                          (RuntimeError("CUDA out of memory"), 503), (ValueError("bad value"), 422)):
+        def fail(self, kind, error=error):
+            raise error
+
+        monkeypatch.setattr(generation.Prepared, "run", fail)
+        body = assert_error_json(http.post("/sdapi/v1/txt2img", json=FAST), status)
+        assert "Traceback" not in body["errors"]
+    monkeypatch.undo()
+    assert http.post("/sdapi/v1/txt2img", json={**FAST, "steps": 1}).status_code == 200

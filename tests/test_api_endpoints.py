@@ -153,6 +153,17 @@ def test_override_settings_applied_and_restored(http):
     assert http.get("/sdapi/v1/options").json()["CLIP_stop_at_last_layers"] == 1
 
 
+def test_override_settings_kept_when_asked(http):
+    r = http.post("/sdapi/v1/txt2img", json={**FAST, "steps": 1, "send_images": False,
+                                             "override_settings": {"eta_noise_seed_delta": 31337},
+                                             "override_settings_restore_afterwards": False})
+    assert r.status_code == 200, r.text
+    try:
+        assert http.get("/sdapi/v1/options").json()["eta_noise_seed_delta"] == 31337
+    finally:
+        shared.opts.data["eta_noise_seed_delta"] = 0
+
+
 def test_list_endpoints_shapes(http):
     samplers = http.get("/sdapi/v1/samplers").json()
     assert {"name": "Euler", "aliases": ["k_euler"], "options": {}} in samplers

@@ -99,7 +99,7 @@ class Api:
     # --- generation ---------------------------------------------------------------------------------------
 
     async def _generate(self, req: m.GenerationRequest, kind: str) -> dict[str, Any]:
-        if kind == "img2img":  # decoding images takes a while: not on the event loop
+        if kind == "img2img":  # base64 and image headers of big uploads take a while: not on the event loop
             prepared = await run_in_threadpool(generation.prepare, req, kind)
         else:  # validation alone is microseconds; a thread hop would cost more
             prepared = generation.prepare(req, kind)

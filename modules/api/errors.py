@@ -23,8 +23,11 @@ log = logging.getLogger(__name__)
 _MAX_ECHO = 200  # longest string echoed back in "body"/"detail" (base64 images would be megabytes)
 
 
-class ApiError(Exception):
-    """A request we refuse: status code, readable detail and, for validation, the field (`loc`) at fault."""
+class ApiError(ValueError):
+    """A request we refuse: status code, readable detail and, for validation, the field (`loc`) at fault.
+
+    A ValueError, so that when one is raised inside a queued job (an image found damaged while decoding) the
+    queue logs it as bad input, without a traceback."""
 
     def __init__(self, status_code: int, detail: str, field: str | Sequence[str | int] | None = None,
                  headers: Mapping[str, str] | None = None, as_validation: bool = True):

@@ -34,20 +34,25 @@ class Prepared:
     task_id: str | None
 
     def run(self, kind: str) -> processing.Processed:
-        p = PROCESSING_CLASSES[kind](**self.args)
+        """In the job: decode the uploads (only now, so queued requests hold compressed bytes), then generate."""
+        args = dict(self.args)
+        if kind == "img2img":
+            args["init_images"] = [image.load() for image in args["init_images"]]
+            args["mask"] = args["mask"].load() if args["mask"] is not None else None
+        p = PROCESSING_CLASSES[kind](**args)
         p.is_api = True
         return processing.process_images(p)
 
 
-def _decode_images(req: StableDiffusionImg2ImgProcessingAPI) -> tuple[list[Any], Any]:
+def _check_images(req: StableDiffusionImg2ImgProcessingAPI) -> tuple[list[images.CheckedImage], Any]:
     if not req.init_images:
         raise invalid("init_images", "img2img needs at least one init image")
     most = validation.limit("api_max_init_images")
     if len(req.init_images) > most:
         raise invalid("init_images", f"{len(req.init_images)} images is more than {most} "
                                      "(setting api_max_init_images)")
-    init = [images.decode_base64_to_image(x, ("init_images", i)) for i, x in enumerate(req.init_images)]
-    mask = images.decode_base64_to_image(req.mask, "mask") if req.mask else None
+    init = [images.check_base64_image(x, ("init_images", i)) for i, x in enumerate(req.init_images)]
+    mask = images.check_base64_image(req.mask, "mask") if req.mask else None
     return init, mask
 
 
@@ -74,7 +79,7 @@ def prepare(req: GenerationRequest, kind: str) -> Prepared:
                 do_not_save_samples=not req.save_images, do_not_save_grid=not req.save_images)
     if kind == "img2img":
         assert isinstance(req, StableDiffusionImg2ImgProcessingAPI)
-        args["init_images"], args["mask"] = _decode_images(req)
+        args["init_images"], args["mask"] = _check_images(req)
         args.pop("latent_mask", None)
     args.pop("firstpass_image", None)  # a hires-fix input; hires fix does not exist here
     return Prepared(req, args, req.force_task_id)

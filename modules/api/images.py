@@ -14,6 +14,7 @@ import binascii
 import io
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import piexif
 import piexif.helper
@@ -23,11 +24,12 @@ from modules import shared
 from modules.api.errors import invalid
 
 ALLOWED_FORMATS = frozenset({"PNG", "JPEG", "MPO", "WEBP", "BMP", "GIF", "TIFF"})
+FieldName = str | Sequence[str | int]
 _OUTPUT_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}
 
 
 def max_input_pixels() -> int:
-    return int(getattr(shared.opts, "api_max_input_pixels", 50_000_000))
+    return int(getattr(shared.opts, "api_max_input_pixels", 25_000_000))
 
 
 def _strip_data_url(text: str) -> str:
@@ -40,8 +42,51 @@ def _strip_data_url(text: str) -> str:
     return text
 
 
-def decode_base64_to_image(text: str, field: str | Sequence[str | int]) -> Image.Image:
-    """A loaded PIL image from base64 text (optionally a data: URL); ApiError 422 naming `field` if unusable."""
+def _open(data: bytes, field: FieldName) -> Image.Image:
+    """PIL's lazy open (header only), refusing foreign formats and too many pixels before any decoding."""
+    limit = max_input_pixels()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise invalid(field, "image has too many pixels (decompression bomb)") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as e:  # PIL's ways of saying "not an image I know"
+        raise invalid(field, f"not a readable image ({type(e).__name__})") from None
+    if image.format not in ALLOWED_FORMATS:
+        raise invalid(field, f"image format {image.format} is not accepted")
+    width, height = image.size
+    if width < 1 or height < 1 or width * height > limit:
+        raise invalid(field, f"image is {width}x{height}; at most {limit} pixels are accepted "
+                             "(setting api_max_input_pixels)")
+    return image
+
+
+@dataclass(frozen=True)
+class CheckedImage:
+    """An uploaded image whose base64, format and size were checked; its pixels are decoded by `load()`.
+
+    Requests waiting in the queue hold only these compressed bytes, so twenty queued img2img requests do not
+    hold twenty sets of decoded pictures."""
+
+    data: bytes
+    field: FieldName
+    size: tuple[int, int]
+
+    def load(self) -> Image.Image:
+        """The decoded image (first frame); ApiError 422 naming the field when the data is damaged."""
+        image = _open(self.data, self.field)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                image.load()
+        except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombWarning) as e:
+            raise invalid(self.field, f"not a readable image ({type(e).__name__}: {e})") from None
+        return image
+
+
+def check_base64_image(text: str, field: FieldName) -> CheckedImage:
+    """Base64 text (optionally a data: URL) checked up to the image header; ApiError 422 naming `field`."""
     if not isinstance(text, str):
         raise invalid(field, "expected a base64-encoded image")
     text = text.strip()
@@ -53,24 +98,12 @@ def decode_base64_to_image(text: str, field: str | Sequence[str | int]) -> Image
         raise invalid(field, f"not valid base64 ({e})") from None
     if not data:
         raise invalid(field, "empty image")
-    limit = max_input_pixels()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            if image.format not in ALLOWED_FORMATS:
-                raise invalid(field, f"image format {image.format} is not accepted")
-            width, height = image.size
-            if width < 1 or height < 1 or width * height > limit:
-                raise invalid(field, f"image is {width}x{height}; at most {limit} pixels are accepted "
-                                     "(setting api_max_input_pixels)")
-            image.load()  # decode now, inside the guards; later frames of an animation are never read
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise invalid(field, "image has too many pixels (decompression bomb)") from None
-    except (OSError, ValueError, SyntaxError, EOFError, Image.UnidentifiedImageError) as e:
-        # PIL signals a damaged or foreign file with any of these (SyntaxError for broken headers)
-        raise invalid(field, f"not a readable image ({type(e).__name__})") from None
-    return image
+    return CheckedImage(data, field, _open(data, field).size)
+
+
+def decode_base64_to_image(text: str, field: FieldName) -> Image.Image:
+    """A decoded PIL image from base64 text (A1111's name); ApiError 422 naming `field` if unusable."""
+    return check_base64_image(text, field).load()
 
 
 def _exif_comment(text: str) -> bytes:

@@ -43,7 +43,8 @@ async def run(queue: call_queue.JobQueue, kind: str, fn: Callable[[], Any], task
         try:
             outcome["result"] = fn()
         except BaseException as e:
-            outcome["error"] = ApiError(status_for(e), call_queue.error_message(e))
+            # an ApiError (a damaged upload found while decoding) already says what to answer
+            outcome["error"] = e if isinstance(e, ApiError) else ApiError(status_for(e), call_queue.error_message(e))
             raise  # the queue records the failure and logs it as it deserves
         finally:
             with contextlib.suppress(RuntimeError):  # the loop is gone when the server shut down meanwhile
