@@ -152,6 +152,17 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
 
     kind = "txt2img"
 
+    def batch_request(self, request: BatchRequest) -> BatchRequest:
+        model = request.model
+        if model.is_inpainting:
+            # A1111's txt2img conditioning for inpainting models: everything is "repaint", the masked image grey.
+            factor = model.vae_scale_factor
+            grey = torch.zeros(len(request.prompts), 3, request.height // factor * factor,
+                               request.width // factor * factor, device=model.device)
+            request.image_cond = inpainting.inpainting_model_conditioning(
+                grey, None, lambda x: generate.vae_encode(model, (x + 1) / 2))
+        return request
+
 
 @dataclass(repr=False)
 class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):

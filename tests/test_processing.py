@@ -106,7 +106,7 @@ def test_old_combined_sampler_names_are_accepted(data_dir):
 
 
 @pytest.mark.parametrize(("name", "size"), [("sd2v.safetensors", (64, 64)), ("xl.safetensors", (64, 96)),
-                                            ("refiner.safetensors", (64, 64))])
+                                            ("refiner.safetensors", (64, 64)), ("sd1-inpaint.safetensors", (64, 64))])
 def test_other_families_generate(data_dir, name, size):
     model = use(name)
     result = txt2img(width=size[0], height=size[1])
