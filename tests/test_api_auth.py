@@ -80,6 +80,14 @@ def test_every_route_needs_credentials(protected, method, path, body):
             assert r.status_code == 200, (user, r.text)
 
 
+def test_routes_added_later_through_the_api_are_protected(data_dir):
+    app = create_app(auth=auth.BasicAuth(USERS))
+    app.state.api.add_api_route("/sdapi/v1/extension-route", lambda: {"ok": True}, methods=["GET"])
+    with serving(app) as server, client(server) as c:
+        assert c.get("/sdapi/v1/extension-route").status_code == 401
+        assert c.get("/sdapi/v1/extension-route", headers=_basic("alice", "s3cret")).json() == {"ok": True}
+
+
 def test_unauthenticated_body_is_never_parsed(protected):
     # A huge or malformed body from a stranger gets the 401, not a validation error about the body.
     with client(protected) as c:

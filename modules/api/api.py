@@ -42,6 +42,7 @@ class Api:
         self.queue = queue
         self.auth = auth
         self.router = APIRouter(route_class=make_route_class(auth, log_requests))
+        self._installed, self._prepend = False, prepend
         self._register_sdapi()
         if internal_routes:
             self._register_internal()
@@ -50,8 +51,15 @@ class Api:
     # --- registration -------------------------------------------------------------------------------------
 
     def add_api_route(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
-        """A1111's name: every route goes through the auth-checking route class."""
-        self.router.add_api_route(path, endpoint, **kwargs)
+        """A1111's name: every route goes through the auth-checking route class, also routes extensions add
+        through this method after start-up."""
+        if not self._installed:
+            self.router.add_api_route(path, endpoint, **kwargs)
+            return
+        before = list(self.app.router.routes)
+        self.app.router.add_api_route(path, endpoint, route_class_override=self.router.route_class, **kwargs)
+        if self._prepend:
+            self._move_to_front(before)
 
     def _register_sdapi(self) -> None:
         add, v1 = self.add_api_route, "/sdapi/v1"
@@ -93,8 +101,13 @@ class Api:
         before = list(self.app.router.routes)
         self.app.include_router(self.router)
         if prepend:
-            added = [r for r in self.app.router.routes if r not in before]
-            self.app.router.routes[:] = added + before
+            self._move_to_front(before)
+        self._installed = True
+
+    def _move_to_front(self, before: list[Any]) -> None:
+        """Routes added since `before` go first, so no catch-all route of the app shadows them."""
+        added = [r for r in self.app.router.routes if r not in before]
+        self.app.router.routes[:] = added + before
 
     # --- generation ---------------------------------------------------------------------------------------
 
