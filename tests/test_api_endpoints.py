@@ -284,3 +284,14 @@ def test_mount_adds_routes_in_front_and_keeps_the_apps_internal_routes(server):
         assert c.get("/elsewhere").json() == {"catch": "elsewhere"}
         r = c.post("/sdapi/v1/txt2img", json={**FAST, "width": 65})
         assert_error_json(r, 422, "width")  # the error JSON, even in an app without our handlers
+
+
+def test_api_only_server_settings():
+    from modules.api.server import DEFAULT_PORT, uvicorn_config
+
+    app = FastAPI()
+    config = uvicorn_config(app, shared.parser.parse_args(["--nowebui"]))
+    assert (config.host, config.port, config.root_path) == ("127.0.0.1", DEFAULT_PORT, "") and DEFAULT_PORT == 7861
+    config = uvicorn_config(app, shared.parser.parse_args(["--nowebui", "--port", "9000", "--listen",
+                                                           "--subpath", "sd/", "--timeout-keep-alive", "5"]))
+    assert (config.host, config.port, config.root_path, config.timeout_keep_alive) == ("0.0.0.0", 9000, "/sd", 5)

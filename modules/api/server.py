@@ -61,7 +61,20 @@ def mount(app: FastAPI, queue: call_queue.JobQueue | None = None) -> Api:
     """Add the API to an existing (the UI's) FastAPI app, in front of its routes. Works after the server
     started. /internal routes the app already has stay its own: the UI server must then also accept API
     credentials on them (see `modules.api.auth.allowed_on_ui_route`)."""
-    return Api(app, queue or call_queue.queue, prepend=True)
+    api = Api(app, queue or call_queue.queue, prepend=True)
+    _warn_if_open(api, shared.cmd_opts)
+    return api
+
+
+def _warn_if_open(api: Api, cmd_opts: argparse.Namespace) -> None:
+    """The API without --api-auth is open to whoever reaches it (as in A1111, where --gradio-auth does not
+    cover it): say so when it can be reached from elsewhere or the UI itself has a login."""
+    if api.auth is not None:
+        return
+    public = _host(cmd_opts) not in ("127.0.0.1", "localhost", "::1") or getattr(cmd_opts, "share", False)
+    if public or getattr(cmd_opts, "gradio_auth", None) or getattr(cmd_opts, "gradio_auth_path", None):
+        print("Warning: the API has no --api-auth, so anyone who reaches the server can use it "
+              "(--gradio-auth protects only the UI).", file=sys.stderr)
 
 
 def _host(cmd_opts: argparse.Namespace) -> str:
@@ -91,9 +104,7 @@ def serve_api_only(cmd_opts: argparse.Namespace | None = None) -> None:
     except ValueError as e:  # a malformed --api-auth: say which entry, never echo it
         print(f"Cannot start the API: {e}", file=sys.stderr)
         raise SystemExit(1) from None
-    if app.state.api.auth is None and _host(cmd_opts) not in ("127.0.0.1", "localhost", "::1"):
-        print("Warning: the API listens on the network without --api-auth; anyone who reaches it can use it.",
-              file=sys.stderr)
+    _warn_if_open(app.state.api, cmd_opts)
     config = uvicorn_config(app, cmd_opts)
     scheme = "https" if cmd_opts.tls_keyfile and cmd_opts.tls_certfile else "http"
     print(f"API on {scheme}://{config.host}:{config.port}{config.root_path} (docs at /docs)")
