@@ -65,6 +65,7 @@ EFFECTIVE_FLAGS: set[str] = {
     "--api-auth",
     "--api-log",
     "--nowebui",
+    "--timeout-keep-alive",  # the API-only server's uvicorn (modules/api/server.py)
 }
 
 # Values that must never be shown back (API /cmd-flags, logs, sysinfo): credentials and TLS material.
