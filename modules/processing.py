@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from PIL import Image, ImageOps
 
-from modules import images, infotext_utils, paths, rng, shared
+from modules import images, infotext_utils, paths, prompt_parser, rng, shared
 from modules.engine import generate, inpainting
 from modules.engine.generate import BatchRequest
 from modules.engine.sampling.common import InterruptedException
@@ -460,6 +460,11 @@ def _validate(p: StableDiffusionProcessing) -> None:
         raise ValueError(f"steps must be at least 1, got {p.steps}")
     if p.batch_size < 1 or p.n_iter < 1:
         raise ValueError("batch_size and n_iter must be at least 1")
+    for field_name in ("prompt", "negative_prompt"):
+        texts = getattr(p, field_name)
+        for text in texts if isinstance(texts, list) else [texts]:
+            if prompt_parser.bracket_depth(text or "") > prompt_parser.MAX_NESTING:
+                raise ValueError(f"{field_name}: brackets nested more than {prompt_parser.MAX_NESTING} levels deep")
     # Features that do not exist yet are refused by name rather than silently ignored.
     if getattr(p, "enable_hr", False):
         raise ValueError("enable_hr: Hires. fix is not available in this version")
@@ -547,6 +552,7 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
             except InterruptedException:
                 if state is not None and state.skipped and not state.interrupted:
                     state.skipped = False
+                    state.nextjob()  # the skipped batch counts as done, so progress keeps moving
                     continue
                 break
             for key, value in request.infotext_params.items():

@@ -139,6 +139,26 @@ def prompt_at_step(schedule: PromptSchedule, current_step: int) -> str:
 # Conditioning schedules
 # ---------------------------------------------------------------------------------------------------------------------
 
+MAX_NESTING = 100  # the parsers recurse per bracket level; (x) at depth 100 already weighs 1.1**100
+
+
+def bracket_depth(text: str) -> int:
+    """How deeply (), [] and {} nest in a prompt, escapes respected: checked before parsing a hostile prompt."""
+    depth = deepest = 0
+    escaped = False
+    for ch in text:
+        if escaped:
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch in "([{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in ")]}":
+            depth = max(depth - 1, 0)
+    return deepest
+
+
 ScheduledPromptConditioning = namedtuple("ScheduledPromptConditioning", ["end_at_step", "cond"])
 
 

@@ -236,6 +236,8 @@ def test_bad_requests_are_refused_with_a_message(data_dir):
         txt2img(width=65)
     with pytest.raises(ValueError, match="unknown sampler 'Nope'"):
         txt2img(sampler_name="Nope")
+    with pytest.raises(ValueError, match="prompt: brackets nested more than 100 levels deep"):
+        txt2img(prompt="(" * 300 + "x" + ")" * 300)
     with pytest.raises(ValueError, match="enable_hr: Hires. fix is not available"):
         txt2img(enable_hr=True)
     with pytest.raises(ValueError, match="restore_faces: face restoration is not available"):

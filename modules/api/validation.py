@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from modules import shared
+from modules import prompt_parser, shared
 from modules.api import models
 from modules.api.errors import invalid
 from modules.engine.sampling.registry import find_sampler_config
@@ -46,30 +46,11 @@ def check_limits(req: models.GenerationRequest) -> None:
             raise invalid(field, f"{value} is not a multiple of 8")
 
 
-MAX_PROMPT_NESTING = 100  # the prompt parser recurses per bracket level; (x) at depth 100 already weighs 1.1**100
-
-
-def _nesting(text: str) -> int:
-    depth = deepest = 0
-    escaped = False
-    for ch in text:
-        if escaped:
-            escaped = False
-        elif ch == "\\":
-            escaped = True
-        elif ch in "([{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif ch in ")]}":
-            depth = max(depth - 1, 0)
-    return deepest
-
-
 def check_prompts(req: models.GenerationRequest) -> None:
     for field in ("prompt", "negative_prompt"):
         text = getattr(req, field) or ""
-        if _nesting(text) > MAX_PROMPT_NESTING:
-            raise invalid(field, f"brackets nested more than {MAX_PROMPT_NESTING} levels deep")
+        if prompt_parser.bracket_depth(text) > prompt_parser.MAX_NESTING:
+            raise invalid(field, f"brackets nested more than {prompt_parser.MAX_NESTING} levels deep")
 
 
 def check_unsupported(req: models.GenerationRequest) -> None:
