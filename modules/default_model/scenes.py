@@ -131,7 +131,9 @@ def is_held_out(scene: Scene | SceneDescription) -> bool:
     return any(_pair_held_out(o.shape, o.colour, o.position) for o in scene.objects)
 
 
-def make_object(shape: str, colour: str, size: str, position: str, jitter: tuple[float, float] = (0.0, 0.0)) -> SceneObject:
+def make_object(
+    shape: str, colour: str, size: str, position: str, jitter: tuple[float, float] = (0.0, 0.0)
+) -> SceneObject:
     col, row = POSITIONS[position]
     return SceneObject(
         shape, colour, size, position, cx=(col + 0.5) / 3 + jitter[0], cy=(row + 0.5) / 3 + jitter[1], side=SIZES[size]
