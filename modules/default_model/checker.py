@@ -27,7 +27,7 @@ _NAMES = list(COLOURS)
 _PALETTE = np.array([COLOURS[n] for n in _NAMES], dtype=np.float32)
 _MAX_COLOUR_DISTANCE = 110.0  # farther than this from every palette colour: belongs to no region
 _MIN_REGION_FRACTION = 0.002  # of the image area; smaller components are noise
-_SIZE_THRESHOLD = (SIZES["small"] + SIZES["large"]) / 2
+_SIZE_THRESHOLD = (SIZES["small"] * SIZES["large"]) ** 0.5  # geometric mean: blur shrinks star tips
 _POSITION_NAMES = {
     (0, 0): "top left",
     (1, 0): "top",
@@ -105,13 +105,26 @@ def _prepare(image: Image.Image) -> np.ndarray:
     rgb = image.convert("RGB")
     if rgb.size != (_WORK_SIZE, _WORK_SIZE):
         rgb = rgb.resize((_WORK_SIZE, _WORK_SIZE), Image.Resampling.BILINEAR)
-    return np.asarray(rgb, dtype=np.float32)
+    return np.asarray(rgb)
+
+
+def _build_lookup() -> tuple[np.ndarray, np.ndarray]:
+    # Nearest palette colour for every RGB value quantised to 5 bits a channel (error <= 4 per channel):
+    # classifying an image is then one table look-up per pixel.
+    levels = np.arange(32, dtype=np.float32) * 8 + 3.5
+    grid = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), axis=-1).reshape(-1, 3)
+    dist = np.linalg.norm(grid[:, None, :] - _PALETTE[None, :, :], axis=-1)
+    return dist.argmin(axis=1).astype(np.uint8), dist.min(axis=1).astype(np.float32)
+
+
+_LOOKUP_INDEX, _LOOKUP_DIST = _build_lookup()
 
 
 def _labels(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Nearest palette index per pixel, and the distance to it."""
-    dist = np.linalg.norm(pixels[:, :, None, :] - _PALETTE[None, None, :, :], axis=-1)
-    return dist.argmin(axis=-1), dist.min(axis=-1)
+    q = pixels.astype(np.uint8) >> 3
+    key = (q[..., 0].astype(np.int32) << 10) | (q[..., 1].astype(np.int32) << 5) | q[..., 2]
+    return _LOOKUP_INDEX[key], _LOOKUP_DIST[key]
 
 
 def _border_colour(labels: np.ndarray, columns: slice) -> int:
@@ -148,11 +161,11 @@ def classify_shape(mask: np.ndarray) -> str:
         return "ring"
     ys, xs = np.nonzero(filled)
     fill = area / ((np.ptp(ys) + 1) * (np.ptp(xs) + 1))
-    if _solidity(filled) < 0.78:
+    if _solidity(filled) < 0.80:
         return "star"
     if fill < 0.64:
         return "triangle"
-    return "circle" if fill < 0.89 else "square"
+    return "circle" if fill < 0.82 else "square"
 
 
 def _position(mask: np.ndarray) -> str:
@@ -179,11 +192,14 @@ def find_regions(image: Image.Image) -> tuple[tuple[str, ...], list[Region]]:
         if name in background:
             continue
         mask = (labels == index) & (dist < _MAX_COLOUR_DISTANCE)
+        if mask.sum() < min_area:
+            continue
         # Opening removes the 1-3 px bands that blurring leaves where two colours meet.
-        mask = ndimage.binary_opening(mask, iterations=2)
-        components, count = ndimage.label(mask)
+        opened = ndimage.binary_opening(mask, iterations=2)
+        components, count = ndimage.label(opened)
         for k in range(1, count + 1):
-            part = components == k
+            # Grow back what opening cut off (star tips, square corners), but only into this colour.
+            part = ndimage.binary_dilation(components == k, iterations=3, mask=mask)
             area = int(part.sum())
             if area < min_area:
                 continue

@@ -215,11 +215,15 @@ def caption(scene: Scene | SceneDescription) -> str:
     """E.g. "a small red circle at the top left and a large blue square, on a yellow background"."""
     phrases = [_object_phrase(o) for o in scene.objects]
     listed = phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
-    return f"{listed}, on a {' and '.join(scene.background)} background"
+    return f"{listed}, on {_article(scene.background[0])} {' and '.join(scene.background)} background"
 
 
 class CaptionError(ValueError):
     pass
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
 
 
 def _parse_object(words: list[str]) -> ObjectSpec:
@@ -244,7 +248,8 @@ def _parse_object(words: list[str]) -> ObjectSpec:
 def parse_caption(text: str) -> SceneDescription:
     """Read a caption written by `caption` (case, spacing and a trailing full stop do not matter)."""
     text = " ".join(text.lower().replace(",", " , ").split()).rstrip(" .")
-    head, sep, tail = text.rpartition(" , on a ")
+    head, sep, tail = text.rpartition(" , on ")
+    tail = tail.removeprefix("an ").removeprefix("a ")
     if not sep:
         raise CaptionError(f"no background in {text!r}")
     tail_words = tail.split()
