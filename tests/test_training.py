@@ -140,3 +140,8 @@ def test_scene_world_source_gives_captioned_images():
     pytest.importorskip("modules.default_model.scenes")
     image, text = training.scene_world_source()(np.random.default_rng(0), 64)
     assert image.size == (64, 64) and text
+
+
+def test_loss_plot_is_written_when_matplotlib_is_there(trained: Path):
+    pytest.importorskip("matplotlib")
+    assert (trained / "loss_vae.png").exists() and (trained / "loss_unet.png").exists()
