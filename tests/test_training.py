@@ -145,3 +145,8 @@ def test_scene_world_source_gives_captioned_images():
 def test_loss_plot_is_written_when_matplotlib_is_there(trained: Path):
     pytest.importorskip("matplotlib")
     assert (trained / "loss_vae.png").exists() and (trained / "loss_unet.png").exists()
+
+
+def test_stage_done_counts_steps(trained: Path):
+    assert training.stage_done(trained, "vae", 3)
+    assert not training.stage_done(trained, "vae", 10)  # asking for more steps continues the stage

@@ -72,14 +72,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     budget = training.Budget(args.time_budget_min)
     for stage in stages:
-        if args.resume and training.stage_done(args.out, stage):
-            print(f"[{stage}] already finished, skipped")
+        steps = args.steps or (args.vae_steps if stage == "vae" else args.unet_steps)
+        if args.resume and training.stage_done(args.out, stage, steps):
+            print(f"[{stage}] already has {steps} steps, skipped")
             continue
         remaining = None if budget.limit is None else (budget.limit - budget.elapsed) / 60
         if remaining is not None and remaining < 0.5:
             print(f"[{stage}] no time left in this run; re-run with --resume")
             return 0
-        steps = args.steps or (args.vae_steps if stage == "vae" else args.unet_steps)
         tc = replace(base, stage=stage, steps=steps, lr=args.lr or default_lr[stage], time_budget_min=remaining)
         result = training.train_stage(tc)
         print(f"[{stage}] stopped at step {result.step}/{steps}, last loss {result.last_loss}")

@@ -582,9 +582,10 @@ def train_stage(tc: TrainConfig, source: SceneSource | None = None) -> StageResu
     raise ValueError(f"unknown stage {tc.stage!r}; expected one of {STAGES}")
 
 
-def stage_done(out: Path, stage: str) -> bool:
+def stage_done(out: Path, stage: str, steps: int) -> bool:
+    """True when the stage's checkpoint already holds ``steps`` steps (asking for more continues it)."""
     ckpt = load_checkpoint(out, stage)
-    return bool(ckpt and ckpt.get("done"))
+    return bool(ckpt and ckpt["step"] >= steps)
 
 
 # ---------------------------------------------------------------- export
