@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFilter
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
@@ -105,7 +105,8 @@ def _prepare(image: Image.Image) -> np.ndarray:
     rgb = image.convert("RGB")
     if rgb.size != (_WORK_SIZE, _WORK_SIZE):
         rgb = rgb.resize((_WORK_SIZE, _WORK_SIZE), Image.Resampling.BILINEAR)
-    return np.asarray(rgb)
+    # A 3x3 median removes pixel noise but keeps edges and corners where they are.
+    return np.asarray(rgb.filter(ImageFilter.MedianFilter(3)))
 
 
 def _build_lookup() -> tuple[np.ndarray, np.ndarray]:
@@ -156,15 +157,19 @@ def classify_shape(mask: np.ndarray) -> str:
     """circle, square, triangle, star or ring from a region's boolean mask."""
     filled = ndimage.binary_fill_holes(mask)
     area = float(filled.sum())
-    hole = 1.0 - mask.sum() / area
-    if hole > 0.12:
+    if 1.0 - mask.sum() / area > 0.12:
         return "ring"
     ys, xs = np.nonzero(filled)
-    fill = area / ((np.ptp(ys) + 1) * (np.ptp(xs) + 1))
-    if _solidity(filled) < 0.80:
+    top, height = ys.min(), np.ptp(ys) + 1
+    fill = area / (height * (np.ptp(xs) + 1))
+    solidity = _solidity(filled)
+    if fill < 0.66:
+        # A triangle (apex up) has a full base; a star ends in two separate points. Blur fills a small
+        # star's notches, so the base tells them apart better than convexity alone.
+        base = filled[top + int(height * 0.8) : top + height, xs.min() : xs.max() + 1].mean()
+        return "triangle" if base >= 0.65 and solidity >= 0.8 else "star"
+    if solidity < 0.75:
         return "star"
-    if fill < 0.64:
-        return "triangle"
     return "circle" if fill < 0.82 else "square"
 
 
@@ -176,10 +181,28 @@ def _position(mask: np.ndarray) -> str:
     return _POSITION_NAMES[(col, row)]
 
 
-def _size(mask: np.ndarray) -> str:
-    ys, xs = np.nonzero(mask)
-    extent = max(np.ptp(ys) + 1, np.ptp(xs) + 1) / mask.shape[0]
-    return "small" if extent < _SIZE_THRESHOLD else "large"
+# Per shape: its extent and the square root of its area, each over its box side (see scenes._draw_object).
+_NOMINAL = {
+    "circle": (1.0, 0.886),
+    "ring": (1.0, 0.886),
+    "square": (1.0, 1.0),
+    "triangle": (1.0, 0.707),
+    "star": (0.91, 0.55),
+}
+
+
+def _size(mask: np.ndarray, shape: str) -> str:
+    """small or large from the box side the region implies.
+
+    Blur eats a star's tips and shrinks its extent, but hardly changes its area: take the larger estimate.
+    """
+    filled = ndimage.binary_fill_holes(mask)
+    ys, xs = np.nonzero(filled)
+    extent_ratio, area_ratio = _NOMINAL[shape]
+    extent = max(np.ptp(ys) + 1, np.ptp(xs) + 1) / extent_ratio
+    from_area = np.sqrt(filled.sum()) / area_ratio
+    side = max(extent, from_area) / mask.shape[0]
+    return "small" if side < _SIZE_THRESHOLD else "large"
 
 
 def find_regions(image: Image.Image) -> tuple[tuple[str, ...], list[Region]]:
@@ -203,7 +226,8 @@ def find_regions(image: Image.Image) -> tuple[tuple[str, ...], list[Region]]:
             area = int(part.sum())
             if area < min_area:
                 continue
-            regions.append(Region(name, classify_shape(part), _position(part), _size(part), area))
+            shape = classify_shape(part)
+            regions.append(Region(name, shape, _position(part), _size(part, shape), area))
     return background, regions
 
 
