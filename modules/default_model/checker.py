@@ -5,7 +5,7 @@ Classic image analysis only (numpy, scipy.ndimage), so it reads blurry, noisy mo
 2. every pixel gets its nearest palette colour; pixels of a non-background colour form regions (small
    specks and the thin colour-mixing bands along blurred edges are opened away);
 3. asked objects are matched to regions by colour and shape; position comes from the region's centroid
-   (grid thirds), size from its extent, shape from fill ratio, solidity and a hole (ring).
+   (grid thirds), size from its extent or area, shape from fill ratio, solidity, its base and a hole (ring).
 """
 
 from __future__ import annotations

@@ -205,6 +205,10 @@ _POSITION_PHRASES: dict[str, str] = {
 }
 
 
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
 def _object_phrase(o: ObjectSpec | SceneObject) -> str:
     # The center is left unsaid, as in "a large blue square"; the parser reads a missing position as center.
     where = _POSITION_PHRASES.get(o.position)
@@ -220,10 +224,6 @@ def caption(scene: Scene | SceneDescription) -> str:
 
 class CaptionError(ValueError):
     pass
-
-
-def _article(word: str) -> str:
-    return "an" if word[0] in "aeiou" else "a"
 
 
 def _parse_object(words: list[str]) -> ObjectSpec:
@@ -278,7 +278,9 @@ def _star_points(cx: float, cy: float, r: float) -> list[tuple[float, float]]:
     return points
 
 
-def _draw_object(draw: ImageDraw.ImageDraw, o: SceneObject, px: int, fill: int | tuple[int, int, int], hole) -> None:
+def _draw_object(
+    draw: ImageDraw.ImageDraw, o: SceneObject, px: int, fill: int | tuple[int, int, int], hole: int | None
+) -> None:
     """Draw one object on a canvas px pixels wide; hole is the fill for a ring's centre."""
     left, top, right, bottom = (v * px for v in o.bbox)
     cx, cy, r = o.cx * px, o.cy * px, o.side * px / 2
