@@ -97,11 +97,27 @@ def open_page(pg, url: str) -> None:
 
 
 def set_number(pg, elem_id: str, value: int | float) -> None:
-    """Type into a slider's number box, as a person does, and confirm with Enter."""
+    """Type into a slider's number box, as a person does, and confirm with Enter.
+
+    A tab that has just opened may still fill its boxes with the stored values and overwrite what was typed;
+    like a person, type again until the value stays.
+    """
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     box = pg.locator(f"#{elem_id} input[type=number]")
-    box.fill(str(value))
-    box.press("Enter")
-    pg.wait_for_function(f"() => document.querySelector('#{elem_id} input[type=number]').value == '{value}'")
+    box.wait_for(state="visible")
+    check = f"() => document.querySelector('#{elem_id} input[type=number]').value == '{value}'"
+    for _ in range(4):
+        box.fill(str(value))
+        box.press("Enter")
+        try:
+            pg.wait_for_function(check, timeout=10_000)
+            pg.wait_for_timeout(300)  # still there a moment later: not overwritten by a late refresh
+            if box.input_value() == str(value):
+                return
+        except PlaywrightTimeout:
+            continue
+    raise AssertionError(f"#{elem_id} did not keep the value {value}")
 
 
 def wait_for_run_end(pg, tab: str) -> None:

@@ -49,7 +49,7 @@ def test_txt2img_generate_shows_image_whose_png_carries_the_infotext(page):
     page.wait_for_selector("#txt2img_token_counter :text('3/75')")
     small_run(page, "txt2img")
     page.click("#txt2img_generate")
-    page.wait_for_selector("#txt2img_gallery img")
+    page.wait_for_selector("#txt2img_gallery img", timeout=90_000)
     wait_for_run_end(page, "txt2img")
 
     image = gallery_png(page, "txt2img")
@@ -92,7 +92,7 @@ def test_inpaint_with_a_mask_painted_in_the_page(page, tmp_path):
     page.mouse.up()
 
     page.click("#img2img_generate")
-    page.wait_for_selector("#img2img_gallery img")
+    page.wait_for_selector("#img2img_gallery img", timeout=90_000)
     parameters = gallery_png(page, "img2img").info["parameters"]
     assert parameters.startswith("a green square\n")
     for key in ("Denoising strength: 0.75", "Mask blur: 4", "Masked content: original"):
@@ -124,7 +124,7 @@ def test_interrupt_stops_a_long_job_and_a_second_tab_waits_in_the_queue(page, pl
     wait_for_run_end(page, "txt2img")
     assert page.locator("#txt2img_gallery img").count() < 50
     # The queue moves on: the other tab's job runs and shows its image.
-    other.wait_for_selector("#txt2img_gallery img")
+    other.wait_for_selector("#txt2img_gallery img", timeout=90_000)
     context.close()
 
 
@@ -133,7 +133,7 @@ def test_png_info_round_trip_to_txt2img(page, tmp_path):
     page.fill("#txt2img_neg_prompt textarea", "blurry")
     small_run(page, "txt2img", steps=5)
     page.click("#txt2img_generate")
-    page.wait_for_selector("#txt2img_gallery img")
+    page.wait_for_selector("#txt2img_gallery img", timeout=90_000)
     saved = tmp_path / "result.png"
     image = gallery_png(page, "txt2img")
     image.save(saved, pnginfo=_pnginfo(image))
@@ -202,7 +202,7 @@ def test_screenshot_of_each_tab(page, tab, tmp_path):
         set_number(page, "txt2img_height", 256)
         set_number(page, "txt2img_steps", 8)
         page.click("#txt2img_generate")
-        page.wait_for_selector("#txt2img_gallery img")
+        page.wait_for_selector("#txt2img_gallery img", timeout=90_000)
         wait_for_run_end(page, "txt2img")
     target = SCREENSHOTS if os.environ.get("UPDATE_SCREENSHOTS") == "1" else tmp_path
     target.mkdir(parents=True, exist_ok=True)
