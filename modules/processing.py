@@ -198,8 +198,6 @@ class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
     def init(self, all_prompts, all_seeds, all_subseeds) -> None:
         if not self.init_images:
             raise ValueError("img2img needs at least one init image")
-        self.init_images = [images.flatten(im) if hasattr(images, "flatten") else im.convert("RGB")
-                            for im in self.init_images]
         if self.image_mask is not None:
             self.extra_generation_params["Mask blur"] = self.mask_blur_x if self.mask_blur_x == self.mask_blur_y \
                 else None
@@ -377,7 +375,6 @@ def create_infotext(p: StableDiffusionProcessing, all_prompts, all_seeds, all_su
         "Size": f"{p.width}x{p.height}",
         "Model hash": getattr(model, "sd_model_hash", None),
         "Model": getattr(info, "model_name", None),
-        "VAE hash": None,
         "VAE": os.path.splitext(os.path.basename(vae_file))[0] if vae_file else None,
         "Variation seed": all_subseeds[index] if p.subseed_strength else None,
         "Variation seed strength": p.subseed_strength if p.subseed_strength else None,
@@ -386,9 +383,8 @@ def create_infotext(p: StableDiffusionProcessing, all_prompts, all_seeds, all_su
         "Denoising strength": p.denoising_strength if p.kind == "img2img" else None,
         "Clip skip": p.clip_skip if p.clip_skip > 1 else None,
         "RNG": _opt("randn_source", "GPU") if _opt("randn_source", "GPU") != "GPU" else None,
-        "Tiling": True if p.tiling else None,
+        "Tiling": "Tiling" if p.tiling else None,  # a flag: a key equal to its value is written bare
     }
-    params["Tiling"] = "Tiling" if p.tiling else None  # a flag: written bare
     extra = dict(p.extra_generation_params)
     return infotext_utils.build_infotext(all_prompts[index], negatives[index] if negatives else "", params, extra,
                                          version=VERSION, user=p.user, index=index)

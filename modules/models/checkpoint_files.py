@@ -53,7 +53,6 @@ class _InertPickleObject:
 _INERT_PICKLE_GLOBALS = [
     "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint",
     "pytorch_lightning.callbacks.early_stopping.EarlyStopping",
-    "torch.nn.modules.container.ParameterDict",
 ]
 
 

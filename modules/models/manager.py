@@ -156,8 +156,5 @@ class ModelManager:
             oldest = next(iter(self._loaded))
             if oldest == keep:
                 break
-            self._drop_oldest()
-
-    def _drop_oldest(self) -> None:
-        self._loaded.popitem(last=False)
-        devices.torch_gc()
+            self._loaded.popitem(last=False)
+            devices.torch_gc()
