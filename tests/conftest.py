@@ -76,12 +76,12 @@ def _isolated_data_dir(
 ) -> Iterator[Path]:
     """Point --data-dir at `root` with the A1111 model folders, write `checkpoints` (file name -> keyword
     arguments of tiny_models.write_tiny_checkpoint) into models/Stable-diffusion, apply `settings` to opts,
-    and list the models. Afterwards: model unloaded, settings, command line and model list as before."""
+    and list the models and VAEs. Afterwards: model unloaded, settings, command line and model list as before."""
     # imported here so that collecting tests that never use a data dir does not import the web UI
     from tiny_models import write_tiny_checkpoint
 
     from modules import sd_models, shared
-    from modules.models import registry
+    from modules.models import registry, vae_registry
 
     saved = dict(shared.opts.data)
     shared.set_cmd_opts(shared.parser.parse_args(["--data-dir", str(root)]))
@@ -93,6 +93,7 @@ def _isolated_data_dir(
             write_tiny_checkpoint(ckpt_dir / name, **kwargs)
         shared.opts.data.update(settings or {})
         registry.list_models()
+        vae_registry.refresh_vae_list()
         yield root
     finally:
         sd_models.unload_model_weights()
@@ -100,6 +101,7 @@ def _isolated_data_dir(
         shared.opts.data.update(saved)
         shared.set_cmd_opts(shared.parser.parse_args([]))
         registry.list_models()
+        vae_registry.refresh_vae_list()  # the model and VAE lists are process-wide: leave none of ours behind
 
 
 @pytest.fixture(scope="session")
