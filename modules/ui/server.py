@@ -114,11 +114,14 @@ def allowed(app: Any, request: fastapi.Request, api_auth: Any = None) -> bool:
     return allowed_on_ui_route(request, api_auth, gradio_auth_on, _gradio_logged_in(app, request))
 
 
-def add_internal_routes(app: Any, api_auth: Any = None) -> None:
-    """POST /internal/progress with A1111's request and response shape; GET /internal/ping."""
+def internal_routes(api_auth: Any = None) -> list[fastapi.routing.APIRoute]:
+    """POST /internal/progress with A1111's request and response shape; GET /internal/ping.
+
+    Handed to gradio when it builds its app, so they exist before the server answers its first request.
+    """
 
     async def progress_route(request: fastapi.Request) -> dict[str, Any]:
-        if not allowed(app, request, api_auth):
+        if not allowed(request.app, request, api_auth):
             raise fastapi.HTTPException(status_code=401, detail="Not authenticated")
         try:
             body = await request.json()
@@ -133,16 +136,19 @@ def add_internal_routes(app: Any, api_auth: Any = None) -> None:
                                      live_preview=bool(body.get("live_preview", True)))
 
     async def ping(request: fastapi.Request) -> dict[str, Any]:
-        if not allowed(app, request, api_auth):
+        if not allowed(request.app, request, api_auth):
             raise fastapi.HTTPException(status_code=401, detail="Not authenticated")
         return {}
 
-    routes = [
+    return [
         fastapi.routing.APIRoute("/internal/progress", progress_route, methods=["POST"]),
         fastapi.routing.APIRoute("/internal/ping", ping, methods=["GET"]),
     ]
-    # In front of gradio's own routes, so no catch-all route of gradio's can shadow them.
-    app.router.routes[0:0] = routes
+
+
+def add_internal_routes(app: Any, api_auth: Any = None) -> None:
+    """The same routes on an app that already exists, in front of its own so no catch-all can shadow them."""
+    app.router.routes[0:0] = internal_routes(api_auth)
 
 
 def serve(demo: gr.Blocks, cmd_opts: argparse.Namespace, css: str, head: str) -> Any:
@@ -154,8 +160,8 @@ def serve(demo: gr.Blocks, cmd_opts: argparse.Namespace, css: str, head: str) ->
         from modules.api.auth import BasicAuth
 
         api_auth = BasicAuth.from_flag(getattr(cmd_opts, "api_auth", None))
+    kwargs["app_kwargs"] = {"routes": internal_routes(api_auth)}  # gradio's routes are added after these
     app, local_url, share_url = demo.launch(**kwargs)
-    add_internal_routes(app, api_auth)
     if kwargs["root_path"]:
         print(f"Serving under the sub-path {kwargs['root_path']}: {local_url.rstrip('/')}{kwargs['root_path']}/")
     return app
