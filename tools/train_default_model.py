@@ -29,8 +29,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=None, help="total steps of each selected stage")
     p.add_argument("--vae-steps", type=int, default=4000)
     p.add_argument("--unet-steps", type=int, default=30000)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 2e-4 VAE, 3e-4 UNet)")
+    p.add_argument("--vae-batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=128, help="batch size of the UNet stage")
+    p.add_argument("--vae-lr", type=float, default=4e-4, help="peak learning rate of the VAE stage")
+    p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate of the UNet stage")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from the stage checkpoints in --out")
     p.add_argument("--export", type=Path, default=None, help="write the single-file checkpoint here at the end")
@@ -41,6 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ema-decay", type=float, default=0.999, help="EMA of the UNet and text encoder; 0 turns it off")
     p.add_argument("--caption-dropout", type=float, default=0.1)
     p.add_argument("--save-every", type=int, default=1000)
+    p.add_argument("--warm-start", type=Path, default=None,
+                   help="begin from this exported checkpoint (VAE kept, UNet and text encoder trained on)")
     p.add_argument("--no-ema-export", action="store_true", help="export the last weights instead of the EMA")
     return p.parse_args(argv)
 
@@ -64,23 +68,27 @@ def main(argv: list[str] | None = None) -> int:
     model = training.ModelConfig(image_size=args.image_size)
     report_sizes(model)
     stages = {"all": ["vae", "unet"], "none": []}.get(args.stage, [args.stage])
-    default_lr = {"vae": 2e-4, "unet": 3e-4}
     base = training.TrainConfig(
         out=args.out, batch_size=args.batch_size, seed=args.seed, device=args.device,
         time_budget_min=args.time_budget_min, resume=args.resume, workers=args.workers,
         caption_dropout=args.caption_dropout, ema_decay=args.ema_decay, save_every=args.save_every, model=model,
     )
     budget = training.Budget(args.time_budget_min)
+    if args.warm_start and not args.resume:
+        training.warm_start(args.out, args.warm_start, args.vae_steps, model)
+        base = replace(base, resume=True)
     for stage in stages:
         steps = args.steps or (args.vae_steps if stage == "vae" else args.unet_steps)
-        if args.resume and training.stage_done(args.out, stage, steps):
+        if base.resume and training.stage_done(args.out, stage, steps):
             print(f"[{stage}] already has {steps} steps, skipped")
             continue
         remaining = None if budget.limit is None else (budget.limit - budget.elapsed) / 60
         if remaining is not None and remaining < 0.5:
             print(f"[{stage}] no time left in this run; re-run with --resume")
             return 0
-        tc = replace(base, stage=stage, steps=steps, lr=args.lr or default_lr[stage], time_budget_min=remaining)
+        vae = stage == "vae"
+        tc = replace(base, stage=stage, steps=steps, lr=args.vae_lr if vae else args.lr,
+                     batch_size=args.vae_batch_size if vae else args.batch_size, time_budget_min=remaining)
         result = training.train_stage(tc)
         print(f"[{stage}] stopped at step {result.step}/{steps}, last loss {result.last_loss}")
         if not result.done:

@@ -209,7 +209,13 @@ class SceneDataset(torch.utils.data.IterableDataset):
             yield image_to_tensor(image, self.size), text
 
 
-def make_loader(source: SceneSource, tc: TrainConfig, start_step: int) -> Iterator[tuple[torch.Tensor, list[str]]]:
+def collate_tokenized(batch: list[tuple[torch.Tensor, str]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images stacked, captions tokenized: runs in the loader's workers, off the training loop's critical path."""
+    images, captions = zip(*batch, strict=True)
+    return torch.stack(images), tokenize(list(captions))
+
+
+def make_loader(source: SceneSource, tc: TrainConfig, start_step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     # The data seed moves with the start step, so a resumed run sees new scenes rather than replaying old ones.
     data_seed = tc.seed * 1_000_003 + STAGES.index(tc.stage) * 10_007 + start_step + 1
     dataset = SceneDataset(source, tc.model.image_size, data_seed)
@@ -217,8 +223,10 @@ def make_loader(source: SceneSource, tc: TrainConfig, start_step: int) -> Iterat
         dataset,
         batch_size=tc.batch_size,
         num_workers=tc.workers,
+        collate_fn=collate_tokenized,
         pin_memory=tc.device.startswith("cuda"),
         persistent_workers=tc.workers > 0,
+        prefetch_factor=4 if tc.workers > 0 else None,
     )
     return iter(loader)
 
@@ -230,9 +238,12 @@ def tokenize(captions: list[str]) -> torch.Tensor:
     return tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
 
 
-def drop_captions(captions: list[str], p: float, gen: torch.Generator) -> list[str]:
-    keep = torch.rand(len(captions), generator=gen) >= p
-    return [c if k else "" for c, k in zip(captions, keep.tolist(), strict=True)]
+def drop_captions(ids: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
+    """Replace a share p of the tokenized captions with the empty caption, the unconditional branch of CFG."""
+    drop = torch.rand(ids.shape[0], generator=gen) < p
+    out = ids.clone()
+    out[drop] = tokenize([""])[0]
+    return out
 
 
 # ---------------------------------------------------------------- losses
@@ -252,7 +263,8 @@ def vae_loss(vae: AutoencoderKL, images: torch.Tensor, kl_weight: float) -> tupl
     mse = F.mse_loss(recon, images)
     kl = posterior.kl().mean()
     loss = l1 + mse + kl_weight * kl
-    return loss, {"l1": l1.item(), "mse": mse.item(), "kl": kl.item()}
+    # Tensors, not floats: reading them would wait for the GPU every step; the loop reads them when it logs.
+    return loss, {"l1": l1.detach(), "mse": mse.detach(), "kl": kl.detach()}
 
 
 def diffusion_loss(
@@ -291,13 +303,12 @@ def lr_at(step: int, tc: TrainConfig, total: int) -> float:
 
 
 class Ema:
-    """Exponential moving average of floating-point weights, with the usual warm-up of the decay."""
+    """Exponential moving average of the trainable weights, with the usual warm-up of the decay."""
 
     def __init__(self, modules: dict[str, torch.nn.Module], decay: float) -> None:
         self.decay = decay
         self.shadow = {
-            name: {k: v.detach().float().clone() for k, v in m.state_dict().items() if v.is_floating_point()}
-            for name, m in modules.items()
+            name: {k: p.detach().float().clone() for k, p in m.named_parameters()} for name, m in modules.items()
         }
 
     @torch.no_grad()
@@ -305,9 +316,10 @@ class Ema:
         d = min(self.decay, (1 + step) / (10 + step))
         for name, m in modules.items():
             shadow = self.shadow[name]
-            for k, v in m.state_dict().items():
-                if k in shadow:
-                    shadow[k].lerp_(v.detach().float(), 1 - d)
+            names = [k for k, _ in m.named_parameters() if k in shadow]
+            current = dict(m.named_parameters())
+            # One fused kernel per module rather than one per tensor: the update runs every step.
+            torch._foreach_lerp_([shadow[k] for k in names], [current[k].detach().float() for k in names], 1 - d)
 
 
 def save_atomic(obj: Any, path: Path) -> None:
@@ -490,15 +502,16 @@ def train_unet(tc: TrainConfig, source: SceneSource) -> StageResult:
     nets = {"unet": unet, "text_encoder": text_encoder}
     ema = Ema(nets, tc.ema_decay) if tc.ema_decay > 0 else None
     if ckpt:
-        opt.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("optimizer"):  # absent after a warm start from an exported file
+            opt.load_state_dict(ckpt["optimizer"])
         if ema is not None and ckpt.get("ema"):
             ema.shadow = ckpt["ema"]
     log = LossLog(tc.out, "unet", fresh=ckpt is None, columns=[])
     gen = torch.Generator().manual_seed(tc.seed + step)
     schedule = alphas_cumprod()
 
-    def one_step(images: torch.Tensor, captions: list[str]):
-        ids = tokenize(drop_captions(captions, tc.caption_dropout, gen)).to(device)
+    def one_step(images: torch.Tensor, ids: torch.Tensor):
+        ids = drop_captions(ids, tc.caption_dropout, gen).to(device, non_blocking=True)
         with torch.no_grad(), _autocast(device):
             latents = vae.encode(images.to(device, non_blocking=True)).latent_dist.sample() * scaling
         with _autocast(device):
@@ -538,7 +551,7 @@ def _run(tc, start, source, gen, save, log, step_fn, opt, after_step=None) -> St
     budget = Budget(tc.time_budget_min)
     params = [p for group in opt.param_groups for p in group["params"]]
     data = make_loader(source, tc, start)
-    step, last, step_seconds = start, None, 0.0
+    step, last, step_seconds, loss = start, None, 0.0, None
     save_seconds = 5.0
     while step < tc.steps:
         # Leave room for one more step and the final save, so a hard kill never lands mid-save.
@@ -546,12 +559,10 @@ def _run(tc, start, source, gen, save, log, step_fn, opt, after_step=None) -> St
             print(f"[{tc.stage}] time budget spent at step {step}/{tc.steps}: checkpointing")
             break
         t0 = time.monotonic()
-        images, captions = next(data)
+        images, extra = next(data)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, tc, tc.steps)
-        loss, parts = step_fn(images, list(captions))
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"[{tc.stage}] loss is {loss.item()} at step {step}")
+        loss, parts = step_fn(images, extra)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -559,15 +570,21 @@ def _run(tc, start, source, gen, save, log, step_fn, opt, after_step=None) -> St
         step += 1
         if after_step:
             after_step(step)
-        last = loss.item()
         step_seconds = 0.9 * step_seconds + 0.1 * (time.monotonic() - t0) if step > start + 1 else time.monotonic() - t0
         if step % tc.log_every == 0 or step == tc.steps or step == start + 1:
+            # Reading the loss waits for the GPU, so it happens only here: between logs the CPU runs ahead.
+            last = loss.item()
+            if not math.isfinite(last):
+                raise FloatingPointError(f"[{tc.stage}] loss is {last} at step {step}")
+            parts = {k: float(v) for k, v in parts.items()}
             log.write({"step": step, "loss": last, "lr": opt.param_groups[0]["lr"], "seconds": budget.elapsed, **parts})
             print(f"[{tc.stage}] step {step}/{tc.steps} loss {last:.4f} ({step_seconds:.3f} s/step)", flush=True)
         if step % tc.save_every == 0 and step < tc.steps:
             t_save = time.monotonic()
             save(step, False)
             save_seconds = time.monotonic() - t_save
+    if loss is not None:
+        last = float(loss.item())
     save(step, step >= tc.steps)
     log.plot()
     return StageResult(tc.stage, step, step >= tc.steps, last)
@@ -589,6 +606,35 @@ def stage_done(out: Path, stage: str, steps: int) -> bool:
 
 
 # ---------------------------------------------------------------- export
+
+
+def warm_start(out: Path, path: Path, vae_steps: int, model: ModelConfig) -> None:
+    """Seed <out> from an exported checkpoint: the VAE stage counts as done, the UNet stage restarts at step 0.
+
+    For continuing a run on a machine that has only the exported file (no optimizer state): the UNet and text
+    encoder go on from the file's weights, with a fresh optimizer and learning-rate warm-up.
+    """
+    from modules.devices import Precision
+    from modules.models.loader import load_model
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for stage in STAGES:
+        if checkpoint_path(out, stage).exists():
+            raise FileExistsError(f"{checkpoint_path(out, stage)} exists: warm starts go into a new --out folder")
+    f32 = torch.float32
+    loaded = load_model(str(path), Precision(torch.device("cpu"), f32, f32, f32, f32))
+    unet, vae, text_encoder = build_unet(model), build_vae(model), build_text_encoder(model)
+    unet.load_state_dict(loaded.unet.state_dict())
+    vae.load_state_dict(loaded.vae.state_dict())
+    text_encoder.load_state_dict(loaded.text_encoders[0].state_dict(), strict=False)
+    scaling = float(loaded.vae.config.scaling_factor)
+    config = asdict(model)
+    save_atomic({"stage": "vae", "step": vae_steps, "done": True, "vae": vae.state_dict(), "model_config": config,
+                 "scaling_factor": scaling}, checkpoint_path(out, "vae"))
+    save_atomic({"stage": "unet", "step": 0, "done": False, "unet": unet.state_dict(),
+                 "text_encoder": text_encoder.state_dict(), "optimizer": None, "ema": None,
+                 "scaling_factor": scaling, "model_config": config}, checkpoint_path(out, "unet"))
 
 
 def trained_modules(out: Path, use_ema: bool = True) -> tuple[UNet2DConditionModel, AutoencoderKL, CLIPTextModel]:
