@@ -168,3 +168,15 @@ def test_warm_start_continues_from_an_exported_file(trained: Path, tmp_path: Pat
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 0.05
     with pytest.raises(FileExistsError):
         training.warm_start(out, exported, vae_steps=3, model=TINY)
+
+
+def test_decoder_stage_trains_the_decoder_and_keeps_the_latent_space(trained: Path, tmp_path: Path):
+    exported, _ = training.export(trained, tmp_path / "first.safetensors")
+    out = tmp_path / "decoder"
+    training.warm_start(out, exported, vae_steps=3, model=TINY)
+    before = training.finished_vae(out, TINY).state_dict()
+    result = training.train_stage(config(out, "decoder", 3), stand_in_source)
+    assert result.done and (out / "loss_decoder.csv").exists()
+    after = training.finished_vae(out, TINY).state_dict()  # now read from the decoder stage's checkpoint
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith(("decoder.", "post_quant_conv.")) for k in changed)

@@ -25,10 +25,12 @@ MB = 1_000_000
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True, help="folder for checkpoints, loss CSVs and plots")
-    p.add_argument("--stage", choices=["vae", "unet", "all", "none"], default="all")
+    p.add_argument("--stage", choices=["vae", "unet", "decoder", "all", "none"], default="all",
+                   help="all: vae then unet (then decoder when --decoder-steps is given)")
     p.add_argument("--steps", type=int, default=None, help="total steps of each selected stage")
     p.add_argument("--vae-steps", type=int, default=4000)
     p.add_argument("--unet-steps", type=int, default=30000)
+    p.add_argument("--decoder-steps", type=int, default=0, help="decoder fine-tune steps (encoder frozen)")
     p.add_argument("--vae-batch-size", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=128, help="batch size of the UNet stage")
     p.add_argument("--vae-lr", type=float, default=4e-4, help="peak learning rate of the VAE stage")
@@ -67,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     model = training.ModelConfig(image_size=args.image_size)
     report_sizes(model)
-    stages = {"all": ["vae", "unet"], "none": []}.get(args.stage, [args.stage])
+    stages = {"all": ["vae", "unet"] + (["decoder"] if args.decoder_steps else []), "none": []}.get(
+        args.stage, [args.stage])
     base = training.TrainConfig(
         out=args.out, batch_size=args.batch_size, seed=args.seed, device=args.device,
         time_budget_min=args.time_budget_min, resume=args.resume, workers=args.workers,
@@ -78,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         training.warm_start(args.out, args.warm_start, args.vae_steps, model)
         base = replace(base, resume=True)
     for stage in stages:
-        steps = args.steps or (args.vae_steps if stage == "vae" else args.unet_steps)
+        steps = args.steps or {"vae": args.vae_steps, "unet": args.unet_steps, "decoder": args.decoder_steps}[stage]
         if base.resume and training.stage_done(args.out, stage, steps):
             print(f"[{stage}] already has {steps} steps, skipped")
             continue
@@ -86,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         if remaining is not None and remaining < 0.5:
             print(f"[{stage}] no time left in this run; re-run with --resume")
             return 0
-        vae = stage == "vae"
+        vae = stage in ("vae", "decoder")
         tc = replace(base, stage=stage, steps=steps, lr=args.vae_lr if vae else args.lr,
                      batch_size=args.vae_batch_size if vae else args.batch_size, time_budget_min=remaining)
         result = training.train_stage(tc)

@@ -314,9 +314,9 @@ def _downsample(image: Image.Image, size: int) -> Image.Image:
     return image.resize((size, size), Image.Resampling.BOX)
 
 
-def render(scene: Scene, size: int = 256) -> Image.Image:
-    """The scene as an RGB image, size x size pixels."""
-    px = size * _SUPERSAMPLE
+def render(scene: Scene, size: int = 256, supersample: int = _SUPERSAMPLE) -> Image.Image:
+    """The scene as an RGB image, size x size pixels, drawn at `supersample` times the size and downsampled."""
+    px = size * supersample
     image = _background_image(scene, px)
     draw = ImageDraw.Draw(image)
     for o in scene.objects:
