@@ -16,6 +16,8 @@ models_path: str = os.path.join(data_path, "models")
 extensions_dir: str = os.path.join(data_path, "extensions")
 extensions_builtin_dir: str = os.path.join(script_path, "extensions-builtin")
 sd_model_dir: str = os.path.join(models_path, "Stable-diffusion")
+# The model this project trains and ships (issue 6): used when no other checkpoint is found, whatever --data-dir is.
+bundled_checkpoint: str = os.path.join(script_path, "models", "Stable-diffusion", "default-shapes-v1.safetensors")
 vae_dir: str = os.path.join(models_path, "VAE")
 
 

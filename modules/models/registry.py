@@ -225,16 +225,19 @@ def list_models(
     ckpt_dir: str | None = None,
     ckpt_file: str | None = None,
     calculate_hashes: bool = False,
+    bundled: str | None = None,
 ) -> None:
     """Rescan for checkpoints, replacing the contents of `checkpoints_list` and `checkpoint_aliases`.
 
-    None means the default: `paths.sd_model_dir`, `--ckpt-dir`, `--ckpt` (pass "" for "none"). The `--ckpt`
-    file comes first so `select_checkpoint()` falls back to it. Hashes are read from cache.json only,
-    unless calculate_hashes asks for the missing ones to be computed.
+    None means the default: `paths.sd_model_dir`, `--ckpt-dir`, `--ckpt`, `paths.bundled_checkpoint` (pass ""
+    for "none"). The `--ckpt` file comes first so `select_checkpoint()` falls back to it; the bundled model
+    comes last, so it is the default only when no other checkpoint is there. Hashes are read from cache.json
+    only, unless calculate_hashes asks for the missing ones to be computed.
     """
     model_dir = paths.sd_model_dir if model_dir is None else model_dir
     ckpt_dir = cmd_opt("ckpt_dir") if ckpt_dir is None else ckpt_dir
     ckpt_file = cmd_opt("ckpt") if ckpt_file is None else ckpt_file
+    bundled = paths.bundled_checkpoint if bundled is None else bundled
 
     roots = list(dict.fromkeys(os.path.abspath(d) for d in (ckpt_dir, model_dir) if d))
     infos: list[CheckpointInfo] = []
@@ -251,10 +254,18 @@ def list_models(
             add(ckpt_file)
         elif os.path.abspath(ckpt_file) != os.path.join(paths.script_path, "model.ckpt"):  # A1111's default value
             log.warning("checkpoint in --ckpt argument not found: %s", ckpt_file)
+    bundled_real = os.path.realpath(bundled) if bundled and os.path.isfile(bundled) else None
+    if bundled_real in seen:  # it is the --ckpt file, already first
+        bundled_real = None
+    if bundled_real:
+        seen.add(bundled_real)  # listed once, after everything else
     for root in roots:
         if os.path.isdir(root):
             for filename in _walk_checkpoints(root):
                 add(filename)
+    if bundled_real:
+        seen.discard(bundled_real)
+        add(bundled)
 
     with _lock:
         _roots[:] = roots
