@@ -1,10 +1,12 @@
-"""CPU seconds per image for a tiny model: our engine against a plain diffusers StableDiffusionPipeline.
+"""CPU seconds per image for a small model: our engine against a plain diffusers StableDiffusionPipeline.
 
-The tiny SD1-layout model of the test suite (random weights) is written as a single-file checkpoint and loaded
-by our loader; diffusers' pipeline is built from the very same modules, so only the engines differ. 20 steps,
-CFG 7, Euler, 256x256, float32, batch 1; medians of `--repeats` runs after a warm-up.
+By default the tiny SD1-layout model of the test suite (random weights) is written as a single-file checkpoint;
+`--checkpoint` takes any SD1 file instead, e.g. the bundled default model. Our loader loads it, and diffusers'
+pipeline is built from the very same modules, so only the engines differ. 20 steps, CFG 7, Euler, 256x256,
+float32, batch 1; medians of `--repeats` runs after a warm-up.
 
     python bench/bench_cpu_tiny.py
+    python bench/bench_cpu_tiny.py --checkpoint models/Stable-diffusion/default-shapes-v1.safetensors
 """
 
 from __future__ import annotations
@@ -33,11 +35,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--checkpoint", default=None, help="an SD1 single file (default: a tiny random model)")
     args = parser.parse_args()
     from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
 
-    path = os.path.join(tempfile.mkdtemp(), "tiny.safetensors")
-    write_tiny_checkpoint(path, "sd1", seed=1)
+    path = args.checkpoint
+    if path is None:
+        path = os.path.join(tempfile.mkdtemp(), "tiny.safetensors")
+        write_tiny_checkpoint(path, "sd1", seed=1)
     model = load_model(path, devices.choose_precision(torch.device("cpu")))
     shared.opts.data["live_previews_enable"] = False
 
@@ -66,7 +71,7 @@ def main() -> None:
             fn()
             times[name].append(time.perf_counter() - start)
     o, t = statistics.median(times["ours"]), statistics.median(times["diffusers"])
-    print(f"CPU ({torch.get_num_threads()} threads), tiny SD1 model, {SIZE}x{SIZE}, {args.steps} steps, CFG {CFG}:")
+    print(f"CPU ({torch.get_num_threads()} threads), {os.path.basename(path)}, {SIZE}x{SIZE}, {args.steps} steps, CFG {CFG}:")
     print(f"ours {o:.3f} s/image, diffusers {t:.3f} s/image, ratio {t / o:.2f}")
 
 

@@ -119,3 +119,17 @@ def test_inpainting_recolours_the_masked_object_and_nothing_else(model):
     before, after = np.asarray(init, np.int16), np.asarray(out, np.int16)
     assert np.abs(after - before)[~mask].max() == 0  # not one pixel outside the mask changed
     assert np.abs(after - before)[square].mean() > 60  # and the square did change
+
+
+def test_the_ui_opens_at_256_pixels_only_for_the_bundled_model(tmp_path, monkeypatch):
+    from modules.ui import params
+
+    monkeypatch.setitem(shared.opts.data, "sd_model_checkpoint", None)  # no saved choice: a fresh install
+    try:
+        registry.list_models(model_dir=str(tmp_path), ckpt_dir="", ckpt_file="")
+        assert params.default_size() == 256  # what it was trained at; at 512 it draws every object twice
+        (tmp_path / "mine.safetensors").write_bytes(b"")
+        registry.list_models(model_dir=str(tmp_path), ckpt_dir="", ckpt_file="")
+        assert params.default_size() == 512  # A1111's default for everyone else
+    finally:
+        registry.list_models()

@@ -50,11 +50,21 @@ class SizeControls:
     swap: gr.Button
 
 
+def default_size() -> int:
+    """A1111's 512, or 256 when the model that starts is the bundled one: it was trained at 256 and draws each
+    object several times over at 512, which is not what a first-time user should see."""
+    from modules import paths, shared
+
+    info = registry.select_checkpoint(getattr(shared.opts, "sd_model_checkpoint", None))
+    return 256 if info is not None and info.filename == paths.bundled_checkpoint else 512
+
+
 def size_controls(tab: str) -> SizeControls:
+    size = default_size()
     with gr.Row(elem_id=f"{tab}_dimensions_row"):
         with gr.Column(scale=4):
-            width = gr.Slider(minimum=64, maximum=2048, step=8, value=512, label="Width", elem_id=f"{tab}_width")
-            height = gr.Slider(minimum=64, maximum=2048, step=8, value=512, label="Height", elem_id=f"{tab}_height")
+            width = gr.Slider(minimum=64, maximum=2048, step=8, value=size, label="Width", elem_id=f"{tab}_width")
+            height = gr.Slider(minimum=64, maximum=2048, step=8, value=size, label="Height", elem_id=f"{tab}_height")
         swap = common.tool_button(common.SWITCH_SIZE, f"{tab}_res_switch_btn", "Swap width and height")
     swap.click(lambda w, h: (h, w), inputs=[width, height], outputs=[width, height], show_progress="hidden",
                queue=False)
