@@ -17,7 +17,8 @@ extensions_dir: str = os.path.join(data_path, "extensions")
 extensions_builtin_dir: str = os.path.join(script_path, "extensions-builtin")
 sd_model_dir: str = os.path.join(models_path, "Stable-diffusion")
 # The model this project trains and ships (issue 6): used when no other checkpoint is found, whatever --data-dir is.
-bundled_checkpoint: str = os.path.join(script_path, "models", "Stable-diffusion", "default-shapes-v1.safetensors")
+BUNDLED_CHECKPOINT: str = os.path.join(script_path, "models", "Stable-diffusion", "default-shapes-v1.safetensors")
+bundled_checkpoint: str = BUNDLED_CHECKPOINT  # "" turns the fallback off (the test suite does, outside its own tests)
 vae_dir: str = os.path.join(models_path, "VAE")
 
 

@@ -22,6 +22,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("DIFFUSERS_OFFLINE", "1")
 
+from modules import paths  # noqa: E402
+
+# Tests see only the checkpoints they make; tests/test_default_model.py turns the bundled model back on.
+paths.bundled_checkpoint = ""
+
 
 class NetworkAccessError(AssertionError):
     """Raised when a test tries to open a connection off this machine."""

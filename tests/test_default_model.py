@@ -20,12 +20,19 @@ from modules.models import registry
 from modules.models.loader import load_model
 
 MAX_BYTES = 40_000_000
+BUNDLED = paths.BUNDLED_CHECKPOINT
+
+
+@pytest.fixture(autouse=True)
+def bundled_model_on(monkeypatch):
+    """conftest hides the bundled model from the rest of the suite; these tests are about it."""
+    monkeypatch.setattr(paths, "bundled_checkpoint", BUNDLED)
 
 
 @pytest.fixture(scope="module")
 def model():
     shared.opts.data["live_previews_enable"] = False
-    return load_model(paths.bundled_checkpoint, devices.choose_precision(torch.device("cpu")))
+    return load_model(BUNDLED, devices.choose_precision(torch.device("cpu")))
 
 
 def generate(model, cls, prompt: str, seed: int, **kw) -> Image.Image:
@@ -36,10 +43,10 @@ def generate(model, cls, prompt: str, seed: int, **kw) -> Image.Image:
 
 
 def test_bundled_checkpoint_is_small_and_described_by_its_sidecar():
-    assert os.path.getsize(paths.bundled_checkpoint) <= MAX_BYTES
-    sidecar = os.path.splitext(paths.bundled_checkpoint)[0] + ".json"
+    assert os.path.getsize(BUNDLED) <= MAX_BYTES
+    sidecar = os.path.splitext(BUNDLED)[0] + ".json"
     assert os.path.isfile(sidecar)
-    licence = os.path.splitext(paths.bundled_checkpoint)[0] + ".LICENSE.md"
+    licence = os.path.splitext(BUNDLED)[0] + ".LICENSE.md"
     assert "licen" in open(licence, encoding="utf-8").read().lower()
 
 
@@ -48,18 +55,18 @@ def test_bundled_model_is_the_default_only_when_no_other_checkpoint_is_there(tmp
     empty.mkdir()
     try:
         registry.list_models(model_dir=str(empty), ckpt_dir="", ckpt_file="")
-        assert registry.select_checkpoint().filename == paths.bundled_checkpoint
+        assert registry.select_checkpoint().filename == BUNDLED
         # A checkpoint of the user's own comes first and is the default; the bundled one stays listed.
         other = tmp_path / "mine"
         other.mkdir()
         (other / "aaa.safetensors").write_bytes(b"")
         registry.list_models(model_dir=str(other), ckpt_dir="", ckpt_file="")
         listed = [i.filename for i in registry.checkpoints_list.values()]
-        assert listed[-1] == paths.bundled_checkpoint and len(listed) == 2
+        assert listed[-1] == BUNDLED and len(listed) == 2
         assert registry.select_checkpoint().filename == str(other / "aaa.safetensors")
         # Even when the user's file sorts after it in the same folder.
-        registry.list_models(model_dir=os.path.dirname(paths.bundled_checkpoint), ckpt_dir=str(other), ckpt_file="")
-        assert registry.select_checkpoint().filename != paths.bundled_checkpoint
+        registry.list_models(model_dir=os.path.dirname(BUNDLED), ckpt_dir=str(other), ckpt_file="")
+        assert registry.select_checkpoint().filename != BUNDLED
     finally:
         registry.list_models()
 
