@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import functools
 import json
 import math
 import os
@@ -246,8 +247,13 @@ def drop_captions(ids: torch.Tensor, p: float, gen: torch.Generator) -> torch.Te
     """Replace a share p of the tokenized captions with the empty caption, the unconditional branch of CFG."""
     drop = torch.rand(ids.shape[0], generator=gen) < p
     out = ids.clone()
-    out[drop] = tokenize([""])[0]
+    out[drop] = _empty_caption_ids()
     return out
+
+
+@functools.cache
+def _empty_caption_ids() -> torch.Tensor:
+    return tokenize([""])[0]  # once, not every step
 
 
 # ---------------------------------------------------------------- losses
@@ -320,10 +326,9 @@ class Ema:
         d = min(self.decay, (1 + step) / (10 + step))
         for name, m in modules.items():
             shadow = self.shadow[name]
-            names = [k for k, _ in m.named_parameters() if k in shadow]
-            current = dict(m.named_parameters())
+            pairs = [(shadow[k], p) for k, p in m.named_parameters() if k in shadow]
             # One fused kernel per module rather than one per tensor: the update runs every step.
-            torch._foreach_lerp_([shadow[k] for k in names], [current[k].detach().float() for k in names], 1 - d)
+            torch._foreach_lerp_([s for s, _ in pairs], [p.detach().float() for _, p in pairs], 1 - d)
 
 
 def save_atomic(obj: Any, path: Path) -> None:
