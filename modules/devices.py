@@ -27,11 +27,27 @@ class Precision:
     sdxl_vae: torch.dtype
 
 
-def choose_device(use_cpu: list[str] | None = None, device_id: int | None = None) -> torch.device:
+def parse_device_id(device_id: int | str | None, device_count: int) -> int:
+    """`--device-id` as a CUDA index (A1111 takes it as a string); a bad one is refused by value, not by a torch
+    traceback later."""
+    if device_id is None or str(device_id).strip() == "":
+        return 0
+    text = str(device_id).strip()
+    if not text.isdigit():
+        raise ValueError(f"--device-id {text!r}: expected a GPU number such as 0 or 1")
+    index = int(text)
+    if index >= device_count:
+        plural = "s" if device_count != 1 else ""
+        raise ValueError(f"--device-id {index}: this machine has {device_count} CUDA device{plural} "
+                         f"(numbered from 0)")
+    return index
+
+
+def choose_device(use_cpu: list[str] | None = None, device_id: int | str | None = None) -> torch.device:
     use_cpu = [u.lower() for u in (use_cpu or [])]
     if "all" in use_cpu or "sd" in use_cpu or not torch.cuda.is_available():
         return cpu
-    return torch.device("cuda", device_id or 0)
+    return torch.device("cuda", parse_device_id(device_id, torch.cuda.device_count()))
 
 
 def choose_precision(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -16,13 +17,14 @@ from typing import Any
 import torch
 from PIL import Image, ImageOps
 
-from modules import images, infotext_utils, paths, prompt_parser, rng, shared
+from modules import extra_networks, images, infotext_utils, paths, prompt_parser, rng, shared
 from modules.engine import generate, inpainting
 from modules.engine.generate import BatchRequest
 from modules.engine.sampling.common import InterruptedException
 from modules.engine.sampling.registry import find_sampler_config, get_sampler_and_scheduler
 from modules.engine.sampling.schedules import schedulers
 
+log = logging.getLogger(__name__)
 VERSION = "studio-0.1"  # not an A1111 version number on purpose: A1111's parser applies no back-compat to it
 OUTDIRS = {
     "txt2img": ("outdir_txt2img_samples", "outputs/txt2img-images", "outdir_txt2img_grids", "outputs/txt2img-grids"),
@@ -532,8 +534,11 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
             sl = slice(n * p.batch_size, (n + 1) * p.batch_size)
             p.prompts, p.negative_prompts = p.all_prompts[sl], p.all_negative_prompts[sl]
             p.seeds, p.subseeds = p.all_seeds[sl], p.all_subseeds[sl]
+            # Extra-network tags (<lora:...>) are not words: the encoder sees the prompts without them.
+            encoder_prompts = extra_networks.parse_prompts(p.prompts)[0]
+            encoder_negatives = extra_networks.parse_prompts(p.negative_prompts)[0]
             request = BatchRequest(
-                model=model, prompts=p.prompts, negative_prompts=p.negative_prompts, seeds=p.seeds,
+                model=model, prompts=encoder_prompts, negative_prompts=encoder_negatives, seeds=p.seeds,
                 subseeds=p.subseeds, subseed_strength=p.subseed_strength,
                 seed_resize_from_h=max(p.seed_resize_from_h, 0), seed_resize_from_w=max(p.seed_resize_from_w, 0),
                 sampler_name=p.sampler_name, scheduler=p.scheduler, steps=p.steps, cfg_scale=p.cfg_scale,
@@ -542,15 +547,22 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
             )
             request.refiner, request.refiner_switch_at = refiner, float(p.refiner_switch_at or 1.0)
             request = p.batch_request(request)
+            stopped = False
             try:
                 latents = generate.sample_batch(request, callback=_progress_callback(state, p),
                                                 should_stop=_stop_check(state))
-            except InterruptedException:
+            except InterruptedException as stop:
+                # As A1111: an interrupted or skipped batch keeps its latest estimate as a (partial) picture.
+                stopped, latents = True, stop.last_latent
                 if state is not None and state.skipped and not state.interrupted:
                     state.skipped = False
-                    state.nextjob()  # the skipped batch counts as done, so progress keeps moving
+                    stopped = False  # skip moves on to the next batch
+                if latents is None:  # stopped before the first step: nothing to show for this batch
+                    if state is not None:
+                        state.nextjob()
+                    if stopped:
+                        break
                     continue
-                break
             for key, value in request.infotext_params.items():
                 p.extra_generation_params.setdefault(key, value)
             decoded = generate.to_pil(generate.vae_decode(model, latents))
@@ -565,6 +577,8 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
                 infotexts.append(text)
             if state is not None:
                 state.nextjob()
+            if stopped:
+                break
 
     if refiner is not None:
         sd_models.manager.release_auxiliary(refiner)
@@ -583,7 +597,16 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
 
     return Processed(p, output_images, p.all_seeds[0] if p.all_seeds else -1,
                      infotexts[0] if infotexts else "", p.all_subseeds[0] if p.all_subseeds else None,
-                     index_of_first_image=index_of_first_image, infotexts=infotexts)
+                     index_of_first_image=index_of_first_image, infotexts=infotexts,
+                     comments=_comments(p))
+
+
+def _comments(p: StableDiffusionProcessing) -> str:
+    """Warnings a person should see beside the result (A1111's `Processed.comments`), one per line."""
+    warning = extra_networks.not_applied_warning(list(p.all_prompts) + list(p.all_negative_prompts))
+    if warning:
+        log.warning(warning)
+    return warning
 
 
 def _load_refiner(p: StableDiffusionProcessing, model):

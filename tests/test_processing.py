@@ -194,7 +194,70 @@ def test_interrupt_stops_within_one_step(data_dir, monkeypatch):
         shared.state.end()
         shared.state.interrupted = False
     assert len(seen) == 3  # steps 0, 1, 2 ran; the interrupt came during step 2
+    # As A1111: the interrupted image is kept (the estimate after step 2), saved, with its infotext.
+    assert len(result.images) == 1 and result.all_seeds[0] == 42
+    assert result.infotexts[0].split("Seed: ")[1].startswith("42,")
+    monkeypatch.setattr(processing.generate, "sample_batch", real_sample)
+    full = txt2img(steps=20)
+    assert pixels(result.images[0]).shape == pixels(full.images[0]).shape
+    assert not np.array_equal(pixels(result.images[0]), pixels(full.images[0]))  # partial, not the finished one
+
+
+def test_an_interrupted_image_is_saved_like_a_finished_one(data_dir, monkeypatch, tmp_path):
+    use("sd1.safetensors")
+    real_sample = processing.generate.sample_batch
+
+    def sample_and_interrupt(request, callback=None, should_stop=lambda: False):
+        def cb(d):
+            if callback:
+                callback(d)
+            if d["i"] == 1:
+                shared.state.interrupt()
+        return real_sample(request, callback=cb, should_stop=should_stop)
+
+    monkeypatch.setattr(processing.generate, "sample_batch", sample_and_interrupt)
+    shared.state.begin(job="test")
+    try:
+        result = txt2img(steps=20, do_not_save_samples=False, outpath_samples=str(tmp_path))
+    finally:
+        shared.state.end()
+        shared.state.interrupted = False
+    saved = list(tmp_path.rglob("*.png"))
+    assert len(saved) == 1 and len(result.images) == 1
+    with Image.open(saved[0]) as im:
+        assert im.info["parameters"] == result.infotexts[0]
+
+
+def test_interrupt_before_the_first_step_gives_no_image(data_dir):
+    use("sd1.safetensors")
+    shared.state.begin(job="test")
+    shared.state.interrupt()
+    try:
+        result = txt2img(steps=4)
+    finally:
+        shared.state.end()
+        shared.state.interrupted = False
     assert result.images == []
+
+
+def test_extra_network_tags_are_not_prompt_words_and_are_reported(data_dir, monkeypatch):
+    use("sd1.safetensors")
+    seen = []
+    real_sample = processing.generate.sample_batch
+
+    def record(request, **kw):
+        seen.append((list(request.prompts), list(request.negative_prompts)))
+        return real_sample(request, **kw)
+
+    monkeypatch.setattr(processing.generate, "sample_batch", record)
+    tagged = txt2img(prompt="a red circle <lora:detail:0.8>, <lyco:style>", negative_prompt="blurry <hypernet:x:1>")
+    plain = txt2img(prompt="a red circle , ", negative_prompt="blurry ")
+    assert seen[0] == (["a red circle , "], ["blurry "])
+    assert np.array_equal(pixels(tagged.images[0]), pixels(plain.images[0]))  # the tags changed nothing
+    assert tagged.comments == ("Extra networks not applied (not supported in this version): lora:detail, "
+                               "lyco:style, hypernet:x")
+    assert tagged.infotexts[0].startswith("a red circle <lora:detail:0.8>, <lyco:style>\n")  # kept, as in A1111
+    assert plain.comments == ""
 
 
 def test_saved_png_carries_the_infotext_in_a1111_layout(data_dir):
@@ -295,7 +358,9 @@ def test_skip_moves_on_to_the_next_batch(data_dir, monkeypatch):
     monkeypatch.setattr(processing.generate, "sample_batch", sample_and_skip_first)
     result = txt2img(n_iter=3, steps=4)
     assert batches == [42, 43, 44]
-    assert [int(t.split("Seed: ")[1].split(",")[0]) for t in result.infotexts] == [43, 44]
+    # The skipped batch keeps its partial image (A1111 returns the last latent), and the job goes on.
+    assert [int(t.split("Seed: ")[1].split(",")[0]) for t in result.infotexts] == [42, 43, 44]
+    assert len(result.images) == 3
 
 
 def test_progress_and_live_previews_during_sampling(data_dir, monkeypatch):

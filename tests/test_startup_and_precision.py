@@ -105,6 +105,28 @@ def test_use_cpu_forces_the_cpu(monkeypatch):
     assert devices.choose_device([]).type == "cuda"
 
 
+def test_device_id_from_the_command_line_picks_that_gpu(monkeypatch):
+    """`--device-id 1` arrives as the string "1" (A1111 parses it as one); it must select cuda:1."""
+    from modules import cmd_args
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    opts = cmd_args.parse_args(["--device-id", "1"], {})
+    assert devices.precision_from_cmd_opts(opts).device == torch.device("cuda", 1)
+    assert devices.choose_device([], None) == torch.device("cuda", 0)
+
+
+@pytest.mark.parametrize("value, message", [("2", "this machine has 2 CUDA devices"), ("one", "a GPU number"),
+                                            ("-1", "a GPU number")])
+def test_a_bad_device_id_is_refused_by_value(monkeypatch, value, message):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ValueError, match=message) as error:
+        devices.choose_device([], value)
+    assert "--device-id" in str(error.value)
+
+
 def test_xformers_falls_back_to_sdpa_when_missing():
     assert devices.attention_backend(False) == "sdpa"
     try:

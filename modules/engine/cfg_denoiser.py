@@ -70,6 +70,7 @@ class CFGDenoiser:
         self.should_stop = should_stop
         self.mask, self.nmask, self.init_latent = mask, nmask, init_latent
         self.step = 0
+        self.last_latent: torch.Tensor | None = None  # the latest denoised estimate, kept for interruptions
         self.after_step_hooks: list[Callable[[dict[str, Any]], None]] = []
 
     def _context(self, conds: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -79,7 +80,9 @@ class CFGDenoiser:
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **_: Any) -> torch.Tensor:
         if self.should_stop():
-            raise InterruptedException
+            stop = InterruptedException()
+            stop.last_latent = self.last_latent
+            raise stop
         conds_list, cond_batch = prompt_parser.reconstruct_multicond_batch(self.c.cond, self.step)
         uncond_batch = prompt_parser.reconstruct_cond_batch(self.c.uncond, self.step)
         cond_ctx, cond_vec = self._context(cond_batch)
@@ -126,4 +129,5 @@ class CFGDenoiser:
             # Inpainting with an ordinary model: keep the original where the mask says so (A1111's mask = keep).
             denoised = self.init_latent * self.mask + self.nmask * denoised
         self.step += 1
+        self.last_latent = denoised
         return denoised

@@ -162,6 +162,7 @@ def sample_batch(request: BatchRequest, callback: Callable[[dict[str, Any]], Non
     x = run(cfg, sigmas[: switch + 1], x, 0)
     refiner_cfg = build_denoiser(refiner, request, sampler, should_stop)
     refiner_cfg.step = switch  # prompt-editing schedules continue where the base model stopped
+    refiner_cfg.last_latent = cfg.last_latent  # an interruption at the switch still has the base model's estimate
     return run(refiner_cfg, sigmas[switch:].to(refiner.device), x.to(refiner.device), switch)
 
 

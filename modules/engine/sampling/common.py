@@ -22,7 +22,13 @@ class DenoiserFn(Protocol):
 
 
 class InterruptedException(BaseException):
-    """Raised (usually from a step callback) to stop sampling; A1111's name, a BaseException like there."""
+    """Raised (usually from a step callback) to stop sampling; A1111's name, a BaseException like there.
+
+    `last_latent` carries the denoiser's latest estimate of the clean latent (None before the first step), so an
+    interrupted or skipped image can still be decoded and kept, as A1111 does.
+    """
+
+    last_latent: torch.Tensor | None = None
 
 
 def append_dims(x: torch.Tensor, target_dims: int) -> torch.Tensor:

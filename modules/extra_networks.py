@@ -1,0 +1,95 @@
+"""A1111's `modules.extra_networks`: `<name:args>` tags in prompts (`<lora:file:0.8>`, `<hypernet:x:1>`).
+
+The tags are never prompt words: they are cut from the text the encoder sees (the infotext keeps them, as in
+A1111) and handed to the handler registered under their name. Until a network type has a handler, each tag of
+that type is reported by name as not applied, so a person sees that their LoRA did nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+# A1111's pattern: an identifier, a colon, then anything up to the closing bracket.
+re_extra_net = re.compile(r"<(\w+):([^>]+)>")
+
+
+class ExtraNetworkParams:
+    """One tag's arguments: `<lora:name:0.8:te=1>` gives items ["name", "0.8", "te=1"]."""
+
+    def __init__(self, items: list[str] | None = None):
+        self.items = list(items or [])
+        self.positional, self.named = [], {}
+        for item in self.items:
+            key, sep, value = item.partition("=")
+            if sep:
+                self.named[key] = value
+            else:
+                self.positional.append(item)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ExtraNetworkParams) and self.items == other.items
+
+
+class ExtraNetwork:
+    """Base class of a network type's handler (A1111's API): activate per batch, deactivate after the job."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def activate(self, p: Any, params_list: list[ExtraNetworkParams]) -> None:
+        pass
+
+    def deactivate(self, p: Any) -> None:
+        pass
+
+
+extra_network_registry: dict[str, ExtraNetwork] = {}
+
+
+def register_extra_network(extra_network: ExtraNetwork) -> None:
+    extra_network_registry[extra_network.name] = extra_network
+
+
+def parse_prompt(prompt: str) -> tuple[str, dict[str, list[ExtraNetworkParams]]]:
+    """The prompt without its tags, and the tags' arguments grouped by network type."""
+    found: dict[str, list[ExtraNetworkParams]] = {}
+
+    def take(match: re.Match[str]) -> str:
+        found.setdefault(match.group(1), []).append(ExtraNetworkParams(match.group(2).split(":")))
+        return ""
+
+    return re_extra_net.sub(take, prompt or ""), found
+
+
+def parse_prompts(prompts: list[str]) -> tuple[list[str], dict[str, list[ExtraNetworkParams]]]:
+    """Every prompt without its tags; the tags of the first prompt (A1111 activates one set per batch)."""
+    stripped, data = [], None
+    for prompt in prompts:
+        text, found = parse_prompt(prompt)
+        stripped.append(text)
+        if data is None:
+            data = found
+    return stripped, data or {}
+
+
+def unapplied(prompts: list[str]) -> list[str]:
+    """`type:name` of each tag in these prompts whose network type has no handler here, in order, once each."""
+    names: list[str] = []
+    for prompt in prompts:
+        for kind, params_list in parse_prompt(prompt)[1].items():
+            if kind in extra_network_registry:
+                continue
+            for params in params_list:
+                label = f"{kind}:{params.positional[0] if params.positional else ''}"
+                if label not in names:
+                    names.append(label)
+    return names
+
+
+def not_applied_warning(prompts: list[str]) -> str:
+    """The line a person sees when tags in their prompt did nothing ("" when there are none)."""
+    names = unapplied(prompts)
+    if not names:
+        return ""
+    return "Extra networks not applied (not supported in this version): " + ", ".join(names)
