@@ -406,3 +406,6 @@ def test_token_counter_for_the_ui(data_dir):
     assert encoder.token_count("a red circle") == (3, 75)
     assert encoder.token_count("(a:1.3) [red] circle") == (3, 75)
     assert encoder.token_count("circle " * 80) == (80, 150)
+    from modules.ui import toprow
+
+    assert toprow.count_tokens("a red circle <lora:film grain:0.8>") == toprow.counter_html(3, 75)

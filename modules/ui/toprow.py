@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from modules import shared
+from modules import extra_networks, shared
 from modules.ui import common, styles_store
 
 
@@ -68,7 +68,9 @@ def count_tokens(text: str, steps: float | None = 20) -> str:
     from modules.engine.conditioning import PromptEncoder
 
     try:
-        count, limit = PromptEncoder(model).token_count(text or "", int(steps or 20))
+        # Extra-network tags are not encoded, so they are not counted (as in A1111).
+        text = extra_networks.parse_prompt(text or "")[0]
+        count, limit = PromptEncoder(model).token_count(text, int(steps or 20))
     except Exception:  # a half-typed prompt must never break typing
         return "<span class='token-count'>?/75</span>"
     return counter_html(count, limit)
