@@ -2,17 +2,22 @@
 
 Built-ins and extensions register options the same way (`opts.add_option`). Saving is atomic, and a corrupt
 config.json is moved aside instead of stopping start-up (A1111 #9163, #8836).
+
+Every write through `opts.set`, the Settings page or the API goes through `Options.validate`: the value must
+have the setting's type, lie in its range (Slider `minimum`/`maximum`, or OptionInfo's own bounds) and be one
+of its choices (Radio/Dropdown). Values in config.json that fail it fall back to the default with a warning.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +41,10 @@ class OptionInfo:
         infotext: str | None = None,
         restrict_api: bool = False,
         category_id: str | None = None,
+        *,
+        minimum: float | None = None,
+        maximum: float | None = None,
+        choices: Sequence[Any] | Callable[[], Sequence[Any]] | None = None,
     ) -> None:
         self.default = default
         self.label = label
@@ -50,6 +59,11 @@ class OptionInfo:
         self.comment_after = comment_after
         self.infotext = infotext  # name of the infotext field that carries this setting, e.g. "Clip skip"
         self.restrict_api = restrict_api  # True: the API may not change it (paths, security-relevant switches)
+        # Limits checked on every write but not shown as a slider (a Number box has no range of its own);
+        # without them, the range and choices come from component_args.
+        self.minimum = minimum
+        self.maximum = maximum
+        self.choices = choices
 
     # Chainable helpers, as A1111 extensions write them: OptionInfo(...).info("...").needs_reload_ui()
     def link(self, label: str, url: str) -> OptionInfo:
@@ -75,6 +89,48 @@ class OptionInfo:
     def needs_reload_ui(self) -> OptionInfo:
         self.comment_after += " <span class='info'>(requires Reload UI)</span>"
         return self
+
+    # What values the setting takes (see validate_value).
+    def _component_args(self, dynamic: bool) -> dict[str, Any]:
+        args = self.component_args
+        if callable(args):
+            if not dynamic:
+                return {}
+            try:
+                args = args()
+            except Exception:  # an extension's broken callable must not block saving: no limits known from it
+                return {}
+        return args if isinstance(args, dict) else {}
+
+    def bounds(self, dynamic: bool = True) -> tuple[float | None, float | None]:
+        """(minimum, maximum) a number may take; None where unbounded."""
+        args = self._component_args(dynamic)
+        low = self.minimum if self.minimum is not None else args.get("minimum")
+        high = self.maximum if self.maximum is not None else args.get("maximum")
+        return low, high
+
+    def allowed_choices(self, dynamic: bool = True) -> list[Any] | None:
+        """The values a Radio/Dropdown setting may take; None when any value of its type will do.
+
+        dynamic=False leaves out choices made by a callable: at start-up the lists they read (models, files)
+        may not be filled yet, and a value that is only missing for now must not be reset."""
+        choices = self.choices
+        if choices is None:
+            args = self._component_args(dynamic)
+            if args.get("allow_custom_value"):
+                return None
+            choices = args.get("choices")
+        if callable(choices):
+            if not dynamic:
+                return None
+            try:
+                choices = choices()
+            except Exception:  # as in _component_args
+                return None
+        if choices is None:
+            return None
+        # gradio also takes (label, value) pairs
+        return [c[1] if isinstance(c, tuple | list) and len(c) == 2 else c for c in choices]
 
 
 class OptionHTML(OptionInfo):
@@ -112,6 +168,16 @@ class OptionsCategories:
 
 
 categories = OptionsCategories()
+
+
+class SettingValueError(ValueError):
+    """A value a setting cannot take. str() is "key: reason", the line the UI and the API show."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"{key}: {reason}")
+        self.key = key
+        self.reason = reason
+
 
 _BUILTIN_FIELDS = {"data", "data_labels", "restricted_opts", "typemap", "_save_lock"}
 _FALSE_WORDS = {"false", "0", "no", "off"}
@@ -159,14 +225,17 @@ class Options:
     def set(self, key: str, value: Any, is_api: bool = False, run_callbacks: bool = True) -> bool:
         """Set a value and run its onchange callback; True if the value changed.
 
-        A failing callback is reported and the old value restored, so one broken extension cannot leave a
-        setting half-applied.
+        A value the setting cannot take raises SettingValueError and changes nothing. A failing callback is
+        reported and the old value restored, so one broken extension cannot leave a setting half-applied.
         """
         if key not in self.data_labels:
             raise KeyError(f"no setting named {key!r}")
         option = self.data_labels[key]
+        if option.do_not_save or (is_api and option.restrict_api):
+            return False
+        value = self.validate(key, value)
         old = self.data.get(key, option.default)
-        if old == value or option.do_not_save or (is_api and option.restrict_api):
+        if old == value:
             return False
         try:
             setattr(self, key, value)
@@ -181,14 +250,27 @@ class Options:
                 return False
         return True
 
+    def validate(self, key: str, value: Any) -> Any:
+        """The value as setting `key` stores it (cast to its type), or SettingValueError naming the key.
+
+        The one check behind the Settings page, POST /sdapi/v1/options, override_settings and set()."""
+        info = self.data_labels.get(key)
+        if info is None:
+            raise SettingValueError(key, "no setting by this name")
+        return validate_value(key, info, value, self.data.get(key))
+
     def get_default(self, key: str) -> Any:
         info = self.data_labels.get(key)
         return None if info is None else info.default
 
     def add_option(self, key: str, info: OptionInfo) -> None:
         self.data_labels[key] = info
-        if key not in self.data and not info.do_not_save:
+        if info.do_not_save:
+            return
+        if key not in self.data:
             self.data[key] = info.default
+        else:  # read from config.json before an extension registered it: check it now
+            self.data[key] = _loaded_or_default(key, info, self.data[key])
 
     def onchange(self, key: str, func: Callable[[], None], call: bool = True) -> None:
         """Run func (no arguments) whenever the setting changes through set(); call it once now if call."""
@@ -263,21 +345,16 @@ class Options:
 
         data = self._defaults()
         data.update(loaded)
+        self._replace_invalid(data, loaded)
         _migrate(data, loaded)
         object.__setattr__(self, "data", data)
-        self._warn_bad_types(loaded)
 
-    def _warn_bad_types(self, loaded: dict[str, Any]) -> None:
-        bad = 0
+    def _replace_invalid(self, data: dict[str, Any], loaded: dict[str, Any]) -> None:
+        """Hand-edited values a setting cannot take become its default (with a warning), so start-up goes on."""
         for key, value in loaded.items():
             info = self.data_labels.get(key)
-            if info is not None and not self.same_type(info.default, value):
-                expected = type(info.default).__name__
-                print(f"Warning: bad setting value: {key}: {value!r} ({type(value).__name__}; expected {expected})",
-                      file=sys.stderr)
-                bad += 1
-        if bad:
-            print(f"{bad} settings in the config file have values of the wrong type", file=sys.stderr)
+            if info is not None and not info.do_not_save:
+                data[key] = _loaded_or_default(key, info, value)
 
     def dumpjson(self) -> str:
         """All values plus the comments and category headings the settings page needs."""
@@ -309,6 +386,76 @@ class Options:
         self.data_labels.update(ordered)
 
 
+def validate_value(key: str, info: OptionInfo, value: Any, current: Any = None, dynamic: bool = True) -> Any:
+    """`value` cast to the setting's type and checked against its range and choices.
+
+    The type is that of the default, or of `current` when the default is None. dynamic=False skips limits that
+    come from callables (see OptionInfo.allowed_choices). Raises SettingValueError with a readable reason.
+    """
+    if value is None:
+        if info.default is None:
+            return None
+        raise SettingValueError(key, f"a value is required ({_type_name(info.default)})")
+    reference = info.default if info.default is not None else current
+    if reference is not None:
+        value = _typed(key, value, type(reference))
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise SettingValueError(key, f"{value} is not a finite number")
+    _check_range(key, info, value, dynamic)
+    _check_choices(key, info, value, dynamic)
+    return value
+
+
+def _type_name(value: Any) -> str:
+    return {bool: "true or false", int: "a whole number", float: "a number", str: "text"}.get(
+        type(value), type(value).__name__)
+
+
+def _typed(key: str, value: Any, expected: type) -> Any:
+    # Text settings take text (or a number, as infotext gives it); a list or true/false there is a client's bug.
+    if expected is str and isinstance(value, bool | list | tuple | dict):
+        raise SettingValueError(key, f"{value!r} is not text")
+    try:
+        return _cast(value, expected)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise SettingValueError(key, f"cannot use {value!r} as {expected.__name__} ({e})") from None
+
+
+def _check_range(key: str, info: OptionInfo, value: Any, dynamic: bool) -> None:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return
+    low, high = info.bounds(dynamic)
+    if (low is None or value >= low) and (high is None or value <= high):
+        return
+    if low is not None and high is not None:
+        allowed = f"{_number(low)} to {_number(high)}"
+    else:
+        allowed = f"at least {_number(low)}" if low is not None else f"at most {_number(high)}"
+    raise SettingValueError(key, f"{_number(value)} is out of range ({allowed})")
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if isinstance(x, float) and x.is_integer() else str(x)
+
+
+def _check_choices(key: str, info: OptionInfo, value: Any, dynamic: bool) -> None:
+    choices = info.allowed_choices(dynamic)
+    if choices is None:
+        return
+    for item in value if isinstance(value, list) else [value]:
+        if item not in choices:
+            shown = ", ".join(str(c) for c in choices[:20]) + (", ..." if len(choices) > 20 else "")
+            raise SettingValueError(key, f"{item!r} is not one of: {shown}")
+
+
+def _loaded_or_default(key: str, info: OptionInfo, value: Any) -> Any:
+    try:
+        return validate_value(key, info, value, dynamic=False)
+    except SettingValueError as e:
+        print(f"Warning: bad value in the config file: {e}; using the default {info.default!r}", file=sys.stderr)
+        return info.default
+
+
 def _cast(value: Any, expected: type) -> Any:
     if isinstance(value, expected) and not (expected is int and isinstance(value, bool)):
         return value
@@ -321,14 +468,19 @@ def _cast(value: Any, expected: type) -> Any:
     if expected is int:
         if isinstance(value, bool):
             raise ValueError("expected a number")
-        number = float(value) if isinstance(value, str) and not value.strip().lstrip("+-").isdigit() else value
+        number = _float(value) if isinstance(value, str) and not value.strip().lstrip("+-").isdigit() else value
+        if isinstance(number, float) and not math.isfinite(number):
+            raise ValueError("expected a finite number")
         if isinstance(number, float) and not number.is_integer():
             raise ValueError("expected a whole number")
         return int(number)
     if expected is float:
         if isinstance(value, bool):
             raise ValueError("expected a number")
-        return float(value)
+        number = _float(value) if isinstance(value, str) else float(value)
+        if not math.isfinite(number):
+            raise ValueError("expected a finite number")
+        return number
     if expected is str:
         return str(value)
     if expected in (list, tuple) and isinstance(value, list | tuple):
@@ -338,6 +490,13 @@ def _cast(value: Any, expected: type) -> Any:
         if isinstance(parsed, expected):
             return parsed
     raise ValueError(f"expected {expected.__name__}")
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError("expected a number") from None
 
 
 def _migrate(data: dict[str, Any], loaded: dict[str, Any]) -> None:

@@ -14,7 +14,9 @@ restricted_opts: set[str] = set()
 
 categories.register_category("sd", "Stable Diffusion")
 
-# Components are left to the UI layer (no gradio import here); sliders carry their range in component_args.
+# Components are left to the UI layer (no gradio import here); sliders carry their range in component_args,
+# Radio/Dropdown settings their choices. Both are enforced on every write (Options.validate); Number boxes
+# that need a range get it from OptionInfo(minimum=..., maximum=...).
 options_templates: dict[str, OptionInfo] = {}
 
 options_templates.update(options_section(("sd", "Stable Diffusion", "sd"), {
@@ -70,7 +72,11 @@ options_templates.update(options_section(("sd", "Stable Diffusion", "sd"), {
 }))
 
 options_templates.update(options_section(("sampler-params", "Sampler parameters", "sd"), {
-    "eta_noise_seed_delta": OptionInfo(0, "Eta noise seed delta", component_args={"precision": 0}, infotext="ENSD").info(
+    # The step noise is seeded with seed + ENSD; seeds reach 2**63 - 1 and torch takes seeds below 2**64, so
+    # A1111's 32-bit seed range keeps every sum valid (2**80 once broke every ancestral job).
+    "eta_noise_seed_delta": OptionInfo(
+        0, "Eta noise seed delta", component_args={"precision": 0}, infotext="ENSD", minimum=0, maximum=2**32 - 1,
+    ).info(
         "ENSD; does not improve anything, just produces different results for ancestral samplers - "
         "only useful for reproducing images"
     ),
@@ -88,7 +94,7 @@ options_templates.update(options_section(("ui", "Live previews", "ui"), {
     "show_progress_type": OptionInfo(
         "Approx cheap", "Live preview method", component_args={"choices": ["Full", "Approx cheap"]}
     ).info("Full = slow but accurate; Approx cheap = super fast but terrible otherwise"),
-    "live_preview_refresh_period": OptionInfo(1000, "Progressbar and preview update period").info(
+    "live_preview_refresh_period": OptionInfo(1000, "Progressbar and preview update period", minimum=0).info(
         "in milliseconds"
     ),
 }))

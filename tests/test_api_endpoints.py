@@ -295,3 +295,70 @@ def test_api_only_server_settings():
     config = uvicorn_config(app, shared.parser.parse_args(["--nowebui", "--port", "9000", "--listen",
                                                            "--subpath", "sd/", "--timeout-keep-alive", "5"]))
     assert (config.host, config.port, config.root_path, config.timeout_keep_alive) == ("0.0.0.0", 9000, "/sd", 5)
+
+
+# --- POST /sdapi/v1/options checks every value before writing any -------------------------------------------
+
+
+def _config_bytes() -> bytes | None:
+    try:
+        with open(shared.config_filename, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+
+
+@pytest.mark.parametrize(("body", "field", "reason"), [
+    ({"eta_noise_seed_delta": 2**80}, "eta_noise_seed_delta",
+     "1208925819614629174706176 is out of range (0 to 4294967295)"),
+    ({"randn_source": "../../x"}, "randn_source", "'../../x' is not one of: GPU, CPU, NV"),
+    ({"sd_checkpoints_limit": -5}, "sd_checkpoints_limit", "-5 is out of range (1 to 10)"),
+    ({"sd_checkpoints_limit": 2.5}, "sd_checkpoints_limit", "expected a whole number"),
+    ({"live_previews_enable": "maybe"}, "live_previews_enable", "expected true/false"),
+    ({"show_progress_type": ["Full"]}, "show_progress_type", "is not text"),
+    ({"eta_noise_seed_delta": None}, "eta_noise_seed_delta", "a value is required"),
+    # a good value beside a bad one is not written either
+    ({"CLIP_stop_at_last_layers": 2, "sd_checkpoints_limit": -5}, "sd_checkpoints_limit", "out of range"),
+])
+def test_options_post_refuses_a_bad_value_and_writes_nothing(http, body, field, reason):
+    before, options_before = _config_bytes(), http.get("/sdapi/v1/options").json()
+    error = assert_error_json(http.post("/sdapi/v1/options", json=body), 422, field)
+    assert error["errors"] == f"{field}: {error['detail'][0]['msg']}" and reason in error["errors"]
+    assert error["detail"][0]["loc"] == ["body", field]
+    assert _config_bytes() == before
+    assert http.get("/sdapi/v1/options").json() == options_before
+
+
+def test_options_post_refuses_nan(http):
+    r = http.post("/sdapi/v1/options", content=b'{"show_progress_every_n_steps": NaN}',
+                  headers={"content-type": "application/json"})
+    assert "expected a finite number" in assert_error_json(r, 422, "show_progress_every_n_steps")["errors"]
+    assert shared.opts.show_progress_every_n_steps == 10
+
+
+def test_refused_ensd_leaves_euler_a_working(http):
+    assert_error_json(http.post("/sdapi/v1/options", json={"eta_noise_seed_delta": 2**80}), 422,
+                      "eta_noise_seed_delta")
+    r = http.post("/sdapi/v1/txt2img", json={**FAST, "sampler_name": "Euler a", "steps": 2, "send_images": False})
+    assert r.status_code == 200, r.text
+    # the same value as an override of one request is refused up front too, not as a failed job
+    r = http.post("/sdapi/v1/txt2img", json={**FAST, "sampler_name": "Euler a", "steps": 2,
+                                             "override_settings": {"eta_noise_seed_delta": 2**80}})
+    assert "out of range" in assert_error_json(r, 422, "override_settings.eta_noise_seed_delta")["errors"]
+
+
+def test_options_post_saves_good_values_in_their_type(http):
+    r = http.post("/sdapi/v1/options", json={"eta_noise_seed_delta": "31337", "randn_source": "CPU",
+                                             "sd_checkpoints_limit": 2.0})
+    assert r.status_code == 200, r.text
+    try:
+        with open(shared.config_filename, encoding="utf8") as f:
+            saved = json.load(f)
+        assert (saved["eta_noise_seed_delta"], saved["randn_source"], saved["sd_checkpoints_limit"]) == (31337, "CPU", 2)
+        assert isinstance(saved["sd_checkpoints_limit"], int)
+        r = http.post("/sdapi/v1/txt2img", json={**FAST, "sampler_name": "Euler a", "steps": 2, "send_images": False})
+        assert r.status_code == 200, r.text
+    finally:
+        http.post("/sdapi/v1/options", json={"eta_noise_seed_delta": 0, "randn_source": "GPU",
+                                             "sd_checkpoints_limit": 1})
+    assert shared.opts.eta_noise_seed_delta == 0 and shared.opts.randn_source == "GPU"

@@ -1,4 +1,5 @@
-"""Settings: attribute access, set/onchange, casting, atomic save, recovery from a corrupt config.json."""
+"""Settings: attribute access, set/onchange, casting, validation (type, range, choices), atomic save, recovery
+from a corrupt or hand-edited config.json."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import os
 import pytest
 
 from modules import shared_options
-from modules.options import OptionHTML, OptionInfo, Options, options_section
+from modules.options import OptionHTML, OptionInfo, Options, SettingValueError, options_section
 
 
 def make_opts() -> Options:
@@ -238,6 +239,7 @@ def test_load_keeps_unknown_keys_and_warns_on_bad_types(tmp_path, capsys):
     opts.load(str(config))
     assert opts.from_uninstalled_extension == 3
     assert "CLIP_stop_at_last_layers" in capsys.readouterr().err
+    assert opts.CLIP_stop_at_last_layers == 1  # the default, not "two"
     opts.save(str(config))
     assert json.loads(config.read_text())["from_uninstalled_extension"] == 3
 
@@ -303,3 +305,156 @@ def test_shared_module_state(tmp_path):
         shared.set_cmd_opts(old)
     assert shared.data_path == paths.script_path
 
+
+
+# --- validation: type, range, choices ------------------------------------------------------------------------
+
+
+def shipped_opts() -> Options:
+    """The real templates (their ranges and choices), with values of their own."""
+    return Options(dict(shared_options.options_templates))
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "reason"),
+    [
+        ("eta_noise_seed_delta", 2**80, "1208925819614629174706176 is out of range (0 to 4294967295)"),
+        ("eta_noise_seed_delta", -1, "-1 is out of range (0 to 4294967295)"),
+        ("randn_source", "../../x", "'../../x' is not one of: GPU, CPU, NV"),
+        ("sd_checkpoints_limit", -5, "-5 is out of range (1 to 10)"),
+        ("sd_checkpoints_limit", 2.5, "expected a whole number"),
+        ("sd_checkpoints_limit", "many", "expected a number"),
+        ("sd_checkpoints_limit", True, "expected a number"),
+        ("sd_checkpoints_limit", None, "a value is required"),
+        ("sd_checkpoints_keep_in_cpu", "maybe", "expected true/false"),
+        ("sd_checkpoints_keep_in_cpu", 2, "expected true/false"),
+        ("live_previews_image_format", "gif", "is not one of: jpeg, png, webp"),
+        ("show_progress_type", ["Full"], "is not text"),
+        ("show_progress_every_n_steps", float("nan"), "expected a finite number"),
+        ("show_progress_every_n_steps", float("inf"), "expected a finite number"),
+        ("live_preview_refresh_period", -10, "-10 is out of range (at least 0)"),
+        ("api_max_input_pixels", 100, "100 is out of range (at least 4096)"),
+    ],
+)
+def test_validate_refuses_bad_values_naming_the_setting(key, value, reason):
+    with pytest.raises(SettingValueError) as caught:
+        shipped_opts().validate(key, value)
+    assert caught.value.key == key
+    assert reason in caught.value.reason
+    assert str(caught.value).startswith(f"{key}: ")
+
+
+def test_validate_error_message_names_setting_value_and_range():
+    with pytest.raises(SettingValueError) as caught:
+        shipped_opts().validate("eta_noise_seed_delta", 2**80)
+    assert str(caught.value) == "eta_noise_seed_delta: 1208925819614629174706176 is out of range (0 to 4294967295)"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "stored"),
+    [
+        ("eta_noise_seed_delta", 31337, 31337),
+        ("eta_noise_seed_delta", 2**32 - 1, 2**32 - 1),
+        ("eta_noise_seed_delta", 31337.0, 31337),  # a Number box sends floats
+        ("eta_noise_seed_delta", "31337", 31337),  # infotext sends text
+        ("randn_source", "CPU", "CPU"),
+        ("sd_checkpoints_limit", 10, 10),
+        ("sd_checkpoints_keep_in_cpu", "False", False),  # A1111's infotext form
+        ("sd_checkpoints_keep_in_cpu", False, False),
+        ("show_progress_every_n_steps", -1, -1),
+        ("sd_model_checkpoint", None, None),  # no default: unset is a value
+    ],
+)
+def test_validate_accepts_good_values_in_the_settings_type(key, value, stored):
+    result = shipped_opts().validate(key, value)
+    assert result == stored and type(result) is type(stored)
+
+
+def test_eta_noise_seed_delta_maximum_fits_the_rng_with_the_largest_seed():
+    import torch
+
+    from modules.api.models import MAX_SEED
+
+    high = shipped_opts().data_labels["eta_noise_seed_delta"].bounds()[1]
+    torch.Generator().manual_seed(MAX_SEED + 10**7 + int(high))  # seed + image index + ENSD: must not overflow
+    with pytest.raises((RuntimeError, ValueError), match="Overflow"):
+        torch.Generator().manual_seed(2 + 2**80)  # the value that once broke every "Euler a" job
+
+
+def test_choices_from_callables_and_pairs_and_custom_values():
+    names = ["a.safetensors"]
+    opts = make_opts()
+    opts.add_option("by_lambda", OptionInfo("a.safetensors", "L", component_args=lambda: {"choices": names}))
+    opts.add_option("by_choices", OptionInfo("a", "C", choices=lambda: names + ["a"]))
+    opts.add_option("pairs", OptionInfo("v1", "P", component_args={"choices": [("Label one", "v1"), ("Two", "v2")]}))
+    opts.add_option("custom", OptionInfo("x", "X", component_args={"choices": ["x"], "allow_custom_value": True}))
+    opts.add_option("multi", OptionInfo(["x"], "M", component_args={"choices": ["x", "y"]}))
+    names.append("b.safetensors")  # a list that grows after registration: the check sees it
+    assert opts.validate("by_lambda", "b.safetensors") == "b.safetensors"
+    assert opts.validate("pairs", "v2") == "v2"
+    assert opts.validate("custom", "anything") == "anything"
+    assert opts.validate("multi", ["y", "x"]) == ["y", "x"]
+    for key, value in (("by_lambda", "c"), ("by_choices", "c"), ("pairs", "Label one"), ("multi", ["x", "z"])):
+        with pytest.raises(SettingValueError, match=key):
+            opts.validate(key, value)
+
+
+def test_a_broken_choices_callable_does_not_block_the_setting():
+    def broken() -> dict:
+        raise RuntimeError("extension bug")
+
+    opts = make_opts()
+    opts.add_option("ext", OptionInfo("x", "Ext", component_args=broken))
+    assert opts.validate("ext", "y") == "y"
+
+
+def test_set_refuses_a_bad_value_and_keeps_the_old_one():
+    opts = shipped_opts()
+    calls = []
+    opts.onchange("randn_source", lambda: calls.append(1), call=False)
+    with pytest.raises(SettingValueError, match="randn_source"):
+        opts.set("randn_source", "../../x")
+    assert opts.randn_source == "GPU" and calls == []
+    assert opts.set("eta_noise_seed_delta", "31337") is True
+    assert opts.eta_noise_seed_delta == 31337  # stored as the setting's type
+    with pytest.raises(KeyError):
+        opts.set("no_such_setting", 1)
+
+
+def test_hand_edited_bad_values_fall_back_to_defaults_at_load(tmp_path, capsys):
+    config = tmp_path / "config.json"
+    hand_edited = {"eta_noise_seed_delta": 2**80, "randn_source": "../../x", "sd_checkpoints_limit": -5,
+                   "live_previews_enable": "maybe", "show_progress_every_n_steps": 5.0, "upcast_attn": True}
+    config.write_text(json.dumps(hand_edited))
+    opts = shipped_opts()
+    opts.load(str(config))
+
+    assert (opts.eta_noise_seed_delta, opts.randn_source, opts.sd_checkpoints_limit) == (0, "GPU", 1)
+    assert opts.live_previews_enable is True
+    assert opts.show_progress_every_n_steps == 5 and opts.upcast_attn is True  # good values kept
+    err = capsys.readouterr().err
+    for key in ("eta_noise_seed_delta", "randn_source", "sd_checkpoints_limit", "live_previews_enable"):
+        assert f"Warning: bad value in the config file: {key}: " in err
+    assert "upcast_attn" not in err
+
+
+def test_load_keeps_values_whose_choices_are_only_known_later(tmp_path, capsys):
+    # The model list is empty when config.json is read; the saved choice must survive until it is filled.
+    models: list[str] = []
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"ext_model": "m.safetensors"}))
+    opts = make_opts()
+    opts.add_option("ext_model", OptionInfo("none", "M", component_args=lambda: {"choices": models}))
+    opts.load(str(config))
+    assert opts.ext_model == "m.safetensors" and capsys.readouterr().err == ""
+
+
+def test_option_registered_after_load_checks_the_loaded_value(tmp_path, capsys):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"ext_steps": 500, "ext_mode": "b"}))
+    opts = make_opts()
+    opts.load(str(config))
+    opts.add_option("ext_steps", OptionInfo(20, "Steps", component_args={"minimum": 1, "maximum": 150}))
+    opts.add_option("ext_mode", OptionInfo("a", "Mode", component_args={"choices": ["a", "b"]}))
+    assert opts.ext_steps == 20 and opts.ext_mode == "b"
+    assert "ext_steps: 500 is out of range (1 to 150)" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from html import escape as html_escape
 
 import gradio as gr
 import pytest
@@ -47,6 +48,52 @@ def test_a_value_of_the_wrong_type_is_reported_not_saved(config):
     html = settings.apply(["show_progress_every_n_steps"], ["lots"])
     assert "class='error'" in html and "show_progress_every_n_steps" in html
     assert shared.opts.show_progress_every_n_steps != "lots"
+
+
+def test_an_out_of_range_value_refuses_the_whole_apply_and_saves_nothing(config):
+    config.write_text('{"eta_noise_seed_delta": 0}')
+    before = config.read_bytes()
+    keys = ["eta_noise_seed_delta", "show_progress_every_n_steps"]
+    html = settings.apply(keys, [2**80, shared.opts.show_progress_every_n_steps + 1])
+    assert ("Eta noise seed delta (eta_noise_seed_delta): 1208925819614629174706176 is out of range "
+            "(0 to 4294967295)") in html
+    assert "class='error'" in html and "Nothing was saved" in html
+    assert config.read_bytes() == before
+    assert shared.opts.eta_noise_seed_delta == 0
+    assert shared.opts.show_progress_every_n_steps == shared.opts.get_default("show_progress_every_n_steps")
+
+
+@pytest.mark.parametrize(("key", "value", "reason"), [
+    ("randn_source", "../../x", "'../../x' is not one of: GPU, CPU, NV"),
+    ("sd_checkpoints_limit", -5, "-5 is out of range (1 to 10)"),
+    ("live_previews_enable", "maybe", "expected true/false"),
+    ("eta_noise_seed_delta", None, "a value is required"),  # an emptied Number box
+])
+def test_each_bad_value_is_named_and_not_saved(config, key, value, reason):
+    html = settings.apply([key], [value])
+    assert f"({key}): " in html and html_escape(reason) in html
+    assert not config.exists()
+    assert shared.opts.data[key] == shared.opts.get_default(key)
+
+
+def test_all_bad_values_are_listed_at_once(config):
+    html = settings.apply(["randn_source", "sd_checkpoints_limit"], ["../../x", -5])
+    assert html.count("class='error'") == 2 and "correct the values above" in html
+
+
+def test_a_good_value_is_still_saved(config):
+    html = settings.apply(["eta_noise_seed_delta", "randn_source"], [31337.0, "CPU"])
+    assert "2 settings changed" in html
+    saved = json.loads(config.read_text())
+    assert saved["eta_noise_seed_delta"] == 31337 and isinstance(saved["eta_noise_seed_delta"], int)
+    assert saved["randn_source"] == "CPU"
+
+
+def test_the_ensd_box_is_a_number_box_without_a_slider_range():
+    # A slider 0..2**32 would be useless; the range is checked on Apply instead (and the browser test types past it).
+    with gr.Blocks():
+        box = settings.component_for("eta_noise_seed_delta", shared.opts.data_labels["eta_noise_seed_delta"])
+    assert isinstance(box, gr.Number) and box.precision == 0
 
 
 def test_frozen_settings_are_refused(config, monkeypatch):

@@ -169,7 +169,9 @@ class Api:
 
     async def set_config(self, req: dict[str, Any]) -> None:
         """A1111's POST /options: settings marked restrict_api are ignored; sd_model_checkpoint switches the
-        model (on the queue, so never under a running job); the result is saved to config.json."""
+        model (on the queue, so never under a running job); the result is saved to config.json. Every value is
+        checked (type, range, choices) before any is set: one bad value refuses the whole request with a 422
+        naming it, and nothing is written."""
         opts = shared.opts
         values: dict[str, Any] = {}
         for key, value in req.items():

@@ -16,6 +16,7 @@ from modules.api.errors import invalid
 from modules.engine.sampling.registry import find_sampler_config
 from modules.engine.sampling.schedules import find_scheduler, schedulers
 from modules.models import registry, vae_registry
+from modules.options import SettingValueError
 
 log = logging.getLogger(__name__)
 
@@ -92,11 +93,12 @@ def check_refiner(req: models.GenerationRequest) -> None:
 
 
 def check_setting(key: str, value: Any, field: tuple[str, ...]) -> Any:
-    """The value cast to the setting's type; 422 for a value that cannot be one or names nothing that exists."""
+    """The value as the setting stores it (`Options.validate`: type, range, choices, as the Settings page checks
+    it); 422 naming the field for a value it cannot take or that names nothing that exists."""
     try:
-        value = shared.opts.cast_value(key, value)
-    except ValueError as e:
-        raise invalid(field, str(e)) from None
+        value = shared.opts.validate(key, value)
+    except SettingValueError as e:
+        raise invalid(field, e.reason) from None
     if key == "sd_model_checkpoint" and value is not None:
         check_checkpoint(str(value), field)
     elif key == "sd_vae" and value is not None and str(value) not in vae_registry.vae_option_names():

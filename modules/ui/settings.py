@@ -1,7 +1,8 @@
 """The Settings tab: one widget per registered setting (`opts.data_labels`), grouped by section.
 
-Apply settings sets each changed value through `opts.set` (so onchange callbacks run) and saves config.json
-atomically (`Options.save`). Reload UI reloads the page, which reads every value afresh. The quicksettings
+Apply settings checks every value (`Options.validate`: type, range, choices); if one is refused, the page
+shows why and nothing is saved. Otherwise it sets each changed value through `opts.set` (so onchange callbacks
+run) and saves config.json atomically (`Options.save`). Reload UI reloads the page, which reads every value afresh. The quicksettings
 (checkpoint, VAE, Clip skip) live in the bar at the top and are left out here, so two widgets never fight
 over one setting.
 """
@@ -17,7 +18,7 @@ from typing import Any
 import gradio as gr
 
 from modules import shared
-from modules.options import OptionHTML, OptionInfo
+from modules.options import OptionHTML, OptionInfo, SettingValueError
 from modules.ui import common
 
 QUICKSETTINGS = ("sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers")
@@ -123,11 +124,10 @@ def current_values(keys: list[str]) -> list[Any]:
     return values
 
 
-def apply(keys: list[str], values: list[Any]) -> str:
-    """Set the changed settings and save; an HTML summary, or a readable error."""
-    if getattr(shared.cmd_opts, "freeze_settings", False):
-        return common.error_html("Settings are frozen on this server (--freeze-settings).")
-    changed, problems = [], []
+def _checked_changes(keys: list[str], values: list[Any]) -> tuple[dict[str, Any], list[str]]:
+    """(settings whose checked value differs from the current one, error lines for values refused)."""
+    changes: dict[str, Any] = {}
+    problems: list[str] = []
     for key, value in zip(keys, values, strict=True):
         info = shared.opts.data_labels.get(key)
         if info is None or _frozen(key, info):
@@ -135,16 +135,33 @@ def apply(keys: list[str], values: list[Any]) -> str:
         if value == "" and info.default is None:
             value = None
         try:
-            value = shared.opts.cast_value(key, value)
-        except ValueError as e:
-            problems.append(str(e))
+            value = shared.opts.validate(key, value)
+        except SettingValueError as e:
+            problems.append(f"{info.label or key} ({e.key}): {e.reason}")
             continue
-        if shared.opts.data.get(key, info.default) == value:
-            continue
+        if shared.opts.data.get(key, info.default) != value:
+            changes[key] = value
+    return changes, problems
+
+
+def apply(keys: list[str], values: list[Any]) -> str:
+    """Set the changed settings and save; an HTML summary, or a readable error.
+
+    All values are checked first: if any is refused, nothing is set or saved, so a page with one bad box
+    never leaves config.json half-updated."""
+    if getattr(shared.cmd_opts, "freeze_settings", False):
+        return common.error_html("Settings are frozen on this server (--freeze-settings).")
+    changes, problems = _checked_changes(keys, values)
+    if problems:
+        return "".join(common.error_html(p) for p in problems) + common.notice_html(
+            "Nothing was saved: correct the value" + ("s" if len(problems) > 1 else "") + " above and apply again.")
+    changed = []
+    for key, value in changes.items():
+        label = shared.opts.data_labels[key].label or key
         if shared.opts.set(key, value):
-            changed.append(info.label or key)
+            changed.append(label)
         else:
-            problems.append(f"{info.label or key}: the new value was refused")
+            problems.append(f"{label}: the new value was refused")
     try:
         shared.opts.save(shared.config_filename)
     except OSError as e:

@@ -1,0 +1,56 @@
+"""Settings checked in the real page: a value out of a setting's range is refused on Apply with a line naming
+the setting, and config.json stays as it was; the corrected value then saves."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from .helpers import set_number
+
+ENSD_BOX = "setting_eta_noise_seed_delta"  # a Number box: the browser lets any number through, unlike a slider
+
+
+def _config_bytes(path: Path) -> bytes | None:
+    return path.read_bytes() if path.exists() else None
+
+
+def _apply_and_wait(pg, text: str) -> str:
+    """Press Apply settings and wait for a result line containing `text`; the whole result area's text."""
+    pg.click("#settings_submit")
+    pg.wait_for_selector(f"#settings_result :text('{text}')")
+    return pg.inner_text("#settings_result")
+
+
+def _wait_for_saved(config: Path, key: str, value: object, timeout: float = 30.0) -> None:
+    """Until config.json holds `value` for `key`: two Applies in a row both say "1 setting changed", so the
+    page's text alone cannot tell the second one has run."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if config.exists() and json.loads(config.read_text() or "{}").get(key) == value:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"config.json did not get {key}={value!r}: {_config_bytes(config)!r}")
+
+
+def test_out_of_range_setting_is_refused_and_config_json_untouched(page, server):
+    config = server.data_dir / "config.json"
+    before = _config_bytes(config)
+    page.click("#tab_settings-button")
+    page.click("#settings_sampler-params-button")
+
+    set_number(page, ENSD_BOX, 2**32)  # one past what the noise generator's seed arithmetic allows
+    result = _apply_and_wait(page, "is out of range")
+    assert "eta_noise_seed_delta" in result and "4294967296 is out of range (0 to 4294967295)" in result
+    assert "Nothing was saved" in result
+    assert page.locator("#settings_result .error").count() == 1
+    assert _config_bytes(config) == before
+
+    # corrected in the same page, it saves; then put back, as the server is shared with other tests
+    set_number(page, ENSD_BOX, 31337)
+    assert "1 setting changed: Eta noise seed delta" in _apply_and_wait(page, "1 setting changed")
+    _wait_for_saved(config, "eta_noise_seed_delta", 31337)
+    set_number(page, ENSD_BOX, 0)
+    page.click("#settings_submit")
+    _wait_for_saved(config, "eta_noise_seed_delta", 0)
