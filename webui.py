@@ -15,6 +15,18 @@ from modules import shared
 
 log = logging.getLogger("webui")
 
+# Libraries that log every request at INFO (gradio's own client calls to its server go through httpx).
+CHATTY_LOGGERS = ("httpx",)
+
+
+def setup_logging(loglevel: str | None) -> None:
+    """The root logger at --loglevel (INFO by default). Chatty libraries only show warnings and errors,
+    unless --loglevel DEBUG asks for everything."""
+    level = getattr(logging, str(loglevel or "INFO").upper(), logging.INFO)
+    logging.basicConfig(level=level)
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if level <= logging.DEBUG else logging.WARNING)
+
 
 def initialize() -> None:
     """Load settings and scan the model folders. Fast: nothing heavy is imported before it is needed."""
@@ -46,7 +58,7 @@ def load_first_model() -> bool:
 
 def start() -> None:
     started = time.perf_counter()
-    logging.basicConfig(level=getattr(logging, str(shared.cmd_opts.loglevel or "INFO").upper(), logging.INFO))
+    setup_logging(shared.cmd_opts.loglevel)
     initialize()
     cmd_opts = shared.cmd_opts
     from modules import call_queue

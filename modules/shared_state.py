@@ -3,6 +3,9 @@ engine polls every step (interrupt, skip, stop generating).
 
 One `State` lives at `modules.shared.state`. It imports neither torch nor `modules.shared` at module level
 (shared imports this module), so reading it stays cheap; settings are read at call time.
+
+It also drives A1111's console progress bars (`modules.console_progress`) from the same calls: begin, the
+engine's once-per-step `set_current_image`, nextjob and end.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
+
+from modules.console_progress import ConsoleProgress
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +57,7 @@ class State:
         # without one, the settings pick from modules.engine.previews.
         self.preview_function = preview_function
         self._lock = threading.RLock()
+        self.console = ConsoleProgress()
 
     # --- flags the engine polls ---
 
@@ -86,12 +92,15 @@ class State:
             self.stopping_generation = False
             self.textinfo = None
             self.job = job
-        log.info("Starting job %s", job)
+        self.console.end()  # bars a job left open (it never called end) do not run into this one's
+        # DEBUG, not INFO: the console bars already show each job; two lines per job with its id are noise.
+        log.debug("Starting job %s", job)
 
     def end(self) -> None:
+        self.console.end()  # first, so the log line below never lands inside a bar
         with self._lock:
             duration = time.time() - (self.time_start or time.time())
-            log.info("Ending job %s (%.2f seconds)", self.job, duration)
+            log.debug("Ending job %s (%.2f seconds)", self.job, duration)
             self.job = ""
             self.job_count = 0
 
@@ -103,6 +112,7 @@ class State:
             self.job_no += 1
             self.sampling_step = 0
             self.current_image_sampling_step = 0
+        self.console.next_batch()
 
     # --- reporting ---
 
@@ -143,8 +153,10 @@ class State:
     # --- live previews ---
 
     def set_current_image(self) -> None:
-        """Make a new preview from current_latent once `show_progress_every_n_steps` steps have passed since
-        the last one (only when live previews are on)."""
+        """The engine calls this once per sampling step, after setting sampling_step and sampling_steps: it
+        advances the console bars, and makes a new preview from current_latent once
+        `show_progress_every_n_steps` steps have passed since the last one (only when live previews are on)."""
+        self.console.step(self.sampling_step, self.sampling_steps, self.job_no, self.job_count)
         every = _opt("show_progress_every_n_steps", 10)
         if not _opt("live_previews_enable", True) or every == -1:
             return

@@ -219,3 +219,28 @@ def test_default_preview_uses_the_settings(opts, monkeypatch):
     state.sampling_step = 1
     state.set_current_image()
     assert state.current_image.size == (40, 24)
+
+
+def test_the_state_drives_the_console_bars_at_each_step_even_without_previews(opts):
+    opts(live_previews_enable=False)
+    calls: list[tuple] = []
+
+    class Recorder:  # modules.console_progress.ConsoleProgress's interface
+        def step(self, *args: int) -> None:
+            calls.append(("step", *args))
+
+        def next_batch(self) -> None:
+            calls.append(("next_batch",))
+
+        def end(self) -> None:
+            calls.append(("end",))
+
+    state = State()
+    state.console = Recorder()
+    state.begin(job="txt2img")
+    state.job_count = 2
+    state.sampling_step, state.sampling_steps = 1, 4  # what the engine's step callback sets, then reports
+    state.set_current_image()
+    state.nextjob()
+    state.end()
+    assert calls == [("end",), ("step", 1, 4, 0, 2), ("next_batch",), ("end",)]  # begin closes leftovers

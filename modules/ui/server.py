@@ -89,7 +89,9 @@ def launch_kwargs(cmd_opts: argparse.Namespace, css: str, head: str) -> dict[str
         "ssr_mode": False,
         "pwa": False,
         "mcp_server": False,
-        "quiet": False,
+        # gradio's own start-up lines name launch() arguments (`share=True`), not our flags: we print ours
+        # (announce()). Its public-URL line and share-link errors are printed regardless of quiet.
+        "quiet": True,
     }
     return kwargs
 
@@ -162,6 +164,14 @@ def serve(demo: gr.Blocks, cmd_opts: argparse.Namespace, css: str, head: str) ->
         api_auth = BasicAuth.from_flag(getattr(cmd_opts, "api_auth", None))
     kwargs["app_kwargs"] = {"routes": internal_routes(api_auth)}  # gradio's routes are added after these
     app, local_url, share_url = demo.launch(**kwargs)
-    if kwargs["root_path"]:
-        print(f"Serving under the sub-path {kwargs['root_path']}: {local_url.rstrip('/')}{kwargs['root_path']}/")
+    announce(local_url, kwargs["root_path"], bool(cmd_opts.share))
     return app
+
+
+def announce(local_url: str, root_path: str | None, share: bool) -> None:
+    """Where the UI is, as gradio says it, but with our flag in the share hint (gradio's names `launch()`)."""
+    print(f"* Running on local URL:  {local_url.rstrip('/')}")
+    if root_path:
+        print(f"Serving under the sub-path {root_path}: {local_url.rstrip('/')}{root_path}/")
+    if not share:
+        print("* To create a public link, add --share to the command line.")
