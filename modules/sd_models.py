@@ -64,6 +64,13 @@ class ModelData:
 model_data = ModelData()
 
 
+def _no_checkpoints() -> NoCheckpointError:
+    return NoCheckpointError(
+        "No checkpoints found. Put a .safetensors checkpoint in "
+        f"{os.path.join(shared.models_path, 'Stable-diffusion')} (or use --ckpt / --ckpt-dir)."
+    )
+
+
 def select_checkpoint() -> CheckpointInfo:
     """The checkpoint to use: the one in settings if it exists, else --ckpt, else the first found."""
     if not checkpoints_list:
@@ -71,10 +78,7 @@ def select_checkpoint() -> CheckpointInfo:
     preferred = getattr(shared.opts, "sd_model_checkpoint", None)
     info = registry.select_checkpoint(preferred)
     if info is None:
-        raise NoCheckpointError(
-            "No checkpoints found. Put a .safetensors checkpoint in "
-            f"{os.path.join(shared.models_path, 'Stable-diffusion')} (or use --ckpt / --ckpt-dir)."
-        )
+        raise _no_checkpoints()
     if preferred and preferred not in (info.title, info.name, info.model_name, info.short_title):
         log.warning("Checkpoint %s not found; loading %s instead", preferred, info.title)
     return info
@@ -99,16 +103,25 @@ def _apply_attention(model: StableDiffusionModel) -> None:
 def load_model(checkpoint_info: CheckpointInfo | None = None) -> StableDiffusionModel:
     """Load (or switch to) a checkpoint and make it `shared.sd_model`.
 
-    Raises ModelFileError/ValueError with a readable message; the previous model then stays current.
+    With `checkpoint_info`: that one, or ModelFileError/ValueError with a readable message; the previous model
+    then stays current. Without: the first checkpoint of `registry.checkpoint_candidates()` that loads, files
+    that cannot be loaded skipped and reported (see `startup_notices()`); NoCheckpointError when none loads.
     """
-    info = checkpoint_info or select_checkpoint()
-    if not getattr(shared.cmd_opts, "no_hashing", False):
-        info.calculate_shorthash()
+    if checkpoint_info is None:
+        return _load_first_usable()
+    return _load(checkpoint_info, _vae_path_for(checkpoint_info))
+
+
+def _load(info: CheckpointInfo, vae_path: str | None) -> StableDiffusionModel:
     try:
-        model = manager.load(info, vae_path=_vae_path_for(info))
+        model = manager.load(info, vae_path=vae_path)
+    except BaseException:
+        _settings_name_current_model()
+        raise
     finally:
         shared.sd_model = manager.current  # after a failure: whatever the manager kept or brought back
     _apply_attention(model)
+    _hash(info)  # after the load: a corrupt file is refused from its header without reading gigabytes first
     shared.sd_model = model
     shared.opts.data["sd_model_checkpoint"] = info.title
     shared.opts.data["sd_checkpoint_hash"] = info.sha256
@@ -116,9 +129,103 @@ def load_model(checkpoint_info: CheckpointInfo | None = None) -> StableDiffusion
     return model
 
 
+def _settings_name_current_model() -> None:
+    """After a failed load the setting names the model still in use: a caller may have set it before loading
+    (override_settings does), and the UI, infotext and the settings restore after a job all read it."""
+    current = manager.current
+    if current is not None:
+        shared.opts.data["sd_model_checkpoint"] = current.checkpoint_info.title
+
+
+def _hash(info: CheckpointInfo) -> None:
+    if getattr(shared.cmd_opts, "no_hashing", False):
+        return
+    try:
+        info.calculate_shorthash()
+    except OSError as e:  # the file went away after it loaded: the model in memory works without its hash
+        log.warning("Could not hash the checkpoint %s: %s", info.name, e.strerror or type(e).__name__)
+
+
+# --- the automatic choice: start-up, and load_model() without a checkpoint ---------------------------------
+
+# Failures that say a checkpoint file cannot be used; anything else (out of memory, a bug) is not skipped.
+FILE_FAILURES = (ModelFileError, ValueError, OSError)
+
+_notices: list[str] = []  # replaced by each automatic choice; read by the UI through startup_notices()
+
+
+class NoUsableCheckpointError(NoCheckpointError):
+    """Checkpoints are listed, but not one of them could be loaded."""
+
+
+def startup_notices() -> list[str]:
+    """What the last automatic checkpoint choice skipped and why, one sentence each, for the page to show.
+
+    Empty when the first choice loaded. File names are relative to the models folder, never full paths.
+    """
+    return list(_notices)
+
+
+def _failure_reason(info: CheckpointInfo, e: BaseException) -> str:
+    """Why `info` did not load, without this machine's paths (the text reaches the page and API clients)."""
+    if isinstance(e, ModelFileError):
+        same_file = os.path.basename(e.path) == os.path.basename(info.filename)
+        text = e.reason if same_file else str(e)  # e.g. its config sidecar: keep that file's name
+    elif isinstance(e, OSError):
+        text = e.strerror or type(e).__name__
+    else:
+        text = str(e) or type(e).__name__
+    return text.replace(info.filename, info.name).rstrip(".")
+
+
+def _is_current(info: CheckpointInfo) -> bool:
+    current = manager.current
+    return current is not None and current.checkpoint_info.filename == info.filename
+
+
+def _load_first_usable() -> StableDiffusionModel:
+    """The checkpoint in settings, else the next listed one that loads (the bundled model last): one corrupt
+    file must not leave the server without a model. Each skipped file is logged and kept as a notice."""
+    if not checkpoints_list:
+        list_models()
+    preferred = getattr(shared.opts, "sd_model_checkpoint", None)
+    candidates = registry.checkpoint_candidates(preferred)
+    if not candidates:
+        _notices[:] = []
+        raise _no_checkpoints()
+    notices: list[str] = []
+    if preferred and registry.find_checkpoint(preferred) is None:
+        _note(notices, f"The checkpoint in settings, {preferred}, is not in the checkpoint list")
+    skipped: list[str] = []
+    for info in candidates:
+        vae_path = _vae_path_for(info)  # a VAE setting naming nothing is no fault of the checkpoint: it raises
+        try:
+            model = _load(info, vae_path)
+        except FILE_FAILURES as e:
+            if _is_current(info):  # the checkpoint loaded; only the VAE in settings did not fit it
+                _note(notices, f"Loaded {info.title}, but {str(e).rstrip('.')}")
+                _notices[:] = notices
+                return manager.current
+            reason = _failure_reason(info, e)
+            skipped.append(f"{info.name} ({reason})")
+            _note(notices, f"Could not load the checkpoint: {info.name}: {reason}. Skipped it")
+            continue
+        if notices:
+            _note(notices, f"Loaded {info.title} instead")
+        _notices[:] = notices
+        return model
+    _note(notices, "No checkpoint could be loaded, so nothing can be generated until one is fixed or added")
+    _notices[:] = notices
+    raise NoUsableCheckpointError(f"No checkpoint could be loaded: {'; '.join(skipped)}")
+
+
+def _note(notices: list[str], text: str) -> None:
+    notices.append(text + ".")
+    log.warning("%s", notices[-1])
+
+
 def reload_model_weights(sd_model=None, info: CheckpointInfo | None = None, forced_reload: bool = False):
-    """A1111 name: switch to `info` (or the checkpoint in settings)."""
-    info = info or select_checkpoint()
+    """A1111 name: switch to `info` (or, as load_model() does, the checkpoint in settings or the next usable)."""
     if forced_reload:
         manager.unload()
     return load_model(info)
@@ -141,6 +248,6 @@ def unload_model_weights(sd_model=None, info=None) -> None:
 __all__ = [
     "CheckpointInfo", "ModelFileError", "NoCheckpointError", "checkpoint_aliases", "checkpoint_alisases",
     "checkpoint_tiles", "checkpoints_list", "get_closet_checkpoint_match", "list_models", "load_model",
-    "manager", "model_data", "model_hash", "reload_model_weights", "reload_vae_weights", "select_checkpoint",
-    "unload_model_weights",
+    "manager", "model_data", "model_hash", "NoUsableCheckpointError", "reload_model_weights", "reload_vae_weights",
+    "select_checkpoint", "startup_notices", "unload_model_weights",
 ]

@@ -13,7 +13,7 @@ from tiny_models import build_family, write_tiny_checkpoint
 
 from modules import sd_models, shared
 from modules.models import loader, vae_registry
-from modules.models.checkpoint_files import ModelFileError
+from modules.models.checkpoint_files import ModelFileError, ModelFileMissingError
 from modules.models.ldm_export import vae_to_ldm
 
 
@@ -191,3 +191,22 @@ def test_failure_after_the_header_check_brings_the_previous_model_back(data_dir,
     assert shared.sd_model is current
     assert os.path.basename(current.sd_model_checkpoint) == "a.safetensors"
     torch.testing.assert_close(_unet_output(current), reference)
+
+
+def test_a_checkpoint_deleted_after_listing_is_named_and_the_model_stays(data_dir):
+    _ckpt(data_dir, "a.safetensors", seed=1)
+    gone = _ckpt(data_dir, "sub/gone.safetensors", seed=2)
+    sd_models.list_models()
+    first = sd_models.load_model(sd_models.get_closet_checkpoint_match("a.safetensors"))
+    info = sd_models.get_closet_checkpoint_match("gone")
+    gone.unlink()
+    shared.opts.data["sd_model_checkpoint"] = info.title  # as override_settings does before it loads
+    with pytest.raises(ModelFileMissingError) as error:
+        sd_models.load_model(info)
+    assert str(error.value).startswith(f"{os.path.join('sub', 'gone.safetensors')}: the file is no longer on disk")
+    assert str(data_dir) not in str(error.value)
+    assert shared.sd_model is first
+    assert shared.opts.sd_model_checkpoint == first.sd_checkpoint_info.title  # the setting names the model in use
+    with pytest.raises(ModelFileMissingError):
+        sd_models.manager.load_auxiliary(info)  # the refiner's way in
+    assert shared.sd_model is first

@@ -28,12 +28,18 @@ _SAFETENSORS_DTYPES = {
 
 
 class ModelFileError(Exception):
-    """A model file could not be used. The message names the file and the reason."""
+    """A model file could not be used. The message names the file (never its full path) and the reason."""
 
-    def __init__(self, path: str, reason: str):
+    def __init__(self, path: str, reason: str, name: str | None = None):
         self.path = path
         self.reason = reason
-        super().__init__(f"{os.path.basename(path)}: {reason}")
+        # `name`: how the user knows the file (a checkpoint's title); the message reaches API clients and the page
+        self.name = name or os.path.basename(path)
+        super().__init__(f"{self.name}: {reason}")
+
+
+class ModelFileMissingError(ModelFileError):
+    """A model that was listed but whose file is gone (deleted or moved since the list was made)."""
 
 
 class _InertPickleObject:

@@ -2,12 +2,13 @@
 
 - `sd_checkpoints_limit` models stay loaded at most (the current one included), least recently used go first.
 - With `sd_checkpoints_keep_in_cpu`, only the current model sits on the GPU; the others wait in RAM.
-- A checkpoint that fails to load leaves the previous model current and usable.
+- A checkpoint that fails to load (or was deleted since it was listed) leaves the previous model current and usable.
 - Memory of a dropped model is handed back to the OS (gc, CUDA cache, malloc_trim), so switching does not grow.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -15,9 +16,21 @@ from dataclasses import dataclass
 
 from modules import devices
 from modules.devices import Precision
+from modules.models.checkpoint_files import ModelFileMissingError
 from modules.models.loader import check_loadable, load_model
 from modules.models.sd_model import StableDiffusionModel
 from modules.models.vae_loader import apply_vae
+
+
+def require_on_disk(checkpoint_info) -> None:
+    """A listed checkpoint may have been deleted since the list was made: say so by its title, not by a path."""
+    if not os.path.exists(checkpoint_info.filename):
+        raise ModelFileMissingError(
+            checkpoint_info.filename,
+            "the file is no longer on disk (deleted or moved after the checkpoint list was made); "
+            "refresh the list",
+            name=checkpoint_info.title,
+        )
 
 
 @dataclass
@@ -53,7 +66,8 @@ class ModelManager:
                 devices.move_modules(cached.modules(), precision.device)
                 model = cached
             else:
-                # A wrong or broken file is refused here, from its header, before anything changes.
+                # A missing, wrong or broken file is refused here, from its header, before anything changes.
+                require_on_disk(checkpoint_info)
                 check_loadable(key, precision)
                 previous = (self._key(self.current), self.current.checkpoint_info, self.current.vae_file) \
                     if self.current is not None else None
@@ -80,6 +94,7 @@ class ModelManager:
             precision = self._precision()
             model = self._loaded.get(key)
             if model is None:
+                require_on_disk(checkpoint_info)
                 check_loadable(key, precision)
                 model = load_model(key, precision, checkpoint_info=checkpoint_info)
                 self._loaded[key] = model

@@ -300,13 +300,30 @@ def get_closet_checkpoint_match(search_string: str | None) -> CheckpointInfo | N
     return found[0] if found else None
 
 
+def find_checkpoint(name: str | None) -> CheckpointInfo | None:
+    """The listed checkpoint `name` names (any alias; "name [hash]" also by name), or None."""
+    if not name:
+        return None
+    return checkpoint_aliases.get(name) or checkpoint_aliases.get(_re_strip_checksum.sub("", name))
+
+
 def select_checkpoint(preferred: str | None = None) -> CheckpointInfo | None:
     """The preferred checkpoint (any alias; "name [hash]" also by name), else the first listed; None if none."""
-    if preferred:
-        info = checkpoint_aliases.get(preferred) or checkpoint_aliases.get(_re_strip_checksum.sub("", preferred))
-        if info is not None:
-            return info
-    return next(iter(checkpoints_list.values()), None)
+    return find_checkpoint(preferred) or next(iter(checkpoints_list.values()), None)
+
+
+def checkpoint_candidates(preferred: str | None = None) -> list[CheckpointInfo]:
+    """Every listed checkpoint in the order start-up tries them: `preferred` first (when listed), then the list
+    (the --ckpt file first, the bundled model last), each once."""
+    first = find_checkpoint(preferred)
+    ordered = ([first] if first is not None else []) + list(checkpoints_list.values())
+    seen: set[str] = set()
+    result = []
+    for info in ordered:
+        if info.filename not in seen:
+            seen.add(info.filename)
+            result.append(info)
+    return result
 
 
 def checkpoint_tiles(use_short: bool = False) -> list[str]:
