@@ -1,4 +1,4 @@
-"""Start the web UI the A1111 way: parse flags, prepare the environment, then hand over to webui.start().
+"""Start the web UI the A1111 way: parse flags, enter the virtual environment, prepare it, then webui.start().
 
 Extension install.py scripts `import launch` and call `is_installed`, `run_pip`, `run`, `python`,
 `index_url` and `args`, so those names are public. Start-up stays fast: nothing here imports torch, and the
@@ -13,10 +13,12 @@ import importlib.util
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
+from typing import NoReturn
 
 from modules import cmd_args, shared
 
@@ -162,6 +164,96 @@ def _install_requirements(path: str) -> None:
         run(argv, "Installing requirements", "Couldn't install requirements", live=True)
 
 
+# The virtual environment. Run as a script, launch.py makes one (venv/ beside it, or $VENV_DIR as in A1111's
+# webui-user.bat; VENV_DIR=- turns it off) and re-runs itself with that Python, so pip installs there: a
+# Python that refuses system-wide installs (PEP 668, e.g. Debian/Ubuntu's python3) works as well as any.
+# --system-site-packages keeps packages that are already installed (Colab's CUDA torch) visible and in use.
+
+
+def in_virtualenv() -> bool:
+    """Whether this Python runs in a virtual environment already (ours after the re-run, or the user's own)."""
+    return sys.prefix != sys.base_prefix or hasattr(sys, "real_prefix")  # real_prefix: old-style virtualenv
+
+
+def venv_path(environ: Mapping[str, str] = os.environ) -> str | None:
+    """$VENV_DIR (relative to this folder), else venv/ here; None when VENV_DIR is "-"."""
+    value = environ.get("VENV_DIR", "")
+    if value == "-":
+        return None
+    return os.path.join(script_path, value or "venv")
+
+
+def venv_python(venv: str, windows: bool = os.name == "nt") -> str:
+    return os.path.join(venv, "Scripts", "python.exe") if windows else os.path.join(venv, "bin", "python")
+
+
+def _has_pip(python_exe: str) -> bool:
+    return subprocess.run([python_exe, "-m", "pip", "--version"], capture_output=True).returncode == 0
+
+
+def create_venv(venv: str) -> None:
+    """Make the virtual environment, with its own pip where the Python can provide one.
+
+    Debian/Ubuntu without python3-venv have no ensurepip: then the venv gets no pip of its own and uses the
+    system's (python3-pip), seen through the system site-packages; pip installs into the venv all the same.
+    """
+    existed = os.path.exists(venv)
+    command = [sys.executable, "-m", "venv", "--system-site-packages"]
+    print(f"Creating the virtual environment {venv} (VENV_DIR=- runs without one)", flush=True)
+    try:
+        run([*command, venv], errdesc="Couldn't create the virtual environment")
+    except RuntimeError:
+        run([*command, "--without-pip", venv], errdesc="Couldn't create the virtual environment")
+    if not _has_pip(venv_python(venv)):
+        if not existed:
+            shutil.rmtree(venv, ignore_errors=True)  # so the next run tries again
+        raise RuntimeError(
+            "The virtual environment has no pip: install python3-venv (Debian/Ubuntu: apt-get install "
+            "python3-venv) or python3-pip and run launch.py again, or set VENV_DIR=- to use this Python as it is."
+        )
+    with open(os.path.join(venv, ".gitignore"), "w", encoding="utf8") as file:
+        file.write("*\n")  # git ignores it wherever it lies (Python 3.13's venv writes the same file)
+
+
+def _exec(python_exe: str, venv: str, argv: Sequence[str]) -> NoReturn:
+    """Replace this process with launch.py run by the venv's Python, as if the venv were activated."""
+    env = dict(os.environ, VIRTUAL_ENV=venv)
+    env["PATH"] = os.pathsep.join([os.path.dirname(python_exe), env.get("PATH", "")])  # pip, python: the venv's
+    command = [python_exe, os.path.abspath(__file__), *argv]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if os.name == "nt":  # Windows has no real exec: os.execv would leave the console to a detached child
+        _wait_for(subprocess.Popen(command, env=env))
+    os.execve(python_exe, command, env)  # same process id, so whoever started us can still stop us
+
+
+def _wait_for(child: subprocess.Popen) -> NoReturn:
+    while True:
+        try:
+            sys.exit(child.wait())
+        except KeyboardInterrupt:
+            pass  # Ctrl+C reaches the child too, which shuts down in its own time; killing it would not
+
+
+def enter_venv(argv: Sequence[str], skip_install: bool) -> None:
+    """Re-run launch.py in its virtual environment, creating that first; returns only when staying here.
+
+    Stays in this Python inside any virtual environment, with VENV_DIR=-, and with --skip-install while the
+    venv does not exist (nothing may be installed, so this Python must already have everything).
+    """
+    venv = venv_path()
+    if venv is None or in_virtualenv():
+        return
+    python_exe = venv_python(venv)
+    if os.path.abspath(sys.executable) == os.path.abspath(python_exe):
+        raise RuntimeError(f"{venv} is not a working virtual environment (no pyvenv.cfg?): delete it and retry")
+    if not os.path.exists(python_exe):
+        if skip_install:
+            return
+        create_venv(venv)
+    _exec(python_exe, venv, argv)
+
+
 def prepare_environment(cmd_opts: argparse.Namespace) -> None:
     """Go offline-first, then (unless --skip-install) install torch if absent and fix unmet requirements."""
     os.environ.update(OFFLINE_ENV)
@@ -195,4 +287,9 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     # `import launch` from code running in this process must find this module, not load a second copy.
     sys.modules.setdefault("launch", sys.modules[__name__])
+    # Flags are checked (strictly, as main() does) before a venv is made: a typo must not cost a venv.
+    try:
+        enter_venv(sys.argv[1:], cmd_args.parse_args().skip_install)
+    except RuntimeError as e:
+        sys.exit(f"launch.py: {e}")
     sys.exit(main())
