@@ -643,7 +643,7 @@ def _progress_callback(state, p):
 
     def callback(d: dict[str, Any]) -> None:
         state.sampling_step = int(d["i"]) + 1
-        state.sampling_steps = p.steps
+        state.sampling_steps = int(d.get("steps", p.steps))
         state.current_latent = d.get("denoised")
         if hasattr(state, "set_current_image"):
             state.set_current_image()

@@ -102,6 +102,10 @@ options_templates.update(options_section(("ui", "Live previews", "ui"), {
 # HTTP API limits (modules.api). restrict_api: a client must not be able to raise its own limits.
 categories.register_category("system", "System")
 
+options_templates.update(options_section(("system", "System", "system"), {
+    "multiple_tqdm": OptionInfo(True, "Add a second progress bar to the console that shows progress for an entire job."),
+}))
+
 options_templates.update(options_section(("api", "API", "system"), {
     "api_max_width": OptionInfo(
         4096, "API: largest width", component_args={"minimum": 64, "maximum": 16384, "step": 8}, restrict_api=True),

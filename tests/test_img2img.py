@@ -135,3 +135,20 @@ def test_vae_falls_back_to_float32_when_half_precision_overflows(data_dir, monke
     images = generate.vae_decode(model, torch.zeros(1, 4, 8, 8))
     assert torch.isfinite(images).all()
     assert model.vae.dtype == torch.float32
+
+
+def test_progress_counts_the_steps_img2img_runs(data_dir, monkeypatch):
+    """Denoising 0.75 of 20 steps runs 16 (A1111's t_enc + 1): the progress bar and API must say 16, not 20."""
+    from modules import shared
+
+    use("sd1.safetensors")
+    seen = []
+    real_set = shared.state.set_current_image
+
+    def record():
+        seen.append((shared.state.sampling_step, shared.state.sampling_steps))
+        return real_set()
+
+    monkeypatch.setattr(shared.state, "set_current_image", record)
+    img2img(steps=20, denoising_strength=0.75, sampler_name="Euler")
+    assert seen[-1] == (16, 16) and len(seen) == 16

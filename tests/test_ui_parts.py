@@ -55,7 +55,10 @@ def test_infotext_values_fit_their_widgets():
               (fill, "Masked content"), (extra, lambda d: "Variation seed" in d)]
     params = paste.parse("a cat\nNegative prompt: dog\nSteps: 12, Sampler: Euler, CFG scale: 6.5, Seed: 77, "
                          "Size: 64x64, Masked content: fill")
-    assert paste.values_for(fields, params) == [12, 6.5, "Euler", 77, "a cat", 0, False]
+    values = paste.values_for(fields, params)
+    assert values == [12, 6.5, "Euler", 77, "a cat", "fill", False]
+    # What the page then sends back must pass each widget's own check (an index radio wants its choice).
+    assert [component.preprocess(v) for (component, _), v in zip(fields, values, strict=True)][5] == 0
     unknown = paste.values_for([(sampler, "Sampler"), (steps, "Steps")], {"Sampler": "Nope", "Steps": "x"})
     assert all(isinstance(v, type(gr.skip())) for v in unknown)
 

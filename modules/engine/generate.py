@@ -150,7 +150,8 @@ def sample_batch(request: BatchRequest, callback: Callable[[dict[str, Any]], Non
     def run(denoiser: CFGDenoiser, part: torch.Tensor, x: torch.Tensor, first_step: int) -> torch.Tensor:
         def shifted(d: dict[str, Any]) -> None:
             if callback is not None:
-                callback({**d, "i": d["i"] + first_step})
+                # "steps": how many this run takes in all (img2img runs only the last part of the schedule).
+                callback({**d, "i": d["i"] + first_step, "steps": len(sigmas) - 1})
         return sampler.sample(denoiser, x, part, extra_args={}, callback=shifted, noise_sampler=noise_sampler,
                               disable=True, **options)
 

@@ -11,11 +11,18 @@ import gradio as gr
 from modules.ui import results, tasks, toprow
 
 
-def stream(kind: str, work: Callable[[], Any], request: gr.Request | None) -> Iterator[tuple[Any, ...]]:
-    """Run work() on the queue; yield the results panel's outputs as the job waits, runs and ends."""
+def stream(kind: str, make_work: Callable[[], Callable[[], Any]], request: gr.Request | None
+           ) -> Iterator[tuple[Any, ...]]:
+    """Build the job from the widgets' values (make_work), run it on the queue, and yield the results panel's
+    outputs as it waits, runs and ends. A request refused while it is built shows its reason like a failed job."""
     session = getattr(request, "session_hash", None)
     started = time.perf_counter()
     yield results.starting()  # clear the last run's log and errors at once
+    try:
+        work = make_work()
+    except (TypeError, ValueError) as e:  # a refused request, an empty or unreadable input
+        yield results.failed(str(e))
+        return
     for update in tasks.run(kind, work, session):
         if not update.finished:
             yield results.in_progress(update.progress_html)

@@ -11,7 +11,7 @@ import gradio as gr
 from PIL import Image
 
 from modules import processing, shared
-from modules.ui import common, generation, masks, params, results, toprow
+from modules.ui import common, generation, masks, params, results, toprow, uploads
 
 MODES = ("img2img", "sketch", "inpaint", "inpaint_upload", "batch")
 RESIZE_MODES = ["Just resize", "Crop and resize", "Resize and fill"]
@@ -67,7 +67,7 @@ def build() -> Img2ImgTab:
         with gr.Column(elem_id="img2img_settings", scale=1):
             with gr.Tabs(elem_id="mode_img2img") as mode_tabs:
                 with gr.Tab("img2img", id="img2img", elem_id="img2img_img2img_tab") as tab0:
-                    init_img = gr.Image(label="Image for img2img", elem_id="img2img_image", type="pil",
+                    init_img = uploads.checked_image(label="Image for img2img", elem_id="img2img_image", type="pil",
                                         image_mode="RGBA", sources=["upload", "clipboard"], height=480)
                 with gr.Tab("Sketch", id="sketch", elem_id="img2img_img2img_sketch_tab") as tab1:
                     sketch = _editor("img2img_sketch", "Image for img2img (draw on it)",
@@ -77,9 +77,9 @@ def build() -> Img2ImgTab:
                                       gr.Brush(colors=["#ffffff"], default_color="#ffffff", color_mode="fixed",
                                                default_size=24))
                 with gr.Tab("Inpaint upload", id="inpaint_upload", elem_id="img2img_inpaint_upload_tab") as tab3:
-                    inpaint_base = gr.Image(label="Image", elem_id="img_inpaint_base", type="pil", image_mode="RGBA",
+                    inpaint_base = uploads.checked_image(label="Image", elem_id="img_inpaint_base", type="pil", image_mode="RGBA",
                                             sources=["upload", "clipboard"], height=320)
-                    inpaint_mask = gr.Image(label="Mask (white = repaint)", elem_id="img_inpaint_mask", type="pil",
+                    inpaint_mask = uploads.checked_image(label="Mask (white = repaint)", elem_id="img_inpaint_mask", type="pil",
                                             image_mode="RGBA", sources=["upload", "clipboard"], height=320)
                 with gr.Tab("Batch", id="batch", elem_id="img2img_batch_tab") as tab4:
                     gr.Markdown("Process every image in a folder on the server. Results go to the output folder "
@@ -136,7 +136,16 @@ def build() -> Img2ImgTab:
     detect.click(detect_size, inputs=[mode, init_img, sketch, inpaint, inpaint_base],
                  outputs=[size.width, size.height], show_progress="hidden")
     generation.wire_buttons(top, panel, generate, inputs(tab))
+    for picture in (init_img, inpaint_base, inpaint_mask):
+        # Say at once when a dropped file is not a picture, where the person is looking.
+        picture.upload(upload_check, inputs=[picture], outputs=[panel.html_log], show_progress="hidden")
     return tab
+
+
+def upload_check(value: Any) -> Any:
+    if isinstance(value, uploads.UnreadableUpload):
+        return common.error_html(value.message)
+    return gr.skip()
 
 
 def inputs(t: Img2ImgTab) -> list[Any]:
@@ -156,7 +165,7 @@ def _source_image(mode: int, init_img: Any, sketch: Any, inpaint: Any, inpaint_b
 
 def detect_size(mode: int, init_img: Any, sketch: Any, inpaint: Any, inpaint_base: Any):
     image = _source_image(int(mode or 0), init_img, sketch, inpaint, inpaint_base)
-    if image is None:
+    if image is None or isinstance(image, uploads.UnreadableUpload):
         return gr.skip(), gr.skip()
     return max(64, image.width // 8 * 8), max(64, image.height // 8 * 8)
 
@@ -187,12 +196,7 @@ def _common_fields(values: list[Any]) -> dict[str, Any]:
 
 
 def generate(request: gr.Request, *values: Any):
-    try:
-        work = make_work(list(values))
-    except (TypeError, ValueError) as e:
-        yield results.failed(str(e))
-        return
-    yield from generation.stream("img2img", work, request)
+    yield from generation.stream("img2img", lambda: make_work(list(values)), request)
 
 
 def make_work(values: list[Any]):
@@ -211,7 +215,7 @@ def make_work(values: list[Any]):
         return _batch_work(batch_input, batch_output, batch_mask, fields, inpaint_fields, int(resize_mode or 0),
                            bool(resize_by), float(scale_by), width, height, float(denoising))
 
-    image = _source_image(mode, init_img, sketch, inpaint, inpaint_base)
+    image = uploads.readable(_source_image(mode, init_img, sketch, inpaint, inpaint_base))
     if image is None:
         raise ValueError("Add an image first (drop one on the image box of this sub-tab).")
     mask = None
@@ -220,7 +224,7 @@ def make_work(values: list[Any]):
         if mask is None:
             raise ValueError("Paint over the part of the image to repaint first (the mask is empty).")
     elif MODES[mode] == "inpaint_upload":
-        mask = masks.uploaded_mask(inpaint_mask)
+        mask = masks.uploaded_mask(uploads.readable(inpaint_mask))
         if mask is None:
             raise ValueError("Add a mask image too (white where the picture should change).")
     w, h = _size(image, bool(resize_by), float(scale_by), width, height)

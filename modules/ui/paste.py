@@ -62,9 +62,7 @@ def _fit(component: Any, value: Any) -> Any:
             step = getattr(component, "step", None)
             whole = getattr(component, "precision", None) == 0 or (isinstance(step, int | float) and float(step).is_integer())
             return int(number) if whole else number
-        if isinstance(component, gr.Radio) and getattr(component, "type", "value") == "index":
-            choices = _choices(component)
-            return choices.index(value) if value in choices else gr.skip()
+        # A radio of type="index" still takes its *choice* as a value; only what it passes to a function is an index.
         if isinstance(component, gr.Dropdown | gr.Radio):
             if getattr(component, "multiselect", False):
                 return list(value) if isinstance(value, list | tuple) else [value]

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import html
+import os
 from dataclasses import dataclass
 
 import gradio as gr
 from PIL import Image, UnidentifiedImageError
 
 from modules import images
-from modules.ui import common
+from modules.ui import common, uploads
 
 
 @dataclass
@@ -26,7 +27,7 @@ def build() -> PngInfoTab:
     with gr.Row(equal_height=False):
         with gr.Column():
             # type="filepath": the file as uploaded, so metadata chunks survive (a re-encode would drop them).
-            image = gr.Image(label="Source", elem_id="pnginfo_image", type="filepath", image_mode=None,
+            image = uploads.checked_image(label="Source", elem_id="pnginfo_image", type="filepath", image_mode=None,
                              sources=["upload", "clipboard"], height=480)
         with gr.Column():
             info_html = gr.HTML(elem_id="pnginfo_html_info", elem_classes=["infotext"])
@@ -39,15 +40,18 @@ def build() -> PngInfoTab:
     return PngInfoTab(image, info_html, infotext, to_txt2img, to_img2img, to_inpaint)
 
 
-def read(path: str | None) -> tuple[str, str]:
+def read(path: str | uploads.UnreadableUpload | None) -> tuple[str, str]:
     """(HTML for the page, the infotext) of an image file; a readable note when it has none."""
     if not path:
         return "", ""
+    if isinstance(path, uploads.UnreadableUpload):
+        return common.error_html(path.message), ""
     try:
         with Image.open(path) as im:
             geninfo, items = images.read_info_from_image(im)
-    except (OSError, UnidentifiedImageError, ValueError) as e:
-        return common.error_html(f"Could not read the image: {e}"), ""
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
+        name = os.path.basename(path)
+        return common.error_html(uploads.UnreadableUpload(name, uploads.reason(e)).message), ""
     parts = []
     if geninfo:
         parts.append(f"<div class='infotext-text'><p><b>parameters</b></p><p>{common.escape_multiline(geninfo)}</p></div>")

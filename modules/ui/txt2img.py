@@ -68,9 +68,11 @@ def make_request(prompt: str, negative_prompt: str, styles: list[str] | None, st
 
 
 def generate(request: gr.Request, *values):
-    try:
-        p = make_request(*values)
-    except (TypeError, ValueError) as e:  # a widget left empty or holding text where a number belongs
-        yield results.failed(f"Check the parameters: {e}")
-        return
-    yield from generation.stream("txt2img", lambda: processing.process_images(p), request)
+    def make_work():
+        try:
+            p = make_request(*values)
+        except (TypeError, ValueError) as e:  # a widget left empty or holding text where a number belongs
+            raise ValueError(f"Check the parameters: {e}") from e
+        return lambda: processing.process_images(p)
+
+    yield from generation.stream("txt2img", make_work, request)

@@ -123,3 +123,81 @@ def set_number(pg, elem_id: str, value: int | float) -> None:
 def wait_for_run_end(pg, tab: str) -> None:
     """A run has ended when its time line appears in the log (after success, interrupt or error)."""
     pg.wait_for_selector(f"#html_log_{tab} .time, #html_log_{tab} .error", timeout=60_000)
+
+
+def small_run(pg, tab: str, steps: int = 4) -> None:
+    set_number(pg, f"{tab}_width", 64)
+    set_number(pg, f"{tab}_height", 64)
+    set_number(pg, f"{tab}_steps", steps)
+
+
+def gallery_png(pg, tab: str):
+    """The first result image as the browser fetched it (the file a person would save)."""
+    import io
+
+    from PIL import Image
+
+    src = pg.locator(f"#{tab}_gallery img").first.get_attribute("src")
+    response = pg.request.get(src)
+    assert response.ok
+    return Image.open(io.BytesIO(response.body()))
+
+
+def source_png(path: Path, parameters: str | None = None) -> Path:
+    """A small picture (a yellow disc on blue), with an infotext chunk when `parameters` is given."""
+    from PIL import Image, ImageDraw, PngImagePlugin
+
+    image = Image.new("RGB", (64, 64), (30, 90, 200))
+    ImageDraw.Draw(image).ellipse((16, 16, 48, 48), fill=(240, 200, 20))
+    info = None
+    if parameters is not None:
+        info = PngImagePlugin.PngInfo()
+        info.add_text("parameters", parameters)
+    image.save(path, pnginfo=info)
+    return path
+
+
+def upload_into(pg, component, path: Path) -> None:
+    """Drop a file into an image widget and wait until the server has it (the upload request answered)."""
+    with pg.expect_response(lambda r: "/upload" in r.url and r.request.method == "POST"):
+        component.locator("input[type=file]").set_input_files(str(path))
+    component.locator(".empty").wait_for(state="hidden")
+
+
+# Counts finished Generate events per tab: the page calls window.studioAfterGenerate(tab) after each one
+# (modules/ui/generation.py), whether it ended in pictures or in an error line.
+_COUNT_RUNS = """() => {
+    if (window.__runsEnded) return;
+    window.__runsEnded = {};
+    const original = window.studioAfterGenerate;
+    window.studioAfterGenerate = (tab) => {
+        window.__runsEnded[tab] = (window.__runsEnded[tab] || 0) + 1;
+        return original && original(tab);
+    };
+}"""
+
+
+def press_generate(pg, tab: str) -> str:
+    """Press Generate and wait until this run has ended (pictures or an error line shown).
+
+    Returns the text of the run's message area (the error, notices and the time taken)."""
+    pg.evaluate(_COUNT_RUNS)
+    before = pg.evaluate(f"() => window.__runsEnded['{tab}'] || 0")
+    pg.click(f"#{tab}_generate")
+    pg.wait_for_function(f"() => (window.__runsEnded['{tab}'] || 0) > {before}", timeout=90_000)
+    return pg.inner_text(f"#html_log_{tab}")
+
+
+def paint_stroke(pg, editor_id: str) -> None:
+    """Paint a horizontal brush stroke across the middle of an image editor's canvas, as a person drags."""
+    editor = pg.locator(f"#{editor_id}")
+    canvas = editor.locator(".pixi-target canvas").first
+    canvas.wait_for(state="visible")
+    editor.scroll_into_view_if_needed()
+    box = canvas.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    pg.mouse.move(x - 60, y)
+    pg.mouse.down()
+    for i in range(13):
+        pg.mouse.move(x - 60 + i * 10, y + (i % 2) * 6)
+    pg.mouse.up()
