@@ -170,3 +170,19 @@ def test_a_job_that_fails_says_why_in_one_full_line(page):
     assert box["width"] > 100 and error.evaluate("e => e.scrollWidth <= e.clientWidth")  # not cut off
     page.uncheck("#txt2img_enable_refiner input")
     assert "Time taken" in press_generate(page, "txt2img")  # the next job runs normally
+
+
+def test_a_clamped_value_is_said_next_to_the_field_and_used(page):
+    page.fill("#txt2img_prompt textarea", "a red circle")
+    small_run(page, "txt2img", steps=2)
+    box = page.locator("#txt2img_batch_size input[type=number]")
+    box.fill("100")
+    box.press("Enter")
+    note = page.locator("#txt2img_batch_size .clamp-note")
+    note.wait_for(state="visible")
+    assert note.inner_text() == "Batch size: 100 is more than the largest allowed, 8; 8 is used instead."
+    assert "Time taken" in press_generate(page, "txt2img")
+    images = page.evaluate("() => new Set([...document.querySelectorAll('#txt2img_gallery img')].map(i => i.src)).size")
+    assert images == 9  # 8 pictures and their grid
+    box.fill("4")  # typing a value in range clears the note
+    assert note.inner_text() == ""
