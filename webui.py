@@ -56,15 +56,38 @@ def load_first_model() -> bool:
     return True
 
 
+def claim_data_dir() -> None:
+    """One server per data dir: a second one would overwrite the first's settings and styles. Only a process
+    that serves takes the lock (--exit and tests that do not serve never get here); it holds it until it ends."""
+    from modules import paths
+
+    try:
+        paths.lock_data_dir()
+    except paths.DataDirInUseError as e:
+        print(e, file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def remove_leftover_temp_files() -> None:
+    """Temp files of atomic writes that a crash interrupted (after initialize(): output folders are settings)."""
+    from modules import atomic_files, paths
+
+    folders = paths.temp_file_folders(shared.opts.data, getattr(shared.cmd_opts, "styles_file", None) or [])
+    atomic_files.remove_leftover_temp_files(folders, before=time.time() - atomic_files.LEFTOVER_AFTER_S)
+
+
 def start() -> None:
     started = time.perf_counter()
     setup_logging(shared.cmd_opts.loglevel)
+    claim_data_dir()
     initialize()
+    remove_leftover_temp_files()
     cmd_opts = shared.cmd_opts
     from modules import call_queue
 
+    first_load = None
     if not (cmd_opts.skip_load_model_at_start or cmd_opts.ui_debug_mode):
-        call_queue.queue.submit("load-model", load_first_model)
+        first_load = call_queue.queue.submit("load-model", load_first_model)
     if cmd_opts.nowebui:
         from modules.api import server as api_server
 
@@ -74,7 +97,7 @@ def start() -> None:
     from modules.ui import app, assets, server
 
     try:
-        demo = app.create_ui()
+        demo = app.create_ui(first_load)
         fastapi_app = server.serve(demo, cmd_opts, assets.css(), assets.head())
         if cmd_opts.api:
             from modules.api import server as api_server

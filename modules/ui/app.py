@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import gradio as gr
 
-from modules import infotext_utils
+from modules import call_queue, infotext_utils
 from modules.ui import img2img, pnginfo, quicksettings, sendto, settings, styles_store, txt2img
 
 
-def create_ui() -> gr.Blocks:
+def create_ui(first_load: call_queue.Job | None = None) -> gr.Blocks:
+    """The page. `first_load` is the start-up job loading the first model: the page says what it skipped."""
     infotext_utils.reset()  # paste-field registry: rebuilt with the page
     styles_store.database()
     with gr.Blocks(title="Stable Diffusion", analytics_enabled=False) as demo:
@@ -24,7 +25,7 @@ def create_ui() -> gr.Blocks:
                 page = settings.build()
         sendto.wire(tabs, t2i, i2i, png)
         refiner_boxes = [t2i.refiner.checkpoint, i2i.refiner.checkpoint]
-        quicksettings.wire(demo, quick, refiner_boxes)
+        quicksettings.wire(demo, quick, refiner_boxes, first_load)
         settings.wire(demo, page)
 
         def refresh_styles():

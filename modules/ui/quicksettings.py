@@ -119,7 +119,20 @@ def current_values() -> tuple[Any, ...]:
             int(shared.opts.data.get("CLIP_stop_at_last_layers", 1)))
 
 
-def wire(demo: gr.Blocks, quick: QuickSettings, refiner_boxes: list[gr.Dropdown]) -> None:
+def startup_notices(first_load: call_queue.Job | None) -> str:
+    """Which checkpoints the start-up skipped and why (after the first load finished), or ""."""
+    if first_load is not None:
+        try:
+            first_load.wait(timeout=SWITCH_TIMEOUT)
+        except (call_queue.JobFailed, call_queue.JobCancelled, TimeoutError):
+            pass  # the notices below (or the console) say what went wrong
+    notices = sd_models.startup_notices()
+    return "".join(common.error_html(n) if n.startswith(("Could not", "No checkpoint")) else common.notice_html(n)
+                   for n in notices)
+
+
+def wire(demo: gr.Blocks, quick: QuickSettings, refiner_boxes: list[gr.Dropdown],
+         first_load: call_queue.Job | None = None) -> None:
     # .input fires only for the person's own changes, not when a page load sets the value.
     quick.checkpoint.input(switch_checkpoint, inputs=[quick.checkpoint], outputs=[quick.checkpoint, quick.result],
                            concurrency_limit=None)
@@ -134,3 +147,6 @@ def wire(demo: gr.Blocks, quick: QuickSettings, refiner_boxes: list[gr.Dropdown]
     quick.refresh.click(refresh_all, outputs=[quick.checkpoint, quick.vae, *refiner_boxes], show_progress="hidden")
     demo.load(current_values, outputs=[quick.checkpoint, quick.vae, quick.clip_skip], show_progress="hidden",
               queue=False)
+    # Waits for the start-up load in its own event, so the page is usable meanwhile.
+    demo.load(lambda: startup_notices(first_load), outputs=[quick.result], show_progress="hidden",
+              concurrency_limit=None)

@@ -186,3 +186,26 @@ def test_a_clamped_value_is_said_next_to_the_field_and_used(page):
     assert images == 9  # 8 pictures and their grid
     box.fill("4")  # typing a value in range clears the note
     assert note.inner_text() == ""
+
+
+def test_a_corrupt_checkpoint_that_sorts_first_is_skipped_and_named_on_the_page(playwright_browser, tmp_path):
+    from .helpers import Server, make_data_dir, open_page
+
+    data_dir = make_data_dir(tmp_path / "data")
+    (data_dir / "models" / "Stable-diffusion" / "aaa-broken.safetensors").write_bytes(b"\x08" + b"\0" * 7 + b"{not json")
+    srv = Server(data_dir).start()
+    context = playwright_browser.new_context(viewport={"width": 1400, "height": 1000})
+    pg = context.new_page()
+    pg.set_default_timeout(30_000)
+    try:
+        open_page(pg, srv.url)  # the quicksettings show the tiny model that did load
+        notice = pg.wait_for_selector("#quicksettings_result :text('aaa-broken.safetensors')")
+        assert "Skipped it" in notice.inner_text()
+        assert str(data_dir) not in pg.inner_text("#quicksettings_result")  # no server path
+        pg.fill("#txt2img_prompt textarea", "a red circle")
+        small_run(pg, "txt2img")
+        assert "Time taken" in press_generate(pg, "txt2img")
+        assert "Model: tiny" in gallery_png(pg, "txt2img").info["parameters"]
+    finally:
+        context.close()
+        srv.stop()
