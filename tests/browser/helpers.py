@@ -88,12 +88,12 @@ def make_data_dir(root: Path) -> Path:
     return root
 
 
-def open_page(pg, url: str) -> None:
+def open_page(pg, url: str, model: str = "tiny") -> None:
     pg.goto(url)
     pg.wait_for_selector("#txt2img_generate")
     # The page's load events fill the quicksettings from the server; wait until the model title is there.
-    pg.wait_for_function("() => { const i = document.querySelector('#setting_sd_model_checkpoint input');"
-                         " return i !== null && i.value.includes('tiny'); }")
+    pg.wait_for_function("(model) => { const i = document.querySelector('#setting_sd_model_checkpoint input');"
+                         " return i !== null && i.value.includes(model); }", arg=model)
 
 
 def set_number(pg, elem_id: str, value: int | float) -> None:

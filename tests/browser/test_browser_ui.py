@@ -3,45 +3,27 @@ shared by two tabs, settings that survive a restart; screenshots of every tab.""
 
 from __future__ import annotations
 
-import io
 import json
 import os
-from pathlib import Path
 
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from .helpers import REPO, Server, make_data_dir, open_page, set_number, wait_for_run_end
+from .helpers import (
+    REPO,
+    Server,
+    gallery_png,
+    make_data_dir,
+    open_page,
+    press_generate,
+    set_number,
+    small_run,
+    source_png,
+    upload_into,
+    wait_for_run_end,
+)
 
 SCREENSHOTS = REPO / "docs" / "screenshots"
-
-
-def small_run(pg, tab: str, steps: int = 4) -> None:
-    set_number(pg, f"{tab}_width", 64)
-    set_number(pg, f"{tab}_height", 64)
-    set_number(pg, f"{tab}_steps", steps)
-
-
-def gallery_png(pg, tab: str) -> Image.Image:
-    """The first result image as the browser fetched it (the file a person would save)."""
-    src = pg.locator(f"#{tab}_gallery img").first.get_attribute("src")
-    response = pg.request.get(src)
-    assert response.ok
-    return Image.open(io.BytesIO(response.body()))
-
-
-def source_png(path: Path) -> Path:
-    image = Image.new("RGB", (64, 64), (30, 90, 200))
-    ImageDraw.Draw(image).ellipse((16, 16, 48, 48), fill=(240, 200, 20))
-    image.save(path)
-    return path
-
-
-def upload_into(pg, component, path: Path) -> None:
-    """Drop a file into an image widget and wait until the server has it (the upload request answered)."""
-    with pg.expect_response(lambda r: "/upload" in r.url and r.request.method == "POST"):
-        component.locator("input[type=file]").set_input_files(str(path))
-    component.locator(".empty").wait_for(state="hidden")
 
 
 def test_txt2img_generate_shows_image_whose_png_carries_the_infotext(page):
@@ -190,26 +172,56 @@ def test_a_setting_survives_a_restart(playwright_browser, tmp_path):
         srv.stop()
 
 
-@pytest.mark.parametrize("tab", ["txt2img", "img2img", "pnginfo", "settings"])
-def test_screenshot_of_each_tab(page, tab, tmp_path):
-    """Every tab renders; with UPDATE_SCREENSHOTS=1 the pictures in docs/screenshots/ are refreshed."""
-    page.click(f"#tab_{tab}-button")
-    page.wait_for_selector(f"#tab_{tab}", state="visible")
-    if tab == "txt2img":  # show a result, as a person would see the tab after a run
-        page.fill("#txt2img_prompt textarea", "a lighthouse at dusk, oil painting")
-        page.fill("#txt2img_neg_prompt textarea", "blurry")
-        set_number(page, "txt2img_width", 256)
-        set_number(page, "txt2img_height", 256)
-        set_number(page, "txt2img_steps", 8)
-        page.click("#txt2img_generate")
-        page.wait_for_selector("#txt2img_gallery img", timeout=90_000)
-        wait_for_run_end(page, "txt2img")
-    target = SCREENSHOTS if os.environ.get("UPDATE_SCREENSHOTS") == "1" else tmp_path
-    target.mkdir(parents=True, exist_ok=True)
-    path = target / f"{tab}.png"
-    page.screenshot(path=str(path), full_page=True)
-    assert path.stat().st_size > 10_000
+SCREENSHOT_PROMPT = "a small red circle at the top left and a large blue square, on a yellow background"
 
+
+def test_screenshots_of_each_tab_with_the_bundled_model(playwright_browser, tmp_path):
+    """What a newcomer sees on a fresh install: the bundled model, a prompt it understands, each tab after use.
+
+    With UPDATE_SCREENSHOTS=1 the pictures in docs/screenshots/ (shown in the README) are refreshed."""
+    data_dir = tmp_path / "fresh"
+    (data_dir / "models" / "Stable-diffusion").mkdir(parents=True)  # no checkpoint of the user's own
+    srv = Server(data_dir).start()
+    context = playwright_browser.new_context(viewport={"width": 1400, "height": 1000})
+    pg = context.new_page()
+    pg.set_default_timeout(30_000)
+    target = SCREENSHOTS if os.environ.get("UPDATE_SCREENSHOTS") == "1" else tmp_path / "shots"
+    target.mkdir(parents=True, exist_ok=True)
+
+    def shot(tab: str) -> None:
+        path = target / f"{tab}.png"
+        pg.screenshot(path=str(path), full_page=True)
+        assert path.stat().st_size > 10_000
+
+    try:
+        open_page(pg, srv.url, model="default-shapes-v1")
+        pg.fill("#txt2img_prompt textarea", SCREENSHOT_PROMPT)
+        assert pg.input_value("#txt2img_width input[type=number]") == "256"  # the size the model was trained at
+        assert "Time taken" in press_generate(pg, "txt2img")
+        picture = gallery_png(pg, "txt2img")
+        assert picture.size == (256, 256) and "Model: default-shapes-v1" in picture.info["parameters"]
+        shot("txt2img")
+
+        pg.click("#txt2img_send_to_img2img")
+        pg.wait_for_function("() => document.querySelector('#img2img_prompt textarea')?.value.includes('red circle')")
+        pg.fill("#img2img_prompt textarea", SCREENSHOT_PROMPT.replace("yellow", "green"))
+        set_number(pg, "img2img_denoising_strength", 0.6)
+        assert "Time taken" in press_generate(pg, "img2img")
+        shot("img2img")
+
+        saved = tmp_path / "result.png"
+        picture.save(saved, pnginfo=_pnginfo(picture))
+        pg.click("#tab_pnginfo-button")
+        upload_into(pg, pg.locator("#pnginfo_image"), saved)
+        pg.wait_for_selector("#pnginfo_html_info :text('Steps: 20')")
+        shot("pnginfo")
+
+        pg.click("#tab_settings-button")
+        pg.wait_for_selector("#tab_settings", state="visible")
+        shot("settings")
+    finally:
+        context.close()
+        srv.stop()
 
 
 def test_login_and_subpath(tmp_path):
