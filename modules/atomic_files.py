@@ -4,17 +4,30 @@ The data goes to a uniquely named temp file in the target's folder (same file sy
 os.replace is a rename), is fsynced, and replaces the target; the folder is fsynced too so the rename itself
 survives a power cut. On any failure the temp file is removed and the old file is left as it was.
 Used for images, config.json, cache.json and styles.csv.
+
+Only a crash (or kill -9, or a power cut) between creating the temp file and the rename leaves one behind;
+`remove_leftover_temp_files` deletes those at start-up, recognising them by the exact name pattern used here.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import BinaryIO
 
-__all__ = ["atomic_write", "atomic_write_text"]
+__all__ = ["atomic_write", "atomic_write_text", "is_temp_name", "remove_leftover_temp_files"]
+
+log = logging.getLogger(__name__)
+
+# A temp file nobody has written to for this long has no live writer (a save takes far less): safe to delete
+# even in an output folder that another server, on another data dir, also writes to.
+LEFTOVER_AFTER_S = 60.0
+_TEMP_BYTES = 8  # random bytes in a temp name: 16 hex digits
+_TEMP_NAME = re.compile(rf"\.[0-9a-f]{{{2 * _TEMP_BYTES}}}\.tmp")
 
 
 def atomic_write(
@@ -56,7 +69,7 @@ def _open_temp(folder: str) -> tuple[int, str]:
     # like open() (mkstemp would make the final file private, 0600). The leading dot hides it from watchers;
     # the target's name is left out because a name near the 255-byte limit would not fit.
     while True:
-        tmp = os.path.join(folder, f".{secrets.token_hex(8)}.tmp")
+        tmp = os.path.join(folder, f".{secrets.token_hex(_TEMP_BYTES)}.tmp")  # matches _TEMP_NAME
         try:
             return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
         except FileExistsError:
@@ -84,3 +97,48 @@ def _fsync_folder(folder: str) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether a file name is one of this module's temp names (".<16 hex digits>.tmp")."""
+    return _TEMP_NAME.fullmatch(name) is not None
+
+
+def remove_leftover_temp_files(folders: Iterable[tuple[str, int]], before: float) -> list[str]:
+    """Delete temp files a crashed writer left in `folders` ((folder, how many sub-folder levels to search too)).
+
+    Only regular files with our temp-name pattern last written before `before` (a time.time() value) go: a
+    file another process is writing right now is newer. Symlinks are never followed nor removed, hidden
+    sub-folders (.git, ...) are not searched, and folders that cannot be read are skipped. Returns the removed paths.
+    """
+    removed: list[str] = []
+    for folder, depth in folders:
+        _remove_in(folder, depth, before, removed)
+    if removed:
+        log.info("Removed %d temporary file(s) left by an earlier crash", len(removed))
+    return removed
+
+
+def _remove_in(folder: str, depth: int, before: float, removed: list[str]) -> None:
+    try:
+        with os.scandir(folder) as listing:
+            entries = list(listing)
+    except OSError:
+        return
+    for entry in entries:
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                if depth > 0 and not entry.name.startswith(".") and not _is_junction(entry):
+                    _remove_in(entry.path, depth - 1, before, removed)
+            elif is_temp_name(entry.name) and entry.is_file(follow_symlinks=False):
+                if entry.stat(follow_symlinks=False).st_mtime < before:
+                    os.unlink(entry.path)
+                    removed.append(entry.path)
+        except OSError:  # gone meanwhile, or not ours to delete: leave it
+            continue
+
+
+def _is_junction(entry: os.DirEntry) -> bool:
+    # A Windows junction is a link to a folder that is_dir(follow_symlinks=False) does not tell apart.
+    is_junction = getattr(entry, "is_junction", None)  # Python 3.12+
+    return bool(is_junction and is_junction())

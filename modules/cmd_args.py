@@ -56,6 +56,8 @@ EFFECTIVE_FLAGS: set[str] = {
     "--disable-tls-verify",
     "--gradio-allowed-path",
     "--hide-ui-dir-config",
+    "--batch-dirs",  # img2img Batch folders (modules/batch_folders.py)
+    "--allow-batch-dirs-when-listening",
     "--freeze-settings",
     "--freeze-settings-in-sections",
     "--freeze-specific-settings",
@@ -281,6 +283,10 @@ _flag("--enable-insecure-extension-access", "keep the extensions tab working eve
 _flag("--allow-code", "allow running custom code from the web UI")
 _flag("--administrator", "administrator rights")
 _flag("--hide-ui-dir-config", "hide directory settings in the UI")
+_add("--batch-dirs", help="comma-separated folders that img2img Batch may read and write, besides the data dir; "
+     "may be given several times", type=str, action="append", default=[])
+_flag("--allow-batch-dirs-when-listening", "keep img2img Batch from server folders working when other machines "
+      "can reach the server (--listen, --share, --ngrok, --server-name)")
 _flag("--ui-debug-mode", "do not load a model, to start the UI quickly")
 _flag("--use-textbox-seed", "use a textbox for seeds in the UI (no up/down arrows, long seeds)")
 _flag("--disable-console-progressbars", "do not print progress bars to the console")

@@ -2,6 +2,14 @@
 
 A style's text either holds a `{prompt}` placeholder that the user's prompt replaces, or it is appended with ", ".
 Infotext pasting runs this backwards (extract_styles_from_prompt) to recover which styles made a prompt.
+
+styles.csv is often opened in a spreadsheet, which runs a cell starting with = + - @ (or tab, CR) as a
+formula: `=HYPERLINK(...)` in a shared style could leak data or run commands. So such cells are written with
+a leading `'` (OWASP's advice for CSV injection) and that `'` is removed again on reading, so a round trip
+gives back the same text. A cell that already starts with `'`s followed by one of those characters gets one
+more `'`, so a prompt really starting with `'=` survives too. Other cells (most prompts, and every
+negative prompt that does not start with "-") are written exactly as they are. A1111 itself would show the
+added `'` as part of the prompt, where it does no harm.
 """
 
 from __future__ import annotations
@@ -10,6 +18,7 @@ import csv
 import io
 import logging
 import os
+import re
 import shutil
 import typing
 from collections.abc import Iterable, Sequence
@@ -91,9 +100,24 @@ def _expand(pattern: str | Path) -> list[Path]:
     return sorted(Path(folder or ".").glob(name))
 
 
+# What a spreadsheet would take for the start of a formula, after any number of escaping quotes.
+_FORMULA_START = re.compile(r"'*[=+\-@\t\r]")
+
+
+def escape_cell(text: str) -> str:
+    """`text` made safe for spreadsheets: one `'` more in front when it starts like a formula."""
+    return "'" + text if _FORMULA_START.match(text) else text
+
+
+def unescape_cell(text: str) -> str:
+    """Undo escape_cell: the one added `'` goes."""
+    return text[1:] if text.startswith("'") and _FORMULA_START.match(text) else text
+
+
 def _read_rows(path: Path) -> Iterable[dict[str | None, typing.Any]]:
     with open(path, encoding="utf-8-sig", newline="") as file:
-        yield from csv.DictReader(file, skipinitialspace=True)
+        for row in csv.DictReader(file, skipinitialspace=True):
+            yield {key: unescape_cell(value) if isinstance(value, str) else value for key, value in row.items()}
 
 
 class StyleDatabase:
@@ -186,7 +210,7 @@ class StyleDatabase:
         """
         for style_path in self.get_style_paths():
             rows = [
-                {field: getattr(style, field) or "" for field in self.prompt_fields}
+                {field: escape_cell(getattr(style, field) or "") for field in self.prompt_fields}
                 for style in self.styles.values()
                 if style.path == style_path
             ]

