@@ -83,6 +83,12 @@ def start() -> None:
     initialize()
     remove_leftover_temp_files()
     cmd_opts = shared.cmd_opts
+    from modules import devices
+
+    try:  # a bad --device-id is a start-up error with its reason, not a failure of every model load
+        devices.choose_device(cmd_opts.use_cpu, cmd_opts.device_id)
+    except ValueError as e:
+        raise SystemExit(f"Cannot start: {e}") from None
     from modules import call_queue
 
     first_load = None

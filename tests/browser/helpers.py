@@ -166,7 +166,7 @@ def upload_into(pg, component, path: Path) -> None:
 
 # Counts finished Generate events per tab: the page calls window.studioAfterGenerate(tab) after each one
 # (modules/ui/generation.py), whether it ended in pictures or in an error line.
-_COUNT_RUNS = """() => {
+COUNT_RUNS = """() => {
     if (window.__runsEnded) return;
     window.__runsEnded = {};
     const original = window.studioAfterGenerate;
@@ -181,7 +181,7 @@ def press_generate(pg, tab: str) -> str:
     """Press Generate and wait until this run has ended (pictures or an error line shown).
 
     Returns the text of the run's message area (the error, notices and the time taken)."""
-    pg.evaluate(_COUNT_RUNS)
+    pg.evaluate(COUNT_RUNS)
     before = pg.evaluate(f"() => window.__runsEnded['{tab}'] || 0")
     pg.click(f"#{tab}_generate")
     pg.wait_for_function(f"() => (window.__runsEnded['{tab}'] || 0) > {before}", timeout=90_000)

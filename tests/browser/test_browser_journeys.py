@@ -6,7 +6,16 @@ from __future__ import annotations
 
 import pytest
 
-from .helpers import gallery_png, paint_stroke, press_generate, small_run, source_png, upload_into
+from .helpers import (
+    COUNT_RUNS,
+    gallery_png,
+    paint_stroke,
+    press_generate,
+    set_number,
+    small_run,
+    source_png,
+    upload_into,
+)
 
 # An infotext as A1111 writes it for an inpaint run: every inpaint radio set away from its default.
 SENT = ("a blue square\nNegative prompt: blurry\nSteps: 3, Sampler: Euler, Schedule type: Karras, CFG scale: 6, "
@@ -209,3 +218,23 @@ def test_a_corrupt_checkpoint_that_sorts_first_is_skipped_and_named_on_the_page(
     finally:
         context.close()
         srv.stop()
+
+
+def test_interrupt_shows_and_saves_the_partial_picture(page, server):
+    page.fill("#txt2img_prompt textarea", "an interrupted picture")
+    set_number(page, "txt2img_width", 128)
+    set_number(page, "txt2img_height", 128)
+    set_number(page, "txt2img_steps", 150)  # long enough on this CPU to be stopped part way
+    page.evaluate(COUNT_RUNS)
+    page.click("#txt2img_generate")
+    page.wait_for_selector("#txt2img_progress .livePreview img")  # sampling has begun
+    page.click("#txt2img_interrupt")
+    page.wait_for_function("() => (window.__runsEnded['txt2img'] || 0) > 0", timeout=90_000)
+
+    log = page.inner_text("#html_log_txt2img")
+    assert "No images" not in log and "Time taken" in log
+    picture = gallery_png(page, "txt2img")
+    assert picture.size == (128, 128)
+    assert picture.info["parameters"].startswith("an interrupted picture\n")
+    saved = page.inner_text("#html_info_txt2img").split("Saved to:")[1].strip()
+    assert (server.data_dir / saved).is_file()  # saved like a finished picture, as A1111 does
