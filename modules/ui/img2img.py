@@ -82,7 +82,9 @@ def build() -> Img2ImgTab:
                                             image_mode="RGBA", sources=["upload", "clipboard"], height=320)
                 with gr.Tab("Batch", id="batch", elem_id="img2img_batch_tab") as tab4:
                     gr.Markdown("Process every image in a folder on the server. Results go to the output folder "
-                                "(or the usual img2img folder when empty). Masks are matched by file name.")
+                                "(or the usual img2img folder when empty). Masks are matched by file name. "
+                                "Folders must be inside the data dir or a folder the server allows with "
+                                "--batch-dirs.")
                     batch_input = gr.Textbox(label="Input directory", elem_id="img2img_batch_input_dir")
                     batch_output = gr.Textbox(label="Output directory", elem_id="img2img_batch_output_dir")
                     batch_mask = gr.Textbox(label="Inpaint batch mask directory (optional)",

@@ -27,7 +27,8 @@ def playwright_browser() -> Iterator[object]:
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        _missing("playwright is not installed (pip install -r requirements-test.txt)")
+        _missing("playwright is not installed (run the README's test command, or: "
+                 "venv/bin/python -m pip install -r requirements-test.txt)")
     if not (os.path.exists(CHROMIUM) or shutil.which(CHROMIUM)):
         _missing(f"no Chromium at {CHROMIUM} (run tests/browser/install-chromium.sh)")
     with sync_playwright() as p:
