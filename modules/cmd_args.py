@@ -55,6 +55,10 @@ EFFECTIVE_FLAGS: set[str] = {
     "--tls-certfile",
     "--disable-tls-verify",
     "--gradio-allowed-path",
+    "--cors-allow-origins",
+    "--cors-allow-origins-regex",
+    "--allowed-hosts",
+    "--max-upload-size",
     "--hide-ui-dir-config",
     "--batch-dirs",  # img2img Batch folders (modules/batch_folders.py)
     "--allow-batch-dirs-when-listening",
@@ -279,6 +283,11 @@ _add("--cors-allow-origins", help="comma-separated origins allowed to make cross
      default=None)
 _add("--cors-allow-origins-regex", help="regular expression of origins allowed to make cross-origin requests",
      type=str, default=None)
+_add("--allowed-hosts", help="comma-separated host names the server answers to besides loopback, --server-name and "
+     "(with --listen) IP addresses: the public name of a tunnel or reverse proxy; '.example.com' allows its "
+     "subdomains, '*' any name (turns off the DNS-rebinding check)", type=str, default=None)
+_add("--max-upload-size", help="largest request body the web UI accepts, in MB (file uploads); the API's limit "
+     "is the api_max_body_mb setting", type=float, default=100.0)
 _flag("--enable-insecure-extension-access", "keep the extensions tab working even when the server is public")
 _flag("--allow-code", "allow running custom code from the web UI")
 _flag("--administrator", "administrator rights")

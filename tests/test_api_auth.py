@@ -129,3 +129,19 @@ def test_ui_route_rule():
     assert not auth.allowed_on_ui_route(anonymous, None, gradio_auth_on=True, gradio_logged_in=False)
     assert auth.allowed_on_ui_route(anonymous, checker, gradio_auth_on=True, gradio_logged_in=True)
     assert auth.allowed_on_ui_route(with_api, checker, gradio_auth_on=True, gradio_logged_in=False)
+
+
+def test_credentials_do_not_let_a_foreign_origin_post(protected):
+    # A browser that has the Basic credentials cached sends them cross-site too: the Origin check still refuses.
+    with client(protected) as c:
+        for origin in ("https://evil.example", "null"):
+            r = c.post("/sdapi/v1/interrupt", headers={**_basic("alice", "s3cret"), "Origin": origin})
+            assert r.status_code == 403, r.text
+        r = c.post("/sdapi/v1/interrupt", headers={**_basic("alice", "s3cret"), "Origin": protected.url})
+        assert r.status_code == 200
+
+
+def test_json_routes_refuse_form_posts_even_with_credentials(protected):
+    with client(protected) as c:
+        r = c.post("/sdapi/v1/interrupt", data={"id_task": "x"}, headers=_basic("alice", "s3cret"))
+        assert_error_json(r, 415)

@@ -79,3 +79,42 @@ def test_internal_routes_need_the_ui_login_when_auth_is_on():
     client.cookies.set("access-token-abc", "good-token")
     assert client.post("/internal/progress", json={"id_task": "t"}).status_code == 200
     assert client.get("/internal/ping").status_code == 200
+
+
+# --- the guard in front of the UI server (modules/http_guard.py; the full checks are in test_http_guard.py) --
+
+
+def test_upload_limit_flag_reaches_gradio():
+    assert server.launch_kwargs(opts(), css="", head="")["max_file_size"] == 100 * 2**20
+    assert server.launch_kwargs(opts("--max-upload-size", "2.5"), css="", head="")["max_file_size"] == int(2.5 * 2**20)
+
+
+def _guarded(auth: bool, api_auth=None) -> TestClient:
+    from modules import http_guard
+
+    app = _app(auth)
+    http_guard.install(app, server.guard_config(opts(), api_auth))
+    return TestClient(app, base_url="http://127.0.0.1:7860")
+
+
+def test_schema_and_heartbeat_need_the_ui_login():
+    from modules.api.auth import BasicAuth
+
+    client = _guarded(auth=True, api_auth=BasicAuth([("api", "key")]))
+    for path in ("/openapi.json", "/gradio_api/heartbeat/abc", "/docs"):
+        assert client.get(path).status_code == 401, path
+    assert client.get("/openapi.json", auth=("api", "key")).status_code == 200  # --api credentials also do
+    client.cookies.set("access-token-abc", "good-token")
+    assert client.get("/openapi.json").status_code == 200
+    assert _guarded(auth=False).get("/openapi.json").status_code == 200  # no login configured: open
+
+
+def test_a_bad_guard_flag_stops_the_ui_before_it_serves():
+    class NeverLaunched:
+        def launch(self, **kwargs):
+            raise AssertionError("served despite a bad flag")
+
+    with pytest.raises(ValueError, match="--allowed-hosts"):
+        server.serve(NeverLaunched(), opts("--allowed-hosts", "not a host"), css="", head="")
+    with pytest.raises(ValueError, match="--cors-allow-origins-regex"):
+        server.serve(NeverLaunched(), opts("--cors-allow-origins-regex", "("), css="", head="")

@@ -16,7 +16,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 
-from modules import call_queue, shared
+from modules import call_queue, http_guard, shared
 from modules.api import errors
 from modules.api.api import FROM_FLAGS, Api
 from modules.api.auth import BasicAuth
@@ -29,9 +29,14 @@ DEFAULT_PORT = 7861
 def create_app(queue: call_queue.JobQueue | None = None, *, auth: BasicAuth | None = FROM_FLAGS,
                log_requests: bool | None = None) -> FastAPI:
     """A FastAPI app serving only the API, with OpenAPI docs at /docs (and /redoc, /openapi.json). Auth from
-    --api-auth unless `auth` is given (None: open); it covers the docs too."""
+    --api-auth unless `auth` is given (None: open); it covers the docs too. Every request passes
+    `modules.http_guard` first (Host, Origin, CORS flags, content types, api_max_body_mb, nosniff).
+
+    Raises ValueError for a malformed --api-auth, --allowed-hosts or --cors-allow-origins-regex."""
     app = FastAPI(title="Stable Diffusion web UI API", description="AUTOMATIC1111-compatible /sdapi/v1",
                   docs_url=None, redoc_url=None, openapi_url=None)
+    guard = http_guard.config_from_flags(shared.cmd_opts, body_limit=http_guard.body_limits(None))
+    app.add_middleware(http_guard.HttpGuard, config=guard)  # the outermost of the app's own middleware
     errors.install_handlers(app)
     api = Api(app, queue or call_queue.queue, auth=auth, log_requests=log_requests)
     _add_docs(app, api)
@@ -101,7 +106,7 @@ def serve_api_only(cmd_opts: argparse.Namespace | None = None) -> None:
     cmd_opts = cmd_opts or shared.cmd_opts
     try:
         app = create_app()
-    except ValueError as e:  # a malformed --api-auth: say which entry, never echo it
+    except ValueError as e:  # a malformed --api-auth (which entry, never echoed) or guard flag
         print(f"Cannot start the API: {e}", file=sys.stderr)
         raise SystemExit(1) from None
     _warn_if_open(app.state.api, cmd_opts)

@@ -1,7 +1,8 @@
 """Serve the UI: A1111's server flags mapped onto gradio's launch(), plus A1111's /internal/progress route.
 
 --listen / --server-name / --port / --share / --gradio-auth(-path) / --autolaunch / --theme / --subpath /
---tls-keyfile / --tls-certfile / --gradio-allowed-path.
+--tls-keyfile / --tls-certfile / --gradio-allowed-path / --max-upload-size; every request passes
+`modules.http_guard` first (Host, Origin, CORS, content types, body size, login on routes gradio leaves open).
 """
 
 from __future__ import annotations
@@ -12,9 +13,16 @@ from typing import Any
 import fastapi
 import gradio as gr
 
-from modules import progress
+from modules import http_guard, progress
 
 DEFAULT_PORT = 7860
+
+# Routes gradio serves without its login check, which the guard puts behind it: FastAPI's schema and docs (they
+# list every route, ours too with --api), the session heartbeat, cancel/reset, streams, run history, gradio's
+# editor and monitoring routes. The log-in page itself, its assets and /login stay open.
+LOGIN_PATHS = ("/openapi.json", "/docs", "/redoc", "/gradio_api/heartbeat/", "/gradio_api/cancel",
+               "/gradio_api/reset", "/gradio_api/stream/", "/gradio_api/run-history/", "/gradio_api/vibe-",
+               "/gradio_api/undo-vibe-edit", "/monitoring/")
 
 
 def read_auth(cmd_opts: argparse.Namespace) -> list[tuple[str, str]]:
@@ -81,6 +89,7 @@ def launch_kwargs(cmd_opts: argparse.Namespace, css: str, head: str) -> dict[str
         "ssl_certfile": cmd_opts.tls_certfile,
         "ssl_verify": bool(cmd_opts.disable_tls_verify),
         "allowed_paths": allowed or None,
+        "max_file_size": http_guard.upload_limit_bytes(cmd_opts),  # gradio's own per-file check on uploads
         "show_error": False,  # our callbacks turn errors into readable messages; never a trace in the page
         "prevent_thread_lock": True,
         "css": css,
@@ -153,6 +162,18 @@ def add_internal_routes(app: Any, api_auth: Any = None) -> None:
     app.router.routes[0:0] = internal_routes(api_auth)
 
 
+def guard_config(cmd_opts: argparse.Namespace, api_auth: Any = None) -> http_guard.GuardConfig:
+    """The UI server's guard: uploads limited by --max-upload-size (API routes by api_max_body_mb), and
+    LOGIN_PATHS open to the UI login or (with --api) API credentials, as our /internal routes are."""
+
+    def logged_in(scope: Any) -> bool:
+        return allowed(scope["app"], fastapi.Request(scope), api_auth)
+
+    return http_guard.config_from_flags(
+        cmd_opts, body_limit=http_guard.body_limits(http_guard.upload_limit_bytes(cmd_opts)),
+        login_paths=LOGIN_PATHS, logged_in=logged_in)
+
+
 def serve(demo: gr.Blocks, cmd_opts: argparse.Namespace, css: str, head: str) -> Any:
     """Start the server without blocking; returns gradio's FastAPI app."""
     gr.set_static_paths([])  # serve nothing from disk beyond gradio's cache and uploads
@@ -162,8 +183,13 @@ def serve(demo: gr.Blocks, cmd_opts: argparse.Namespace, css: str, head: str) ->
         from modules.api.auth import BasicAuth
 
         api_auth = BasicAuth.from_flag(getattr(cmd_opts, "api_auth", None))
-    kwargs["app_kwargs"] = {"routes": internal_routes(api_auth)}  # gradio's routes are added after these
+    guard = guard_config(cmd_opts, api_auth)  # a bad flag value stops us before serving, too
+    kwargs["app_kwargs"] = {
+        "routes": internal_routes(api_auth),  # gradio's routes are added after these
+        "lifespan": http_guard.installing_lifespan(guard),  # in front of gradio's middleware, before serving
+    }
     app, local_url, share_url = demo.launch(**kwargs)
+    http_guard.install(app, guard)  # a no-op unless the server skipped the lifespan: never serve unguarded
     announce(local_url, kwargs["root_path"], bool(cmd_opts.share))
     return app
 
