@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import gc
 import html
 import logging
 import secrets
@@ -27,6 +28,9 @@ log = logging.getLogger(__name__)
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
 FINISHED = ("done", "failed", "cancelled")
 OOM_MESSAGE = "Out of GPU memory: try a smaller size or batch"
+CPU_OOM_MESSAGE = "Out of memory (RAM): try a smaller size or batch"
+# Words of torch's CPU allocator (and the C library) when RAM runs out; none says "out of memory".
+_CPU_OOM_MARKERS = ("defaultcpuallocator", "can't allocate memory", "cannot allocate memory")
 _ID_CHARS = string.ascii_lowercase + string.digits
 _MAX_MESSAGE = 1000
 
@@ -41,6 +45,19 @@ class JobFailed(Exception):
 
 class JobCancelled(Exception):
     """Raised by `Job.wait()` when the job was cancelled before it ran."""
+
+
+class QueueFull(Exception):
+    """Raised by `JobQueue.submit()` when a queue limit refuses the job; nothing was queued.
+
+    `message` is the readable reason naming the limit, `setting` the option that sets it."""
+
+    status = 429  # what the API answers: Too Many Requests, try again later
+
+    def __init__(self, message: str, setting: str):
+        super().__init__(message)
+        self.message = message
+        self.setting = setting
 
 
 def new_task_id(kind: str) -> str:
@@ -59,10 +76,18 @@ def _is_instance_of_loaded(e: BaseException, module: str, name: str) -> bool:
     return isinstance(cls, type) and isinstance(e, cls)
 
 
+def is_cpu_out_of_memory(e: BaseException) -> bool:
+    """RAM ran out: Python's MemoryError (numpy's too) or torch's CPU allocator failing."""
+    if isinstance(e, MemoryError):
+        return True
+    return isinstance(e, RuntimeError) and any(m in str(e).lower() for m in _CPU_OOM_MARKERS)
+
+
 def is_out_of_memory(e: BaseException) -> bool:
+    """GPU or CPU memory ran out: the request was too big for this machine, not a bug."""
     if _is_instance_of_loaded(e, "torch", "OutOfMemoryError"):
         return True
-    return isinstance(e, RuntimeError) and "out of memory" in str(e).lower()
+    return is_cpu_out_of_memory(e) or (isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
 
 
 def _one_line(text: str) -> str:
@@ -72,6 +97,8 @@ def _one_line(text: str) -> str:
 
 def _classify(e: BaseException) -> tuple[str, str]:
     """(message, kind): kind "input" (the request was wrong), "oom", or "other" (a bug: log the traceback)."""
+    if is_cpu_out_of_memory(e):
+        return CPU_OOM_MESSAGE, "oom"
     if is_out_of_memory(e):
         return OOM_MESSAGE, "oom"
     if isinstance(e, KeyError) and len(e.args) == 1 and isinstance(e.args[0], str):
@@ -90,7 +117,9 @@ def error_message(e: BaseException) -> str:
 
 
 def free_gpu_memory() -> None:
-    """Release cached CUDA blocks after an OOM so the next job starts clean (torch imported only now)."""
+    """Release memory after an OOM so the next job starts clean: unreachable cycles (tensors of the failed
+    job's frames, for a CPU OOM) and cached CUDA blocks (torch imported only now)."""
+    gc.collect()
     try:
         import torch
 
@@ -118,9 +147,11 @@ def _describe_failure(e: BaseException, what: str) -> tuple[str, bool]:
 class Job:
     """One unit of work in a `JobQueue`. Read the fields; change it only through `cancel()`."""
 
-    def __init__(self, owner: JobQueue, kind: str, fn: Callable[[], Any], task_id: str | None = None):
+    def __init__(self, owner: JobQueue, kind: str, fn: Callable[[], Any], task_id: str | None = None,
+                 client: str | None = None):
         self.id: str = task_id or new_task_id(kind)
         self.kind = kind
+        self.client = client  # who asked (API user or address, UI session): the per-client limit counts these
         self.fn: Callable[[], Any] | None = fn
         self.status: str = "queued"
         self.error: str | None = None
@@ -182,11 +213,16 @@ class JobQueue:
 
     # --- submitting and looking up ---
 
-    def submit(self, kind: str, fn: Callable[[], Any], task_id: str | None = None) -> Job:
-        job = Job(self, kind, fn, task_id)
+    def submit(self, kind: str, fn: Callable[[], Any], task_id: str | None = None, client: str | None = None
+               ) -> Job:
+        """Queue `fn`. Raises `QueueFull` when the queue already holds `queue_max_jobs` waiting jobs, or
+        `client` (None: not counted per client) has `queue_max_jobs_per_client` jobs waiting or running."""
+        job = Job(self, kind, fn, task_id, client)
         with self._lock:
             if self._stopping:
                 raise RuntimeError("the job queue has been shut down")
+            if not self.in_worker():  # a job's own sub-job runs inline or deadlocks anyway: never refused
+                self._check_limits(client)
             self._pending.append(job)
             self._by_id[job.id] = job  # a reused task id now names the newest job
             if self._worker is None or not self._worker.is_alive():
@@ -231,6 +267,21 @@ class JobQueue:
             worker.join(timeout)
 
     # --- internals ---
+
+    def _check_limits(self, client: str | None) -> None:
+        """Refuse a new job over a limit; caller holds self._lock. Read on each submit: settings apply at once."""
+        most = queue_limit("queue_max_jobs")
+        if len(self._pending) >= most:
+            raise QueueFull(f"The queue is full: {len(self._pending)} jobs are waiting, the most allowed is {most} "
+                            "(setting queue_max_jobs). Try again later.", "queue_max_jobs")
+        if client is None:
+            return
+        most = queue_limit("queue_max_jobs_per_client")
+        mine = sum(1 for j in (self._current, *self._pending) if j is not None and j.client == client)
+        if mine >= most:
+            raise QueueFull(f"Too many jobs from this client: {mine} are waiting or running, the most allowed is "
+                            f"{most} (setting queue_max_jobs_per_client). Wait for one to finish.",
+                            "queue_max_jobs_per_client")
 
     def _position(self, job: Job) -> int:
         with self._lock:
@@ -310,6 +361,16 @@ def _safe_state_call(name: str, **kwargs: Any) -> None:
         log.exception("shared.state.%s failed", name)
 
 
+# --- limits ---
+
+QUEUE_LIMIT_DEFAULTS = {"queue_max_jobs": 64, "queue_max_jobs_per_client": 4}
+
+
+def queue_limit(name: str) -> int:
+    """A queue limit setting; its default while settings are not loaded (tests, scripts)."""
+    return int(getattr(shared.opts, name, QUEUE_LIMIT_DEFAULTS[name]))
+
+
 # --- A1111-compatible names extensions import ---
 
 # Kept for extensions: `with queue_lock:` still excludes generation, because the queue worker holds it while
@@ -359,9 +420,11 @@ def wrap_gradio_gpu_call(func: Callable[..., Any], extra_outputs: list[Any] | No
     def f(*args: Any, **kwargs: Any) -> Any:
         if queue.in_worker():  # called from inside a job: queueing would wait on ourselves
             return wrap_gradio_call(func, extra_outputs)(*args, **kwargs)
-        job = queue.submit("ui", lambda: func(*args, **kwargs), task_id=_task_id_from_args(args))
         try:
+            job = queue.submit("ui", lambda: func(*args, **kwargs), task_id=_task_id_from_args(args))
             return job.wait()
+        except QueueFull as e:
+            return _error_outputs(e.message, extra_outputs)
         except JobFailed as e:
             return _error_outputs(e.message, extra_outputs)
         except JobCancelled:
@@ -405,6 +468,7 @@ __all__ = [
     "JobCancelled",
     "JobFailed",
     "JobQueue",
+    "QueueFull",
     "error_message",
     "new_task_id",
     "queue",

@@ -128,4 +128,20 @@ options_templates.update(options_section(("api", "API", "system"), {
     "api_max_body_mb": OptionInfo(
         100, "API: largest request body, in MB", component_args={"minimum": 1, "maximum": 4096, "step": 1},
         restrict_api=True),
+    "api_max_work": OptionInfo(
+        2000, "API: most work in one request, in megapixel-steps (batch size × batch count × steps × width × "
+        "height / 1,000,000)", minimum=1, restrict_api=True,
+    ).info("512×512, 50 steps, batch size 8, batch count 4 is about 420; larger requests are refused (413)"),
+    "queue_max_jobs": OptionInfo(
+        64, "Queue: most jobs waiting, from the UI and the API together", minimum=1, restrict_api=True,
+    ).info("more are refused (API: 429) until some have run"),
+    "queue_max_jobs_per_client": OptionInfo(
+        4, "Queue: most jobs one client may have waiting or running", minimum=1, restrict_api=True,
+    ).info("a client is an API user (--api-auth) or else an address, or a browser tab of the UI; "
+           "behind a reverse proxy all API clients share its address"),
+    "queue_max_waiting_mb": OptionInfo(
+        256, "Queue: most MB of uploaded images (as sent, base64) held by API requests waiting to run",
+        minimum=1, restrict_api=True,
+    ).info("the server holds 2 to 3 times this in memory; a request that would pass it is refused (429) while "
+           "others wait"),
 }))

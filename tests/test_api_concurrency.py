@@ -1,9 +1,11 @@
-"""Many clients at once, progress of the running job, interrupt and skip, and addressing a job by task id —
-over real HTTP, on the shared job queue."""
+"""Many clients at once, progress of the running job, interrupt and skip, addressing a job by task id, a client
+that goes away and the per-user share of the queue — over real HTTP, on the shared job queue."""
 
 from __future__ import annotations
 
+import inspect
 import json
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -11,7 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from test_api_support import CHECKPOINTS, FAST, SETTINGS, assert_error_json, client, decode, serving
 
-from modules import infotext_utils, shared
+from modules import call_queue, infotext_utils, shared
+from modules.api.api import Api
+from modules.api.auth import BasicAuth
 from modules.api.server import create_app
 
 CLIENTS = 20
@@ -53,7 +57,9 @@ def _wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_twenty_clients_each_get_their_own_images(server):
+def test_twenty_clients_each_get_their_own_images(server, monkeypatch):
+    # all twenty come from one address, which the per-client limit would count as one client
+    monkeypatch.setitem(shared.opts.data, "queue_max_jobs_per_client", CLIENTS)
     barrier = threading.Barrier(CLIENTS)
 
     def one(i: int) -> tuple[int, dict]:
@@ -147,3 +153,74 @@ def test_a_task_can_be_addressed_by_its_id(server, http):
     t1.join(30)
     assert out1["response"].status_code == 200
     assert http.get("/internal/pending-tasks").json() == {"size": 0, "tasks": []}
+
+
+# --- a client that goes away takes its job with it (issue 11) ---
+
+DISCONNECT_SECONDS = 3.0  # the route looks twice a second whether its client is still there
+needs_request = pytest.mark.skipif(
+    "request" not in inspect.signature(Api.text2imgapi).parameters,
+    reason="the txt2img route does not pass its request to jobs.run (modules/api/api.py)")
+
+
+def _post_and_leave_open(server, path: str, body: dict) -> socket.socket:
+    """A client that sends its request and never reads the answer; closing the socket is 'going away'."""
+    data = json.dumps(body).encode()
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                 f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+    return sock
+
+
+@needs_request
+def test_a_running_job_whose_client_went_away_is_interrupted(server, http):
+    task = "task(api-gone-running)"
+    sock = _post_and_leave_open(server, "/sdapi/v1/txt2img", {**SLOW, "force_task_id": task})
+    _wait_for(lambda: http.get("/sdapi/v1/progress").json()["state"]["sampling_step"] >= 2, what="sampling")
+    assert http.get("/sdapi/v1/progress").json()["current_task"] == task
+    sock.close()
+    started = time.monotonic()
+    _wait_for(lambda: call_queue.queue.get(task).done, DISCONNECT_SECONDS, "the job to stop")
+    assert time.monotonic() - started < DISCONNECT_SECONDS
+    progress = http.get("/sdapi/v1/progress").json()
+    assert progress["state"]["interrupted"] is True and progress["state"]["sampling_step"] < 300
+    assert http.post("/sdapi/v1/txt2img", json=FAST).status_code == 200  # the next request runs as usual
+
+
+@needs_request
+def test_a_queued_job_whose_client_went_away_leaves_the_queue(server, http):
+    first, gone = "task(api-gone-first)", "task(api-gone-queued)"
+    t1, out1 = _in_background(server, "/sdapi/v1/txt2img", {**SLOW, "force_task_id": first})
+    _wait_for(lambda: http.get("/sdapi/v1/progress").json()["current_task"] == first, what="the first job")
+    sock = _post_and_leave_open(server, "/sdapi/v1/txt2img", {**FAST, "force_task_id": gone})
+    _wait_for(lambda: gone in http.get("/internal/pending-tasks").json()["tasks"], what="the queued job")
+    sock.close()
+    _wait_for(lambda: http.get("/internal/pending-tasks").json()["size"] == 0, DISCONNECT_SECONDS, "it to leave")
+    assert call_queue.queue.get(gone).status == "cancelled"
+    assert http.get("/sdapi/v1/progress").json()["current_task"] == first  # the running job went on
+    http.post("/sdapi/v1/interrupt", json={"id_task": first})
+    t1.join(30)
+    assert out1["response"].status_code == 200
+
+
+@needs_request
+def test_each_api_user_has_their_own_share_of_the_queue(monkeypatch):
+    monkeypatch.setitem(shared.opts.data, "queue_max_jobs_per_client", 1)
+    auth = BasicAuth([("alice", "a-pass"), ("bob", "b-pass")])
+    first = "task(api-alice-first)"
+    with serving(create_app(auth=auth)) as srv, client(srv, auth=("alice", "a-pass")) as alice, \
+            client(srv, auth=("bob", "b-pass")) as bob:
+        thread = threading.Thread(target=alice.post, args=("/sdapi/v1/txt2img",),
+                                  kwargs={"json": {**SLOW, "force_task_id": first}}, daemon=True)
+        thread.start()
+        _wait_for(lambda: alice.get("/sdapi/v1/progress").json()["current_task"] == first, what="alice's job")
+        body = assert_error_json(alice.post("/sdapi/v1/txt2img", json=FAST), 429)
+        assert "(setting queue_max_jobs_per_client)" in body["detail"]
+        bob_thread = threading.Thread(target=bob.post, args=("/sdapi/v1/txt2img",), kwargs={"json": FAST},
+                                      daemon=True)
+        bob_thread.start()  # another user: queued behind alice's job
+        _wait_for(lambda: bob.get("/internal/pending-tasks").json()["size"] == 1, what="bob's job")
+        alice.post("/sdapi/v1/interrupt", json={"id_task": first})
+        thread.join(30)
+        bob_thread.join(30)
+        assert bob.get("/internal/pending-tasks").json()["size"] == 0

@@ -355,3 +355,81 @@ def test_importing_the_queue_pulls_in_no_torch():
     code = "import sys, modules.call_queue, modules.progress; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+# --- limits and running out of RAM ---
+
+
+def test_out_of_cpu_memory_is_reported_like_out_of_gpu_memory(jq, monkeypatch):
+    freed = []
+    monkeypatch.setattr(call_queue, "free_gpu_memory", lambda: freed.append(True))
+
+    def torch_cpu() -> None:
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:114] data. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 68719476736 bytes. Error code 12 (Cannot allocate memory)")
+
+    def python_ram() -> None:
+        raise MemoryError()
+
+    jobs = [jq.submit("t", torch_cpu), jq.submit("t", python_ram)]
+    for job in jobs:
+        with pytest.raises(JobFailed) as info:
+            job.wait(TIMEOUT)
+        assert info.value.message == call_queue.CPU_OOM_MESSAGE == "Out of memory (RAM): try a smaller size or batch"
+    assert freed == [True, True]
+    assert jq.submit("t", lambda: "next").wait(TIMEOUT) == "next"  # the queue keeps serving
+    assert not call_queue.is_out_of_memory(RuntimeError("Expected all tensors to be on the same device"))
+
+
+def test_the_queue_refuses_jobs_past_its_total_limit(jq, monkeypatch):
+    monkeypatch.setitem(shared.opts.data, "queue_max_jobs", 3)
+    _, _, release = blocker(jq)  # running: not counted as waiting
+    waiting = [jq.submit("t", lambda i=i: i) for i in range(3)]
+    with pytest.raises(call_queue.QueueFull) as info:
+        jq.submit("t", lambda: "refused")
+    assert info.value.setting == "queue_max_jobs" and info.value.status == 429
+    assert "3 jobs are waiting" in info.value.message and "(setting queue_max_jobs)" in info.value.message
+    assert jq.pending() == waiting  # nothing was queued
+    waiting[0].cancel()
+    fourth = jq.submit("t", lambda: 3)  # a place became free
+    monkeypatch.setitem(shared.opts.data, "queue_max_jobs", 2)  # read on each submit: applies at once
+    with pytest.raises(call_queue.QueueFull):
+        jq.submit("t", lambda: "refused")
+    release.set()
+    assert [j.wait(TIMEOUT) for j in (*waiting[1:], fourth)] == [1, 2, 3]
+
+
+def test_the_queue_refuses_a_client_past_its_own_limit(jq, monkeypatch):
+    monkeypatch.setitem(shared.opts.data, "queue_max_jobs_per_client", 2)
+    started, release = threading.Event(), threading.Event()
+    running = jq.submit("t", lambda: started.set() or release.wait(TIMEOUT), client="alice")
+    assert started.wait(TIMEOUT)
+    queued = jq.submit("t", lambda: "a2", client="alice")  # the running one counts too: 2 of 2
+    with pytest.raises(call_queue.QueueFull) as info:
+        jq.submit("t", lambda: "a3", client="alice")
+    assert info.value.setting == "queue_max_jobs_per_client" and info.value.status == 429
+    assert "2 are waiting or running" in info.value.message
+    assert "(setting queue_max_jobs_per_client)" in info.value.message
+    others = [jq.submit("t", lambda: "b", client="bob"), jq.submit("t", lambda: "b", client="bob")]
+    anonymous = [jq.submit("t", lambda: "x") for _ in range(3)]  # no client: only the total limit applies
+    release.set()
+    assert running.wait(TIMEOUT) is True and queued.wait(TIMEOUT) == "a2"
+    assert jq.submit("t", lambda: "a again", client="alice").wait(TIMEOUT) == "a again"  # its jobs finished
+    assert [j.wait(TIMEOUT) for j in (*others, *anonymous)] == ["b", "b", "x", "x", "x"]
+
+
+def test_a_job_may_queue_work_past_the_limits_from_inside(jq, monkeypatch):
+    monkeypatch.setitem(shared.opts.data, "queue_max_jobs", 1)
+    monkeypatch.setitem(shared.opts.data, "queue_max_jobs_per_client", 1)
+    outer = jq.submit("t", lambda: jq.submit("t", lambda: "inner", client="c").id, client="c")
+    inner = jq.get(outer.wait(TIMEOUT))
+    assert inner.wait(TIMEOUT) == "inner"
+
+
+def test_wrap_gradio_gpu_call_shows_a_full_queue_as_an_error(jq, monkeypatch):
+    monkeypatch.setitem(shared.opts.data, "queue_max_jobs", 1)
+    _, _, release = blocker(jq)
+    jq.submit("t", lambda: None)
+    out = call_queue.wrap_gradio_gpu_call(lambda id_task: "ran")("task(ui-full)")
+    release.set()
+    assert out[:2] == [None, ""] and "queue_max_jobs" in out[2] and out[2].startswith("<div class='error'>")

@@ -7,17 +7,62 @@ calls `process_images`, exactly what the UI does, on the same queue.
 from __future__ import annotations
 
 import dataclasses
+import threading
+import weakref
+from collections.abc import Callable
 from typing import Any
 
-from modules import processing
+from modules import processing, shared
 from modules.api import images, infotext, scripts, validation
-from modules.api.errors import invalid
+from modules.api.errors import ApiError, invalid
 from modules.api.models import GenerationRequest, StableDiffusionImg2ImgProcessingAPI
 
 PROCESSING_CLASSES: dict[str, type[processing.StableDiffusionProcessing]] = {
     "txt2img": processing.StableDiffusionProcessingTxt2Img,
     "img2img": processing.StableDiffusionProcessingImg2Img,
 }
+
+
+class WaitingUploads:
+    """Bytes of uploaded images held by API requests that were accepted but have not started running.
+
+    Bounded by `queue_max_waiting_mb`: one request is always let in (`api_max_body_mb` bounds it), but while
+    others wait, one that would take the total past the limit is refused with a 429. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held = 0
+
+    @property
+    def held(self) -> int:
+        with self._lock:
+            return self._held
+
+    def reserve(self, size: int) -> Callable[[], None]:
+        """Count `size` bytes as waiting; returns the function that gives them back (safe to call twice)."""
+        most = int(getattr(shared.opts, "queue_max_waiting_mb", 256)) * 2**20
+        with self._lock:
+            if self._held and self._held + size > most:
+                raise ApiError(429, f"Requests waiting in the queue already hold {self._held / 2**20:.0f} MB of "
+                                    f"uploaded images; this one's {size / 2**20:.0f} MB would pass the limit of "
+                                    f"{most // 2**20} MB (setting queue_max_waiting_mb). Try again later.")
+            self._held += size
+        released = threading.Event()
+
+        def release() -> None:
+            with self._lock:
+                if not released.is_set():
+                    released.set()
+                    self._held -= size
+
+        return release
+
+
+waiting_uploads = WaitingUploads()  # process-wide, like the queue the requests wait in
+
+
+def _no_uploads() -> None:
+    """`release_uploads` of a request without uploads."""
 
 
 def _init_fields(cls: type) -> dict[str, Any]:
@@ -32,9 +77,17 @@ class Prepared:
     request: GenerationRequest
     args: dict[str, Any]
     task_id: str | None
+    release_uploads: Callable[[], None] = _no_uploads
+
+    def __post_init__(self) -> None:
+        # A request that never runs (refused by the queue, cancelled, its client gone) gives its share back
+        # when it is dropped; one that runs gives it back as it starts.
+        weakref.finalize(self, self.release_uploads)
 
     def run(self, kind: str) -> processing.Processed:
-        """In the job: decode the uploads (only now, so queued requests hold compressed bytes), then generate."""
+        """In the job: decode the uploads (only now, so queued requests hold only the base64 they were sent),
+        then generate."""
+        self.release_uploads()  # no longer waiting: the queue's bound on waiting uploads stops counting it
         args = dict(self.args)
         if kind == "img2img":
             args["init_images"] = [image.load() for image in args["init_images"]]
@@ -61,6 +114,7 @@ def prepare(req: GenerationRequest, kind: str) -> Prepared:
     req = infotext.apply(req, kind)
     scripts.check_request(kind, req.script_name, req.alwayson_scripts)
     validation.check_limits(req)
+    validation.check_work(req)
     validation.check_prompts(req)
     validation.check_unsupported(req)
     sampler_name, scheduler = validation.check_sampler(req)
@@ -77,12 +131,15 @@ def prepare(req: GenerationRequest, kind: str) -> Prepared:
         args[name] = value
     args.update(sampler_name=sampler_name, scheduler=scheduler, override_settings=override_settings,
                 do_not_save_samples=not req.save_images, do_not_save_grid=not req.save_images)
+    release = _no_uploads
     if kind == "img2img":
         assert isinstance(req, StableDiffusionImg2ImgProcessingAPI)
         args["init_images"], args["mask"] = _check_images(req)
         args.pop("latent_mask", None)
+        uploads = [*args["init_images"], *([args["mask"]] if args["mask"] is not None else [])]
+        release = waiting_uploads.reserve(sum(image.sent_bytes for image in uploads))
     args.pop("firstpass_image", None)  # a hires-fix input; hires fix does not exist here
-    return Prepared(req, args, req.force_task_id)
+    return Prepared(req, args, req.force_task_id, release)
 
 
 def response(prepared: Prepared, processed: processing.Processed, kind: str) -> dict[str, Any]:

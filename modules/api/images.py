@@ -62,20 +62,36 @@ def _open(data: bytes, field: FieldName) -> Image.Image:
     return image
 
 
+def _payload(text: str, field: FieldName) -> bytes:
+    """The image file inside base64 text (optionally a data: URL); ApiError 422 naming `field` if there is none."""
+    try:
+        data = base64.b64decode("".join(_strip_data_url(text.strip()).split()), validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise invalid(field, f"not valid base64 ({e})") from None
+    if not data:
+        raise invalid(field, "empty image")
+    return data
+
+
 @dataclass(frozen=True)
 class CheckedImage:
-    """An uploaded image whose base64, format and size were checked; its pixels are decoded by `load()`.
+    """An uploaded image whose base64, format and size were checked; `load()` decodes it when the job runs.
 
-    Requests waiting in the queue hold only these compressed bytes, so twenty queued img2img requests do not
-    hold twenty sets of decoded pictures."""
+    It keeps the base64 text exactly as the request sent it, the very string the request's parsed body
+    already holds, so a request waiting in the queue adds neither the file's bytes nor decoded pixels."""
 
-    data: bytes
+    text: str
     field: FieldName
     size: tuple[int, int]
 
+    @property
+    def sent_bytes(self) -> int:
+        """Size of the upload as sent (base64 characters): what a waiting request holds for this image."""
+        return len(self.text)
+
     def load(self) -> Image.Image:
         """The decoded image (first frame); ApiError 422 naming the field when the data is damaged."""
-        image = _open(self.data, self.field)
+        image = _open(_payload(self.text, self.field), self.field)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -89,16 +105,10 @@ def check_base64_image(text: str, field: FieldName) -> CheckedImage:
     """Base64 text (optionally a data: URL) checked up to the image header; ApiError 422 naming `field`."""
     if not isinstance(text, str):
         raise invalid(field, "expected a base64-encoded image")
-    text = text.strip()
-    if text.startswith(("http://", "https://")):
+    if text.lstrip().startswith(("http://", "https://")):
         raise invalid(field, "image URLs are not accepted; send the image as base64")
-    try:
-        data = base64.b64decode("".join(_strip_data_url(text).split()), validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise invalid(field, f"not valid base64 ({e})") from None
-    if not data:
-        raise invalid(field, "empty image")
-    return CheckedImage(data, field, _open(data, field).size)
+    size = _open(_payload(text, field), field).size  # the decoded bytes are dropped again at once
+    return CheckedImage(text, field, size)
 
 
 def decode_base64_to_image(text: str, field: FieldName) -> Image.Image:

@@ -2,7 +2,8 @@
 
 Each failure is an `ApiError` 422 naming the field, so a client learns what to fix and never gets a 500 or a
 failed job for input we could have refused up front. Limits are the `api_max_*` settings (restrict_api: a
-client cannot raise them).
+client cannot raise them). A request whose fields are each within limits but that asks for too much work in all
+(`api_max_work`, in megapixel-steps) is a 413.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 from modules import prompt_parser, shared
 from modules.api import models
-from modules.api.errors import invalid
+from modules.api.errors import ApiError, invalid
 from modules.engine.sampling.registry import find_sampler_config
 from modules.engine.sampling.schedules import find_scheduler, schedulers
 from modules.models import registry, vae_registry
@@ -22,8 +23,9 @@ log = logging.getLogger(__name__)
 
 _LIMIT_DEFAULTS = {
     "api_max_width": 4096, "api_max_height": 4096, "api_max_steps": 500, "api_max_batch_size": 16,
-    "api_max_n_iter": 100, "api_max_init_images": 16,
+    "api_max_n_iter": 100, "api_max_init_images": 16, "api_max_work": 2000,
 }  # fmt: skip
+_WORK_FIELDS = ("batch_size", "n_iter", "steps", "width", "height")
 
 
 def limit(name: str) -> int:
@@ -45,6 +47,30 @@ def check_limits(req: models.GenerationRequest) -> None:
         value = getattr(req, field)
         if value is not None and value % 8:
             raise invalid(field, f"{value} is not a multiple of 8")
+
+
+def _value_or_default(req: models.GenerationRequest, field: str) -> int:
+    # an explicit null means the field's default, as it does for the engine
+    value = getattr(req, field, None)
+    return int(value if value is not None else type(req).model_fields[field].default)
+
+
+def work_of(req: models.GenerationRequest) -> float:
+    """Megapixel-steps: batch_size × n_iter × steps × width × height / 1e6, what one request costs the GPU
+    (roughly proportional to its run time). img2img's steps are counted in full: an upper bound."""
+    work = 1.0
+    for field in _WORK_FIELDS:
+        work *= _value_or_default(req, field)
+    return work / 1e6
+
+
+def check_work(req: models.GenerationRequest) -> None:
+    """413 for a request that would hold the queue too long, though each field is within its own limit."""
+    work, most = work_of(req), limit("api_max_work")
+    if work > most:
+        amount = f"{work:.2f}" if work < 100 else f"{work:,.0f}"  # 1.02 over a limit of 1 must not read "1"
+        raise ApiError(413, f"This request asks for {amount} megapixel-steps (batch_size × n_iter × steps × "
+                            f"width × height / 1,000,000), more than the limit of {most:,} (setting api_max_work)")
 
 
 def check_prompts(req: models.GenerationRequest) -> None:

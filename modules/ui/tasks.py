@@ -3,7 +3,9 @@
 Every browser tab submits to `call_queue.queue`, so one job runs at a time and the others see their place in
 line. The generator below is what a Generate button's gradio event runs; it yields progress HTML while the job
 waits or runs, then the job's result or its readable error. Jobs are remembered per browser session, so
-Interrupt and Skip act on the job of the tab that pressed them.
+Interrupt and Skip act on the job of the tab that pressed them. The queue's limits (`queue_max_jobs`,
+`queue_max_jobs_per_client`, a tab or logged-in user being the client) refuse a job with a readable error, and a
+tab that goes away takes its job with it.
 """
 
 from __future__ import annotations
@@ -46,10 +48,33 @@ def job_of(session: str | None) -> call_queue.Job | None:
         return _session_jobs.get(session or "")
 
 
-def run(kind: str, fn: Callable[[], Any], session: str | None) -> Iterator[Update]:
-    """Submit fn as a job and follow it until it finishes."""
-    job = call_queue.queue.submit(kind, fn, task_id=call_queue.new_task_id(kind))
+def client_of(session: str | None, user: str | None = None) -> str | None:
+    """Whom a UI job counts against for `queue_max_jobs_per_client`: the logged-in user (all their tabs), else
+    the browser tab (gradio's session)."""
+    if user:
+        return f"ui-user:{user}"
+    return f"ui-session:{session}" if session else None
+
+
+def run(kind: str, fn: Callable[[], Any], session: str | None, user: str | None = None) -> Iterator[Update]:
+    """Submit fn as a job and follow it until it finishes. A queue limit refuses it with a readable error.
+
+    When the page goes away gradio stops the event and this generator is closed (GeneratorExit at a yield, or
+    it is dropped): the job is cancelled then, so a closed tab's work leaves the queue or stops running."""
+    try:
+        job = call_queue.queue.submit(kind, fn, task_id=call_queue.new_task_id(kind), client=client_of(session, user))
+    except call_queue.QueueFull as e:
+        yield Update(error=e.message, finished=True)
+        return
     _remember(session or "", job)
+    try:
+        yield from _follow(job)
+    finally:
+        if not job.done:  # closed before the end: nobody is waiting for this job any more
+            job.cancel()
+
+
+def _follow(job: call_queue.Job) -> Iterator[Update]:
     id_live_preview, preview = -1, None
     while True:
         try:
