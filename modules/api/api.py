@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Request
 from starlette.concurrency import run_in_threadpool
 
 from modules import call_queue, cmd_args, progress, shared
@@ -111,20 +111,23 @@ class Api:
 
     # --- generation ---------------------------------------------------------------------------------------
 
-    async def _generate(self, req: m.GenerationRequest, kind: str) -> dict[str, Any]:
+    async def _generate(self, req: m.GenerationRequest, kind: str, request: Request | None = None) -> dict[str, Any]:
         if kind == "img2img":  # base64 and image headers of big uploads take a while: not on the event loop
             prepared = await run_in_threadpool(generation.prepare, req, kind)
         else:  # validation alone is microseconds; a thread hop would cost more
             prepared = generation.prepare(req, kind)
         task_id = prepared.task_id or call_queue.new_task_id(kind)
-        processed = await jobs.run(self.queue, kind, lambda: prepared.run(kind), task_id)
+        # The HTTP request: its client is counted against the per-client limit, and its disconnect cancels the job.
+        processed = await jobs.run(self.queue, kind, lambda: prepared.run(kind), task_id, request=request)
         return await run_in_threadpool(generation.response, prepared, processed, kind)
 
-    async def text2imgapi(self, txt2imgreq: m.StableDiffusionTxt2ImgProcessingAPI) -> dict[str, Any]:
-        return await self._generate(txt2imgreq, "txt2img")
+    async def text2imgapi(self, txt2imgreq: m.StableDiffusionTxt2ImgProcessingAPI,
+                          request: Request = None) -> dict[str, Any]:  # type: ignore[assignment]
+        return await self._generate(txt2imgreq, "txt2img", request)
 
-    async def img2imgapi(self, img2imgreq: m.StableDiffusionImg2ImgProcessingAPI) -> dict[str, Any]:
-        return await self._generate(img2imgreq, "img2img")
+    async def img2imgapi(self, img2imgreq: m.StableDiffusionImg2ImgProcessingAPI,
+                         request: Request = None) -> dict[str, Any]:  # type: ignore[assignment]
+        return await self._generate(img2imgreq, "img2img", request)
 
     # --- images and progress ------------------------------------------------------------------------------
 

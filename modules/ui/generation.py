@@ -23,7 +23,7 @@ def stream(kind: str, make_work: Callable[[], Callable[[], Any]], request: gr.Re
     except (TypeError, ValueError) as e:  # a refused request, an empty or unreadable input
         yield results.failed(str(e))
         return
-    for update in tasks.run(kind, work, session):
+    for update in tasks.run(kind, work, session, getattr(request, "username", None)):
         if not update.finished:
             yield results.in_progress(update.progress_html)
         elif update.error is not None:
