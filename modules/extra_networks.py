@@ -93,3 +93,14 @@ def not_applied_warning(prompts: list[str]) -> str:
     if not names:
         return ""
     return "Extra networks not applied (not supported in this version): " + ", ".join(names)
+
+
+def activate(p: Any, extra_network_data: dict[str, list[ExtraNetworkParams]]) -> None:
+    """Call every registered handler for this batch (with [] when its tags are absent), as A1111 does."""
+    for name, handler in extra_network_registry.items():
+        handler.activate(p, extra_network_data.get(name, []))
+
+
+def deactivate(p: Any) -> None:
+    for handler in extra_network_registry.values():
+        handler.deactivate(p)

@@ -24,7 +24,7 @@ import piexif
 import piexif.helper
 from PIL import Image, ImageColor, PngImagePlugin
 
-from modules import atomic_files, filename_patterns
+from modules import atomic_files, filename_patterns, infotext_utils, script_callbacks
 from modules.filename_patterns import (
     NOTHING_AND_SKIP_PREVIOUS_TEXT,
     FilenameGenerator,
@@ -65,13 +65,6 @@ def __getattr__(name: str) -> Any:
     if name == "max_filename_part_length":
         return filename_patterns.max_filename_part_length
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def _callbacks() -> Any:
-    try:
-        return importlib.import_module("modules.script_callbacks")
-    except ImportError:
-        return None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -194,7 +187,9 @@ def read_info_from_image(image: Image.Image) -> tuple[str | None, dict[str, Any]
     """(infotext, other metadata items) of an opened image.
 
     The infotext comes from, in order: the PNG "parameters" chunk, the EXIF UserComment, the GIF comment.
-    NovelAI PNGs (Software "NovelAI", JSON Comment) are converted to A1111's layout."""
+    NovelAI PNGs (Software "NovelAI", JSON Comment) are converted to A1111's layout. A text longer than
+    `infotext_utils.MAX_INFOTEXT_CHARS` is not generation parameters: the infotext is then None and the item
+    "parameters" says why, so PNG Info and the API show a note instead of parsing megabytes."""
     items = dict(image.info or {})
     geninfo = items.pop("parameters", None)
     if geninfo is not None:
@@ -223,6 +218,9 @@ def read_info_from_image(image: Image.Image) -> tuple[str | None, dict[str, Any]
         except Exception as e:
             print(f"Error parsing NovelAI image generation parameters: {e!r}", file=sys.stderr)
 
+    if geninfo is not None and infotext_utils.infotext_too_long(geninfo):
+        items["parameters"] = f"(not read as generation parameters: {infotext_utils.too_long_message(len(geninfo))})"
+        geninfo = None
     return geninfo, items
 
 
@@ -364,13 +362,9 @@ def save_image(
         pnginfo[pnginfo_section_name] = info
 
     # Extensions may swap the image or the name here (A1111's on_before_image_saved); they are trusted code.
-    callbacks = _callbacks()
-    params = None
-    if callbacks is not None and hasattr(callbacks, "ImageSaveParams"):
-        params = callbacks.ImageSaveParams(image, p, fullfn, pnginfo)
-        if hasattr(callbacks, "before_image_saved_callback"):
-            callbacks.before_image_saved_callback(params)
-        image, fullfn, pnginfo = params.image, params.filename, params.pnginfo
+    params = script_callbacks.ImageSaveParams(image, p, fullfn, pnginfo)
+    script_callbacks.before_image_saved_callback(params)
+    image, fullfn, pnginfo = params.image, params.filename, params.pnginfo
     info = pnginfo.get(pnginfo_section_name)
 
     without_ext, ext = os.path.splitext(fullfn)
@@ -395,10 +389,8 @@ def save_image(
         txt_fullfn = f"{without_ext}.txt"
         _write_text_atomic(txt_fullfn, f"{info}\n")
 
-    if params is not None:
-        params.filename = final
-        if hasattr(callbacks, "image_saved_callback"):
-            callbacks.image_saved_callback(params)
+    params.filename = final
+    script_callbacks.image_saved_callback(params)
 
     return final, txt_fullfn
 
@@ -428,12 +420,9 @@ def image_grid(
     rows = max(1, min(rows, len(imgs)))
     cols = math.ceil(len(imgs) / rows)
 
-    callbacks = _callbacks()
-    if callbacks is not None and hasattr(callbacks, "ImageGridLoopParams"):
-        params = callbacks.ImageGridLoopParams(imgs, cols, rows)
-        if hasattr(callbacks, "image_grid_callback"):
-            callbacks.image_grid_callback(params)
-        imgs, cols, rows = params.imgs, params.cols, params.rows
+    params = script_callbacks.ImageGridLoopParams(imgs, cols, rows)
+    script_callbacks.image_grid_callback(params)
+    imgs, cols, rows = params.imgs, params.cols, params.rows
 
     w, h = map(max, zip(*(img.size for img in imgs), strict=True))
     background = ImageColor.getcolor(shared_opt("grid_background_color", "#ffffff", settings), "RGB")

@@ -434,6 +434,8 @@ def process_images(p: StableDiffusionProcessing) -> Processed:
     owns_job = state is not None and not state.job  # called directly, not from a queue that began a job
     if owns_job:
         state.begin(job=p.kind)
+    if p.scripts is not None:
+        p.scripts.before_process(p)
     saved = _apply_override_settings(p)
     try:
         return process_images_inner(p)
@@ -491,6 +493,48 @@ def _prompt_list(value: str | list[str], n: int) -> list[str]:
 
 
 def process_images_inner(p: StableDiffusionProcessing) -> Processed:
+    """The stages: prepare; per batch (extra networks, conditioning, sampling, decode, postprocess, save); grid.
+
+    A1111's script methods run at A1111's points (see `modules.scripts`), through `p.scripts` when it is set."""
+    from modules import sd_models
+
+    model = _prepare(p)
+    refiner = _load_refiner(p, model)
+    state = getattr(shared, "state", None)
+    outputs = _Outputs()
+    if state is not None:
+        state.job_count = p.n_iter
+    try:
+        with _tiling(model, bool(p.tiling)):
+            for n in range(p.n_iter):
+                if state is not None and (state.interrupted or state.stopping_generation):
+                    break
+                if not _run_batch(p, n, model, refiner, state, outputs):
+                    break
+    finally:
+        if not p.disable_extra_networks:
+            extra_networks.deactivate(p)
+        if refiner is not None:
+            sd_models.manager.release_auxiliary(refiner)
+    index_of_first_image = _add_grid(p, outputs)
+    result = Processed(p, outputs.images, p.all_seeds[0] if p.all_seeds else -1,
+                       outputs.infotexts[0] if outputs.infotexts else "",
+                       p.all_subseeds[0] if p.all_subseeds else None, index_of_first_image=index_of_first_image,
+                       infotexts=outputs.infotexts, comments=_comments(p))
+    if p.scripts is not None:
+        p.scripts.postprocess(p, result)
+    return result
+
+
+@dataclass
+class _Outputs:
+    images: list[Image.Image] = field(default_factory=list)
+    infotexts: list[str] = field(default_factory=list)
+
+
+def _prepare(p: StableDiffusionProcessing):
+    """Check the request, resolve sampler and model, fix seeds, build every prompt; scripts' `process` may then
+    rewrite `p.all_prompts` / `p.all_seeds`, and what they leave is what is generated and written."""
     from modules import sd_models
 
     _validate(p)
@@ -516,89 +560,121 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
     p.all_prompts, p.all_negative_prompts = prompts, negatives
     p.all_seeds = rng.seeds_for_batch(p.seed, p.n_iter, p.batch_size, p.subseed_strength)
     p.all_subseeds = rng.subseeds_for_batch(p.subseed, p.n_iter, p.batch_size)
+    if p.scripts is not None:
+        p.scripts.process(p)
     p.init(p.all_prompts, p.all_seeds, p.all_subseeds)
+    return model
 
-    refiner = _load_refiner(p, model)
-    state = getattr(shared, "state", None)
-    outpath_samples = p.outpath_samples or _outdir(p.kind, True)
-    outpath_grids = p.outpath_grids or _outdir(p.kind, False)
-    output_images: list[Image.Image] = []
-    infotexts: list[str] = []
+
+def _run_batch(p: StableDiffusionProcessing, n: int, model, refiner, state, outputs: _Outputs) -> bool:
+    """One batch through every stage; False when the job must stop after it (interrupted)."""
+    p.iteration = n
+    sl = slice(n * p.batch_size, (n + 1) * p.batch_size)
+    p.prompts, p.negative_prompts = p.all_prompts[sl], p.all_negative_prompts[sl]
+    p.seeds, p.subseeds = p.all_seeds[sl], p.all_subseeds[sl]
+    if p.scripts is not None:
+        p.scripts.before_process_batch(p, batch_number=n, prompts=p.prompts, seeds=p.seeds, subseeds=p.subseeds)
+    if not p.prompts:
+        return False
+    request = _batch_request(p, n, model, refiner)
+    latents, stopped = _sample(request, p, state)
+    if latents is None:  # stopped before the first step: nothing to show for this batch
+        if state is not None:
+            state.nextjob()
+        return not stopped
+    for key, value in request.infotext_params.items():
+        p.extra_generation_params.setdefault(key, value)
+    for i, image in enumerate(_decode(p, n, model, latents)):
+        _keep(p, n, min(i, p.batch_size - 1), image, outputs)  # a script may add pictures to a batch
     if state is not None:
-        state.job_count = p.n_iter
-    with _tiling(model, bool(p.tiling)):
-        for n in range(p.n_iter):
-            if state is not None and (state.interrupted or state.stopping_generation):
-                break
-            p.iteration = n
-            sl = slice(n * p.batch_size, (n + 1) * p.batch_size)
-            p.prompts, p.negative_prompts = p.all_prompts[sl], p.all_negative_prompts[sl]
-            p.seeds, p.subseeds = p.all_seeds[sl], p.all_subseeds[sl]
-            # Extra-network tags (<lora:...>) are not words: the encoder sees the prompts without them.
-            encoder_prompts = extra_networks.parse_prompts(p.prompts)[0]
-            encoder_negatives = extra_networks.parse_prompts(p.negative_prompts)[0]
-            request = BatchRequest(
-                model=model, prompts=encoder_prompts, negative_prompts=encoder_negatives, seeds=p.seeds,
-                subseeds=p.subseeds, subseed_strength=p.subseed_strength,
-                seed_resize_from_h=max(p.seed_resize_from_h, 0), seed_resize_from_w=max(p.seed_resize_from_w, 0),
-                sampler_name=p.sampler_name, scheduler=p.scheduler, steps=p.steps, cfg_scale=p.cfg_scale,
-                width=p.width, height=p.height, clip_skip=p.clip_skip, emphasis=_opt("emphasis", "Original"),
-                settings=dict(shared.opts.data), eta=p.eta,
-            )
-            request.refiner, request.refiner_switch_at = refiner, float(p.refiner_switch_at or 1.0)
-            request = p.batch_request(request)
-            stopped = False
-            try:
-                latents = generate.sample_batch(request, callback=_progress_callback(state, p),
-                                                should_stop=_stop_check(state))
-            except InterruptedException as stop:
-                # As A1111: an interrupted or skipped batch keeps its latest estimate as a (partial) picture.
-                stopped, latents = True, stop.last_latent
-                if state is not None and state.skipped and not state.interrupted:
-                    state.skipped = False
-                    stopped = False  # skip moves on to the next batch
-                if latents is None:  # stopped before the first step: nothing to show for this batch
-                    if state is not None:
-                        state.nextjob()
-                    if stopped:
-                        break
-                    continue
-            for key, value in request.infotext_params.items():
-                p.extra_generation_params.setdefault(key, value)
-            decoded = generate.to_pil(generate.vae_decode(model, latents))
-            for i, image in enumerate(decoded):
-                image = p.postprocess_image(i, image)
-                text = create_infotext(p, p.all_prompts, p.all_seeds, p.all_subseeds, iteration=n, position_in_batch=i)
-                if not p.do_not_save_samples and _opt("samples_save", True):
-                    images.save_image(image, outpath_samples, "", p.seeds[i], p.prompts[i],
-                                      _opt("samples_format", "png"), info=text, p=p)
-                image.info["parameters"] = text
-                output_images.append(image)
-                infotexts.append(text)
-            if state is not None:
-                state.nextjob()
-            if stopped:
-                break
+        state.nextjob()
+    return not stopped
 
-    if refiner is not None:
-        sd_models.manager.release_auxiliary(refiner)
-    index_of_first_image = 0
-    if len(output_images) > 1 and _opt("return_grid", True) and not p.do_not_save_grid:
-        grid = images.image_grid(output_images, p.batch_size)
-        grid_text = infotexts[0]
-        if _opt("grid_save", True):
-            images.save_image(grid, outpath_grids, "grid", p.all_seeds[0], p.all_prompts[0],
-                              _opt("grid_format", "png"), info=grid_text, short_filename=not _opt(
-                                  "grid_extended_filename", False), p=p, grid=True)
-        grid.info["parameters"] = grid_text
-        output_images.insert(0, grid)
-        infotexts.insert(0, grid_text)
-        index_of_first_image = 1
 
-    return Processed(p, output_images, p.all_seeds[0] if p.all_seeds else -1,
-                     infotexts[0] if infotexts else "", p.all_subseeds[0] if p.all_subseeds else None,
-                     index_of_first_image=index_of_first_image, infotexts=infotexts,
-                     comments=_comments(p))
+def _batch_request(p: StableDiffusionProcessing, n: int, model, refiner) -> BatchRequest:
+    """Extra networks (the tags come off the text the encoder sees), scripts' `process_batch`, the request."""
+    encoder_prompts, network_data = extra_networks.parse_prompts(p.prompts)
+    encoder_negatives = extra_networks.parse_prompts(p.negative_prompts)[0]
+    if not p.disable_extra_networks:
+        extra_networks.activate(p, network_data)
+    if p.scripts is not None:
+        p.scripts.after_extra_networks_activate(p, batch_number=n, prompts=p.prompts, seeds=p.seeds,
+                                                subseeds=p.subseeds, extra_network_data=network_data)
+        p.scripts.process_batch(p, batch_number=n, prompts=p.prompts, seeds=p.seeds, subseeds=p.subseeds)
+    request = BatchRequest(
+        model=model, prompts=encoder_prompts, negative_prompts=encoder_negatives, seeds=p.seeds,
+        subseeds=p.subseeds, subseed_strength=p.subseed_strength,
+        seed_resize_from_h=max(p.seed_resize_from_h, 0), seed_resize_from_w=max(p.seed_resize_from_w, 0),
+        sampler_name=p.sampler_name, scheduler=p.scheduler, steps=p.steps, cfg_scale=p.cfg_scale,
+        width=p.width, height=p.height, clip_skip=p.clip_skip, emphasis=_opt("emphasis", "Original"),
+        settings=dict(shared.opts.data), eta=p.eta,
+    )
+    request.refiner, request.refiner_switch_at = refiner, float(p.refiner_switch_at or 1.0)
+    request = p.batch_request(request)
+    if p.scripts is not None:
+        p.scripts.process_before_every_sampling(p, batch_number=n, prompts=p.prompts, seeds=p.seeds,
+                                                subseeds=p.subseeds)
+    return request
+
+
+def _sample(request: BatchRequest, p: StableDiffusionProcessing, state) -> tuple[torch.Tensor | None, bool]:
+    """(latents, stopped). As A1111, an interrupted or skipped batch keeps its latest estimate as a picture."""
+    try:
+        return generate.sample_batch(request, callback=_progress_callback(state, p),
+                                     should_stop=_stop_check(state)), False
+    except InterruptedException as stop:
+        if state is not None and state.skipped and not state.interrupted:
+            state.skipped = False
+            return stop.last_latent, False  # skip moves on to the next batch
+        return stop.last_latent, True
+
+
+def _decode(p: StableDiffusionProcessing, n: int, model, latents: torch.Tensor) -> list[Image.Image]:
+    """VAE decode, then scripts' `postprocess_batch` (the [0, 1] tensor) and `postprocess_batch_list`."""
+    decoded = generate.vae_decode(model, latents)
+    if p.scripts is None:
+        return generate.to_pil(decoded)
+    from modules import scripts
+
+    p.scripts.postprocess_batch(p, decoded, batch_number=n)
+    batch = scripts.PostprocessBatchListArgs(list(decoded))
+    p.scripts.postprocess_batch_list(p, batch, batch_number=n)
+    return [image if isinstance(image, Image.Image) else generate.to_pil(image.unsqueeze(0))[0]
+            for image in batch.images]
+
+
+def _keep(p: StableDiffusionProcessing, n: int, i: int, image: Image.Image, outputs: _Outputs) -> None:
+    """Scripts' `postprocess_image`, the request's own (inpaint overlay), infotext, save."""
+    if p.scripts is not None:
+        from modules import scripts
+
+        pp = scripts.PostprocessImageArgs(image)
+        p.scripts.postprocess_image(p, pp)
+        image = pp.image
+    image = p.postprocess_image(i, image)
+    text = create_infotext(p, p.all_prompts, p.all_seeds, p.all_subseeds, iteration=n, position_in_batch=i)
+    if not p.do_not_save_samples and _opt("samples_save", True):
+        images.save_image(image, p.outpath_samples or _outdir(p.kind, True), "", p.seeds[i], p.prompts[i],
+                          _opt("samples_format", "png"), info=text, p=p)
+    image.info["parameters"] = text
+    outputs.images.append(image)
+    outputs.infotexts.append(text)
+
+
+def _add_grid(p: StableDiffusionProcessing, outputs: _Outputs) -> int:
+    """A1111's grid in front of the pictures when there are several; the index of the first picture."""
+    if len(outputs.images) <= 1 or not _opt("return_grid", True) or p.do_not_save_grid:
+        return 0
+    grid = images.image_grid(outputs.images, p.batch_size)
+    grid_text = outputs.infotexts[0]
+    if _opt("grid_save", True):
+        images.save_image(grid, p.outpath_grids or _outdir(p.kind, False), "grid", p.all_seeds[0],
+                          p.all_prompts[0], _opt("grid_format", "png"), info=grid_text,
+                          short_filename=not _opt("grid_extended_filename", False), p=p, grid=True)
+    grid.info["parameters"] = grid_text
+    outputs.images.insert(0, grid)
+    outputs.infotexts.insert(0, grid_text)
+    return 1
 
 
 def _comments(p: StableDiffusionProcessing) -> str:

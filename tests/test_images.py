@@ -454,27 +454,29 @@ def test_save_image_formats_and_replace_action(tmp_path):
     assert (os.path.basename(a), os.path.basename(b)) == ("same.png", "same-1.png")
 
 
-def test_save_image_runs_extension_callbacks(tmp_path, monkeypatch):
-    calls = []
-    cb = types.ModuleType("modules.script_callbacks")
+def test_save_image_runs_extension_callbacks(tmp_path):
+    from modules import script_callbacks
 
-    class ImageSaveParams:
-        def __init__(self, image, p, filename, pnginfo):
-            self.image, self.p, self.filename, self.pnginfo = image, p, filename, pnginfo
+    calls = []
 
     def before(params):
         calls.append(("before", os.path.basename(params.filename)))
         params.pnginfo["parameters"] = "changed by extension"
 
-    cb.ImageSaveParams = ImageSaveParams
-    cb.before_image_saved_callback = before
-    cb.image_saved_callback = lambda params: calls.append(("after", os.path.basename(params.filename)))
-    monkeypatch.setitem(sys.modules, "modules.script_callbacks", cb)
+    def broken(params):
+        raise RuntimeError("an extension bug")
 
-    fn, _ = images.save_image(make_image(), str(tmp_path), "", seed=1, info=INFO, save_to_dirs=False)
+    script_callbacks.on_before_image_saved(before)
+    script_callbacks.on_before_image_saved(broken)  # reported by name; the image is still saved
+    script_callbacks.on_image_saved(lambda params: calls.append(("after", os.path.basename(params.filename))))
+    try:
+        fn, _ = images.save_image(make_image(), str(tmp_path), "", seed=1, info=INFO, save_to_dirs=False)
+    finally:
+        script_callbacks.remove_current_script_callbacks()
     assert calls == [("before", "00000-1.png"), ("after", "00000-1.png")]
     with Image.open(fn) as im:
         assert im.info["parameters"] == "changed by extension"
+    assert "broken" in script_callbacks.errors[-1] and "before_image_saved" in script_callbacks.errors[-1]
 
 
 # ------------------------------------------------------------------------------------------------ grids and resizing

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from modules import prompt_parser
+from modules.engine import hooks
 from modules.engine.sampling.common import InterruptedException
 
 
@@ -70,8 +71,8 @@ class CFGDenoiser:
         self.should_stop = should_stop
         self.mask, self.nmask, self.init_latent = mask, nmask, init_latent
         self.step = 0
+        self.total_steps = 0  # how many steps the sampler runs in all; set by the caller, reported to hooks
         self.last_latent: torch.Tensor | None = None  # the latest denoised estimate, kept for interruptions
-        self.after_step_hooks: list[Callable[[dict[str, Any]], None]] = []
 
     def _context(self, conds: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
         if isinstance(conds, dict):
@@ -98,6 +99,11 @@ class CFGDenoiser:
             ic = self.c.image_cond
             image_cond_in = torch.cat([ic[i : i + 1].expand(n, -1, -1, -1) for i, n in enumerate(repeats)] + [ic])
 
+        if hooks.registered("cfg_denoiser"):
+            params = hooks.run("cfg_denoiser", hooks.CFGDenoiserParams(
+                x_in, image_cond_in, sigma_in, self.step, self.total_steps, cond_batch, uncond_batch, self))
+            x_in, image_cond_in, sigma_in = params.x, params.image_cond, params.sigma
+
         added_in = None
         if self.is_sdxl:
             time_cond = torch.cat([self.c.added_cond["time_ids"][i : i + 1].expand(n, -1) for i, n in enumerate(repeats)])
@@ -120,6 +126,9 @@ class CFGDenoiser:
                     image_cond=None if image_cond_in is None else image_cond_in[rows]))
             out = torch.cat(parts)
 
+        if hooks.registered("cfg_denoised"):
+            out = hooks.run("cfg_denoised", hooks.CFGDenoisedParams(out, self.step, self.total_steps,
+                                                                    self.inner_model)).x
         denoised_uncond = out[-batch:]
         denoised = denoised_uncond.clone()
         for i, conds in enumerate(conds_list):
@@ -128,6 +137,9 @@ class CFGDenoiser:
         if self.mask is not None:
             # Inpainting with an ordinary model: keep the original where the mask says so (A1111's mask = keep).
             denoised = self.init_latent * self.mask + self.nmask * denoised
+        if hooks.registered("cfg_after_cfg"):
+            denoised = hooks.run("cfg_after_cfg", hooks.AfterCFGCallbackParams(denoised, self.step,
+                                                                               self.total_steps)).x
         self.step += 1
         self.last_latent = denoised
         return denoised

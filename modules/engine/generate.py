@@ -147,6 +147,8 @@ def sample_batch(request: BatchRequest, callback: Callable[[dict[str, Any]], Non
             return noise_source.next()
     options = sampler.sampler_kwargs(request.settings, eta=request.eta, infotext=request.infotext_params)
 
+    cfg.total_steps = len(sigmas) - 1
+
     def run(denoiser: CFGDenoiser, part: torch.Tensor, x: torch.Tensor, first_step: int) -> torch.Tensor:
         def shifted(d: dict[str, Any]) -> None:
             if callback is not None:
@@ -163,6 +165,7 @@ def sample_batch(request: BatchRequest, callback: Callable[[dict[str, Any]], Non
     x = run(cfg, sigmas[: switch + 1], x, 0)
     refiner_cfg = build_denoiser(refiner, request, sampler, should_stop)
     refiner_cfg.step = switch  # prompt-editing schedules continue where the base model stopped
+    refiner_cfg.total_steps = cfg.total_steps
     refiner_cfg.last_latent = cfg.last_latent  # an interruption at the switch still has the base model's estimate
     return run(refiner_cfg, sigmas[switch:].to(refiner.device), x.to(refiner.device), switch)
 
