@@ -254,6 +254,37 @@ def enter_venv(argv: Sequence[str], skip_install: bool) -> None:
     _exec(python_exe, venv, argv)
 
 
+# Pickled model files (.ckpt, .pt) load only on a torch whose weights_only loader has no known bypass; the web
+# UI refuses them on an older one (modules/models/checkpoint_files.py, TORCH_PICKLE_FLOOR). Said at set-up too.
+TORCH_PICKLE_FLOOR = (2, 6)
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """(2, 5, 1) for "2.5.1+cu121"; () when the version cannot be read."""
+    try:
+        from packaging.version import Version
+
+        return Version(version).release
+    except Exception:
+        match = re.match(r"\s*v?(\d+(?:\.\d+)*)", version)
+        return tuple(int(part) for part in match.group(1).split(".")) if match else ()
+
+
+def old_torch_warning() -> str | None:
+    """A warning when the installed torch is too old to load pickled checkpoints safely (torch is not imported)."""
+    try:
+        installed = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    if _release(installed) >= TORCH_PICKLE_FLOOR:
+        return None
+    return (
+        f"Warning: torch {installed} is installed; .ckpt/.pt model files need torch 2.6 or newer (an older torch "
+        "can be made to run code by a crafted file) and will be refused. .safetensors models work. To load "
+        f"pickled files, upgrade torch: {python} -m pip install --upgrade torch"
+    )
+
+
 def prepare_environment(cmd_opts: argparse.Namespace) -> None:
     """Go offline-first, then (unless --skip-install) install torch if absent and fix unmet requirements."""
     os.environ.update(OFFLINE_ENV)
@@ -274,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     for flag in cmd_args.not_yet_effective(args):
         print(f"note: {flag} is accepted but not yet effective")
     prepare_environment(args)
+    warning = old_torch_warning()
+    if warning:
+        print(warning, flush=True)
     if args.exit:
         print("Exiting because of --exit argument")
         return 0

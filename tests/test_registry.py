@@ -308,3 +308,39 @@ def test_broken_header_gives_empty_metadata(models, raw):
 
 def test_natural_sort_key():
     assert sorted(["a10", "A2", "a1"], key=registry.natural_sort_key) == ["a1", "A2", "a10"]
+
+
+# --- symlinks: files are listed, folders are not walked ---------------------------------------------------
+
+
+def test_symlink_to_the_filesystem_root_is_not_walked(models):
+    """A1111 followed folder links: one pointing at / made every scan crawl the whole disk."""
+    import time
+
+    write_checkpoint(models / "mine.safetensors")
+    os.symlink("/", models / "everything")
+    started = time.monotonic()
+    registry.list_models(str(models))
+    assert time.monotonic() - started < 5
+    assert names() == ["mine.safetensors"]
+
+
+def test_symlinked_folder_of_models_elsewhere_is_not_walked(tmp_path, models):
+    write_checkpoint(tmp_path / "elsewhere" / "far.safetensors")
+    os.symlink(tmp_path / "elsewhere", models / "linked")
+    os.symlink(models, models / "loop")  # a link back up would loop forever if followed
+    registry.list_models(str(models))
+    assert names() == []
+    registry.list_models(str(models), ckpt_dir=str(tmp_path / "elsewhere"))  # such a folder belongs in --ckpt-dir
+    assert names() == ["far.safetensors"]
+
+
+def test_symlinked_files_and_diffusers_folders_are_listed(tmp_path, models):
+    target = write_checkpoint(tmp_path / "store" / "real.safetensors")
+    os.symlink(target, models / "alias.safetensors")
+    os.symlink(write_diffusers(tmp_path / "store" / "pipeline"), models / "pipeline")
+    os.symlink(tmp_path / "store" / "missing.safetensors", models / "broken.safetensors")
+    os.symlink("/dev/null", models / "device.ckpt")  # not a regular file
+    registry.list_models(str(models))
+    assert names() == ["alias.safetensors", "pipeline"]
+    assert registry.checkpoints_list["pipeline"].is_diffusers

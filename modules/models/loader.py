@@ -21,7 +21,14 @@ from modules import paths
 from modules.devices import Precision
 from modules.models import configs_from_weights as cfg
 from modules.models import convert
-from modules.models.checkpoint_files import ModelFileError, read_state_dict, read_state_dict_shapes
+from modules.models.checkpoint_files import (
+    PICKLE_EXTENSIONS,
+    SAFETENSORS_EXTENSIONS,
+    ModelFileError,
+    check_pickle_file,
+    read_state_dict,
+    read_state_dict_shapes,
+)
 from modules.models.detection import (
     FAMILY_NAMES,
     REFINER_TEXT_PREFIX,
@@ -135,17 +142,23 @@ def _apply_sidecar(spec: ModelSpec, checkpoint_path: str) -> None:
 
 
 def check_loadable(path: str, precision: Precision) -> None:
-    """Run the whole load of a .safetensors checkpoint on the meta device: header only, no data read.
+    """Refuse what can be refused before loading: a .safetensors checkpoint's whole load runs on the meta device
+    (header only, no data read); a pickled one gets the checks that need no unpickling (torch version, zip
+    directory); a diffusers folder, those checks for the pickled weights it would load.
 
-    Raises the same ModelFileError a real load would for a wrong, foreign or incomplete file, in a fraction
-    of the time, so the model manager can refuse a bad file before it lets go of the current model.
+    Raises the same ModelFileError a real load would for a wrong, foreign, hostile or incomplete file, in a
+    fraction of the time, so the model manager can refuse a bad file before it lets go of the current model.
     """
     shapes = read_state_dict_shapes(path)
     if shapes is not None:
         meta = Precision(torch.device("meta"), precision.unet, precision.text_encoder, precision.vae, precision.sdxl_vae)
         load_single_file(path, meta, state_dict=shapes)
+    elif os.path.isdir(path):
+        check_diffusers_weights(path)
     elif not os.path.exists(path):
         raise ModelFileError(path, "file not found")
+    elif path.lower().endswith(PICKLE_EXTENSIONS):
+        check_pickle_file(path)
 
 
 def load_single_file(
@@ -224,7 +237,27 @@ def _family_from_diffusers(folder: str, unet: UNet2DConditionModel, index: dict)
     return ModelSpec(family=family, variant=variant, prediction_type=prediction, prediction_source="scheduler config")
 
 
+def check_diffusers_weights(folder: str) -> None:
+    """A component folder without .safetensors weights makes diffusers/transformers torch.load its pickled ones:
+    those get the same checks as a .ckpt (torch floor, zip directory) first, named by their place in the folder."""
+    for sub in sorted(os.listdir(folder)):
+        component = os.path.join(folder, sub)
+        if sub.startswith(".") or not os.path.isdir(component):
+            continue
+        files = sorted(os.listdir(component))
+        if any(f.lower().endswith(SAFETENSORS_EXTENSIONS) for f in files):
+            continue
+        for f in files:
+            full = os.path.join(component, f)
+            if f.lower().endswith(PICKLE_EXTENSIONS) and os.path.isfile(full):
+                try:
+                    check_pickle_file(full)
+                except ModelFileError as e:
+                    raise ModelFileError(full, e.reason, name=f"{os.path.basename(folder)}/{sub}/{f}") from e
+
+
 def load_diffusers_folder(folder: str, precision: Precision, checkpoint_info=None) -> StableDiffusionModel:
+    check_diffusers_weights(folder)
     index_file = os.path.join(folder, "model_index.json")
     try:
         with open(index_file, encoding="utf-8") as f:

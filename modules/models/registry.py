@@ -191,14 +191,13 @@ def _replace_key(d: dict[str, CheckpointInfo], old: str, new: str, value: Checkp
 
 
 def _walk_checkpoints(root: str) -> Iterator[str]:
-    """Checkpoint files and diffusers folders under root, in A1111's walk order (folder, then file, naturally)."""
-    seen_dirs: set[str] = set()
-    for folder, dirs, files in os.walk(root, followlinks=True):
-        real = os.path.realpath(folder)
-        if real in seen_dirs:  # a symlink loop
-            dirs[:] = []
-            continue
-        seen_dirs.add(real)
+    """Checkpoint files and diffusers folders under root, in A1111's walk order (folder, then file, naturally).
+
+    Symlinked folders are not walked (A1111 follows them): one pointing at `/` or a whole drive would make every
+    scan crawl it and list whatever models lie there. A symlinked file, or a symlinked diffusers folder (one
+    model, not a tree), is listed like any other; a folder of models elsewhere belongs in --ckpt-dir.
+    """
+    for folder, dirs, files in os.walk(root):
         found: list[str] = []
         keep: list[str] = []
         for d in dirs:
@@ -207,6 +206,8 @@ def _walk_checkpoints(root: str) -> Iterator[str]:
             full = os.path.join(folder, d)
             if is_diffusers_dir(full):
                 found.append(full)  # a model, not a folder of models: do not descend
+            elif os.path.islink(full):
+                log.info("not scanning %s for checkpoints: it is a symlinked folder", os.path.relpath(full, root))
             else:
                 keep.append(full)
         dirs[:] = sorted((os.path.basename(d) for d in keep), key=natural_sort_key)
@@ -215,7 +216,7 @@ def _walk_checkpoints(root: str) -> Iterator[str]:
             if f.startswith("._") or not lower.endswith(CHECKPOINT_EXTENSIONS) or lower.endswith(VAE_SUFFIXES):
                 continue  # "._x" are macOS resource forks; *.vae.* belong to the VAE list
             full = os.path.join(folder, f)
-            if os.path.isfile(full):  # skips broken symlinks
+            if os.path.isfile(full):  # skips broken symlinks, and links to devices or pipes
                 found.append(full)
         yield from sorted(found, key=lambda p: natural_sort_key(os.path.basename(p)))
 

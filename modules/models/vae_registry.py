@@ -61,15 +61,10 @@ def _walk(root: str, suffixes: tuple[str, ...], folders: bool) -> Iterator[str]:
     """Files ending in one of suffixes (and, if folders, diffusers VAE folders) under root; hidden dirs skipped.
 
     Model folders (diffusers pipelines, or any folder with a config.json) are not descended into: their
-    weight files are parts of that model, not VAEs of their own.
+    weight files are parts of that model, not VAEs of their own. Symlinked folders are not walked either (one
+    pointing at `/` would make every scan crawl the disk); symlinked files and VAE folders are listed.
     """
-    seen_dirs: set[str] = set()
-    for folder, dirs, files in os.walk(root, followlinks=True):
-        real = os.path.realpath(folder)
-        if real in seen_dirs:
-            dirs[:] = []
-            continue
-        seen_dirs.add(real)
+    for folder, dirs, files in os.walk(root):
         keep = []
         for d in sorted(dirs, key=natural_sort_key):
             full = os.path.join(folder, d)
@@ -77,7 +72,7 @@ def _walk(root: str, suffixes: tuple[str, ...], folders: bool) -> Iterator[str]:
                 continue
             if folders and _is_diffusers_vae_dir(full):
                 yield full
-            elif not (is_diffusers_dir(full) or os.path.isfile(os.path.join(full, "config.json"))):
+            elif not (os.path.islink(full) or is_diffusers_dir(full) or os.path.isfile(os.path.join(full, "config.json"))):
                 keep.append(d)
         dirs[:] = keep
         for f in sorted(files, key=natural_sort_key):
