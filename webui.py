@@ -37,6 +37,15 @@ def initialize() -> None:
     filename_patterns.max_filename_part_length = shared.cmd_opts.filenames_max_length
     registry.list_models()
     vae_registry.refresh_vae_list()
+    load_extensions()
+
+
+def load_extensions() -> None:
+    """Find the extensions and load every script (ours and theirs); a broken one is reported, never fatal."""
+    from modules import extensions, scripts
+
+    extensions.list_extensions()
+    scripts.load_scripts()
 
 
 def load_first_model() -> bool:
@@ -109,6 +118,9 @@ def start() -> None:
             from modules.api import server as api_server
 
             api_server.mount(fastapi_app)
+        from modules import script_callbacks
+
+        script_callbacks.app_started_callback(demo, fastapi_app)
     except ValueError as e:  # a malformed --gradio-auth / --api-auth entry: say which, never echo it
         print(f"Cannot start the web UI: {e}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -100,8 +100,19 @@ def _add(kind: str, callback: Callable[..., Any], name: str | None) -> None:
     callback_map[kind].append(ScriptCallback(owner, callback, name))
 
 
+def display_path(path: str) -> str:
+    """A script's path as people name it: relative to the data dir or the project (never a full server path)."""
+    from modules import paths
+
+    for root in (paths.data_path, paths.script_path):
+        rel = os.path.relpath(path, root) if path else ""
+        if rel and not rel.startswith(".."):
+            return rel
+    return os.path.basename(path)
+
+
 def _label(c: ScriptCallback) -> str:
-    return f"{c.name or getattr(c.callback, '__qualname__', 'callback')} from {c.script}"
+    return f"{c.name or getattr(c.callback, '__qualname__', 'callback')} from {display_path(c.script)}"
 
 
 # Errors the page shows (extension file and callback), newest last; bounded.

@@ -203,12 +203,7 @@ def load_scripts() -> None:
     scripts_img2img.initialize_scripts(is_img2img=True)
 
 
-def _display(path: str) -> str:
-    for root in (paths.data_path, paths.script_path):
-        rel = os.path.relpath(path, root)
-        if not rel.startswith(".."):
-            return rel
-    return os.path.basename(path)
+_display = script_callbacks.display_path
 
 
 def _report(script: Script, method: str) -> None:
@@ -274,9 +269,40 @@ class ScriptRunner:
         self.inputs.extend(script.controls)
         script.args_to = len(self.inputs)
 
+    def ensure_inputs(self) -> None:
+        """Make the scripts' controls off-page when no page made them (the API-only server), for their defaults."""
+        if len(self.inputs) > 1 or not self.scripts:
+            return
+        import gradio as gr
+
+        self.inputs = [None]
+        with gr.Blocks():
+            for script in self.alwayson_scripts + self.selectable_scripts:
+                self.create_script_ui(script)
+
     def default_args(self) -> list[Any]:
         """The value of every input as the page would start with it (what an API request builds on)."""
+        self.ensure_inputs()
         return [0] + [getattr(c, "value", None) for c in self.inputs[1:]]
+
+    def args_for_api(self, script_name: str | None, script_args: list[Any] | None,
+                     alwayson: dict[str, Any] | None) -> list[Any]:
+        """A1111's `init_script_args`: the defaults, the selected script's args in its slice, and each always-on
+        script's `{"args": [...]}` over the start of its slice."""
+        args = self.default_args()
+        if script_name:
+            script = self.script(script_name)
+            if script is not None and script in self.selectable_scripts:
+                args[script.args_from:script.args_to] = list(script_args or [])
+                args[0] = self.selectable_scripts.index(script) + 1
+        for name, entry in (alwayson or {}).items():
+            script = self.script(name)
+            given = entry.get("args", []) if isinstance(entry, dict) else []
+            if script is None or script.args_from is None:
+                continue
+            for i, value in enumerate(given[: script.args_to - script.args_from]):
+                args[script.args_from + i] = value
+        return args
 
     def script(self, title: str) -> Script | None:
         """A script of this tab by title (case-insensitive), selectable or always-on."""

@@ -126,6 +126,9 @@ def _load(info: CheckpointInfo, vae_path: str | None) -> StableDiffusionModel:
     shared.opts.data["sd_model_checkpoint"] = info.title
     shared.opts.data["sd_checkpoint_hash"] = info.sha256
     log.info("Loaded %s (%s) on %s", info.title, model.spec.display_name, model.device)
+    from modules import script_callbacks
+
+    script_callbacks.model_loaded_callback(model)
     return model
 
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from modules import processing, shared
+from modules import scripts as script_api
 from modules.api import images, infotext, scripts, validation
 from modules.api.errors import ApiError, invalid
 from modules.api.models import GenerationRequest, StableDiffusionImg2ImgProcessingAPI
@@ -94,7 +95,10 @@ class Prepared:
             args["mask"] = args["mask"].load() if args["mask"] is not None else None
         p = PROCESSING_CLASSES[kind](**args)
         p.is_api = True
-        return processing.process_images(p)
+        req = self.request
+        p.scripts = scripts.runner(kind)
+        p.script_args = tuple(scripts.script_args(kind, req.script_name, req.script_args, req.alwayson_scripts))
+        return script_api.process_request(p)
 
 
 def _check_images(req: StableDiffusionImg2ImgProcessingAPI) -> tuple[list[images.CheckedImage], Any]:

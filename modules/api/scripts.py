@@ -1,8 +1,6 @@
 """Scripts as the API sees them: `/scripts`, `/script-info`, and the checks on `script_name`/`alwayson_scripts`.
 
-The script system (A1111's `modules.scripts`) does not exist yet, so both lists are empty and any named script
-is unknown: a 422 with A1111's message. When scripts land, these functions read their runners and the routes
-and checks follow without other changes.
+The lists come from the script runners of `modules.scripts` (built-in scripts and extensions alike).
 """
 
 from __future__ import annotations
@@ -10,19 +8,24 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from modules import scripts as script_api
 from modules.api.errors import ApiError
 
 KINDS = ("txt2img", "img2img")
 
 
+def runner(kind: str) -> script_api.ScriptRunner:
+    return script_api.scripts_img2img if kind == "img2img" else script_api.scripts_txt2img
+
+
 def selectable_titles(kind: str) -> list[str]:
-    """Titles of the scripts a request may name in `script_name` (none yet)."""
-    return []
+    """Titles of the scripts a request may name in `script_name`."""
+    return [s.title() for s in runner(kind).selectable_scripts]
 
 
 def alwayson_titles(kind: str) -> list[str]:
-    """Titles of the always-on scripts `alwayson_scripts` may address (none yet)."""
-    return []
+    """Titles of the always-on scripts `alwayson_scripts` may address."""
+    return [s.title() for s in runner(kind).alwayson_scripts]
 
 
 def names(kind: str) -> list[str]:
@@ -30,9 +33,32 @@ def names(kind: str) -> list[str]:
     return [t.lower() for t in selectable_titles(kind) + alwayson_titles(kind)]
 
 
+def _arg_info(component: Any) -> dict[str, Any]:
+    choices = getattr(component, "choices", None)
+    return {
+        "label": getattr(component, "label", None), "value": getattr(component, "value", None),
+        "minimum": getattr(component, "minimum", None), "maximum": getattr(component, "maximum", None),
+        "step": getattr(component, "step", None),
+        "choices": [c[1] if isinstance(c, list | tuple) else c for c in choices] if choices else None,
+    }
+
+
 def info() -> list[dict[str, Any]]:
-    """/sdapi/v1/script-info: `[{name, is_alwayson, is_img2img, args: [...]}]` (empty until scripts exist)."""
-    return []
+    """/sdapi/v1/script-info: `[{name, is_alwayson, is_img2img, args: [...]}]`, as A1111."""
+    out = []
+    for kind in KINDS:
+        r = runner(kind)
+        r.ensure_inputs()
+        for script in r.scripts:
+            controls = r.inputs[script.args_from:script.args_to] if script.args_from is not None else []
+            out.append({"name": script.title().lower(), "is_alwayson": script.alwayson,
+                        "is_img2img": kind == "img2img", "args": [_arg_info(c) for c in controls]})
+    return out
+
+
+def script_args(kind: str, script_name: str | None, args: list[Any] | None,
+                alwayson: Mapping[str, Any] | None) -> list[Any]:
+    return runner(kind).args_for_api(script_name, args, dict(alwayson or {}))
 
 
 def check_request(kind: str, script_name: str | None, alwayson_scripts: Mapping[str, Any] | None) -> None:

@@ -110,6 +110,9 @@ def serve_api_only(cmd_opts: argparse.Namespace | None = None) -> None:
         print(f"Cannot start the API: {e}", file=sys.stderr)
         raise SystemExit(1) from None
     _warn_if_open(app.state.api, cmd_opts)
+    from modules import script_callbacks
+
+    script_callbacks.app_started_callback(None, app)  # extensions add their routes here, as in A1111
     config = uvicorn_config(app, cmd_opts)
     scheme = "https" if cmd_opts.tls_keyfile and cmd_opts.tls_certfile else "http"
     print(f"API on {scheme}://{config.host}:{config.port}{config.root_path} (docs at /docs)")
