@@ -17,7 +17,8 @@ import json
 import math
 import re
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 # Extensions still import the pre-1.8 name; both names must give this very module object.
@@ -55,8 +56,13 @@ INFOTEXT_KEY_ORDER: tuple[str, ...] = (
 # Written after the fixed keys and the extra generation params.
 INFOTEXT_TRAILING_KEYS: tuple[str, ...] = ("Version", "User")
 
+# A1111's pattern for one `key: value` pair of the parameters line. Kept for extensions that import it, and as
+# the definition `find_params` follows; not used here because `re_param.findall` is quadratic on hostile lines
+# (a long run of key characters with no colon is rescanned from every start: 80 KB took 26 s, holding the GIL).
 re_param_code = r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)'
 re_param = re.compile(re_param_code)
+# Where re_param's key can begin: a word character with at least one more key character after it (its run).
+_re_key = re.compile(r"\w[\w \-/]+")
 re_imagesize = re.compile(r"^(\d+)x(\d+)$")
 _re_weight = re.compile(r":\s*([+-]?[.\d]+)\s*\)")  # the ":1.2)" that closes a weighted group
 
@@ -167,6 +173,41 @@ def build_infotext(
 # ---------------------------------------------------------------------------------------------------------------
 # Parsing
 
+MAX_INFOTEXT_CHARS = 64 * 1024
+"""Longest infotext taken from outside (the API's `infotext` field, an image's parameters text), in characters.
+
+A1111 writes a few thousand (a long prompt, LoRA hashes, ADetailer and ControlNet entries); a longer text chunk
+is not generation parameters. The parser is linear anyway; the bound keeps one request's parse, which holds the
+GIL (txt2img parses on the event loop), to milliseconds."""
+
+
+def infotext_too_long(text: str) -> bool:
+    return len(text) > MAX_INFOTEXT_CHARS
+
+
+def too_long_message(length: int) -> str:
+    """Why an infotext of `length` characters was not read (for API errors and the PNG Info page)."""
+    return f"{length:,} characters; an infotext is read only up to {MAX_INFOTEXT_CHARS:,}"
+
+
+def find_params(line: str) -> list[tuple[str, str]]:
+    """The (key, value) pairs of a parameters line: exactly `re_param.findall(line)`, in linear time.
+
+    findall retries the pattern from every position after a failure, rescanning the same run of key characters
+    each time. Here the pattern is tried only where a key can begin (a word character and one more key
+    character), and after a failure the rest of that run is skipped: a start inside it reaches the same end
+    with no colon after it, or (spaces up to the end) the same key as the next search finds."""
+    pairs: list[tuple[str, str]] = []
+    pos = 0
+    while (key := _re_key.search(line, pos)) is not None:
+        found = re_param.match(line, key.start())  # costs the length of this key and value, no more
+        if found is None:
+            pos = key.end()
+        else:
+            pairs.append(found.groups())
+            pos = found.end()
+    return pairs
+
 
 def split_sampler_scheduler(name: str) -> tuple[str, str | None]:
     """'DPM++ 2M Karras' -> ('DPM++ 2M', 'Karras'); a name without a known scheduler suffix -> (name, None).
@@ -179,47 +220,69 @@ def split_sampler_scheduler(name: str) -> tuple[str, str | None]:
     return name, None
 
 
+_SQUARE = 1 / 1.1  # the multiplier of "[...]"
+# The prompt as the weighting rules see it: a bracket, a ":1.2)" that may close a "(", or a piece of text (plain
+# characters and backslash escapes; a ":" on its own). Text never holds a bracket or a ":", so the pieces do
+# not depend on which brackets are open: a ":1.2)" with no "(" open is text, as each of its characters would be.
+_re_emphasis_token = re.compile(r"[()\[\]]|:\s*[+-]?[.\d]+\s*\)|(?:[^()\[\]:\\]++|\\.)++|[:\\]", re.DOTALL)
+
+
+def _run_weights(multipliers: array, parents: array, run_nodes: array, run_depths: array) -> Iterator[float]:
+    """The weight of each run of text: the multipliers of its chain of "(", then 1/1.1 per open "[".
+
+    The "(" chain is multiplied outermost first, as before; the "[" factor is one power taken from a table, so
+    a run costs O(1) however deeply it is nested. That power can differ from multiplying one by one in the
+    last bits only, far inside isclose's tolerance."""
+    chain = array("d", multipliers)  # chain[n]: product of the multipliers from the outermost "(" down to n
+    for node, parent in enumerate(parents):
+        if parent >= 0:
+            chain[node] = chain[parent] * multipliers[node]
+    square = [1.0]
+    for _ in range(max(run_depths, default=0)):
+        square.append(square[-1] * _SQUARE)
+    for node, depth in zip(run_nodes, run_depths, strict=True):
+        yield (chain[node] if node >= 0 else 1.0) * square[depth]
+
+
 def _prompt_uses_emphasis(text: str) -> bool:
     """True when some text of the prompt gets an attention weight other than 1 ((x), [x], (x:1.2)).
 
     Follows the weighting rules of A1111's attention syntax: ( multiplies by 1.1, [ divides by 1.1, (x:w)
     sets w, a backslash escapes, an unclosed bracket weights everything after it, BREAK is not text.
-    Text is tracked per run between brackets, so a long prompt costs one pass."""
-    text = re.sub(r"\bBREAK\b", " ", text)
-    round_open: list[list[float]] = []  # open brackets, each a one-item list holding its multiplier
-    square_open: list[list[float]] = []
-    runs: list[tuple[list[float], ...]] = []  # the brackets around each run of text
+    Each "(" is recorded once with the "(" around it, and each run of text as (innermost "(", number of open
+    "["), so nesting costs nothing per run: a long or deeply nested prompt costs one pass."""
+    multipliers = array("d")  # per "(" seen: 1.1, or the w its ":w)" set
+    parents = array("q")  # per "(" seen: the "(" open around it, -1 for none
+    round_open: list[int] = []  # indexes of the open "("
+    square_depth = 0
+    run_nodes, run_depths = array("q"), array("q")  # per run of text inside brackets
     in_text = False
-    i = 0
-    while i < len(text):
-        ch = text[i]
-        m = _re_weight.match(text, i) if ch == ":" and round_open else None
-        if m:
+    for token in _re_emphasis_token.findall(re.sub(r"\bBREAK\b", " ", text)):
+        first = token[0]
+        if first == "(":
+            parents.append(round_open[-1] if round_open else -1)
+            multipliers.append(1.1)
+            round_open.append(len(multipliers) - 1)
+        elif first == "[":
+            square_depth += 1
+        elif first == ")" and round_open:
+            round_open.pop()
+        elif first == "]" and square_depth:
+            square_depth -= 1
+        elif first == ":" and len(token) > 1 and round_open:  # ":w)" sets the weight of the "(" it closes
             try:
-                round_open[-1][0] = float(m.group(1))
+                multipliers[round_open[-1]] = float(_re_weight.match(token).group(1))  # type: ignore[union-attr]
             except ValueError:
                 pass
             round_open.pop()
-            i = m.end()
-            in_text = False
-            continue
-        if ch in "([":
-            (round_open if ch == "(" else square_open).append([1.1 if ch == "(" else 1 / 1.1])
-            in_text = False
-        elif ch == ")" and round_open:
-            round_open.pop()
-            in_text = False
-        elif ch == "]" and square_open:
-            square_open.pop()
-            in_text = False
         else:
-            if not in_text and (round_open or square_open):
-                runs.append(tuple(round_open + square_open))
+            if not in_text and (round_open or square_depth):
+                run_nodes.append(round_open[-1] if round_open else -1)
+                run_depths.append(square_depth)
             in_text = True
-            i += 2 if ch == "\\" else 1
             continue
-        i += 1
-    return any(not math.isclose(math.prod(e[0] for e in run), 1.0) for run in runs)
+        in_text = False
+    return any(not math.isclose(w, 1.0) for w in _run_weights(multipliers, parents, run_nodes, run_depths))
 
 
 def _old_hires_fix_first_pass_dimensions(width: int, height: int) -> tuple[int, int]:
@@ -339,6 +402,22 @@ _LATE_DEFAULTS: tuple[tuple[str, Any], ...] = (
 )
 
 
+def _join_lines(lines: list[str]) -> str:
+    # A1111 appends line by line and adds no newline while the text is still empty: leading blank lines go
+    first = next((i for i, line in enumerate(lines) if line), len(lines))
+    return "\n".join(lines[first:])
+
+
+def _split_prompts(lines: list[str]) -> tuple[str, str]:
+    """(prompt, negative prompt) from the lines before the parameters line, as A1111 splits them: from the
+    first "Negative prompt:" line on, lines are the negative prompt (a later label is dropped too)."""
+    label = "Negative prompt:"
+    stripped = [line.strip() for line in lines]
+    first = next((i for i, line in enumerate(stripped) if line.startswith(label)), len(stripped))
+    negative = [line[len(label):].strip() if line.startswith(label) else line for line in stripped[first:]]
+    return _join_lines(stripped[:first]), _join_lines(negative)
+
+
 def parse_generation_parameters(
     x: str,
     skip_fields: list[str] | None = None,
@@ -355,26 +434,14 @@ def parse_generation_parameters(
         skip_fields = list(_shared_opt("infotext_skip_pasting", []) or [])
 
     res: dict[str, Any] = {}
-    prompt = ""
-    negative_prompt = ""
-    done_with_prompt = False
-
     *lines, lastline = x.strip().split("\n")
-    if len(re_param.findall(lastline)) < 3:
+    params = find_params(lastline)
+    if len(params) < 3:  # A1111: fewer than three pairs and the last line is prompt text
         lines.append(lastline)
-        lastline = ""
+        params = []
+    prompt, negative_prompt = _split_prompts(lines)
 
-    for line in lines:
-        line = line.strip()
-        if line.startswith("Negative prompt:"):
-            done_with_prompt = True
-            line = line[16:].strip()
-        if done_with_prompt:
-            negative_prompt += ("" if negative_prompt == "" else "\n") + line
-        else:
-            prompt += ("" if prompt == "" else "\n") + line
-
-    for k, v in re_param.findall(lastline):
+    for k, v in params:
         if not v:
             continue  # A1111 drops an empty value (its parser fails on it), so defaults below still apply
         if v[0] == '"' and v[-1] == '"':

@@ -3,6 +3,7 @@
 This is A1111's `apply_infotext`: `parse_generation_parameters`, then its paste-field table (infotext key ->
 API field) for the basic fields, then the settings the infotext carries go to `override_settings` unless
 already there. The result is validated again, so a malformed value in the text is a 422 naming its field.
+An infotext longer than `infotext_utils.MAX_INFOTEXT_CHARS` is a 422 naming `infotext`, before it is parsed.
 """
 
 from __future__ import annotations
@@ -102,6 +103,8 @@ def apply(req: GenerationRequest, kind: str) -> GenerationRequest:
     """A new request: the explicit fields of `req`, and the infotext's values for the others."""
     if not req.infotext:
         return req
+    if infotext_utils.infotext_too_long(req.infotext):  # before parsing: txt2img parses on the event loop
+        raise invalid("infotext", f"too long: {infotext_utils.too_long_message(len(req.infotext))}")
     params = parse(req.infotext)
     explicit = req.model_dump(exclude_unset=True)
     filled: dict[str, Any] = {}
