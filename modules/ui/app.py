@@ -4,14 +4,33 @@ from __future__ import annotations
 
 import gradio as gr
 
-from modules import call_queue, infotext_utils
-from modules.ui import img2img, pnginfo, quicksettings, sendto, settings, styles_store, txt2img
+from modules import call_queue, infotext_utils, script_callbacks
+from modules.ui import (
+    component_hooks,
+    extension_tabs,
+    img2img,
+    pnginfo,
+    quicksettings,
+    sendto,
+    settings,
+    styles_store,
+    txt2img,
+)
 
 
 def create_ui(first_load: call_queue.Job | None = None) -> gr.Blocks:
     """The page. `first_load` is the start-up job loading the first model: the page says what it skipped."""
     infotext_utils.reset()  # paste-field registry: rebuilt with the page
     styles_store.database()
+    script_callbacks.before_ui_callback()
+    script_callbacks.ui_settings_callback()  # extensions' settings exist before the Settings tab is made
+    with component_hooks.page_build():
+        demo = _page(first_load, extension_tabs.collect())
+    return demo
+
+
+def _page(first_load: call_queue.Job | None, ext_tabs: list) -> gr.Blocks:
+    """The tabs in A1111's order; extensions' tabs go before Settings."""
     with gr.Blocks(title="Stable Diffusion", analytics_enabled=False) as demo:
         quick = quicksettings.build()
         with gr.Tabs(elem_id="tabs") as tabs:
@@ -21,6 +40,7 @@ def create_ui(first_load: call_queue.Job | None = None) -> gr.Blocks:
                 i2i = img2img.build()
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 png = pnginfo.build()
+            extension_tabs.build(ext_tabs)
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 page = settings.build()
         sendto.wire(tabs, t2i, i2i, png)

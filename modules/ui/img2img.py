@@ -9,8 +9,8 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
-from modules import batch_folders, processing, shared
-from modules.ui import common, generation, masks, params, results, toprow, uploads
+from modules import batch_folders, processing, scripts, shared
+from modules.ui import common, generation, masks, params, results, scripts_ui, toprow, uploads
 
 MODES = ("img2img", "sketch", "inpaint", "inpaint_upload", "batch")
 RESIZE_MODES = ["Just resize", "Crop and resize", "Resize and fill"]
@@ -125,6 +125,7 @@ def build() -> Img2ImgTab:
             seeds = params.seed_controls("img2img")
             tiling = params.tiling_checkbox("img2img")
             refiner = params.refiner_controls("img2img")
+            script_inputs = scripts_ui.build(scripts.scripts_img2img)
         with gr.Column(scale=1):
             panel = results.build("img2img")
 
@@ -136,7 +137,7 @@ def build() -> Img2ImgTab:
     params.wire_reuse_seed(seeds, panel.generation_info, panel.selected_index)
     detect.click(detect_size, inputs=[mode, init_img, sketch, inpaint, inpaint_base],
                  outputs=[size.width, size.height], show_progress="hidden")
-    generation.wire_buttons(top, panel, generate, inputs(tab))
+    generation.wire_buttons(top, panel, generate, inputs(tab) + script_inputs)
     for picture in (init_img, inpaint_base, inpaint_mask):
         # Say at once when a dropped file is not a picture, where the person is looking.
         picture.upload(upload_check, inputs=[picture], outputs=[panel.html_log], show_progress="hidden")
@@ -196,11 +197,15 @@ def _common_fields(values: list[Any]) -> dict[str, Any]:
     )
 
 
+FIELD_COUNT = 39  # the values of inputs(); the scripts' values follow them
+
+
 def generate(request: gr.Request, *values: Any):
-    yield from generation.stream("img2img", lambda: make_work(list(values)), request)
+    yield from generation.stream("img2img", lambda: make_work(list(values[:FIELD_COUNT]),
+                                                              list(values[FIELD_COUNT:])), request)
 
 
-def make_work(values: list[Any]):
+def make_work(values: list[Any], script_args: list[Any] | None = None):
     """Widget values -> a function the queue runs (one request, or a loop over a batch folder)."""
     (mode, init_img, sketch, inpaint, inpaint_base, inpaint_mask, batch_input, batch_output, batch_mask,
      resize_mode, resize_by, scale_by, mask_blur, mask_mode, inpainting_fill, inpaint_full_res, padding,
@@ -232,7 +237,8 @@ def make_work(values: list[Any]):
     p = processing.StableDiffusionProcessingImg2Img(
         init_images=[image.convert("RGB")], mask=mask, resize_mode=int(resize_mode or 0),
         denoising_strength=float(denoising), width=w, height=h, **fields, **(inpaint_fields if mask else {}))
-    return lambda: processing.process_images(p)
+    scripts_ui.attach(p, scripts.scripts_img2img, list(script_args or []))
+    return lambda: scripts.process_request(p)
 
 
 def _batch_work(input_dir: str, output_dir: str, mask_dir: str, fields: dict[str, Any],

@@ -12,7 +12,7 @@ from typing import Any
 
 import gradio as gr
 
-from modules import infotext_utils
+from modules import infotext_utils, script_callbacks
 from modules.ui import styles_store
 
 Field = tuple[Any, str | Callable[[dict[str, Any]], Any]]
@@ -45,7 +45,9 @@ def common_fields(toprow: Any, sampler: Any, size: Any, batch: Any, seeds: Any, 
 
 def parse(text: str) -> dict[str, Any]:
     db = styles_store.database()
-    return infotext_utils.parse_generation_parameters(text or "", extract_styles=db.extract_styles_from_prompt)
+    params = infotext_utils.parse_generation_parameters(text or "", extract_styles=db.extract_styles_from_prompt)
+    script_callbacks.infotext_pasted_callback(text or "", params)  # extensions may add or change fields
+    return params
 
 
 def _choices(component: Any) -> list[Any]:

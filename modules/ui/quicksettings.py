@@ -11,7 +11,7 @@ from typing import Any
 
 import gradio as gr
 
-from modules import call_queue, sd_models, shared
+from modules import call_queue, script_callbacks, scripts, sd_models, shared
 from modules.models import registry, vae_registry
 from modules.ui import common
 
@@ -127,8 +127,11 @@ def startup_notices(first_load: call_queue.Job | None) -> str:
         except (call_queue.JobFailed, call_queue.JobCancelled, TimeoutError):
             pass  # the notices below (or the console) say what went wrong
     notices = sd_models.startup_notices()
-    return "".join(common.error_html(n) if n.startswith(("Could not", "No checkpoint")) else common.notice_html(n)
+    html = "".join(common.error_html(n) if n.startswith(("Could not", "No checkpoint")) else common.notice_html(n)
                    for n in notices)
+    # Extensions that failed to load or whose callbacks raised: named, so the person knows which one to fix.
+    problems = [f"Extension script not loaded: {e}" for e in scripts.load_errors] + list(script_callbacks.errors)
+    return html + "".join(common.error_html(p) for p in problems)
 
 
 def wire(demo: gr.Blocks, quick: QuickSettings, refiner_boxes: list[gr.Dropdown],

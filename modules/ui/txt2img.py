@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from modules import processing
-from modules.ui import generation, params, results, toprow
+from modules import processing, scripts
+from modules.ui import generation, params, results, scripts_ui, toprow
 
 
 @dataclass
@@ -32,6 +32,7 @@ def build() -> Txt2ImgTab:
             seeds = params.seed_controls("txt2img")
             tiling = params.tiling_checkbox("txt2img")
             refiner = params.refiner_controls("txt2img")
+            script_inputs = scripts_ui.build(scripts.scripts_txt2img)
         with gr.Column(scale=1):
             panel = results.build("txt2img")
     tab = Txt2ImgTab(top, sampler, size, batch, seeds, tiling, refiner, panel)
@@ -41,7 +42,7 @@ def build() -> Txt2ImgTab:
               size.width, size.height, batch.batch_count, batch.batch_size, batch.cfg_scale, seeds.seed, seeds.extra,
               seeds.subseed, seeds.subseed_strength, seeds.seed_resize_from_w, seeds.seed_resize_from_h, tiling,
               refiner.enabled, refiner.checkpoint, refiner.switch_at]
-    generation.wire_buttons(top, panel, generate, inputs)
+    generation.wire_buttons(top, panel, generate, inputs + script_inputs)
     return tab
 
 
@@ -67,12 +68,16 @@ def make_request(prompt: str, negative_prompt: str, styles: list[str] | None, st
     )
 
 
+FIELD_COUNT = 21  # the values make_request takes; the scripts' values follow them
+
+
 def generate(request: gr.Request, *values):
     def make_work():
         try:
-            p = make_request(*values)
+            p = make_request(*values[:FIELD_COUNT])
         except (TypeError, ValueError) as e:  # a widget left empty or holding text where a number belongs
             raise ValueError(f"Check the parameters: {e}") from e
-        return lambda: processing.process_images(p)
+        scripts_ui.attach(p, scripts.scripts_txt2img, list(values[FIELD_COUNT:]))
+        return lambda: scripts.process_request(p)
 
     yield from generation.stream("txt2img", make_work, request)
