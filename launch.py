@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from typing import NoReturn
 
-from modules import cmd_args, shared
+from modules import cmd_args, extension_install, extension_preload, shared
 
 script_path = os.path.dirname(os.path.abspath(__file__))
 python: str = sys.executable
@@ -300,11 +300,12 @@ def prepare_environment(cmd_opts: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     global args
-    args = cmd_args.parse_args(argv, os.environ)
+    args = extension_preload.parse_args(argv, os.environ)  # enabled extensions' preload.py add their flags first
     shared.set_cmd_opts(args)
     for flag in cmd_args.not_yet_effective(args):
         print(f"note: {flag} is accepted but not yet effective")
     prepare_environment(args)
+    extension_install.run_installers(args)  # each new extension version's install.py, unless --skip-install
     warning = old_torch_warning()
     if warning:
         print(warning, flush=True)
@@ -323,7 +324,7 @@ if __name__ == "__main__":
     sys.modules.setdefault("launch", sys.modules[__name__])
     # Flags are checked (strictly, as main() does) before a venv is made: a typo must not cost a venv.
     try:
-        enter_venv(sys.argv[1:], cmd_args.parse_args().skip_install)
+        enter_venv(sys.argv[1:], extension_preload.parse_args(quiet=True).skip_install)
     except RuntimeError as e:
         sys.exit(f"launch.py: {e}")
     sys.exit(main())

@@ -72,6 +72,10 @@ EFFECTIVE_FLAGS: set[str] = {
     "--api-log",
     "--nowebui",
     "--timeout-keep-alive",  # the API-only server's uvicorn (modules/api/server.py)
+    # extensions (modules/extensions.py, modules/extension_manager.py)
+    "--disable-all-extensions",
+    "--disable-extra-extensions",
+    "--enable-insecure-extension-access",
 }
 
 # Values that must never be shown back (API /cmd-flags, logs, sysinfo): credentials and TLS material.

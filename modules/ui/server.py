@@ -14,6 +14,7 @@ import fastapi
 import gradio as gr
 
 from modules import http_guard, progress
+from modules.ui import extension_routes
 
 DEFAULT_PORT = 7860
 
@@ -185,7 +186,8 @@ def serve(demo: gr.Blocks, cmd_opts: argparse.Namespace, css: str, head: str) ->
         api_auth = BasicAuth.from_flag(getattr(cmd_opts, "api_auth", None))
     guard = guard_config(cmd_opts, api_auth)  # a bad flag value stops us before serving, too
     kwargs["app_kwargs"] = {
-        "routes": internal_routes(api_auth),  # gradio's routes are added after these
+        # gradio's routes are added after these; A1111's file= for extensions' files, and the page's `opts`
+        "routes": internal_routes(api_auth) + extension_routes.routes(lambda r: allowed(r.app, r, api_auth)),
         "lifespan": http_guard.installing_lifespan(guard),  # in front of gradio's middleware, before serving
     }
     app, local_url, share_url = demo.launch(**kwargs)

@@ -1,0 +1,163 @@
+"""The Extensions tab (A1111's): the installed extensions with their git facts and an enabled checkbox each,
+Apply (saves `disabled_extensions` / `disable_all_extensions`; a restart of the server loads the change),
+Check for updates (git fetch and compare), and Install from URL (git clone into extensions/<name>).
+
+Changing anything is refused on a server other machines can reach, unless --enable-insecure-extension-access
+(modules/extension_manager.py says why); the list stays visible.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import gradio as gr
+
+from modules import extension_manager, extensions, shared
+from modules.ui import common
+
+# name -> result of the last "Check for updates" (the server's view, shared by every page)
+update_status: dict[str, str] = {}
+
+# Before Apply runs on the server: the names whose checkbox is ticked, as JSON, in place of the hidden box.
+COLLECT_ENABLED_JS = """(enabled, disableAll) => {
+    const boxes = document.querySelectorAll('#extensions_installed_html input[type=checkbox][data-extension]');
+    return [JSON.stringify(Array.from(boxes).filter((b) => b.checked).map((b) => b.dataset.extension)), disableAll];
+}"""
+
+
+def _link(url: str | None) -> str:
+    if not url:
+        return ""
+    text = html.escape(url)
+    if url.startswith(("https://", "http://")):
+        return f'<a href="{text}" target="_blank" rel="noopener noreferrer">{text}</a>'
+    return text
+
+
+def table_html() -> str:
+    """The installed extensions as a table; the checkbox shows the saved setting, "Loaded" what runs now."""
+    refused = extension_manager.access_refusal(shared.cmd_opts) is not None
+    disabled = set(shared.opts.data.get("disabled_extensions") or [])
+    running = {ext.path for ext in extensions.active()}
+    found = extensions.scan()
+    if not found:
+        return "<p class='extensions-empty'>No extensions are installed.</p>"
+    rows = []
+    for ext in found:
+        name = html.escape(ext.name)
+        checked = "" if ext.name in disabled else " checked"
+        locked = " disabled" if refused else ""
+        kind = " <span class='info'>(built-in)</span>" if ext.is_builtin else ""
+        rows.append(
+            "<tr>"
+            f"<td><input type='checkbox' name='enable_{name}' data-extension='{name}'{checked}{locked}"
+            f" aria-label='Enable {name}'></td>"
+            f"<td class='extension-name'>{name}{kind}</td>"
+            f"<td>{_link(ext.remote)}</td>"
+            f"<td>{html.escape(ext.branch or '')}</td>"
+            f"<td><code>{html.escape(ext.version)}</code></td>"
+            f"<td>{html.escape(ext.commit_date_text())}</td>"
+            f"<td>{'yes' if ext.path in running else 'no'}</td>"
+            f"<td class='extension-update'>{html.escape(update_status.get(ext.name, ''))}</td>"
+            "</tr>"
+        )
+    head = "".join(f"<th>{h}</th>" for h in ("Enabled", "Extension", "URL", "Branch", "Commit", "Date", "Loaded",
+                                              "Update"))
+    return f"<table id='extensions_table'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def errors_html() -> str:
+    if not extensions.errors:
+        return ""
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in extensions.errors)
+    return f"<div class='error'>Problems with extensions:<ul>{items}</ul></div>"
+
+
+def apply(enabled_json: str, disable_all: str) -> tuple[str, str]:
+    """Save the checkboxes and the "Disable all extensions" choice; (result, table)."""
+    try:
+        enabled = json.loads(enabled_json or "[]")
+        if not isinstance(enabled, list) or not all(isinstance(n, str) for n in enabled):
+            raise ValueError("expected a list of names")
+    except ValueError as e:
+        return common.error_html(f"Could not read the checkboxes: {e}"), table_html()
+    try:
+        message = extension_manager.save_disabled(enabled, disable_all)
+    except (extension_manager.ExtensionError, ValueError, OSError) as e:  # SettingValueError is a ValueError
+        return common.error_html(str(e)), table_html()
+    return common.notice_html(message), table_html()
+
+
+def check_for_updates() -> Iterator[tuple[str, str]]:
+    """git fetch each installed extension in turn; (progress or result, table)."""
+    found = [ext for ext in extensions.scan() if ext.remote]
+    if not found:
+        yield common.notice_html("No installed extension has a git remote to check."), table_html()
+        return
+    try:
+        for n, ext in enumerate(extension_manager.check_updates(found), start=1):
+            update_status[ext.name] = ext.status
+            yield common.notice_html(f"Checked {n} of {len(found)}: {ext.name}: {ext.status}"), gr.skip()
+    except extension_manager.ExtensionError as e:
+        yield common.error_html(str(e)), table_html()
+        return
+    behind = [ext.name for ext in found if ext.can_update]
+    summary = f"Updates available for: {', '.join(behind)}." if behind else "All extensions are up to date."
+    yield common.notice_html(summary), table_html()
+
+
+def install(url: str, branch: str, dirname: str) -> Iterator[tuple[str, Any]]:
+    """Install from a git URL, showing each step; (progress or result, table)."""
+    last = ""
+    try:
+        for line in extension_manager.install_from_url(url, branch, dirname):
+            last = line
+            yield common.notice_html(line), gr.skip()
+    except extension_manager.ExtensionError as e:
+        yield common.error_html(str(e)), gr.skip()
+        return
+    except OSError as e:  # the extensions folder cannot be written
+        yield common.error_html(f"Could not install: {e.strerror or e}"), gr.skip()
+        return
+    yield common.notice_html(last), table_html()
+
+
+def build() -> None:
+    """The tab; call inside the page's `gr.Tabs()` (app.py puts it before Settings)."""
+    refusal = extension_manager.access_refusal(shared.cmd_opts)
+    allowed = refusal is None
+    with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions"):
+        if refusal:
+            gr.HTML(common.notice_html(refusal), elem_id="extensions_access_refused")
+        gr.HTML(errors_html, elem_id="extensions_errors")
+        with gr.Tabs(elem_id="tabs_extensions"):
+            with gr.Tab("Installed", id="extensions_installed", elem_id="extensions_installed_tab"):
+                with gr.Row(elem_id="extensions_installed_top"):
+                    apply_button = gr.Button("Apply (restart the server to load the change)", variant="primary",
+                                             elem_id="extensions_apply", interactive=allowed)
+                    check_button = gr.Button("Check for updates", elem_id="extensions_check",
+                                             interactive=allowed)
+                    disable_all = gr.Radio(label="Disable all extensions", choices=["none", "extra", "all"],
+                                           value=lambda: shared.opts.data.get("disable_all_extensions", "none"),
+                                           elem_id="extensions_disable_all", interactive=allowed)
+                result = gr.HTML("", elem_id="extensions_installed_result")
+                table = gr.HTML(table_html, elem_id="extensions_installed_html")
+                enabled_json = gr.Textbox(visible=False)
+            with gr.Tab("Install from URL", id="extensions_install", elem_id="extensions_install_tab"):
+                url = gr.Textbox(label="URL for extension's git repository", elem_id="extensions_install_url",
+                                 interactive=allowed)
+                branch = gr.Textbox(label="Specific branch name", placeholder="Leave empty for the default branch",
+                                    elem_id="extensions_install_branch", interactive=allowed)
+                dirname = gr.Textbox(label="Local directory name", placeholder="Leave empty for auto",
+                                     elem_id="extensions_install_dirname", interactive=allowed)
+                install_button = gr.Button("Install", variant="primary", elem_id="extensions_install_button",
+                                           interactive=allowed)
+                install_result = gr.HTML("", elem_id="extension_install_result")
+    apply_button.click(apply, inputs=[enabled_json, disable_all], outputs=[result, table], js=COLLECT_ENABLED_JS,
+                       show_progress="hidden")
+    check_button.click(check_for_updates, outputs=[result, table], show_progress="hidden")
+    install_button.click(install, inputs=[url, branch, dirname], outputs=[install_result, table],
+                         show_progress="hidden")
