@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from PIL import Image, ImageOps
 
-from modules import extra_networks, images, infotext_utils, paths, prompt_parser, rng, shared
+from modules import extra_networks, images, infotext_utils, paths, rng, shared
 from modules.engine import generate, inpainting
 from modules.engine.generate import BatchRequest
 from modules.engine.sampling.common import InterruptedException
@@ -454,22 +454,10 @@ def process_images(p: StableDiffusionProcessing) -> Processed:
 
 
 def _validate(p: StableDiffusionProcessing) -> None:
-    if p.width % 8 or p.height % 8 or p.width < 64 or p.height < 64:
-        raise ValueError(f"width and height must be multiples of 8 and at least 64, got {p.width}x{p.height}")
-    if p.steps < 1:
-        raise ValueError(f"steps must be at least 1, got {p.steps}")
-    if p.batch_size < 1 or p.n_iter < 1:
-        raise ValueError("batch_size and n_iter must be at least 1")
-    for field_name in ("prompt", "negative_prompt"):
-        texts = getattr(p, field_name)
-        for text in texts if isinstance(texts, list) else [texts]:
-            if prompt_parser.bracket_depth(text or "") > prompt_parser.MAX_NESTING:
-                raise ValueError(f"{field_name}: brackets nested more than {prompt_parser.MAX_NESTING} levels deep")
-    # Features that do not exist yet are refused by name rather than silently ignored.
-    if getattr(p, "enable_hr", False):
-        raise ValueError("enable_hr: Hires. fix is not available in this version")
-    if p.restore_faces:
-        raise ValueError("restore_faces: face restoration is not available in this version")
+    """The one request check every door shares (modules.request_validation): UI, API and scripts alike."""
+    from modules import request_validation
+
+    request_validation.validate(p, is_api=p.is_api)
 
 
 def _resolve_sampler(p: StableDiffusionProcessing) -> None:
@@ -593,6 +581,8 @@ def _run_batch(p: StableDiffusionProcessing, n: int, model, refiner, state, outp
 
 def _batch_request(p: StableDiffusionProcessing, n: int, model, refiner) -> BatchRequest:
     """Extra networks (the tags come off the text the encoder sees), scripts' `process_batch`, the request."""
+    from modules.engine.sampling.sampler import settings_for_request
+
     encoder_prompts, network_data = extra_networks.parse_prompts(p.prompts)
     encoder_negatives = extra_networks.parse_prompts(p.negative_prompts)[0]
     if not p.disable_extra_networks:
@@ -607,7 +597,7 @@ def _batch_request(p: StableDiffusionProcessing, n: int, model, refiner) -> Batc
         seed_resize_from_h=max(p.seed_resize_from_h, 0), seed_resize_from_w=max(p.seed_resize_from_w, 0),
         sampler_name=p.sampler_name, scheduler=p.scheduler, steps=p.steps, cfg_scale=p.cfg_scale,
         width=p.width, height=p.height, clip_skip=p.clip_skip, emphasis=_opt("emphasis", "Original"),
-        settings=dict(shared.opts.data), eta=p.eta,
+        settings=settings_for_request(shared.opts.data, p), eta=p.eta,  # the request's s_* win over settings
     )
     request.refiner, request.refiner_switch_at = refiner, float(p.refiner_switch_at or 1.0)
     request = p.batch_request(request)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from modules.options import OptionInfo, categories, options_section
 
-# Keys the UI may not change when --hide-ui-dir-config is set (output dirs, filename patterns); none exist yet.
+# Keys nobody may change when --hide-ui-dir-config is set (output dirs, filename patterns), as in A1111.
 restricted_opts: set[str] = set()
 
 categories.register_category("sd", "Stable Diffusion")
@@ -104,6 +104,8 @@ categories.register_category("system", "System")
 
 options_templates.update(options_section(("system", "System", "system"), {
     "multiple_tqdm": OptionInfo(True, "Add a second progress bar to the console that shows progress for an entire job."),
+    "list_hidden_files": OptionInfo(True, "Load models/files in hidden directories").info(
+        'directory is hidden if its name starts with "."'),
 }))
 
 options_templates.update(options_section(("api", "API", "system"), {
@@ -128,6 +130,9 @@ options_templates.update(options_section(("api", "API", "system"), {
     "api_max_body_mb": OptionInfo(
         100, "API: largest request body, in MB", component_args={"minimum": 1, "maximum": 4096, "step": 1},
         restrict_api=True),
+    "api_max_prompt_chars": OptionInfo(
+        20000, "API: longest prompt or negative prompt, in characters", minimum=1, restrict_api=True,
+    ).info("longer ones are refused (422); the UI's token counter does not count them"),
     "api_max_work": OptionInfo(
         2000, "API: most work in one request, in megapixel-steps (batch size × batch count × steps × width × "
         "height / 1,000,000)", minimum=1, restrict_api=True,
@@ -144,4 +149,210 @@ options_templates.update(options_section(("api", "API", "system"), {
         minimum=1, restrict_api=True,
     ).info("the server holds 2 to 3 times this in memory; a request that would pass it is refused (429) while "
            "others wait"),
+}))
+
+# Saving pictures and grids (modules.images, modules.processing), with A1111's keys, defaults and sections.
+categories.register_category("saving", "Saving images")
+categories.register_category("postprocessing", "Postprocessing")
+
+IMAGE_FORMATS = ("png", "jpg", "jpeg", "webp", "avif")
+_PATTERNS_WIKI = "https://github.com/AUTOMATIC1111/stable-diffusion-webui/wiki/Custom-Images-Filename-Name-and-Subdirectory"
+
+
+def _image_formats() -> dict[str, list[str]]:
+    # A1111's list, less what this Pillow cannot write (AVIF needs a recent one): a choice must save
+    from PIL import Image
+
+    known = Image.registered_extensions()
+    return {"choices": [f for f in IMAGE_FORMATS if f".{f}" in known]}
+
+
+options_templates.update(options_section(("saving-images", "Saving images/grids", "saving"), {
+    "samples_save": OptionInfo(True, "Always save all generated images"),
+    "samples_format": OptionInfo("png", "File format for images", component_args=_image_formats),
+    "samples_filename_pattern": OptionInfo("", "Images filename pattern").link("wiki", _PATTERNS_WIKI),
+    "save_images_add_number": OptionInfo(True, "Add number to filename when saving"),
+    "save_images_replace_action": OptionInfo(
+        "Replace", "Saving the image to an existing file",
+        component_args={"choices": ["Replace", "Add number suffix"]}),
+    "grid_save": OptionInfo(True, "Always save all generated image grids"),
+    "grid_format": OptionInfo("png", "File format for grids", component_args=_image_formats),
+    "grid_extended_filename": OptionInfo(False, "Add extended info (seed, prompt) to filename when saving grid"),
+    "grid_prevent_empty_spots": OptionInfo(False, "Prevent empty spots in grid (when set to autodetect)"),
+    "n_rows": OptionInfo(
+        -1, "Grid row count; use -1 for autodetect and 0 for it to be same as batch size",
+        component_args={"minimum": -1, "maximum": 16, "step": 1}),
+    "font": OptionInfo("", "Font for image grids that have text"),
+    "grid_text_active_color": OptionInfo("#000000", "Text color for image grids"),
+    "grid_text_inactive_color": OptionInfo("#999999", "Inactive text color for image grids"),
+    "grid_background_color": OptionInfo("#ffffff", "Background color for image grids"),
+    "jpeg_quality": OptionInfo(
+        80, "Quality for saved jpeg and avif images", component_args={"minimum": 1, "maximum": 100, "step": 1}),
+    "webp_lossless": OptionInfo(False, "Use lossless compression for webp images"),
+    "img_max_size_mp": OptionInfo(200, "Maximum image size", minimum=0).info("in megapixels"),
+    "save_selected_only": OptionInfo(True, "When using 'Save' button, only save a single selected image"),
+}))
+
+# Empty output folders mean <data dir>/outputs/<kind>-images (-grids): A1111's defaults, kept under --data-dir.
+options_templates.update(options_section(("saving-paths", "Paths for saving", "saving"), {
+    "outdir_samples": OptionInfo("", "Output directory for images; if empty, defaults to three directories below",
+                                 restrict_api=True),
+    "outdir_txt2img_samples": OptionInfo("", "Output directory for txt2img images", restrict_api=True).info(
+        "if empty: outputs/txt2img-images in the data directory"),
+    "outdir_img2img_samples": OptionInfo("", "Output directory for img2img images", restrict_api=True).info(
+        "if empty: outputs/img2img-images in the data directory"),
+    "outdir_grids": OptionInfo("", "Output directory for grids; if empty, defaults to two directories below",
+                               restrict_api=True),
+    "outdir_txt2img_grids": OptionInfo("", "Output directory for txt2img grids", restrict_api=True).info(
+        "if empty: outputs/txt2img-grids in the data directory"),
+    "outdir_img2img_grids": OptionInfo("", "Output directory for img2img grids", restrict_api=True).info(
+        "if empty: outputs/img2img-grids in the data directory"),
+    "outdir_save": OptionInfo("log/images", "Directory for saving images using the Save button", restrict_api=True
+                              ).info("relative to the data directory"),
+}))
+
+options_templates.update(options_section(("saving-to-dirs", "Saving to a directory", "saving"), {
+    "save_to_dirs": OptionInfo(True, "Save images to a subdirectory"),
+    "grid_save_to_dirs": OptionInfo(True, "Save grids to a subdirectory"),
+    "use_save_to_dirs_for_ui": OptionInfo(False, 'When using "Save" button, save images to a subdirectory'),
+    "directories_filename_pattern": OptionInfo("[date]", "Directory name pattern").link("wiki", _PATTERNS_WIKI),
+    "directories_max_prompt_words": OptionInfo(
+        8, "Max prompt words for [prompt_words] pattern", component_args={"minimum": 1, "maximum": 20, "step": 1}),
+}))
+
+# A1111's restricted_opts: where files go, frozen by --hide-ui-dir-config; output folders are also never set
+# over the API (restrict_api above), so a client cannot make the server write elsewhere.
+restricted_opts.update({
+    "samples_filename_pattern", "save_images_add_number", "save_images_replace_action", "directories_filename_pattern",
+    "directories_max_prompt_words", "outdir_samples", "outdir_txt2img_samples", "outdir_img2img_samples",
+    "outdir_grids", "outdir_txt2img_grids", "outdir_img2img_grids", "outdir_save",
+})
+
+
+
+def _upscalers() -> dict[str, list[str]]:
+    # Upscalers come from extensions (shared.sd_upscalers); with none, only None (Lanczos) can be chosen.
+    from modules import shared  # at call time: shared imports this module
+
+    return {"choices": [u.name for u in getattr(shared, "sd_upscalers", None) or []]}
+
+
+options_templates.update(options_section(("upscaling", "Upscaling", "postprocessing"), {
+    "upscaler_for_img2img": OptionInfo(None, "Upscaler for img2img", component_args=_upscalers),
+}))
+
+options_templates.update(options_section(("sd", "Stable Diffusion", "sd"), {
+    "emphasis": OptionInfo(
+        "Original", "Emphasis mode", component_args={"choices": ["None", "Ignore", "Original", "No norm"]},
+        infotext="Emphasis",
+    ).info("makes it possible to make model to pay (more:1.1) or (less:0.9) attention to text when you use the "
+           "syntax in prompt; None: disable the mechanism entirely and treat (:.1.1) as literal characters; "
+           "Ignore: treat all emphasised words as if they have no emphasis; Original: the original emphasis "
+           "implementation; No norm: same as original, but without normalization (seems to work better for SDXL)"),
+    "comma_padding_backtrack": OptionInfo(
+        20, "Prompt word wrap length limit", component_args={"minimum": 0, "maximum": 74, "step": 1},
+    ).info("in tokens - for texts shorter than specified, if they don't fit into 75 token limit, move them to the "
+           "next 75 token chunk"),
+}))
+
+options_templates.update(options_section(("optimizations", "Optimizations", "sd"), {
+    "s_min_uncond": OptionInfo(
+        0.0, "Negative Guidance minimum sigma", component_args={"minimum": 0.0, "maximum": 15.0, "step": 0.01},
+        infotext="NGMS",
+    ).link("PR", "https://github.com/AUTOMATIC1111/stable-diffusion-webui/pull/9177").info(
+        "skip negative prompt for some steps when the image is almost ready; 0=disable, higher=faster"),
+}))
+
+options_templates.update(options_section(("compatibility", "Compatibility", "sd"), {
+    "auto_backcompat": OptionInfo(True, "Automatic backward compatibility").info(
+        "automatically enable options for backwards compatibility when importing generation parameters from "
+        "infotext that has program version."),
+    "use_old_karras_scheduler_sigmas": OptionInfo(False, "Use old karras scheduler sigmas (0.1 to 10)."),
+    "use_old_hires_fix_width_height": OptionInfo(
+        False, "For hires fix, use width/height sliders to set final resolution rather than first pass (disables "
+        "Upscale by, Resize width/height to).").info("read when pasting infotext of a hires fix picture"),
+}))
+
+# The settings every sampler reads (modules.engine.sampling.sampler); a request's own eta / s_* win over them.
+options_templates.update(options_section(("sampler-params", "Sampler parameters", "sd"), {
+    "eta_ddim": OptionInfo(
+        0.0, "Eta for DDIM", component_args={"minimum": 0.0, "maximum": 1.0, "step": 0.01}, infotext="Eta DDIM",
+    ).info("noise multiplier; higher = more unpredictable results"),
+    "ddim_discretize": OptionInfo(
+        "uniform", "img2img DDIM discretize", component_args={"choices": ["uniform", "quad"]},
+    ).info("timesteps of DDIM in img2img: evenly spaced, or quadratic (denser at low noise)"),
+    "eta_ancestral": OptionInfo(
+        1.0, "Eta for k-diffusion samplers", component_args={"minimum": 0.0, "maximum": 1.0, "step": 0.01},
+        infotext="Eta",
+    ).info("noise multiplier; applies to ancestral samplers (Euler a, DPM++ 2S a) and SDE samplers"),
+    "s_churn": OptionInfo(
+        0.0, "sigma churn", component_args={"minimum": 0.0, "maximum": 100.0, "step": 0.01}, infotext="Sigma churn",
+    ).info("amount of stochasticity; only applies to Euler, Heun, and DPM2"),
+    "s_tmin": OptionInfo(
+        0.0, "sigma tmin", component_args={"minimum": 0.0, "maximum": 10.0, "step": 0.01}, infotext="Sigma tmin",
+    ).info("enable stochasticity; start value of the sigma range; only applies to Euler, Heun, and DPM2"),
+    "s_tmax": OptionInfo(
+        0.0, "sigma tmax", component_args={"minimum": 0.0, "maximum": 999.0, "step": 0.01}, infotext="Sigma tmax",
+    ).info("0 = inf; end value of the sigma range; only applies to Euler, Heun, and DPM2"),
+    "s_noise": OptionInfo(
+        1.0, "sigma noise", component_args={"minimum": 0.0, "maximum": 1.1, "step": 0.001}, infotext="Sigma noise",
+    ).info("amount of additional noise to counteract loss of detail during sampling"),
+    "sigma_min": OptionInfo(0.0, "sigma min", infotext="Schedule min sigma", minimum=0).info(
+        "0 = default (~0.03); minimum noise strength for k-diffusion noise scheduler"),
+    "sigma_max": OptionInfo(0.0, "sigma max", infotext="Schedule max sigma", minimum=0).info(
+        "0 = default (~14.6); maximum noise strength for k-diffusion noise scheduler"),
+    "rho": OptionInfo(0.0, "rho", infotext="Schedule rho", minimum=0).info(
+        "0 = default (7 for karras, 1 for polyexponential); higher values result in a steeper noise schedule "
+        "(decreases faster)"),
+    "always_discard_next_to_last_sigma": OptionInfo(
+        False, "Always discard next-to-last sigma", infotext="Discard penultimate sigma",
+    ).link("PR", "https://github.com/AUTOMATIC1111/stable-diffusion-webui/pull/6044"),
+    # A1111 also offers vary_coeff, which the UniPC here does not implement
+    "uni_pc_variant": OptionInfo(
+        "bh1", "UniPC variant", component_args={"choices": ["bh1", "bh2"]}, infotext="UniPC variant"),
+    "uni_pc_skip_type": OptionInfo(
+        "time_uniform", "UniPC skip type", component_args={"choices": ["time_uniform", "time_quadratic", "logSNR"]},
+        infotext="UniPC skip type"),
+    "uni_pc_order": OptionInfo(
+        3, "UniPC order", component_args={"minimum": 1, "maximum": 50, "step": 1}, infotext="UniPC order",
+    ).info("must be < sampling steps"),
+    "uni_pc_lower_order_final": OptionInfo(True, "UniPC lower order final", infotext="UniPC lower order final"),
+    "beta_dist_alpha": OptionInfo(
+        0.6, "Beta scheduler - alpha", component_args={"minimum": 0.01, "maximum": 1.0, "step": 0.01},
+        infotext="Beta schedule alpha",
+    ).info("Default = 0.6; the alpha parameter of the beta distribution used in Beta sampling"),
+    "beta_dist_beta": OptionInfo(
+        0.6, "Beta scheduler - beta", component_args={"minimum": 0.01, "maximum": 1.0, "step": 0.01},
+        infotext="Beta schedule beta",
+    ).info("Default = 0.6; the beta parameter of the beta distribution used in Beta sampling"),
+}))
+
+options_templates.update(options_section(("infotext", "Infotext", "ui"), {
+    "enable_pnginfo": OptionInfo(True, "Write infotext to metadata of the generated image"),
+    "save_txt": OptionInfo(False, "Create a text file with infotext next to every generated image"),
+    "disable_weights_auto_swap": OptionInfo(True, "Disregard checkpoint information from pasted infotext").info(
+        "when reading generation parameters from text into UI"),
+    "infotext_skip_pasting": OptionInfo([], "Disregard fields from pasted infotext"),
+    "infotext_styles": OptionInfo(
+        "Apply if any", "Infer styles from prompts of pasted infotext",
+        component_args={"choices": ["Ignore", "Apply", "Discard", "Apply if any"]},
+    ).info("when reading generation parameters from text into UI"),
+}))
+
+options_templates.update(options_section(("ui_gallery", "Gallery", "ui"), {
+    "return_grid": OptionInfo(True, "Show grid in gallery"),
+}))
+
+# Written by the model loader, shown by GET /options; registered so a client may POST back what it read.
+options_templates.update(options_section((None, "Hidden options"), {
+    # None, not A1111's "": the loader stores None when hashing is off (--no-hashing)
+    "sd_checkpoint_hash": OptionInfo(None, "SHA256 hash of the current checkpoint", restrict_api=True),
+}))
+
+# Extensions (modules/extensions.py); kept off the Settings page, as in A1111: the Extensions tab sets them.
+options_templates.update(options_section((None, "Hidden options"), {
+    "disabled_extensions": OptionInfo([], "Disable these extensions"),
+    "disable_all_extensions": OptionInfo(
+        "none", "Disable all extensions (preserves the list of disabled extensions)",
+        component_args={"choices": ["none", "extra", "all"]}),
 }))

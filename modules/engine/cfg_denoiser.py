@@ -79,7 +79,12 @@ class CFGDenoiser:
             return conds["crossattn"], conds["vector"]
         return conds, None
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **_: Any) -> torch.Tensor:
+    def _skips_uncond(self, sigma: torch.Tensor, s_min_uncond: float) -> bool:
+        """A1111's NGMS: on every other step, once the noise is below s_min_uncond, the negative prompt's pass
+        is left out (the picture is nearly done; the cond result stands in for it, at guidance 1)."""
+        return bool(s_min_uncond > 0 and self.step % 2 and float(sigma[0]) < s_min_uncond)
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, s_min_uncond: float = 0.0, **_: Any) -> torch.Tensor:
         if self.should_stop():
             stop = InterruptedException()
             stop.last_latent = self.last_latent
@@ -103,16 +108,23 @@ class CFGDenoiser:
             params = hooks.run("cfg_denoiser", hooks.CFGDenoiserParams(
                 x_in, image_cond_in, sigma_in, self.step, self.total_steps, cond_batch, uncond_batch, self))
             x_in, image_cond_in, sigma_in = params.x, params.image_cond, params.sigma
+        skip_uncond = self._skips_uncond(sigma, s_min_uncond)
+        if skip_uncond:
+            x_in, sigma_in = x_in[:-batch], sigma_in[:-batch]
+            image_cond_in = None if image_cond_in is None else image_cond_in[:-batch]
 
         added_in = None
         if self.is_sdxl:
             time_cond = torch.cat([self.c.added_cond["time_ids"][i : i + 1].expand(n, -1) for i, n in enumerate(repeats)])
             added_in = {
-                "text_embeds": torch.cat([cond_vec, uncond_vec]),
-                "time_ids": torch.cat([time_cond, self.c.added_uncond["time_ids"]]),
+                "text_embeds": cond_vec if skip_uncond else torch.cat([cond_vec, uncond_vec]),
+                "time_ids": time_cond if skip_uncond else torch.cat([time_cond, self.c.added_uncond["time_ids"]]),
             }
 
-        if cond_ctx.shape[1] == uncond_ctx.shape[1]:
+        if skip_uncond:
+            out = self.inner_model(x_in, sigma_in, context=cond_ctx, added=added_in, image_cond=image_cond_in)
+            out = torch.cat([out, out[[conds[0][0] for conds in conds_list]]])  # each image's first cond as uncond
+        elif cond_ctx.shape[1] == uncond_ctx.shape[1]:
             out = self.inner_model(x_in, sigma_in, context=torch.cat([cond_ctx, uncond_ctx]), added=added_in,
                                    image_cond=image_cond_in)
         else:
@@ -131,9 +143,10 @@ class CFGDenoiser:
                                                                     self.inner_model)).x
         denoised_uncond = out[-batch:]
         denoised = denoised_uncond.clone()
+        cfg_scale = 1.0 if skip_uncond else self.c.cfg_scale
         for i, conds in enumerate(conds_list):
             for cond_index, weight in conds:
-                denoised[i] += (out[cond_index] - denoised_uncond[i]) * (weight * self.c.cfg_scale)
+                denoised[i] += (out[cond_index] - denoised_uncond[i]) * (weight * cfg_scale)
         if self.mask is not None:
             # Inpainting with an ordinary model: keep the original where the mask says so (A1111's mask = keep).
             denoised = self.init_latent * self.mask + self.nmask * denoised

@@ -15,6 +15,7 @@ import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from . import schedules
@@ -47,12 +48,59 @@ class ScheduleSettings:
     always_discard_next_to_last_sigma: bool = False
     use_old_karras_scheduler_sigmas: bool = False
     uni_pc_skip_type: str = "time_uniform"
+    ddim_discretize: str = "uniform"  # img2img DDIM timesteps: "uniform" or "quad" (DDIM_DISCRETIZE)
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> ScheduleSettings:
         """Pick the known keys out of a settings mapping (e.g. `shared.opts.data`)."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in options.items() if k in names})
+
+
+DDIM_DISCRETIZE = ("uniform", "quad")
+
+# A1111's request fields that win over the setting of the same name unless None (p.s_churn, else opts.s_churn).
+REQUEST_OVERRIDES = ("s_churn", "s_tmin", "s_tmax", "s_noise", "s_min_uncond", "ddim_discretize")
+
+# The k-diffusion functions' own defaults for A1111's extra params, and the infotext keys of other values.
+SIGMA_PARAM_DEFAULTS = {"s_churn": 0.0, "s_tmin": 0.0, "s_tmax": float("inf"), "s_noise": 1.0}
+SIGMA_PARAM_INFOTEXT = {
+    "s_churn": "Sigma churn", "s_tmin": "Sigma tmin", "s_tmax": "Sigma tmax", "s_noise": "Sigma noise",
+}
+
+
+def settings_for_request(settings: Mapping[str, Any], request: Any) -> dict[str, Any]:
+    """The settings a sampler reads, with the request's own REQUEST_OVERRIDES where it sets them."""
+    merged = dict(settings)
+    for name in REQUEST_OVERRIDES:
+        value = getattr(request, name, None)
+        if value is not None and value != "":
+            merged[name] = value
+    return merged
+
+
+def ngms_kwargs(settings: Mapping[str, Any], infotext: dict[str, Any] | None) -> dict[str, Any]:
+    """A1111's "Negative Guidance minimum sigma" (setting/field s_min_uncond) for the CFG denoiser, which
+    receives it through extra_args; recorded as NGMS. Nothing when it is 0 (off)."""
+    value = float(settings.get("s_min_uncond", 0.0) or 0.0)
+    if value <= 0:
+        return {}
+    if infotext is not None:
+        infotext["NGMS"] = value
+    return {"s_min_uncond": value}
+
+
+def quad_timesteps(steps: int) -> list[int]:
+    """Pre-1.6 A1111's (CompVis) "quad" DDIM timesteps, ascending: denser where the noise is low."""
+    return [int(t) + 1 for t in np.linspace(0, np.sqrt(1000 * 0.8), steps) ** 2]
+
+
+def quad_grid_sigmas(steps: int, schedule: DiscreteSchedule) -> Tensor:
+    """Sigmas for the quad timesteps, as `timestep_grid_sigmas` builds them for the uniform ones."""
+    timesteps = quad_timesteps(steps)[::-1]
+    starts = timesteps[:-1] or [len(schedule.sigmas) - 1]
+    sigmas = schedule.t_to_sigma(torch.tensor(starts, dtype=torch.float32))
+    return torch.cat([sigmas, sigmas.new_zeros([1])])
 
 
 def setup_img2img_steps(steps: int, denoising_strength: float, fix_steps: bool = False) -> tuple[int, int]:
@@ -239,11 +287,25 @@ class KSampler:
             kwargs["eta"] = value
             if infotext is not None and value != self.eta_default:
                 infotext[self.eta_infotext_field] = value
+        kwargs.update(self._sigma_params(settings, params, infotext))
+        kwargs.update(ngms_kwargs(settings, infotext))
+        return kwargs
+
+    def _sigma_params(
+        self, settings: Mapping[str, Any], params: set[str], infotext: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        """A1111's extra params (s_churn, s_tmin, s_tmax, s_noise) this function takes; values other than the
+        function's defaults are recorded in the infotext ("Sigma churn" ...) as A1111 records them."""
+        kwargs: dict[str, Any] = {}
         for name in self.extra_params:
-            if name in settings and name in params:
-                kwargs[name] = settings[name]
-        if kwargs.get("s_tmax") == 0:
-            kwargs["s_tmax"] = float("inf")  # A1111: 0 in the settings means "no upper bound"
+            if name not in settings or name not in params:
+                continue
+            value = float(settings[name])
+            if name == "s_tmax" and value == 0:
+                value = float("inf")  # A1111: 0 means "no upper bound"
+            kwargs[name] = value
+            if infotext is not None and value != SIGMA_PARAM_DEFAULTS.get(name):
+                infotext[SIGMA_PARAM_INFOTEXT[name]] = value
         return kwargs
 
     def sample(
@@ -259,6 +321,8 @@ class KSampler:
     ) -> Tensor:
         """Run the function; `x` must already be at noise level sigmas[0]. Options the function does not
         take are dropped, so callers may pass a common superset (eta, s_noise ...)."""
+        if "s_min_uncond" in options:  # for the CFG denoiser, as A1111 passes it, not for the function
+            extra_args = {**(extra_args or {}), "s_min_uncond": options.pop("s_min_uncond")}
         params, takes_any = _parameters(self.func)
         kwargs = dict(self.default_options)
         kwargs.update({k: v for k, v in options.items() if takes_any or k in params})
@@ -331,6 +395,26 @@ class TimestepSampler(KSampler):
         # The grid's length is not steps + 1, so count the t_enc + 1 steps from the end.
         return sigmas[max(len(sigmas) - t_enc - 2, 0) :]
 
+    def sigmas_for_img2img(
+        self,
+        steps: int,
+        denoising_strength: float,
+        scheduler_name: str | None = "Automatic",
+        denoiser: Any = None,  # a Denoiser, or a wrapper reaching one via .inner_model
+        settings: ScheduleSettings | None = None,
+        infotext: dict[str, Any] | None = None,
+        fix_steps: bool = False,
+    ) -> Tensor:
+        """As KSampler's; DDIM on the "quad" grid when the setting ddim_discretize asks for it (A1111 before
+        1.6 applied it to img2img DDIM only)."""
+        settings = settings or ScheduleSettings()
+        if settings.ddim_discretize != "quad" or self.funcname != "sample_ddim":
+            return super().sigmas_for_img2img(steps, denoising_strength, scheduler_name, denoiser, settings,
+                                              infotext, fix_steps)
+        full_steps, t_enc = setup_img2img_steps(steps, denoising_strength, fix_steps)
+        n = full_steps + 1 if self._discard_penultimate(settings, infotext) else full_steps
+        return self.img2img_tail(quad_grid_sigmas(n, schedule_of(denoiser)).cpu(), full_steps, t_enc)
+
 
 class UniPCSampler(TimestepSampler):
     """A1111's UniPC: its own time grid (setting uni_pc_skip_type) and the uni_pc_* settings."""
@@ -342,7 +426,7 @@ class UniPCSampler(TimestepSampler):
         self, settings: Mapping[str, Any], eta: float | None = None, infotext: dict[str, Any] | None = None
     ) -> dict[str, Any]:
         names = {"uni_pc_order": "order", "uni_pc_variant": "variant", "uni_pc_lower_order_final": "lower_order_final"}
-        return {arg: settings[key] for key, arg in names.items() if key in settings}
+        return {arg: settings[key] for key, arg in names.items() if key in settings} | ngms_kwargs(settings, infotext)
 
 
 class LCMSampler(KSampler):
