@@ -2,7 +2,9 @@
 engine polls every step (interrupt, skip, stop generating).
 
 One `State` lives at `modules.shared.state`. It imports neither torch nor `modules.shared` at module level
-(shared imports this module), so reading it stays cheap; settings are read at call time.
+(shared imports this module), so reading it stays cheap; settings are read at call time. It never imports the
+engine either: the job that knows the model hands over the function that turns latents into previews
+(`state.preview_function`, e.g. `modules.engine.previews.preview_function()`); without one, no previews.
 
 It also drives A1111's console progress bars (`modules.console_progress`) from the same calls: begin, the
 engine's once-per-step `set_current_image`, nextjob and end.
@@ -53,8 +55,7 @@ class State:
 
     def __init__(self, preview_function: PreviewFunction | None = None) -> None:
         self.server_start = time.time()
-        # Decodes current_latent for live previews. The engine sets one per job (it knows the model);
-        # without one, the settings pick from modules.engine.previews.
+        # Decodes current_latent for live previews; handed over by the job, which knows the model.
         self.preview_function = preview_function
         self._lock = threading.RLock()
         self.console = ConsoleProgress()
@@ -164,11 +165,11 @@ class State:
             self.do_set_current_image()
 
     def do_set_current_image(self) -> None:
-        latent = self.current_latent
-        if latent is None:
+        latent, preview = self.current_latent, self.preview_function
+        if latent is None or preview is None:
             return
         try:
-            image = self._preview_function()(latent)
+            image = preview(latent)
         except Exception:
             # Switching models mid-job can leave the VAE on the CPU; a missed preview must not stop the job.
             log.exception("live preview failed")
@@ -178,13 +179,6 @@ class State:
         self.assign_current_image(image)
         with self._lock:
             self.current_image_sampling_step = self.sampling_step
-
-    def _preview_function(self) -> PreviewFunction:
-        if self.preview_function is not None:
-            return self.preview_function
-        from modules.engine import previews  # imports torch: only once a preview is wanted
-
-        return previews.preview_from_settings
 
     def assign_current_image(self, image: Any) -> None:
         # JPEG has no alpha channel.

@@ -3,10 +3,14 @@
 "Approx cheap" needs no network: each latent pixel's four channels map linearly to RGB with A1111's published
 coefficients, so a preview costs one small matrix product. "Full" runs the real VAE decoder through a
 function the caller gives. Either way the preview has the final image's size (latents are 1/8 of it).
+
+A job hands `preview_function()` to `shared.state.preview_function`; the state calls it with the latest latent
+and never imports this module itself (it must stay cheap to import, and the engine depends on it, not back).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -107,6 +111,12 @@ def preview_from_settings(latents: torch.Tensor, model: Any = None) -> Image.Ima
     )
 
 
+def preview_function(model: Any = None) -> Callable[[torch.Tensor], Image.Image]:
+    """What a job hands to the state: latents -> the preview the settings ask for, for `model` (None: whatever
+    `shared.sd_model` is when the preview is made, so a model switch mid-job is followed)."""
+    return functools.partial(preview_from_settings, model=model)
+
+
 __all__ = [
     "APPROX_CHEAP_SD",
     "APPROX_CHEAP_SDXL",
@@ -118,5 +128,6 @@ __all__ = [
     "latent_to_preview",
     "latents_to_preview",
     "preview_from_settings",
+    "preview_function",
     "rgb_to_image",
 ]
