@@ -1,20 +1,21 @@
-"""A1111 compatibility: the parts of `modules.sd_samplers_common` that concern sampler choice and steps."""
+"""A1111 compatibility: the parts of `modules.sd_samplers_common` that concern sampler choice and steps.
+
+`SamplerData(name, constructor, aliases, options)` is what extensions build to register a sampler (see
+`modules.sd_samplers_kdiffusion` for an example).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from modules import shared
 from modules.engine.sampling import sampler as _sampler
 from modules.engine.sampling.common import InterruptedException
 from modules.engine.sampling.registry import SamplerData, find_sampler_config
 
 
 def _img2img_fix_steps() -> bool:
-    try:
-        from modules import shared
-    except ImportError:
-        return False
-    return bool(getattr(getattr(shared, "opts", None), "img2img_fix_steps", False))
+    return bool(getattr(shared.opts, "img2img_fix_steps", False))
 
 
 def setup_img2img_steps(p: Any, steps: int | None = None) -> tuple[int, int]:

@@ -1,6 +1,14 @@
 """A1111 compatibility: `modules.sd_schedulers`, the schedule-type registry (`schedulers`, `schedulers_map`).
 
-The same objects as the engine's registry; A1111's function names are kept as aliases.
+The same objects as the engine's registry; A1111's function names are kept as aliases. Extensions add a
+schedule type as in A1111, and it shows in the UI's "Schedule type" list, /sdapi/v1/schedulers and infotext:
+
+    s = sd_schedulers.Scheduler("my", "My schedule", my_sigmas)  # my_sigmas(n, sigma_min, sigma_max, device)
+    sd_schedulers.schedulers.append(s)
+    sd_schedulers.schedulers_map[s.name] = sd_schedulers.schedulers_map[s.label] = s
+
+The function returns n + 1 descending sigmas ending in 0; with `need_inner_model=True` it also gets
+`inner_model` (the model's noise schedule: `.sigmas`, `.sigma_to_t`, `.t_to_sigma`, `.sigma_min/max`).
 """
 
 from modules.engine.sampling.common import to_d

@@ -1,15 +1,30 @@
 """The sampler registry, shaped like A1111's `modules/sd_samplers.py` so its extensions work unchanged.
 
-A sampler is a `SamplerData(name, constructor, aliases, options)`; `constructor(model)` returns a sampler
-object (see `sampler.KSampler`). Adding one is a single `register_sampler(data)` call, or the A1111 way:
-`all_samplers.append(d); all_samplers_map[d.name] = d; set_samplers()`. `samplers` and
-`samplers_for_img2img` are the very same list as `all_samplers` (as in A1111 after set_samplers()), and the
-maps are updated in place, so modules that imported these names keep seeing the current registry.
+A sampler is a `SamplerData(name, constructor, aliases, options)`. Adding one is a single
+`register_sampler(data)` call, or the A1111 way: `all_samplers.append(d); all_samplers_map[d.name] = d;
+set_samplers()`. `samplers` and `samplers_for_img2img` are the very same list as `all_samplers` (as in A1111
+after set_samplers()), and the maps are updated in place, so modules that imported these names keep seeing the
+current registry.
+
+What `constructor(model)` must return: an engine sampler, i.e. an object with `KSampler`'s methods
+(`make_denoiser`, `get_sigmas`, `sigmas_for_img2img`, `create_noise_sampler`, `sampler_kwargs`, `sample`) and
+`options`; `create_sampler` checks this. Extensions write it as in A1111:
+
+    SamplerData("My sampler", lambda model: KDiffusionSampler(sample_my, model), ["my"], {"scheduler": "karras"})
+
+where `sample_my(model, x, sigmas, extra_args=None, callback=None, disable=None, **options)` is a k-diffusion
+style function: it calls `model(x, sigma * s_in, **extra_args)` for the CFG-combined denoised latent, reports
+each step with `callback({"x", "i", "sigma", "sigma_hat", "denoised"})` and returns the final latent. It gets
+only the arguments it declares (`noise_sampler`, `eta`, `s_noise`, ... when its signature names them). A
+constructor that returns such a function itself is accepted too: it is wrapped in `KDiffusionSampler`. The
+sampler's `options` work as for the built-in ones (`scheduler` is its "Automatic" schedule type,
+`discard_next_to_last_sigma`, `brownian_noise`, `uses_ensd`, `second_order`).
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 from collections import namedtuple
 from collections.abc import Callable, Iterable, Mapping
@@ -21,7 +36,7 @@ from .sampler import DPMSolverSampler, KSampler, LCMSampler, TimestepSampler, Un
 from .samplers_dpm_solver import sample_dpm_adaptive, sample_dpm_fast
 from .samplers_restart import sample_restart
 from .samplers_timestep import sample_ddim, sample_plms
-from .schedules import schedulers, schedulers_map
+from .schedules import find_scheduler, schedulers
 from .unipc import sample_unipc
 
 log = logging.getLogger(__name__)
@@ -89,6 +104,52 @@ samplers_data_lcm: list[SamplerData] = [
     SamplerData("LCM", functools.partial(LCMSampler, sample_lcm), ["lcm"], {}),
 ]
 
+# The methods the engine calls on what a constructor returns (see the module docstring).
+SAMPLER_INTERFACE = ("make_denoiser", "get_sigmas", "sigmas_for_img2img", "create_noise_sampler", "sampler_kwargs",
+                     "sample", "options")
+
+
+def _k_function(funcname: str) -> Callable[..., Any]:
+    """A k-diffusion function by its k-diffusion name ("sample_euler", ...), as A1111 looks them up."""
+    functions = {f.__name__: f for _, f, _, _ in samplers_k_diffusion}
+    functions.update({name: getattr(k, name) for name in k.__all__ if name.startswith("sample_")})
+    if funcname not in functions:
+        raise ValueError(f"no k-diffusion sampler function named {funcname!r}; pass the function itself")
+    return functions[funcname]
+
+
+class KDiffusionSampler(KSampler):
+    """A1111's `KDiffusionSampler(funcname, sd_model, options=None)` over a k-diffusion style function (or the
+    name of a built-in one). Unlike the built-in samplers' functions, an extension's function may not take every
+    argument the engine offers (noise_sampler, disable ...): it gets only those its signature names."""
+
+    def __init__(self, funcname: str | Callable[..., Any], sd_model: Any = None,
+                 options: Mapping[str, Any] | None = None) -> None:
+        func = funcname if callable(funcname) else _k_function(funcname)
+        super().__init__(func, sd_model, extra_params=sampler_extra_params.get(getattr(func, "__name__", ""), []))
+        self.own_options = dict(options or {})
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return {**self.own_options, **(self.config.options if self.config is not None else {})}
+
+    def sample(self, denoiser: Any, x: Any, sigmas: Any, extra_args: dict[str, Any] | None = None,
+               callback: Any = None, noise_sampler: Any = None, disable: bool | None = None, **options: Any) -> Any:
+        offered = {"extra_args": extra_args or {}, "callback": callback, "disable": disable,
+                   "noise_sampler": noise_sampler}
+        offered.update({key: self.options[key] for key in _FUNCTION_OPTIONS if key in self.options})
+        offered.update(self.default_options)
+        offered.update(options)
+        try:
+            params = inspect.signature(self.func).parameters.values()
+        except (TypeError, ValueError):  # no signature to read: offer everything
+            params = ()
+        names = {p.name for p in params}
+        takes_any = not names or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+        kwargs = {key: value for key, value in offered.items() if takes_any or key in names}
+        return self.func(denoiser, x, sigmas.to(x.device), **kwargs)
+
+
 all_samplers: list[SamplerData] = [*samplers_data_k_diffusion, *samplers_data_timesteps, *samplers_data_lcm]
 all_samplers_map: dict[str, SamplerData] = {x.name: x for x in all_samplers}
 samplers: list[SamplerData] = all_samplers
@@ -144,6 +205,12 @@ def create_sampler(name: str | None, model: Any = None) -> Any:
     if config is None:
         raise ValueError(f"bad sampler name: {name}")
     sampler = config.constructor(model)
+    if callable(sampler) and not hasattr(sampler, "sample"):  # a bare k-diffusion function
+        sampler = KDiffusionSampler(sampler, model)
+    missing = [attr for attr in SAMPLER_INTERFACE if not hasattr(sampler, attr)]
+    if missing:
+        raise TypeError(f"sampler {config.name!r}: its constructor returned a {type(sampler).__name__}, which lacks "
+                        f"{', '.join(missing)}; return a KDiffusionSampler (modules.sd_samplers_kdiffusion)")
     sampler.config = config
     return sampler
 
@@ -166,7 +233,7 @@ def get_sampler_and_scheduler(
     reported as "Automatic" (so "DPM++ 2M Karras" -> ("DPM++ 2M", "Automatic"), Karras being its default).
     """
     default_sampler = samplers[0]
-    found = schedulers_map.get(scheduler_name or "", schedulers[0])
+    found = find_scheduler(scheduler_name) or schedulers[0]  # also finds schedulers an extension only appended
     name = sampler_name or default_sampler.name
     for scheduler in schedulers:
         for option in [scheduler.label, *(scheduler.aliases or [])]:

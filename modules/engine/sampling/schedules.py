@@ -217,7 +217,10 @@ def _rebuild_map() -> None:
 
 
 def register_scheduler(scheduler: Scheduler) -> None:
-    """Add (or replace, by name) a schedule type; it becomes findable by name and label at once."""
+    """Add (or replace, by name) a schedule type; it becomes findable by name and label at once.
+
+    A1111's way works too: `schedulers.append(s)` (plus `schedulers_map[s.name] = s` or not): `find_scheduler`
+    falls back to the list, and the UI, the API and infotext read the list."""
     for i, existing in enumerate(schedulers):
         if existing.name == scheduler.name:
             schedulers[i] = scheduler
@@ -252,18 +255,21 @@ def build_sigmas(
     """Call a schedule function with only the options it takes (rho for Karras, alpha/beta for Beta ...)."""
     if scheduler.function is None:
         return _model(inner_model).get_sigmas(n).to(device)
-    accepted = _parameters(scheduler.function)
+    accepted, takes_any = _parameters(scheduler.function)
     kwargs = {k: v for k, v in options.items() if k in accepted and v is not None}
-    if "inner_model" in accepted:
+    # A1111 hands the model to schedules marked need_inner_model; an extension's may take it only as **kwargs.
+    if "inner_model" in accepted or (scheduler.need_inner_model and takes_any):
         kwargs["inner_model"] = inner_model
     return scheduler.function(n=n, sigma_min=sigma_min, sigma_max=sigma_max, device=device, **kwargs)
 
 
-def _parameters(fn: ScheduleFn) -> set[str]:
+def _parameters(fn: ScheduleFn) -> tuple[set[str], bool]:
+    """Parameter names of fn and whether it takes **kwargs."""
     try:
-        return set(inspect.signature(fn).parameters)
+        params = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):
-        return set()
+        return set(), False
+    return {p.name for p in params}, any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
 _rebuild_map()
