@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageFilter
 
-from modules.default_model.checker import check, summarize
-from modules.default_model.scenes import COLOURS, Scene, caption, make_object, object_masks, render, sample_scene
+from tools.default_model.checker import check, summarize
+from tools.default_model.scenes import COLOURS, Scene, caption, make_object, object_masks, render, sample_scene
 
 
 def _degrade(image: Image.Image, rng: np.random.Generator, blur: float = 2.0, noise: float = 10.0) -> Image.Image:

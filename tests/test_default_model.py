@@ -15,9 +15,9 @@ from PIL import Image
 from scipy import ndimage
 
 from modules import devices, paths, processing, shared
-from modules.default_model import checker, scenes
 from modules.models import registry
 from modules.models.loader import load_model
+from tools.default_model import checker, scenes
 
 MAX_BYTES = 40_000_000
 BUNDLED = paths.BUNDLED_CHECKPOINT

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from modules.default_model import scenes
-from modules.default_model.scenes import (
+from tools.default_model import scenes
+from tools.default_model.scenes import (
     COLOURS,
     POSITIONS,
     SHAPES,

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from modules.default_model import training
+from tools.default_model import training
 
 TINY = training.ModelConfig(
     image_size=64,
@@ -139,7 +139,7 @@ def test_export_round_trips_through_the_loader(trained: Path, tmp_path: Path):
 
 
 def test_scene_world_source_gives_captioned_images():
-    pytest.importorskip("modules.default_model.scenes")
+    pytest.importorskip("tools.default_model.scenes")
     image, text = training.scene_world_source()(np.random.default_rng(0), 64)
     assert image.size == (64, 64) and text
 

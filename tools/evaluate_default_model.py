@@ -23,8 +23,8 @@ from PIL import Image, ImageDraw
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from modules import devices, processing, shared  # noqa: E402
-from modules.default_model import checker, scenes  # noqa: E402
 from modules.models.loader import load_model  # noqa: E402
+from tools.default_model import checker, scenes  # noqa: E402
 
 
 def held_out_captions(n: int, seed: int) -> list[str]:

@@ -15,9 +15,9 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: the repo root holds `modules`
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: the repo root holds `modules` and `tools`
 
-from modules.default_model import training  # noqa: E402
+from tools.default_model import training  # noqa: E402
 
 MB = 1_000_000
 

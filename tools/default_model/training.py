@@ -179,8 +179,8 @@ def projected_checkpoint_bytes(cfg: ModelConfig) -> int:
 
 
 def scene_world_source() -> SceneSource:
-    """Scenes from modules.default_model.scenes, never the held-out combinations (they test generalisation)."""
-    from modules.default_model import scenes
+    """Scenes from tools.default_model.scenes, never the held-out combinations (they test generalisation)."""
+    from tools.default_model import scenes
 
     def make(rng: np.random.Generator, size: int) -> tuple[Image.Image, str]:
         scene = scenes.sample_scene(rng, exclude_held_out=True)

@@ -18,7 +18,7 @@ from PIL import Image, ImageFilter
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
-from modules.default_model.scenes import COLOURS, SIZES, ObjectSpec, Scene, SceneDescription, parse_caption
+from tools.default_model.scenes import COLOURS, SIZES, ObjectSpec, Scene, SceneDescription, parse_caption
 
 ATTRIBUTES: tuple[str, ...] = ("shape", "colour", "position", "size")
 
