@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import importlib
 import os
 import re
 import string
@@ -17,6 +16,8 @@ import sys
 import unicodedata
 from collections.abc import Callable, Mapping
 from typing import Any
+
+from modules import shared
 
 # --filenames-max-length; the launcher may set this from cmd_opts.
 max_filename_part_length: int = 128
@@ -41,17 +42,8 @@ class _Skip:
 NOTHING_AND_SKIP_PREVIOUS_TEXT = _Skip()
 
 
-def _shared() -> Any:
-    try:
-        return importlib.import_module("modules.shared")
-    except ImportError:
-        return None
-
-
 def shared_opt(name: str, default: Any, settings: Any = None) -> Any:
-    """An option value: from `settings` (mapping or object) if it has it, then modules.shared.opts, then default.
-
-    modules.shared is imported lazily and may not exist yet (it is built elsewhere); then defaults apply."""
+    """An option value: from `settings` (mapping or object) if it has it, then modules.shared.opts, then default."""
     if settings is not None:
         if isinstance(settings, Mapping):
             if name in settings:
@@ -62,7 +54,7 @@ def shared_opt(name: str, default: Any, settings: Any = None) -> Any:
             except AttributeError:
                 pass
     try:
-        return getattr(_shared().opts, name)
+        return getattr(shared.opts, name)
     except (AttributeError, KeyError):
         return default
 
@@ -116,11 +108,11 @@ def _scheduler_label(sampler_name: str, scheduler: str | None) -> str:
     """'Automatic' resolves to the sampler's own default schedule when the sampler registry knows it."""
     scheduler = scheduler or "Automatic"
     if scheduler == "Automatic":
-        try:
-            config = importlib.import_module("modules.sd_samplers").find_sampler_config(sampler_name)
+        from modules import sd_samplers  # here: the sampler registry imports the engine
+
+        config = sd_samplers.find_sampler_config(sampler_name)
+        if config is not None:
             scheduler = config.options.get("scheduler", "Automatic")
-        except Exception:
-            pass
     return scheduler.capitalize()  # A1111's look: 'karras' -> 'Karras', 'SGM Uniform' -> 'Sgm uniform'
 
 
@@ -222,18 +214,18 @@ class FilenameGenerator:
     def model_hash(self) -> Any:
         if hasattr(self.p, "sd_model_hash"):
             return self.p.sd_model_hash
-        return getattr(getattr(_shared(), "sd_model", None), "sd_model_hash", None)
+        return getattr(getattr(shared, "sd_model", None), "sd_model_hash", None)
 
     def model_name(self) -> Any:
         if getattr(self.p, "sd_model_name", None):
             return self.p.sd_model_name
-        info = getattr(getattr(_shared(), "sd_model", None), "sd_checkpoint_info", None)
+        info = getattr(getattr(shared, "sd_model", None), "sd_checkpoint_info", None)
         return getattr(info, "name_for_extra", None) or getattr(info, "model_name", None)
 
     def job_timestamp(self) -> Any:
         if hasattr(self.p, "job_timestamp"):
             return self.p.job_timestamp
-        state_ts = getattr(getattr(_shared(), "state", None), "job_timestamp", None)
+        state_ts = getattr(getattr(shared, "state", None), "job_timestamp", None)
         return state_ts or datetime.datetime.now().strftime(self.default_time_format)
 
     def vae_filename(self) -> str:
@@ -241,7 +233,9 @@ class FilenameGenerator:
         name = getattr(self.p, "sd_vae_name", None)
         if not name:
             try:
-                name = importlib.import_module("modules.sd_vae").loaded_vae_file
+                from modules import sd_vae  # A1111's VAE switcher module; absent until one is written
+
+                name = sd_vae.loaded_vae_file
             except (ImportError, AttributeError):
                 name = None
         if not name:
@@ -271,7 +265,7 @@ class FilenameGenerator:
             return None
         prompt = self.prompt
         try:
-            style_prompts = _shared().prompt_styles.get_style_prompts(self.p.styles)
+            style_prompts = shared.prompt_styles.get_style_prompts(self.p.styles)
         except AttributeError:
             style_prompts = []
         for style in style_prompts:

@@ -6,12 +6,11 @@ Metadata containers (what A1111 writes, so other tools find it):
     GIF         comment
 Every file is written to a temporary name in the target folder and renamed into place, so a crash or a full
 disk never leaves a half image under the final name, and folder watchers never see one.
-Options are A1111's names, read from modules.shared.opts when it exists (see filename_patterns.shared_opt).
+Options are A1111's names, read from modules.shared.opts (see filename_patterns.shared_opt).
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import os
@@ -24,7 +23,7 @@ import piexif
 import piexif.helper
 from PIL import Image, ImageColor, PngImagePlugin
 
-from modules import atomic_files, filename_patterns, infotext_utils, script_callbacks
+from modules import atomic_files, filename_patterns, infotext_utils, script_callbacks, shared
 from modules.filename_patterns import (
     NOTHING_AND_SKIP_PREVIOUS_TEXT,
     FilenameGenerator,
@@ -163,10 +162,9 @@ _NOVELAI_SAMPLERS = {
 
 
 def _novelai_sampler(name: str) -> str:
-    try:
-        return importlib.import_module("modules.sd_samplers").samplers_map.get(name, "Euler a")
-    except (ImportError, AttributeError):
-        return _NOVELAI_SAMPLERS.get(name, "Euler a")
+    from modules import sd_samplers  # here: the sampler registry imports the engine
+
+    return sd_samplers.samplers_map.get(name) or _NOVELAI_SAMPLERS.get(name, "Euler a")
 
 
 def _exif_user_comment(exif_data: bytes) -> str | None:
@@ -491,11 +489,7 @@ def combine_grid(grid: Grid) -> Image.Image:
 
 
 def _upscaler(name: str) -> Any:
-    try:
-        upscalers = importlib.import_module("modules.shared").sd_upscalers
-    except (ImportError, AttributeError):
-        upscalers = []
-    for upscaler in upscalers:
+    for upscaler in shared.sd_upscalers:
         if upscaler.name == name:
             return upscaler
     raise ValueError(f"could not find upscaler named {name}")

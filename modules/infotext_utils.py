@@ -12,7 +12,6 @@ No gradio and no torch here: the UI layer wires components to `paste_fields`.
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import re
@@ -20,6 +19,8 @@ import sys
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
+
+from modules import shared
 
 # Extensions still import the pre-1.8 name; both names must give this very module object.
 sys.modules.setdefault("modules.generation_parameters_copypaste", sys.modules[__name__])
@@ -85,10 +86,10 @@ KNOWN_SCHEDULERS: tuple[tuple[str, str], ...] = (
 
 
 def _shared_opt(name: str, default: Any) -> Any:
-    """Read an option from modules.shared.opts if that exists yet; the default otherwise."""
+    """Read an option from modules.shared.opts; the default when it has no such option."""
     try:
-        return getattr(importlib.import_module("modules.shared").opts, name)
-    except (ImportError, AttributeError, KeyError):
+        return getattr(shared.opts, name)
+    except (AttributeError, KeyError):
         return default
 
 
@@ -536,9 +537,8 @@ infotext_to_setting_name_mapping: list[tuple[str, str]] = [
 
 def _setting_mapping() -> list[tuple[str, str]]:
     try:
-        opts = importlib.import_module("modules.shared").opts
-        labels: Mapping[str, Any] = opts.data_labels
-    except (ImportError, AttributeError):
+        labels: Mapping[str, Any] = shared.opts.data_labels
+    except AttributeError:
         return []
     pairs = [(info.infotext, key) for key, info in labels.items() if getattr(info, "infotext", None)]
     pairs += [(k, s) for k, s in infotext_to_setting_name_mapping if s in labels]
@@ -547,8 +547,8 @@ def _setting_mapping() -> list[tuple[str, str]]:
 
 def _cast_setting(setting_name: str, value: Any) -> Any:
     try:
-        return importlib.import_module("modules.shared").opts.cast_value(setting_name, value)
-    except (ImportError, AttributeError):
+        return shared.opts.cast_value(setting_name, value)
+    except AttributeError:
         return value
 
 
@@ -570,10 +570,7 @@ def create_override_settings_dict(text_pairs: Iterable[str]) -> dict[str, Any]:
 def get_override_settings(params: Mapping[str, Any], *, skip_fields: Iterable[str] | None = None) -> list[tuple]:
     """(infotext key, setting name, value) for every setting the infotext sets to a non-current value."""
     skip = set(skip_fields or ())
-    try:
-        opts = importlib.import_module("modules.shared").opts
-    except (ImportError, AttributeError):
-        return []
+    opts = shared.opts
     res = []
     for param_name, setting_name in _setting_mapping():
         if param_name in skip:
