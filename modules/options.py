@@ -392,7 +392,7 @@ def validate_value(key: str, info: OptionInfo, value: Any, current: Any = None, 
     The type is that of the default, or of `current` when the default is None. dynamic=False skips limits that
     come from callables (see OptionInfo.allowed_choices). Raises SettingValueError with a readable reason.
     """
-    if value is None:
+    if value is None or (value == "" and info.default is None):  # an empty dropdown sends "" for "none chosen"
         if info.default is None:
             return None
         raise SettingValueError(key, f"a value is required ({_type_name(info.default)})")

@@ -18,7 +18,7 @@ import torch
 from PIL import Image, ImageOps
 
 from modules import extra_networks, images, infotext_utils, paths, rng, shared
-from modules.engine import generate, inpainting
+from modules.engine import generate, inpainting, previews
 from modules.engine.generate import BatchRequest
 from modules.engine.sampling.common import InterruptedException
 from modules.engine.sampling.registry import find_sampler_config, get_sampler_and_scheduler
@@ -434,6 +434,8 @@ def process_images(p: StableDiffusionProcessing) -> Processed:
     owns_job = state is not None and not state.job  # called directly, not from a queue that began a job
     if owns_job:
         state.begin(job=p.kind)
+    if state is not None:  # the state makes live previews with what the engine hands it (it imports no engine)
+        state.preview_function = previews.preview_function()
     if p.scripts is not None:
         p.scripts.before_process(p)
     saved = _apply_override_settings(p)

@@ -23,11 +23,19 @@ INFO = "a cat, (best:1.2)\nNegative prompt: blurry\nSteps: 20, Sampler: Euler a,
 UNICODE_INFO = "猫とネコ, ü\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 5, Size: 64x48"
 
 
+def use_shared(monkeypatch, fake) -> None:
+    """Let images and file names see `fake` as modules.shared (its opts, its upscalers)."""
+    monkeypatch.setattr(images, "shared", fake)
+    monkeypatch.setattr(filename_patterns, "shared", fake)
+
+
 @pytest.fixture(autouse=True)
 def isolated_modules(monkeypatch):
-    """A1111 defaults, no extension callbacks, no sampler registry: whatever the real modules hold."""
-    for name in ("modules.shared", "modules.script_callbacks", "modules.sd_samplers", "modules.sd_vae"):
-        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    """A1111 defaults and no upscalers, whatever the real modules.shared holds."""
+    fake = types.ModuleType("modules.shared")
+    fake.sd_upscalers = []
+    use_shared(monkeypatch, fake)
+    monkeypatch.setitem(sys.modules, "modules.sd_vae", types.ModuleType("modules.sd_vae"))
 
 
 def make_image(w=64, h=48, color=(200, 30, 30)):
@@ -286,7 +294,7 @@ def test_image_hash_and_settings_sources(monkeypatch):
 
     shared = types.ModuleType("modules.shared")
     shared.opts = SimpleNamespace(CLIP_stop_at_last_layers=3, directories_max_prompt_words=2)
-    monkeypatch.setitem(sys.modules, "modules.shared", shared)
+    use_shared(monkeypatch, shared)
     gen = images.FilenameGenerator(fake_p(), 1, "one two three", img)
     assert gen.apply("[clip_skip] [prompt_words]") == "3 one two"
 
@@ -299,12 +307,9 @@ def test_missing_fields_leave_tags_like_a1111():
     assert gen.apply("[seed]-[steps]-[width]") == "5-[steps]-[width]"
 
 
-def test_scheduler_automatic_resolves_through_sampler_registry(monkeypatch):
-    samplers = types.ModuleType("modules.sd_samplers")
-    samplers.find_sampler_config = lambda name: SimpleNamespace(options={"scheduler": "karras"})
+def test_scheduler_automatic_resolves_through_sampler_registry():
     gen = images.FilenameGenerator(fake_p(scheduler="Automatic"), 1, "x", make_image())
-    assert gen.apply("[scheduler]") == "Automatic"
-    monkeypatch.setitem(sys.modules, "modules.sd_samplers", samplers)
+    assert gen.apply("[scheduler]") == "Karras"  # DPM++ 2M's own schedule, from the sampler registry
     assert gen.apply("[sampler_scheduler]") == "DPM++ 2M Karras"
 
 
@@ -426,7 +431,7 @@ def test_save_image_pattern_from_p_override_and_shared_opts(tmp_path, monkeypatc
 
     shared = types.ModuleType("modules.shared")
     shared.opts = SimpleNamespace(samples_filename_pattern="s[seed]", save_to_dirs=False, save_txt=True)
-    monkeypatch.setitem(sys.modules, "modules.shared", shared)
+    use_shared(monkeypatch, shared)
     fn, txt = images.save_image(make_image(), str(tmp_path), "", seed=5, info=INFO)
     assert os.path.basename(fn) == "00001-s5.png"
     assert open(txt, encoding="utf8").read() == INFO + "\n"
@@ -570,7 +575,7 @@ def test_named_upscaler_is_used_when_growing(monkeypatch):
 
     shared = types.ModuleType("modules.shared")
     shared.sd_upscalers = [SimpleNamespace(name="Fake 4x", scaler=Scaler(), data_path=None)]
-    monkeypatch.setitem(sys.modules, "modules.shared", shared)
+    use_shared(monkeypatch, shared)
     out = images.resize_image(0, make_image(16, 16), 64, 32, upscaler_name="Fake 4x")
     assert out.size == (64, 32) and used == [4.0]
 

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(autouse=True)
 def no_shared(monkeypatch):
     """Tests see A1111's defaults, whatever modules.shared (built elsewhere) holds."""
-    monkeypatch.setitem(sys.modules, "modules.shared", types.ModuleType("modules.shared"))
+    monkeypatch.setattr(iu, "shared", types.ModuleType("modules.shared"))
 
 
 # ------------------------------------------------------------------------------------------------ writing
@@ -274,7 +274,7 @@ def test_skip_fields_and_option_default(monkeypatch):
 
     shared = types.ModuleType("modules.shared")
     shared.opts = types.SimpleNamespace(infotext_skip_pasting=["CFG scale"])
-    monkeypatch.setitem(sys.modules, "modules.shared", shared)
+    monkeypatch.setattr(iu, "shared", shared)
     parsed = iu.parse_generation_parameters("p\nSteps: 20, Seed: 5, CFG scale: 7")
     assert "CFG scale" not in parsed and parsed["Seed"] == "5"
 
@@ -302,7 +302,7 @@ def test_extract_styles_hook():
 def test_infotext_styles_option(monkeypatch, mode, prompt, array):
     shared = types.ModuleType("modules.shared")
     shared.opts = types.SimpleNamespace(infotext_styles=mode)
-    monkeypatch.setitem(sys.modules, "modules.shared", shared)
+    monkeypatch.setattr(iu, "shared", shared)
     parsed = iu.parse_generation_parameters(
         "a cat, masterpiece\nSteps: 1, Seed: 1, CFG scale: 1", extract_styles=lambda p, n: ([], p.split(",")[0], n)
     )
@@ -349,7 +349,7 @@ def test_override_settings_use_existing_settings_only(monkeypatch):
 
     shared = types.ModuleType("modules.shared")
     shared.opts = Opts()
-    monkeypatch.setitem(sys.modules, "modules.shared", shared)
+    monkeypatch.setattr(iu, "shared", shared)
 
     assert iu.create_override_settings_dict(["Clip skip: 2", "ENSD: 31337", "VAE: x"]) == {
         "CLIP_stop_at_last_layers": 2,

@@ -213,7 +213,9 @@ def test_default_preview_uses_the_settings(opts, monkeypatch):
     torch = pytest.importorskip("torch")
     monkeypatch.setattr(shared, "sd_model", None)
     opts(show_progress_every_n_steps=1, show_progress_type="Approx cheap", show_progress_grid=False)
-    state = State()
+    from modules.engine import previews
+
+    state = State(preview_function=previews.preview_function())
     state.begin()
     state.current_latent = torch.zeros(2, 4, 3, 5)
     state.sampling_step = 1

@@ -120,7 +120,18 @@ def test_the_page_has_a1111_element_ids():
                     "pnginfo_image", "pnginfo_send_to_txt2img", "pnginfo_send_to_img2img", "pnginfo_send_to_inpaint",
                     "settings_submit", "settings_restart_gradio", "setting_sd_model_checkpoint", "setting_sd_vae",
                     "setting_CLIP_stop_at_last_layers", "refresh_sd_model_checkpoint", "tab_txt2img",
-                    "tab_img2img", "tab_pnginfo", "tab_settings"):
+                    "tab_img2img", "tab_pnginfo", "tab_extensions", "tab_settings", "script_list"):
         assert elem_id in ids, elem_id
     # no placeholder tabs for features that do not exist
-    assert not ids & {"tab_extras", "tab_train", "tab_modelmerger", "tab_extensions"}
+    assert not ids & {"tab_extras", "tab_train", "tab_modelmerger"}
+
+
+def test_applying_the_page_as_it_opens_is_accepted(config):
+    """Apply with every widget as the page shows it (nothing touched) must not refuse anything: a dropdown with
+    no choice yet sends "" (upscaler_for_img2img with no upscalers refused every Apply)."""
+    keys = [k for k, info in shared.opts.data_labels.items() if not getattr(info, "do_not_save", False)]
+    with gr.Blocks():
+        widgets = {k: settings.component_for(k, shared.opts.data_labels[k]) for k in keys}
+    values = ["" if getattr(w, "value", None) is None else w.value for w in widgets.values()]
+    html = settings.apply(list(widgets), values)
+    assert "class='error'" not in html, html

@@ -8,6 +8,7 @@ from modules import call_queue, infotext_utils, script_callbacks
 from modules.ui import (
     component_hooks,
     extension_tabs,
+    extensions_tab,
     img2img,
     pnginfo,
     quicksettings,
@@ -41,6 +42,7 @@ def _page(first_load: call_queue.Job | None, ext_tabs: list) -> gr.Blocks:
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 png = pnginfo.build()
             extension_tabs.build(ext_tabs)
+            extensions_tab.build()
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 page = settings.build()
         sendto.wire(tabs, t2i, i2i, png)

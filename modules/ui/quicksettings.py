@@ -11,7 +11,7 @@ from typing import Any
 
 import gradio as gr
 
-from modules import call_queue, script_callbacks, scripts, sd_models, shared
+from modules import call_queue, extensions, script_callbacks, scripts, sd_models, shared
 from modules.models import registry, vae_registry
 from modules.ui import common
 
@@ -130,7 +130,8 @@ def startup_notices(first_load: call_queue.Job | None) -> str:
     html = "".join(common.error_html(n) if n.startswith(("Could not", "No checkpoint")) else common.notice_html(n)
                    for n in notices)
     # Extensions that failed to load or whose callbacks raised: named, so the person knows which one to fix.
-    problems = [f"Extension script not loaded: {e}" for e in scripts.load_errors] + list(script_callbacks.errors)
+    problems = ([f"Extension script not loaded: {e}" for e in scripts.load_errors] + list(extensions.errors)
+                + list(script_callbacks.errors))
     return html + "".join(common.error_html(p) for p in problems)
 
 
