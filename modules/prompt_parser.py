@@ -6,13 +6,13 @@ Parsing stays light (no torch at import); torch is imported only where condition
 
 from __future__ import annotations
 
+import bisect
 import math
 import re
 from collections import namedtuple
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-
-import lark
 
 if TYPE_CHECKING:
     import torch
@@ -21,25 +21,157 @@ if TYPE_CHECKING:
 # Prompt editing and alternation: "[a:b:when]", "[a:when]", "[a::when]", "[a|b|c]"
 # ---------------------------------------------------------------------------------------------------------------------
 
-# The grammar accepts any text built from these pieces; stray brackets and colons at the top level are kept as
-# literal text so that an unbalanced prompt still parses. Emphasis groups keep their brackets (the `!`), because
-# weights are applied later by parse_prompt_attention on each scheduled text. A bare "|" outside brackets makes
-# the parse fail, and then the prompt is used unscheduled, as in A1111.
-_SCHEDULE_GRAMMAR = r"""
-start: (text | STRAY+)*
-text: (weighted | edit | alternate | PLAIN | WS)*
-!weighted: "(" text ")" | "(" text ":" text ")" | "[" text "]"
-edit: "[" (text ":")? text ":" WS? NUMBER WS? "]"
-alternate: "[" text ("|" text)+ "]"
-STRAY: /[\[\]():]/
-PLAIN: /(?:[^\\\[\]():|]|\\.)+/
-WS: /\s+/
-%import common.SIGNED_NUMBER -> NUMBER
-"""
-
-schedule_parser = lark.Lark(_SCHEDULE_GRAMMAR)
+# A1111 parses this syntax with an ambiguous lark Earley grammar, whose cost grows faster than the square of the
+# prompt's length. This one-pass scanner builds the same trees. What that grammar accepts:
+# - inside brackets everything nests: "(" x ")", "(" x ":" x ")" and "[" x "]" stay text (their weights come
+#   later, from parse_prompt_attention on each scheduled text); "[" [x ":"] x ":" NUMBER "]" is an edit and
+#   "[" x ("|" x)+ "]" an alternation;
+# - at the top level, a bracket or ":" that opens or closes no such group is literal text;
+# - "\" escapes the next character (a newline excepted). A "|" outside an alternation, or a "\" that escapes
+#   nothing, fails the parse, and the prompt is used unscheduled.
+# So a group is either well formed, and so is every group inside it, or literal, and so is every group around it.
+# A well-formed group is always applied. (Next to stray brackets, as in "[a:1]((", the grammar also allows
+# reading the group's own brackets as stray ones; which reading A1111 picks there depends on the order of a
+# Python set, so on PYTHONHASHSEED with the lark 1.1.2 it pins. Applying the group is one of its outcomes.)
 
 PromptSchedule = list[list[Any]]  # [[end_at_step, text], ...], sorted by step
+
+_SPECIAL = re.compile(r"[\\\[\]():|]")
+# lark's SIGNED_NUMBER (ASCII digits only) between optional whitespace: the `when` of an edit
+_EDIT_WHEN = re.compile(r"\s*([+-]?(?:[0-9]+[eE][+-]?[0-9]+|(?:[0-9]+\.[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[0-9]+))\s*")
+
+
+@dataclass(slots=True)
+class _Span:
+    """prompt[start:end], with the edits and alternations directly inside it, in order."""
+
+    start: int
+    end: int
+    choices: list[_Choice] = field(default_factory=list)
+    # Made on first use, for a span whose choices hold no other choice ("flat"): the text between its choices
+    # (len(choices) + 1 pieces); its choices get the text of each branch.
+    flat: bool | None = None
+    gaps: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Choice:
+    """An edit (branches: before, after) or an alternation (one branch per option), brackets included."""
+
+    start: int
+    end: int
+    branches: list[_Span]
+    when: str | None  # the edit's number as written; None for an alternation
+    last_step: int = 0  # of the edit's "before" text, for the schedule being made
+    texts: list[str] = field(default_factory=list)  # of the branches, when none holds a choice (see _Span.gaps)
+
+
+@dataclass(slots=True)
+class _Group:
+    """A bracket still open while scanning, with the separators directly inside it."""
+
+    opener: str
+    start: int
+    colons: list[int] = field(default_factory=list)
+    pipes: list[int] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Parsed:
+    root: _Span
+    choices: list[_Choice]  # all of them, nested ones too
+
+
+class _Unparsable(Exception):
+    """A1111's grammar rejects the prompt; it is used as it is."""
+
+
+Bounds = list[tuple[int, int]]
+
+
+def _split_into_branches(bounds: Bounds, inner: list[_Choice]) -> list[_Span]:
+    """Spans for the (start, end) bounds, each with the choices that lie inside it."""
+    branches = [_Span(start, end) for start, end in bounds]
+    index = 0
+    for choice in inner:
+        while choice.start >= branches[index].end:
+            index += 1
+        branches[index].choices.append(choice)
+    return branches
+
+
+def _square_shape(prompt: str, group: _Group, end: int) -> tuple[Bounds, str | None] | None:
+    """Branch bounds and `when` of the choice a "[...]" group is; ([], None) for "[x]" (text); None if invalid."""
+    colons, pipes, first = group.colons, group.pipes, group.start + 1
+    if not colons and not pipes:
+        return [], None
+    if pipes and not colons:
+        cuts = [first - 1, *pipes, end]
+        return [(cuts[k] + 1, cuts[k + 1]) for k in range(len(cuts) - 1)], None
+    number = _EDIT_WHEN.fullmatch(prompt, colons[-1] + 1, end) if len(colons) <= 2 and not pipes else None
+    if number is None:
+        return None
+    if len(colons) == 2:  # [before:after:when]
+        return [(first, colons[0]), (colons[0] + 1, colons[1])], number[1]
+    return [(first, first), (first, colons[0])], number[1]  # [after:when]: nothing before
+
+
+def _shape(prompt: str, group: _Group, closer: str, end: int) -> tuple[Bounds, str | None] | None:
+    """What the group closed by `closer` at `end` is (see _square_shape); None when it cannot be a group."""
+    if closer == "]":
+        return _square_shape(prompt, group, end) if group.opener == "[" else None
+    return ([], None) if group.opener == "(" and not group.pipes and len(group.colons) <= 1 else None
+
+
+def _make_literal(groups: list[_Group]) -> None:
+    """The open groups cannot close: their brackets are text, which A1111's grammar allows only without a "|"."""
+    if any(group.pipes for group in groups):
+        raise _Unparsable
+    groups.clear()
+
+
+def _parse_schedule(prompt: str) -> _Parsed:
+    """One pass over the special characters, with a stack of open brackets (no recursion)."""
+    groups: list[_Group] = []
+    found: list[_Choice] = []  # choices not inside another one (yet)
+    every: list[_Choice] = []
+    escaped = -1  # index of the character the last backslash escapes
+    for match in _SPECIAL.finditer(prompt):
+        i, ch = match.start(), match.group()
+        if i == escaped:
+            continue
+        if ch == "\\":
+            if prompt[i + 1 : i + 2] in ("", "\n"):
+                raise _Unparsable
+            escaped = i + 1
+        elif ch in "([":
+            groups.append(_Group(ch, i))
+        elif ch in ":|":
+            if groups:
+                (groups[-1].colons if ch == ":" else groups[-1].pipes).append(i)
+            elif ch == "|":
+                raise _Unparsable
+        elif groups:  # a closing bracket; without open groups it is text
+            shape = _shape(prompt, groups[-1], ch, i)
+            if shape is None:  # every open group contains this one, so none can close
+                _make_literal(groups)
+            elif shape[0]:  # an edit or alternation: it takes in the choices found since its "["
+                _add_choice(groups.pop(), i, shape, found, every)
+            else:
+                groups.pop()
+    _make_literal(groups)
+    return _Parsed(_Span(0, len(prompt), found), every)
+
+
+def _add_choice(group: _Group, end: int, shape: tuple[Bounds, str | None], found: list[_Choice],
+                every: list[_Choice]) -> None:
+    cut = len(found)
+    while cut and found[cut - 1].start > group.start:
+        cut -= 1
+    choice = _Choice(group.start, end + 1, _split_into_branches(shape[0], found[cut:]), shape[1])
+    del found[cut:]
+    found.append(choice)
+    every.append(choice)
 
 
 def _edit_end_step(number: str, steps: int, use_old_scheduling: bool, int_offset: int, flt_offset: float) -> int:
@@ -55,33 +187,88 @@ def _edit_end_step(number: str, steps: int, use_old_scheduling: bool, int_offset
     return int(max(-1.0, min(float(steps), value)))
 
 
-def _collect_steps(tree: lark.Tree, steps: int, when: dict[int, int], **timing: Any) -> list[int]:
-    """Every step at which the text can change; fills `when` (edit node id -> end step) on the way."""
-    result = {steps}
-    for node in tree.iter_subtrees():
-        if node.data == "edit":
-            number = next(c for c in node.children if isinstance(c, lark.Token) and c.type == "NUMBER")
-            end = _edit_end_step(str(number), steps, **timing)
-            when[id(node)] = end
-            if end >= 1:
-                result.add(end)
-        elif node.data == "alternate":
-            result.update(range(1, steps + 1))
-    return sorted(result)
+def _is_flat(prompt: str, span: _Span) -> bool:
+    """Whether no choice in `span` holds another; the first time, fills span.gaps and the choices' texts."""
+    if span.flat is None:
+        span.flat = not any(branch.choices for choice in span.choices for branch in choice.branches)
+        if span.flat:
+            position = span.start
+            for choice in span.choices:
+                span.gaps.append(prompt[position : choice.start])
+                choice.texts = [prompt[branch.start : branch.end] for branch in choice.branches]
+                position = choice.end
+            span.gaps.append(prompt[position : span.end])
+    return span.flat
 
 
-def _render(node: lark.Tree | lark.Token, step: int, when: dict[int, int]) -> str:
-    """The text of the parse tree at one step."""
-    if isinstance(node, lark.Token):
-        return node.value
-    texts = [c for c in node.children if isinstance(c, lark.Tree)]
-    if node.data == "edit":
-        before, after = texts if len(texts) == 2 else (None, texts[0])
-        chosen = before if step <= when[id(node)] else after
-        return "" if chosen is None else _render(chosen, step, when)
-    if node.data == "alternate":
-        return _render(texts[(step - 1) % len(texts)], step, when)
-    return "".join(_render(child, step, when) for child in node.children)
+def _render_flat(span: _Span, step: int) -> str:
+    """The text of a flat span at `step`, built with C-speed slices: thousands of choices are common."""
+    parts = [""] * (2 * len(span.choices) + 1)
+    parts[0::2] = span.gaps
+    parts[1::2] = [  # the branch in force: as in _render, inlined (this loop is the hot one)
+        c.texts[(step - 1) % len(c.texts) if c.when is None else int(step > c.last_step)] for c in span.choices
+    ]
+    return "".join(parts)
+
+
+def _render(prompt: str, root: _Span, step: int) -> str:
+    """The text of `root` at `step`, each choice replaced by its branch in force then (iterative: any nesting)."""
+    if _is_flat(prompt, root):
+        return _render_flat(root, step)
+    out: list[str] = []
+    stack: list[tuple[int, int, Iterator[_Choice]]] = [(root.start, root.end, iter(root.choices))]
+    while stack:
+        position, end, choices = stack.pop()
+        for choice in choices:
+            out.append(prompt[position : choice.start])
+            position = choice.end
+            if choice.when is None:
+                branch = choice.branches[(step - 1) % len(choice.branches)]
+            else:
+                branch = choice.branches[0] if step <= choice.last_step else choice.branches[1]
+            if not branch.choices:
+                out.append(prompt[branch.start : branch.end])
+            elif _is_flat(prompt, branch):
+                out.append(_render_flat(branch, step))
+            else:  # render the branch, then come back for the rest
+                stack.append((position, end, choices))
+                stack.append((branch.start, branch.end, iter(branch.choices)))
+                break
+        else:
+            out.append(prompt[position:end])
+    return "".join(out)
+
+
+def _alternation_period(parsed: _Parsed, steps: int) -> int:
+    """A period of the alternations (lcm of their lengths), or 0 where it is not shorter than the schedule."""
+    period = 1
+    for choice in parsed.choices:
+        if choice.when is None:
+            period = math.lcm(period, len(choice.branches))
+            if period >= steps:
+                return 0
+    return period
+
+
+def _schedule(prompt: str, parsed: _Parsed, steps: int, timing: dict[str, Any]) -> PromptSchedule:
+    edits = [choice for choice in parsed.choices if choice.when is not None]
+    for edit in edits:
+        edit.last_step = _edit_end_step(edit.when, steps, **timing)
+    switch_points = sorted({edit.last_step for edit in edits})
+    result = {steps} | {point for point in switch_points if point >= 1}
+    if len(edits) < len(parsed.choices):  # an alternation changes the text at every step
+        result.update(range(1, steps + 1))
+    # The text at a step depends only on which edits have switched and on the step modulo the alternations'
+    # period, so each distinct text is rendered once (and shared) however many steps there are.
+    period = _alternation_period(parsed, steps)
+    texts: dict[tuple[int, int], str] = {}
+    schedule = []
+    for step in sorted(result):
+        key = (bisect.bisect_left(switch_points, step), step % period if period else step)
+        if key not in texts:
+            texts[key] = _render(prompt, parsed.root, step)
+        schedule.append([step, texts[key]])
+    return schedule
 
 
 def get_learned_conditioning_prompt_schedules(
@@ -94,7 +281,8 @@ def get_learned_conditioning_prompt_schedules(
 
     An integer `when` is a step; a number written with a "." is a fraction of the steps. With `hires_steps`, the
     schedule is for the hires pass: 1.x is a fraction of it and integers count from the start of the first pass.
-    `use_old_scheduling` restores A1111's pre-1.6 rule (any value below 1 is a fraction).
+    `use_old_scheduling` restores A1111's pre-1.6 rule (any value below 1 is a fraction). Time and memory are
+    linear in the prompt's length (times the number of distinct texts).
 
     >>> get_learned_conditioning_prompt_schedules(["a [b:c:10] d"], 20)
     [[[10, 'a b d'], [20, 'a c d']]]
@@ -108,11 +296,12 @@ def get_learned_conditioning_prompt_schedules(
 
     def schedule_for(prompt: str) -> PromptSchedule:
         try:
-            tree = schedule_parser.parse(prompt)
-        except lark.exceptions.LarkError:
+            parsed = _parse_schedule(prompt)
+        except _Unparsable:
             return [[steps, prompt]]
-        when: dict[int, int] = {}
-        return [[step, _render(tree, step, when)] for step in _collect_steps(tree, steps, when, **timing)]
+        if not parsed.choices:
+            return [[steps, prompt]]
+        return _schedule(prompt, parsed, steps, timing)
 
     by_prompt = {prompt: schedule_for(prompt) for prompt in set(prompts)}
     return [by_prompt[prompt] for prompt in prompts]
@@ -139,11 +328,21 @@ def prompt_at_step(schedule: PromptSchedule, current_step: int) -> str:
 # Conditioning schedules
 # ---------------------------------------------------------------------------------------------------------------------
 
-MAX_NESTING = 100  # the parsers recurse per bracket level; (x) at depth 100 already weighs 1.1**100
+# Requests nesting deeper are refused (bracket_depth); parse_prompt_attention reads brackets beyond it as text,
+# which bounds its work (each bracket multiplies the weights of the text it holds). (x) at depth 100 already
+# weighs 1.1**100.
+MAX_NESTING = 100
+
+_OPENER_OF = {")": "(", "]": "[", "}": "{"}
 
 
 def bracket_depth(text: str) -> int:
-    """How deeply (), [] and {} nest in a prompt, escapes respected: checked before parsing a hostile prompt."""
+    """The most brackets open at once in a prompt, escapes respected: checked before a prompt is accepted.
+
+    A bracket stays open until a closing one of its own kind (as emphasis counts them), so stray closing
+    brackets of another kind, as in "(]" * 200, do not hide the depth.
+    """
+    open_count = {"(": 0, "[": 0, "{": 0}
     depth = deepest = 0
     escaped = False
     for ch in text:
@@ -151,12 +350,33 @@ def bracket_depth(text: str) -> int:
             escaped = False
         elif ch == "\\":
             escaped = True
-        elif ch in "([{":
+        elif ch in open_count:
+            open_count[ch] += 1
             depth += 1
             deepest = max(deepest, depth)
-        elif ch in ")]}":
-            depth = max(depth - 1, 0)
+        elif ch in _OPENER_OF and open_count[_OPENER_OF[ch]]:
+            open_count[_OPENER_OF[ch]] -= 1
+            depth -= 1
     return deepest
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def prompt_text_problem(text: str) -> str | None:
+    """Why no tokenizer can take this text, or None. JSON can carry a lone surrogate ("\\ud800"), which is not a
+    character (a valid pair arrives as one character); a tokenizer fails on it with an unhelpful TypeError."""
+    match = _SURROGATE.search(text)
+    if match is None:
+        return None
+    return f"lone surrogate U+{ord(match.group()):04X} at character {match.start()}: not valid Unicode text"
+
+
+def check_prompt_text(text: str, field: str = "prompt") -> None:
+    """ValueError "field: why" for text no tokenizer can take (see prompt_text_problem)."""
+    problem = prompt_text_problem(text)
+    if problem is not None:
+        raise ValueError(f"{field}: {problem}")
 
 
 ScheduledPromptConditioning = namedtuple("ScheduledPromptConditioning", ["end_at_step", "cond"])
@@ -209,6 +429,9 @@ def get_learned_conditioning(
     between prompts, because the encoder pads a batch to its longest text, so batching changes the result.
     """
     encode = _encoder_of(model_encode_fn)
+    field_name = "negative_prompt" if getattr(prompts, "is_negative_prompt", False) else "prompt"
+    for prompt in prompts:  # a clear refusal here, whichever door the prompt came through
+        check_prompt_text(prompt, field_name)
     schedules = get_learned_conditioning_prompt_schedules(prompts, steps, hires_steps, use_old_scheduling)
     cache: dict[str, list[ScheduledPromptConditioning]] = {}
     result = []
@@ -227,8 +450,20 @@ def get_learned_conditioning(
 # ---------------------------------------------------------------------------------------------------------------------
 
 re_AND = re.compile(r"\bAND\b")
-# a sub-prompt's text (leading space kept, trailing space dropped) and an optional ":weight" at its end
+# a sub-prompt's text (leading space kept, trailing space dropped) and an optional ":weight" at its end.
+# A1111's pattern, kept for extensions; _split_weight gives the same result without its quadratic backtracking
+# over long runs of spaces.
 re_weight = re.compile(r"^(.*?)(?:\s*:\s*([-+]?(?:\d+\.?|\d*\.\d+)))?\s*$", re.S)
+_WEIGHT = re.compile(r"[-+]?(?:\d+\.?|\d*\.\d+)")
+
+
+def _split_weight(subprompt: str) -> tuple[str, str | None]:
+    """(text, weight or None): what re_weight matches. Only the last ":" can start a weight running to the end."""
+    text = subprompt.rstrip()
+    colon = text.rfind(":")
+    if colon >= 0 and _WEIGHT.fullmatch(text[colon + 1 :].lstrip()):
+        return text[:colon].rstrip(), text[colon + 1 :].lstrip()
+    return text, None
 
 
 def get_multicond_prompt_list(
@@ -242,8 +477,7 @@ def get_multicond_prompt_list(
     for prompt in prompts:
         indexes = []
         for subprompt in re_AND.split(prompt):
-            match = re_weight.search(subprompt)
-            text, weight = match.groups() if match else (subprompt, None)
+            text, weight = _split_weight(subprompt)
             if text not in prompt_indexes:
                 prompt_indexes[text] = len(prompt_flat_list)
                 prompt_flat_list.append(text)
@@ -353,7 +587,8 @@ re_attention = re.compile(
     re.X,
 )
 
-re_break = re.compile(r"\s*\bBREAK\b\s*", re.S)
+re_break = re.compile(r"\s*\bBREAK\b\s*", re.S)  # A1111's; _split_on_break is the same split, in linear time
+_BREAK_WORD = re.compile(r"\bBREAK\b")
 
 ROUND_BRACKET_MULTIPLIER = 1.1
 SQUARE_BRACKET_MULTIPLIER = 1 / 1.1
@@ -368,61 +603,101 @@ def _parse_weight(text: str | None) -> float | None:
         return None
 
 
+def _split_on_break(text: str) -> list[str]:
+    """re_break.split(text): the whitespace around each BREAK goes with it."""
+    parts = _BREAK_WORD.split(text)
+    for i in range(len(parts)):
+        if i > 0:
+            parts[i] = parts[i].lstrip()
+        if i < len(parts) - 1:
+            parts[i] = parts[i].rstrip()
+    return parts
+
+
+class _Weights:
+    """The pieces of a prompt and their weights, as A1111 computes them, in time linear in the prompt.
+
+    A1111 multiplies the weight of every piece after an open bracket when the bracket closes. Pieces added with
+    no bracket in between always get the same multiplications, so they share one weight (a cell), and a BREAK
+    marker's weight is minus its cell's: IEEE products of the same factors in the same order are equal, so the
+    floats are A1111's to the last bit.
+    """
+
+    def __init__(self) -> None:
+        self.pieces: list[tuple[str, int, int]] = []  # text, cell, sign
+        self.cells: list[float | int] = []  # int 1 until multiplied, so an untouched BREAK stays -1 as in A1111
+        self.round: list[int] = []  # for each open bracket, the first cell after it
+        self.square: list[int] = []
+        self.cell_open = False  # the last cell may take more pieces
+
+    def add(self, text: str, sign: int = 1) -> None:
+        if not self.cell_open:
+            self.cells.append(1)
+            self.cell_open = True
+        self.pieces.append((text, len(self.cells) - 1, sign))
+
+    def open(self, brackets: list[int]) -> bool:
+        if len(self.round) + len(self.square) >= MAX_NESTING:
+            return False  # deeper brackets are text (see MAX_NESTING)
+        brackets.append(len(self.cells))
+        self.cell_open = False
+        return True
+
+    def close(self, start: int, multiplier: float) -> None:
+        cells = self.cells
+        cells[start:] = [weight * multiplier for weight in cells[start:]]
+        self.cell_open = False
+
+    def result(self) -> list[list[Any]]:
+        # unclosed brackets apply to the rest; round first, then square, so the float products match A1111's
+        for start in self.round:
+            self.close(start, ROUND_BRACKET_MULTIPLIER)
+        for start in self.square:
+            self.close(start, SQUARE_BRACKET_MULTIPLIER)
+        merged: list[list[Any]] = []
+        for text, cell, sign in self.pieces:
+            weight = float(self.cells[cell]) if sign > 0 else -self.cells[cell]
+            if merged and merged[-1][1] == weight:
+                merged[-1][0] += text
+            else:
+                merged.append([text, weight])
+        return merged or [["", 1.0]]
+
+
 def parse_prompt_attention(text: str) -> list[list[Any]]:
     """Split a prompt into [text, weight] pairs.
 
     (abc) multiplies by 1.1, (abc:3.12) by 3.12, [abc] divides by 1.1; nesting multiplies; an unclosed bracket
     applies to the rest of the prompt. \\( \\) \\[ \\] \\\\ are literal characters. BREAK becomes ["BREAK", -1].
-    Neighbours with equal weights are merged.
+    Neighbours with equal weights are merged. Brackets opened beyond MAX_NESTING are text.
 
     >>> parse_prompt_attention('an (important) word')
     [['an ', 1.0], ['important', 1.1], [' word', 1.0]]
     """
-    res: list[list[Any]] = []
-    round_brackets: list[int] = []
-    square_brackets: list[int] = []
-
-    def multiply_range(start: int, multiplier: float) -> None:
-        for item in res[start:]:
-            item[1] *= multiplier
-
+    weights = _Weights()
     for match in re_attention.finditer(text):
         piece = match.group(0)
         weight = _parse_weight(match.group(1))
         if piece.startswith("\\"):
-            res.append([piece[1:], 1.0])
-        elif piece == "(":
-            round_brackets.append(len(res))
-        elif piece == "[":
-            square_brackets.append(len(res))
-        elif weight is not None and round_brackets:
-            multiply_range(round_brackets.pop(), weight)
-        elif piece == ")" and round_brackets:
-            multiply_range(round_brackets.pop(), ROUND_BRACKET_MULTIPLIER)
-        elif piece == "]" and square_brackets:
-            multiply_range(square_brackets.pop(), SQUARE_BRACKET_MULTIPLIER)
+            weights.add(piece[1:])
+        elif piece == "(" and weights.open(weights.round):
+            pass
+        elif piece == "[" and weights.open(weights.square):
+            pass
+        elif weight is not None and weights.round:
+            weights.close(weights.round.pop(), weight)
+        elif piece == ")" and weights.round:
+            weights.close(weights.round.pop(), ROUND_BRACKET_MULTIPLIER)
+        elif piece == "]" and weights.square:
+            weights.close(weights.square.pop(), SQUARE_BRACKET_MULTIPLIER)
+        elif "BREAK" not in piece:
+            weights.add(piece)
         else:
-            for i, part in enumerate(re_break.split(piece)):
+            for i, part in enumerate(_split_on_break(piece)):
                 if i > 0:
-                    res.append(["BREAK", -1])
-                res.append([part, 1.0])
-
-    # unclosed brackets apply to the rest; round first, then square, so the float products match A1111's
-    for start in round_brackets:
-        multiply_range(start, ROUND_BRACKET_MULTIPLIER)
-    for start in square_brackets:
-        multiply_range(start, SQUARE_BRACKET_MULTIPLIER)
-
-    if not res:
-        return [["", 1.0]]
-
-    merged = [res[0]]
-    for item in res[1:]:
-        if item[1] == merged[-1][1]:
-            merged[-1][0] += item[0]
-        else:
-            merged.append(item)
-    return merged
+                    weights.add("BREAK", -1)
+                weights.add(part)
+    return weights.result()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -518,6 +793,16 @@ def split_into_chunks(
     return _split(tokens_with_weights, chunk_length, comma_token, backtrack, pad_token)[0]
 
 
+COUNT_TOKENS_BUDGET = 100_000  # characters the token counter tokenizes per call (see count_tokens)
+
+
+def _without_extra_networks(text: str) -> str:
+    """re_extra_net.sub("", text). Every tag ends with ">", so the tail after the last one is left out of the
+    search, where "<x:" repeated without a ">" made the regex retry to the end from each "<"."""
+    end = text.rfind(">") + 1
+    return re_extra_net.sub("", text[:end]) + text[end:]
+
+
 def count_tokens(
     text: str,
     tokenize_fn: Callable[[str], list[int]],
@@ -534,17 +819,23 @@ def count_tokens(
     Extra-network tags (<lora:...>) are removed, a positive prompt is split on AND, every scheduled text is
     tokenized, and the longest one counts. max_length is that count rounded up to whole chunks (75, 150, ...).
     `parse_attention=False` mirrors A1111's emphasis mode "None" (brackets and BREAK are plain text).
+    The counter runs on every keystroke, so it tokenizes the distinct texts longest first and stops once
+    COUNT_TOKENS_BUDGET characters are done: only a prompt whose schedule has more text than that (an
+    alternation over many steps of a very long prompt) can be counted short.
     """
-    text = re_extra_net.sub("", text)
+    text = _without_extra_networks(text)
     try:
         flat = get_multicond_prompt_list([text])[1] if is_positive else [text]
         schedules = get_learned_conditioning_prompt_schedules(flat, steps)
     except Exception:  # the counter must never break typing; count the raw text instead
         schedules = [[[steps, text]]]
 
-    texts = list(dict.fromkeys(entry[1] for schedule in schedules for entry in schedule))
-    token_count = 0
+    texts = sorted(dict.fromkeys(entry[1] for schedule in schedules for entry in schedule), key=len, reverse=True)
+    token_count = done = 0
     for prompt in texts:
+        if done and done + len(prompt) > COUNT_TOKENS_BUDGET:
+            break
+        done += len(prompt)
         parsed = parse_prompt_attention(prompt) if parse_attention else [[prompt, 1.0]]
         tokens = tokenize_prompt_attention(parsed, tokenize_fn)
         token_count = max(token_count, _split(tokens, chunk_length, comma_token, backtrack, CLIP_END_TOKEN)[1])

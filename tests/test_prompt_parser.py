@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import random
 import re
 
+import lark
 import pytest
 import torch
 
@@ -73,6 +76,78 @@ def test_attention_break():
     assert pp.parse_prompt_attention("BREAK") == [["", 1.0], ["BREAK", -1], ["", 1.0]]
     # inside brackets the marker's weight is scaled too, so it is no longer a break (A1111 behaves the same)
     assert pp.parse_prompt_attention("(a BREAK b)")[1] == ["BREAK", -1.1]
+
+
+def _reference_attention(text: str) -> list:
+    """The quadratic algorithm parse_prompt_attention replaced (A1111's): every bracket multiplies each piece."""
+    res, round_brackets, square_brackets = [], [], []
+
+    def multiply_range(start, multiplier):
+        for item in res[start:]:
+            item[1] *= multiplier
+
+    for match in pp.re_attention.finditer(text):
+        piece, weight = match.group(0), pp._parse_weight(match.group(1))
+        if piece.startswith("\\"):
+            res.append([piece[1:], 1.0])
+        elif piece == "(":
+            round_brackets.append(len(res))
+        elif piece == "[":
+            square_brackets.append(len(res))
+        elif weight is not None and round_brackets:
+            multiply_range(round_brackets.pop(), weight)
+        elif piece == ")" and round_brackets:
+            multiply_range(round_brackets.pop(), 1.1)
+        elif piece == "]" and square_brackets:
+            multiply_range(square_brackets.pop(), 1 / 1.1)
+        else:
+            for i, part in enumerate(pp.re_break.split(piece)):
+                if i > 0:
+                    res.append(["BREAK", -1])
+                res.append([part, 1.0])
+    for start in round_brackets:
+        multiply_range(start, 1.1)
+    for start in square_brackets:
+        multiply_range(start, 1 / 1.1)
+    merged = []
+    for item in res or [["", 1.0]]:
+        if merged and merged[-1][1] == item[1]:
+            merged[-1][0] += item[0]
+        else:
+            merged.append(item)
+    return merged
+
+
+def test_attention_equals_the_quadratic_algorithm_to_the_last_bit():
+    rng = random.Random(7)
+    pieces = list("()[]:\\ ab1.5,") + ["BREAK", " BREAK ", ":1.2)", ": 0.5 )", "\\(", "\\\\", "\n", ":1.2.3)", ":0)"]
+    for _ in range(3000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 40)))
+        assert repr(pp.parse_prompt_attention(text)) == repr(_reference_attention(text)), text
+    deep = ["(", "(", "[", "[", ")", "]", "a", "b ", ":1.3)", ":0.7)", "BREAK", "\\["]
+    for _ in range(300):  # many brackets open at once: long products of factors, in A1111's order
+        text = "".join(rng.choice(deep) for _ in range(rng.randint(50, 300)))
+        if pp.bracket_depth(text) <= pp.MAX_NESTING:
+            assert repr(pp.parse_prompt_attention(text)) == repr(_reference_attention(text)), text
+
+
+def test_attention_break_marker_keeps_a1111_int_weight():
+    assert repr(pp.parse_prompt_attention("a BREAK b")) == "[['a', 1.0], ['BREAK', -1], ['b', 1.0]]"
+
+
+def test_attention_brackets_beyond_max_nesting_are_text():
+    deep = "(" * (pp.MAX_NESTING + 5) + "a"
+    assert pp.parse_prompt_attention(deep) == [["(" * 5 + "a", pytest.approx(1.1**pp.MAX_NESTING)]]
+    assert pp.parse_prompt_attention("(" * pp.MAX_NESTING + "a") == _reference_attention("(" * pp.MAX_NESTING + "a")
+
+
+def test_break_split_and_weight_split_equal_a1111_regexes():
+    rng = random.Random(3)
+    pieces = [" ", "  ", "\t", "\n", "a", "BREAK", "BREAKS", "xBREAK", ":", "1", ".", "5", "-", "+", "AND", "\u3000"]
+    for _ in range(5000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 12)))
+        assert pp._split_on_break(text) == pp.re_break.split(text), text
+        assert pp._split_weight(text) == pp.re_weight.search(text).groups(), text
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -169,6 +244,342 @@ def test_prompt_at_step_uses_a1111_step_convention():
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# prompt editing: golden table, and the Earley grammar the linear scanner replaced as a reference
+# ---------------------------------------------------------------------------------------------------------------------
+
+# Captured from the lark Earley parser this module used before the scanner (A1111's grammar; A1111's own code
+# gives the same for every one of these), at 10 steps.
+GOLDEN_SCHEDULES_10_STEPS = [
+    ('test', [[10, 'test']]),
+    ('a [b:3]', [[3, 'a '], [10, 'a b']]),
+    ('a [b: 3]', [[3, 'a '], [10, 'a b']]),
+    ('a [[[b]]:2]', [[2, 'a '], [10, 'a [[b]]']]),
+    ('[(a:2):3]', [[3, ''], [10, '(a:2)']]),
+    ('a [b : c : 1] d', [[1, 'a b  d'], [10, 'a  c  d']]),
+    ('a[b:[c:d:2]:1]e', [[1, 'abe'], [2, 'ace'], [10, 'ade']]),
+    ('a [unbalanced', [[10, 'a [unbalanced']]),
+    ('a [b:.5] c', [[5, 'a  c'], [10, 'a b c']]),
+    ('a [{b|d{:.5] c', [[10, 'a [{b|d{:.5] c']]),
+    ('((a][:b:c [d:3]', [[3, '((a][:b:c '], [10, '((a][:b:c d']]),
+    ('[a|(b:1.1)]',
+     [[1, 'a'], [2, '(b:1.1)'], [3, 'a'], [4, '(b:1.1)'], [5, 'a'], [6, '(b:1.1)'], [7, 'a'], [8, '(b:1.1)'],
+      [9, 'a'], [10, '(b:1.1)']]),
+    ('[fe|]male',
+     [[1, 'female'], [2, 'male'], [3, 'female'], [4, 'male'], [5, 'female'], [6, 'male'], [7, 'female'], [8, 'male'],
+      [9, 'female'], [10, 'male']]),
+    ('[fe|||]male',
+     [[1, 'female'], [2, 'male'], [3, 'male'], [4, 'male'], [5, 'female'], [6, 'male'], [7, 'male'], [8, 'male'],
+      [9, 'female'], [10, 'male']]),
+    ('a [b:c:10] d', [[10, 'a b d']]),
+    ('a [[b:c:5]:d:10]', [[5, 'a b'], [10, 'a c']]),
+    ('fantasy landscape with a [mountain:lake:0.25] and [an oak:a christmas tree:0.75][ in '
+     'foreground::0.6][ in background:0.25] [shoddy:masterful:0.5]',
+     [[2, 'fantasy landscape with a mountain and an oak in foreground shoddy'],
+      [5, 'fantasy landscape with a lake and an oak in foreground in background shoddy'],
+      [6, 'fantasy landscape with a lake and an oak in foreground in background masterful'],
+      [7, 'fantasy landscape with a lake and an oak in background masterful'],
+      [10, 'fantasy landscape with a lake and a christmas tree in background masterful']]),
+    ('[a:b:0.5]', [[5, 'a'], [10, 'b']]),
+    ('[a:b:0.25]', [[2, 'a'], [10, 'b']]),
+    ('[a::5]', [[5, 'a'], [10, '']]),
+    ('[a:5]', [[5, ''], [10, 'a']]),
+    ('[:a:5]', [[5, ''], [10, 'a']]),
+    ('[::5]', [[5, ''], [10, '']]),
+    ('[a:b:0]', [[10, 'b']]),
+    ('[a:b:50]', [[10, 'a']]),
+    ('[a:b:-3]', [[10, 'b']]),
+    ('[a:b:1.]', [[10, 'a']]),
+    ('[a:b:+2]', [[2, 'a'], [10, 'b']]),
+    ('[a:b:1e1]', [[10, 'a']]),
+    ('[a:b:2e-1]', [[10, 'b']]),
+    ('[a:b:.5e1]', [[10, 'a']]),
+    ('[a:b: 3 ]', [[3, 'a'], [10, 'b']]),
+    ('[a:b:3 ]', [[3, 'a'], [10, 'b']]),
+    ('[a:b:\t3\n]', [[3, 'a'], [10, 'b']]),
+    ('[a:b:1.5]', [[10, 'a']]),
+    ('[a:b:1]', [[1, 'a'], [10, 'b']]),
+    ('[a:b:1.0]', [[10, 'a']]),
+    ('[a b:c d:0.3]', [[3, 'a b'], [10, 'c d']]),
+    ('[a:b:c]', [[10, '[a:b:c]']]),
+    ('[a:b:1e]', [[10, '[a:b:1e]']]),
+    ('[a:b:1 2]', [[10, '[a:b:1 2]']]),
+    ('[a:b:(1)]', [[10, '[a:b:(1)]']]),
+    ('[a:b:c:1]', [[10, '[a:b:c:1]']]),
+    ('[a:b', [[10, '[a:b']]),
+    ('a:b:1]', [[10, 'a:b:1]']]),
+    ('[a:b:1]]', [[1, 'a]'], [10, 'b]']]),
+    ('[[a:b:1]', [[1, '[a'], [10, '[b']]),
+    ('[a:[b:c:2]:7]', [[2, 'a'], [7, 'a'], [10, 'c']]),
+    ('[[a:b:2]:c:7]', [[2, 'a'], [7, 'b'], [10, 'c']]),
+    ('[[a:1]:2]', [[1, ''], [2, ''], [10, 'a']]),
+    ('[a:[b:1]', [[1, '[a:'], [10, '[a:b']]),
+    ('[a:b:1] :2]', [[1, 'a :2]'], [10, 'b :2]']]),
+    ('[a:b:1]:2]', [[1, 'a:2]'], [10, 'b:2]']]),
+    ('(a:[b:1])', [[1, '(a:)'], [10, '(a:b)']]),
+    ('[a:[b:c:1]:2]', [[1, 'a'], [2, 'a'], [10, 'c']]),
+    ('[[a]:b:1]', [[1, '[a]'], [10, 'b']]),
+    ('[a [b:1] c:2]', [[1, ''], [2, ''], [10, 'a b c']]),
+    ('[a:b:1][c:d:2]', [[1, 'ac'], [2, 'bc'], [10, 'bd']]),
+    ('[a:1][', [[1, '['], [10, 'a[']]),
+    ('[a:1]]', [[1, ']'], [10, 'a]']]),
+    ('[[a:1]', [[1, '['], [10, '[a']]),
+    ('(a:1)[b:2]', [[2, '(a:1)'], [10, '(a:1)b']]),
+    ('[(a:1):2]', [[2, ''], [10, '(a:1)']]),
+    ('[a:(b:1):2]', [[2, 'a'], [10, '(b:1)']]),
+    ('[(a:b:1)]', [[10, '[(a:b:1)]']]),
+    ('a:[b:1]', [[1, 'a:'], [10, 'a:b']]),
+    (':[b:1]:', [[1, '::'], [10, ':b:']]),
+    ('[a:b:1]|', [[10, '[a:b:1]|']]),
+    ('[a|b]:1]',
+     [[1, 'a:1]'], [2, 'b:1]'], [3, 'a:1]'], [4, 'b:1]'], [5, 'a:1]'], [6, 'b:1]'], [7, 'a:1]'], [8, 'b:1]'],
+      [9, 'a:1]'], [10, 'b:1]']]),
+    ('[[a|b]:1]',
+     [[1, ''], [2, 'b'], [3, 'a'], [4, 'b'], [5, 'a'], [6, 'b'], [7, 'a'], [8, 'b'], [9, 'a'], [10, 'b']]),
+    ('[a|b:1]', [[10, '[a|b:1]']]),
+    ('([a:b:1])', [[1, '(a)'], [10, '(b)']]),
+    ('(([a:b:1]))', [[1, '((a))'], [10, '((b))']]),
+    ('[a:b:1)', [[10, '[a:b:1)']]),
+    ('(a:b:[c:d:1])', [[1, '(a:b:c)'], [10, '(a:b:d)']]),
+    ('([a:b])', [[10, '([a:b])']]),
+    ('x [a:b] y', [[10, 'x [a:b] y']]),
+    ('[(a):(b):3]', [[3, '(a)'], [10, '(b)']]),
+    ('[(a:1.2):(b:0.8):3]', [[3, '(a:1.2)'], [10, '(b:0.8)']]),
+    ('[a|b]', [[1, 'a'], [2, 'b'], [3, 'a'], [4, 'b'], [5, 'a'], [6, 'b'], [7, 'a'], [8, 'b'], [9, 'a'], [10, 'b']]),
+    ('[a|b|c] x',
+     [[1, 'a x'], [2, 'b x'], [3, 'c x'], [4, 'a x'], [5, 'b x'], [6, 'c x'], [7, 'a x'], [8, 'b x'], [9, 'c x'],
+      [10, 'a x']]),
+    ('[a|]', [[1, 'a'], [2, ''], [3, 'a'], [4, ''], [5, 'a'], [6, ''], [7, 'a'], [8, ''], [9, 'a'], [10, '']]),
+    ('[|a]', [[1, ''], [2, 'a'], [3, ''], [4, 'a'], [5, ''], [6, 'a'], [7, ''], [8, 'a'], [9, ''], [10, 'a']]),
+    ('[|]', [[1, ''], [2, ''], [3, ''], [4, ''], [5, ''], [6, ''], [7, ''], [8, ''], [9, ''], [10, '']]),
+    ('[||]', [[1, ''], [2, ''], [3, ''], [4, ''], [5, ''], [6, ''], [7, ''], [8, ''], [9, ''], [10, '']]),
+    ('[a|b][c|d|e]',
+     [[1, 'ac'], [2, 'bd'], [3, 'ae'], [4, 'bc'], [5, 'ad'], [6, 'be'], [7, 'ac'], [8, 'bd'], [9, 'ae'], [10, 'bc']]),
+    ('[a|[b|c]]',
+     [[1, 'a'], [2, 'c'], [3, 'a'], [4, 'c'], [5, 'a'], [6, 'c'], [7, 'a'], [8, 'c'], [9, 'a'], [10, 'c']]),
+    ('[[a|b]|c]',
+     [[1, 'a'], [2, 'c'], [3, 'a'], [4, 'c'], [5, 'a'], [6, 'c'], [7, 'a'], [8, 'c'], [9, 'a'], [10, 'c']]),
+    ('[a|[b:c:3]]',
+     [[1, 'a'], [2, 'b'], [3, 'a'], [4, 'c'], [5, 'a'], [6, 'c'], [7, 'a'], [8, 'c'], [9, 'a'], [10, 'c']]),
+    ('[[a|b] dog:cat:0.5]',
+     [[1, 'a dog'], [2, 'b dog'], [3, 'a dog'], [4, 'b dog'], [5, 'a dog'], [6, 'cat'], [7, 'cat'], [8, 'cat'],
+      [9, 'cat'], [10, 'cat']]),
+    ('a [[fat|skinny] dog:cat:0.5]',
+     [[1, 'a fat dog'], [2, 'a skinny dog'], [3, 'a fat dog'], [4, 'a skinny dog'], [5, 'a fat dog'], [6, 'a cat'],
+      [7, 'a cat'], [8, 'a cat'], [9, 'a cat'], [10, 'a cat']]),
+    ('[a|b', [[10, '[a|b']]),
+    ('a|b', [[10, 'a|b']]),
+    ('[a|b]|', [[10, '[a|b]|']]),
+    ('(a|b)', [[10, '(a|b)']]),
+    ('[(a|b)|c]', [[10, '[(a|b)|c]']]),
+    ('[a|(b)|[c]]',
+     [[1, 'a'], [2, '(b)'], [3, '[c]'], [4, 'a'], [5, '(b)'], [6, '[c]'], [7, 'a'], [8, '(b)'], [9, '[c]'],
+      [10, 'a']]),
+    ('[a\\|b]', [[10, '[a\\|b]']]),
+    ('\\[a|b\\]', [[10, '\\[a|b\\]']]),
+    ('[a|b:c]', [[10, '[a|b:c]']]),
+    ('[a:b|c:2]', [[10, '[a:b|c:2]']]),
+    ('\\[a:b:3\\]', [[10, '\\[a:b:3\\]']]),
+    ('a \\(b\\) [c:d:3]', [[3, 'a \\(b\\) c'], [10, 'a \\(b\\) d']]),
+    ('[a\\:b:3]', [[3, ''], [10, 'a\\:b']]),
+    ('[a:b\\:3]', [[10, '[a:b\\:3]']]),
+    ('[a:b:3\\]', [[10, '[a:b:3\\]']]),
+    ('\\', [[10, '\\']]),
+    ('a\\', [[10, 'a\\']]),
+    ('[a:b:3]\\', [[10, '[a:b:3]\\']]),
+    ('a\\\\[b:c:3]', [[3, 'a\\\\b'], [10, 'a\\\\c']]),
+    ('\\\\\\[a:b:3]', [[10, '\\\\\\[a:b:3]']]),
+    ('a\\\nb', [[10, 'a\\\nb']]),
+    ('[a\\]:b:3]', [[3, 'a\\]'], [10, 'b']]),
+    ('\\(', [[10, '\\(']]),
+    ('(\\))', [[10, '(\\))']]),
+    ('(a)', [[10, '(a)']]),
+    ('(a:1.2)', [[10, '(a:1.2)']]),
+    ('(a:b)', [[10, '(a:b)']]),
+    ('(a:b:c)', [[10, '(a:b:c)']]),
+    ('((a))', [[10, '((a))']]),
+    ('[a]', [[10, '[a]']]),
+    ('[[a]]', [[10, '[[a]]']]),
+    (')(', [[10, ')(']]),
+    ('][', [[10, '][']]),
+    ('a)b]c(d[e', [[10, 'a)b]c(d[e']]),
+    ('(((', [[10, '(((']]),
+    (']]]', [[10, ']]]']]),
+    (':::', [[10, ':::']]),
+    ('(a [b:c:3] d:1.5)', [[3, '(a b d:1.5)'], [10, '(a c d:1.5)']]),
+    ('[a (b:c) :3]', [[3, ''], [10, 'a (b:c) ']]),
+    ('[(a:b) :3]', [[3, ''], [10, '(a:b) ']]),
+    ('a, (b:1.3), [c], d\\(e\\)', [[10, 'a, (b:1.3), [c], d\\(e\\)']]),
+    ('', [[10, '']]),
+    (' ', [[10, ' ']]),
+    ('  [a:b:2]  ', [[2, '  a  '], [10, '  b  ']]),
+    ('\n[a:b:2]\n', [[2, '\na\n'], [10, '\nb\n']]),
+    ('[\na:b\n:2]', [[2, '\na'], [10, 'b\n']]),
+    ('{a|b}', [[10, '{a|b}']]),
+    ('{[a:b:2]}', [[2, '{a}'], [10, '{b}']]),
+    ('[a:b:2]{', [[2, 'a{'], [10, 'b{']]),
+    ('<lora:x:1> [a:b:2]', [[2, '<lora:x:1> a'], [10, '<lora:x:1> b']]),
+    ('a AND [b:c:3]', [[3, 'a AND b'], [10, 'a AND c']]),
+    ('a BREAK [b:c:3]', [[3, 'a BREAK b'], [10, 'a BREAK c']]),
+    ('[a BREAK b:c:3]', [[3, 'a BREAK b'], [10, 'c']]),
+    ('Ünïcödé [ä:ö:2] 日本', [[2, 'Ünïcödé ä 日本'], [10, 'Ünïcödé ö 日本']]),
+]
+
+
+@pytest.mark.parametrize(("prompt", "expected"), GOLDEN_SCHEDULES_10_STEPS)
+def test_schedule_golden_table(prompt, expected):
+    assert g(prompt) == expected
+
+
+# The replaced implementation, kept as the reference: A1111's grammar on lark's Earley parser.
+_EARLEY_GRAMMAR = r"""
+start: (text | STRAY+)*
+text: (weighted | edit | alternate | PLAIN | WS)*
+!weighted: "(" text ")" | "(" text ":" text ")" | "[" text "]"
+edit: "[" (text ":")? text ":" WS? NUMBER WS? "]"
+alternate: "[" text ("|" text)+ "]"
+STRAY: /[\[\]():]/
+PLAIN: /(?:[^\\\[\]():|]|\\.)+/
+WS: /\s+/
+%import common.SIGNED_NUMBER -> NUMBER
+"""
+
+
+@functools.cache
+def _earley() -> lark.Lark:
+    return lark.Lark(_EARLEY_GRAMMAR)
+
+
+def _earley_render(node, step: int, when: dict[int, int]) -> str:
+    if isinstance(node, lark.Token):
+        return node.value
+    texts = [c for c in node.children if isinstance(c, lark.Tree)]
+    if node.data == "edit":
+        before, after = texts if len(texts) == 2 else (None, texts[0])
+        chosen = before if step <= when[id(node)] else after
+        return "" if chosen is None else _earley_render(chosen, step, when)
+    if node.data == "alternate":
+        return _earley_render(texts[(step - 1) % len(texts)], step, when)
+    return "".join(_earley_render(child, step, when) for child in node.children)
+
+
+@functools.cache
+def _earley_tree(prompt: str) -> lark.Tree | None:
+    try:
+        return _earley().parse(prompt)
+    except lark.exceptions.LarkError:
+        return None
+
+
+def earley_schedule(prompt: str, base_steps: int, hires_steps: int | None = None, old: bool = False) -> list:
+    steps, int_offset, flt_offset = (base_steps, 0, 0.0) if hires_steps is None or old else (hires_steps,
+                                                                                              base_steps, 1.0)
+    tree = _earley_tree(prompt)
+    if tree is None:
+        return [[steps, prompt]]
+    when, result = {}, {steps}
+    for node in tree.iter_subtrees():
+        if node.data == "edit":
+            number = str(next(c for c in node.children if isinstance(c, lark.Token) and c.type == "NUMBER"))
+            value = float(number)
+            if old:
+                value = value * steps if value < 1 else value
+            else:
+                value = (value - flt_offset) * steps if "." in number else value - int_offset
+            when[id(node)] = int(max(-1.0, min(float(steps), value)))
+            if when[id(node)] >= 1:
+                result.add(when[id(node)])
+        elif node.data == "alternate":
+            result.update(range(1, steps + 1))
+    return [[step, _earley_render(tree, step, when)] for step in sorted(result)]
+
+
+CONFIGS = [(10,), (20,), (3,), (1,), (10, 10), (10, 4), (10, None, True), (4, None, True)]
+
+
+def test_schedule_equals_the_earley_grammar_on_the_golden_prompts():
+    for prompt, _ in GOLDEN_SCHEDULES_10_STEPS:
+        for config in CONFIGS:
+            assert g(prompt, *config) == earley_schedule(prompt, *config), (prompt, config)
+
+
+def _random_prompt(rng: random.Random, depth: int = 0) -> str:
+    """Edits, alternations, emphasis, stray brackets and escapes, nested a few levels."""
+    def inner() -> str:
+        return _random_prompt(rng, depth + 1) if depth < 3 else rng.choice(["a", "", "b c"])
+
+    groups = [
+        lambda: f"[{inner()}:{rng.choice(['1', '2', '.5', '3 ', ' 1.5', '1e1', '-1', 'x', '+3'])}]",
+        lambda: f"[{inner()}:{inner()}:{rng.choice(['1', '2', '0.5'])}]",
+        lambda: f"[{inner()}|{inner()}]", lambda: f"[{inner()}|{inner()}|]",
+        lambda: f"({inner()})", lambda: f"({inner()}:{rng.choice(['1.2', 'a'])})", lambda: f"[{inner()}]",
+    ]
+    out = []
+    for _ in range(rng.randint(1, 4)):
+        kind = rng.random()
+        if kind < 0.4:
+            out.append(rng.choice(groups)())
+        elif kind < 0.7:
+            out.append(rng.choice("()[]:") * rng.randint(1, 2))
+        elif kind < 0.9:
+            out.append(rng.choice(["a", " ", "x y", "1", "\n", "é"]))
+        else:
+            out.append(rng.choice(["\\(", "\\]", "\\:", "\\|", "|", "\\", "\\\n", "\\\\"]))
+    return "".join(out)
+
+
+def _read_one_way(prompt: str) -> bool:
+    """Whether A1111's grammar reads the prompt one way only. It can also read an edit's "]" followed by a stray
+    bracket or ":" as stray ("[a:1]((" has two readings); which one lark then picks is an accident of set order
+    (it changes with PYTHONHASHSEED under the lark 1.1.2 A1111 pins). The scanner always applies the edit."""
+    try:
+        parsed = pp._parse_schedule(prompt)
+    except pp._Unparsable:
+        return True
+    return all(prompt[c.end : c.end + 1] not in "[]():" or c.end == len(prompt) for c in parsed.choices if c.when)
+
+
+def test_schedule_equals_the_earley_grammar_on_random_prompts():
+    rng = random.Random(11)
+    checked = 0
+    for _ in range(300):
+        prompt = _random_prompt(rng) if rng.random() < 0.7 else "".join(
+            rng.choice("ab [](): |\\15.-e") for _ in range(rng.randint(0, 14)))
+        if len(prompt) > 40 or not _read_one_way(prompt):
+            continue
+        checked += 1
+        for config in ((10,), (10, 10), (4, None, True)):
+            assert g(prompt, *config) == earley_schedule(prompt, *config), (prompt, config)
+    assert checked > 150
+
+
+def test_schedule_applies_an_edit_next_to_stray_brackets():
+    # A1111 gives either reading here, depending on PYTHONHASHSEED; applying the edit is one of them
+    assert g("[a:1]((", 3) == [[1, "(("], [3, "a(("]]
+    assert g("[a:b:1]]]", 3) == [[1, "a]]"], [3, "b]]"]]
+    assert g("x [a:1] ))", 3) == [[1, "x  ))"], [3, "x a ))"]]
+
+
+def test_schedule_syntax_errors_leave_the_prompt_unscheduled():
+    for prompt in ("[a:b:1] \\", "[a:b:1] \\\n", "[a:b:1] |", "(a|b) [a:b:1]", "[a|b:1] [c:d:1]", "[a|b"):
+        assert g(prompt) == [[10, prompt]], prompt
+    assert g("[a:b:1] \\\\") == [[1, "a \\\\"], [10, "b \\\\"]]  # an escaped backslash is text
+
+
+def test_schedule_deep_nesting_needs_no_recursion():
+    depth = 5000
+    prompt = "[" * depth + "a" + ":1]" * depth  # each edit holds the next one as its "after" text
+    assert g(prompt) == [[1, ""], [10, "a"]]
+    alternation = "[" * depth + "a" + "|b]" * depth
+    assert g(alternation, 2) == [[1, "a"], [2, "b"]]
+
+
+def test_schedule_renders_each_distinct_text_once():
+    schedule = g("[a|b] " * 1000, 500)
+    assert len(schedule) == 500 and schedule[0][1] == "a " * 1000 and schedule[1][1] == "b " * 1000
+    assert len({id(text) for _, text in schedule}) == 2  # shared, not 500 copies
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # AND composition
 # ---------------------------------------------------------------------------------------------------------------------
 
@@ -184,6 +595,30 @@ def test_multicond_weight_without_and_and_word_boundaries():
     res, flat, _ = pp.get_multicond_prompt_list(["SANDWICH ANDROID", "cat:1.2", "(x:1.2)", "a AND a"])
     assert flat == ["SANDWICH ANDROID", "cat", "(x:1.2)", "a", " a"]
     assert res == [[(0, 1.0)], [(1, 1.2)], [(2, 1.0)], [(3, 1.0), (4, 1.0)]]
+
+
+def test_bracket_depth_counts_brackets_until_closed_by_their_own_kind():
+    assert pp.bracket_depth("a (b [c] {d}) e") == 2
+    assert pp.bracket_depth("\\(\\(\\( x") == 0 and pp.bracket_depth(")" * 500) == 0
+    assert pp.bracket_depth("(" * 300 + "x" + ")" * 300) == 300
+    assert pp.bracket_depth("(]" * 200) == 200  # a "]" closes no "(": emphasis keeps them all open
+    assert pp.bracket_depth("([)]") == 2 and pp.bracket_depth("((a)(b))") == 2
+
+
+def test_prompt_text_problem_finds_lone_surrogates():
+    assert pp.prompt_text_problem("a red circle \U0001F600") is None  # a pair, decoded: one character
+    assert pp.prompt_text_problem("ab\ud800") == "lone surrogate U+D800 at character 2: not valid Unicode text"
+    with pytest.raises(ValueError, match="^negative_prompt: lone surrogate U\\+DFFF at character 0"):
+        pp.check_prompt_text("\udfff", "negative_prompt")
+
+
+def test_learned_conditioning_refuses_a_lone_surrogate_naming_the_prompt():
+    encoder = FakeEncoder()
+    with pytest.raises(ValueError, match="^prompt: lone surrogate"):
+        pp.get_multicond_learned_conditioning(encoder, pp.SdConditioning(["a AND b\ud800"]), 10)
+    with pytest.raises(ValueError, match="^negative_prompt: lone surrogate"):
+        pp.get_learned_conditioning(encoder, pp.SdConditioning(["\ud800"], is_negative_prompt=True), 10)
+    assert encoder.calls == []
 
 
 def test_multicond_keeps_sd_conditioning_attributes():
@@ -361,6 +796,26 @@ def test_count_tokens():
     assert pp.count_tokens("[w1:w1 w2 w3:5]", fake_tokenize) == (3, 75)
     assert pp.count_tokens("w1 w2 AND w3", fake_tokenize) == (2, 75)
     assert pp.count_tokens("w1 <lora:w5 w6:1>", fake_tokenize) == (1, 75)
+
+
+def test_count_tokens_ignores_a_tail_of_unclosed_extra_network_tags():
+    assert pp.count_tokens("w1 <lora:a:1> w2" + " <x:w3" * 3000, fake_tokenize) == (3002, 3075)
+
+
+def test_count_tokens_tokenizes_the_longest_texts_within_a_budget(monkeypatch):
+    seen = []
+
+    def tokenize(text):
+        seen.append(text)
+        return fake_tokenize(text)
+
+    prompt = "[w1 w2 w3|w4|w5 w6] " + words(10, 50)
+    assert pp.count_tokens(prompt, tokenize, 30) == (53, 75)
+    assert seen[0].startswith("w1 w2 w3")  # longest first
+    monkeypatch.setattr(pp, "COUNT_TOKENS_BUDGET", len(prompt))
+    seen.clear()
+    assert pp.count_tokens(prompt, tokenize, 30) == (53, 75)
+    assert len(seen) == 1  # the other two texts would pass the budget
 
 
 def test_count_tokens_with_comma_backtrack():

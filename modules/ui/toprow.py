@@ -61,16 +61,27 @@ def counter_html(count: int, limit: int) -> str:
 
 
 def count_tokens(text: str, steps: float | None = 20) -> str:
-    """The counter's text, `tokens/limit` with limit in 75-token chunks, as A1111 shows it."""
+    """The counter's text, `tokens/limit` with limit in 75-token chunks, as A1111 shows it.
+
+    It runs on every keystroke, outside the queue, so it keeps the API's bounds: a prompt longer than the
+    api_max_prompt_chars setting is not counted, and steps are capped at api_max_steps."""
     model = shared.sd_model
     if model is None:
         return "<span class='token-count'>?/75</span>"
+    text = text or ""
+    most = int(getattr(shared.opts, "api_max_prompt_chars", 20000))
+    if len(text) > most:
+        return (f"<span class='token-count over' title='longer than {most} characters "
+                "(setting api_max_prompt_chars): not counted'>?/75</span>")
     from modules.engine.conditioning import PromptEncoder
 
     try:
-        # Extra-network tags are not encoded, so they are not counted (as in A1111).
-        text = extra_networks.parse_prompt(text or "")[0]
-        count, limit = PromptEncoder(model).token_count(text, int(steps or 20))
+        steps = min(max(int(steps or 20), 1), int(getattr(shared.opts, "api_max_steps", 500)))
+        # Extra-network tags are not encoded, so they are not counted (as in A1111). Each tag ends with ">":
+        # the text after the last one stays out of the tag regex, which would retry from every "<x:" there.
+        end = text.rfind(">") + 1
+        text = extra_networks.parse_prompt(text[:end])[0] + text[end:]
+        count, limit = PromptEncoder(model).token_count(text, steps)
     except Exception:  # a half-typed prompt must never break typing
         return "<span class='token-count'>?/75</span>"
     return counter_html(count, limit)
