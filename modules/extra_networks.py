@@ -59,7 +59,11 @@ def parse_prompt(prompt: str) -> tuple[str, dict[str, list[ExtraNetworkParams]]]
         found.setdefault(match.group(1), []).append(ExtraNetworkParams(match.group(2).split(":")))
         return ""
 
-    return re_extra_net.sub(take, prompt or ""), found
+    prompt = prompt or ""
+    # Every tag ends with ">": text after the last one cannot hold a tag, and scanning it would retry the
+    # pattern from every "<x:" there (quadratic on "<a:" * n).
+    end = prompt.rfind(">") + 1
+    return re_extra_net.sub(take, prompt[:end]) + prompt[end:], found
 
 
 def parse_prompts(prompts: list[str]) -> tuple[list[str], dict[str, list[ExtraNetworkParams]]]:

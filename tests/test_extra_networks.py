@@ -25,3 +25,12 @@ def test_a_registered_type_is_not_reported_as_unapplied(monkeypatch):
     extra_networks.register_extra_network(extra_networks.ExtraNetwork("lora"))
     assert extra_networks.unapplied(prompts) == ["lyco:b"]
     assert extra_networks.not_applied_warning(["plain"]) == ""
+
+
+def test_parsing_is_linear_on_unclosed_tags():
+    import time
+
+    text = "<a:" * 6666
+    started = time.process_time()
+    assert extra_networks.parse_prompt(text) == (text, {})
+    assert time.process_time() - started < 0.5  # was 0.7 s at this size, growing with the square

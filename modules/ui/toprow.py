@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from modules import extra_networks, shared
+from modules import extra_networks, script_callbacks, shared
 from modules.ui import common, styles_store
 
 
@@ -77,10 +77,10 @@ def count_tokens(text: str, steps: float | None = 20) -> str:
 
     try:
         steps = min(max(int(steps or 20), 1), int(getattr(shared.opts, "api_max_steps", 500)))
-        # Extra-network tags are not encoded, so they are not counted (as in A1111). Each tag ends with ">":
-        # the text after the last one stays out of the tag regex, which would retry from every "<x:" there.
-        end = text.rfind(">") + 1
-        text = extra_networks.parse_prompt(text[:end])[0] + text[end:]
+        params = script_callbacks.BeforeTokenCounterParams(text, steps, [])
+        script_callbacks.before_token_counter_callback(params)  # extensions may change what is counted
+        # Extra-network tags are not encoded, so they are not counted (as in A1111).
+        text = extra_networks.parse_prompt(params.prompt)[0]
         count, limit = PromptEncoder(model).token_count(text, steps)
     except Exception:  # a half-typed prompt must never break typing
         return "<span class='token-count'>?/75</span>"
