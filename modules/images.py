@@ -31,8 +31,14 @@ from modules.filename_patterns import (
     sanitize_filename_part,
     shared_opt,
 )
+from modules.grid_labels import GridAnnotation, check_grid_size, draw_grid_annotations, draw_prompt_matrix, get_font
 
 __all__ = [
+    "GridAnnotation",
+    "check_grid_size",
+    "draw_grid_annotations",
+    "draw_prompt_matrix",
+    "get_font",
     "LANCZOS",
     "NOTHING_AND_SKIP_PREVIOUS_TEXT",
     "FilenameGenerator",

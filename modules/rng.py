@@ -31,8 +31,11 @@ def randn_source() -> str:
 # --- seeds ---------------------------------------------------------------------------------------------------
 
 
-def get_fixed_seed(seed: int | str | None) -> int:
-    """-1, None or "" (or text that is no number) -> a random 32-bit seed; anything else -> that int."""
+def get_fixed_seed(seed: int | str | None | list) -> int | list:
+    """-1, None or "" (or text that is no number) -> a random 32-bit seed; anything else -> that int.
+    A list (a seed per image, as scripts set p.seed) is fixed element by element."""
+    if isinstance(seed, list | tuple):
+        return [get_fixed_seed(s) for s in seed]
     if seed is None or seed == "":
         seed = -1
     elif isinstance(seed, str):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -109,7 +110,8 @@ class Script:
         need_tabname = self.show(True) == self.show(False)
         tabkind = "img2img" if self.is_img2img else "txt2img"
         tabname = f"{tabkind}_" if need_tabname else ""
-        title = "".join(c if c.isalnum() or c == "_" else "_" for c in self.title().lower().replace(" ", "_"))
+        # A1111's rule: whitespace becomes "_", anything else outside [a-z_0-9] is dropped ("X/Y/Z plot" -> xyz_plot).
+        title = re.sub(r"[^a-z_0-9]", "", re.sub(r"\s", "_", self.title().lower()))
         return f"script_{tabname}{title}_{item_id}"
 
     def basedir(self) -> str:
@@ -166,7 +168,8 @@ def list_scripts(folder: str = "scripts", extension: str = ".py") -> list[Script
 
 def load_module(path: str) -> ModuleType:
     """Run a script file as a module (A1111's script_loading.load_module); its registrations know their owner."""
-    name = "scripts_" + "".join(c if c.isalnum() else "_" for c in os.path.relpath(path, paths.script_path))
+    # A1111 names the module after its file ("xyz_grid.py"): extensions find other scripts by that name.
+    name = os.path.basename(path)
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot load {path}")
