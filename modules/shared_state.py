@@ -12,11 +12,12 @@ engine's once-per-step `set_current_image`, nextjob and end.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from modules.console_progress import ConsoleProgress
@@ -104,6 +105,24 @@ class State:
             log.debug("Ending job %s (%.2f seconds)", self.job, duration)
             self.job = ""
             self.job_count = 0
+
+    @contextlib.contextmanager
+    def job_scope(self, job: str) -> Iterator[None]:
+        """Begin a job unless one is running, and end only what was begun here: the generations of a script (the
+        cells of a plot, the lines of a file) are one job, so an interrupt stops all that come after it."""
+        owns = not self.job
+        if owns:
+            self.begin(job=job)
+        try:
+            yield
+        finally:
+            if owns:
+                self.end()
+
+    @property
+    def stopping(self) -> bool:
+        """Interrupted, or asked to stop after the current generation."""
+        return bool(self.interrupted or self.stopping_generation)
 
     def nextjob(self) -> None:
         # With previews set to -1 ("only after each batch"), the batch just finished is shown now.

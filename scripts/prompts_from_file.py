@@ -9,12 +9,11 @@ checkpoint is refused naming the line and the option (A1111 would only log it an
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import random
 import shlex
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
@@ -164,26 +163,6 @@ def load_prompt_file(file: bytes | None) -> tuple[Any, Any, Any]:
     return None, "\n".join(lines), gr.update(lines=7)
 
 
-@contextlib.contextmanager
-def one_job(kind: str) -> Iterator[None]:
-    """All lines are one job: an interrupt stops the lines after it (a line that began its own job would
-    clear the flag)."""
-    state = getattr(shared, "state", None)
-    owns = state is not None and not state.job
-    if owns:
-        state.begin(job=kind)
-    try:
-        yield
-    finally:
-        if owns:
-            state.end()
-
-
-def _stopped() -> bool:
-    state = getattr(shared, "state", None)
-    return state is not None and bool(state.interrupted or state.stopping_generation)
-
-
 def line_request(p: Any, args: dict[str, Any], prompt_position: str) -> Any:
     """A copy of the request with the line's fields; the textbox's prompt goes before or after the page's."""
     copy_p = copy.copy(p)
@@ -238,9 +217,9 @@ class Script(scripts.Script):
             p.seed = int(random.randrange(4294967294))  # one known seed the lines share or count up from
 
         results: list[Processed] = []
-        with one_job(p.kind):
+        with shared.state.job_scope(p.kind):
             for args in jobs:
-                if _stopped():
+                if shared.state.stopping:
                     break
                 results.append(processing.process_images(line_request(p, args, prompt_position)))
                 if checkbox_iterate:

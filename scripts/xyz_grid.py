@@ -11,12 +11,10 @@ then the sub-grids of each Z value and the cells when "Include Sub Grids" / "Inc
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import itertools
 import logging
 from collections import namedtuple
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,26 +130,6 @@ class SettingsGuard:
             log.exception("X/Y/Z plot: could not restore the model used before the plot")
 
 
-@contextlib.contextmanager
-def one_job(kind: str) -> Iterator[None]:
-    """The plot is one job: an interrupt during one cell stops the cells after it (a cell that began its own
-    job would clear the flag)."""
-    state = getattr(shared, "state", None)
-    owns = state is not None and not state.job
-    if owns:
-        state.begin(job=kind)
-    try:
-        yield
-    finally:
-        if owns:
-            state.end()
-
-
-def _stopped() -> bool:
-    state = getattr(shared, "state", None)
-    return state is not None and bool(state.interrupted or state.stopping_generation)
-
-
 # --- the cells ------------------------------------------------------------------------------------------------
 
 
@@ -197,7 +175,7 @@ def run_cells(p: Any, plot: Plot, vary: tuple[bool, bool, bool]) -> None:
             ix, iy, iz = positions
             cell = Cell(ix + iy * nx + iz * nx * ny, (ix, iy, iz))
             plot.cells.append(cell)
-            if _stopped():
+            if shared.state.stopping:
                 continue  # interrupted: the remaining cells stay blank
             try:
                 cell.request = cell_request(p, plot, cell.positions, vary)
@@ -421,7 +399,7 @@ class Script(scripts.Script):
         state = getattr(shared, "state", None)
         if state is not None:  # A1111 extensions read the running plot's axes here
             state.xyz_plot_x, state.xyz_plot_y, state.xyz_plot_z = (AxisInfo(a.opt, a.values) for a in plot.axes)
-        with one_job(p.kind):
+        with shared.state.job_scope(p.kind):
             run_cells(p, plot, (bool(vary_seeds_x), bool(vary_seeds_y), bool(vary_seeds_z)))
         return self.assemble(p, plot, bool(draw_legend), bool(include_lone_images), bool(include_sub_grids),
                              bool(no_fixed_seeds), int(margin_size or 0))

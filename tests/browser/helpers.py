@@ -88,6 +88,14 @@ def make_data_dir(root: Path) -> Path:
     return root
 
 
+def new_page(browser):
+    """A fresh browser context (its own cookies and session, like another person) and a page in it."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    pg = context.new_page()
+    pg.set_default_timeout(30_000)
+    return context, pg
+
+
 def open_page(pg, url: str, model: str = "tiny") -> None:
     pg.goto(url)
     pg.wait_for_selector("#txt2img_generate")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import Server, make_data_dir, open_page
+from .helpers import Server, make_data_dir, new_page, open_page
 
 EXT = "tester"
 SECRET = "ext-test-secret-value"
@@ -63,9 +63,7 @@ def ext_server(tmp_path_factory, playwright_browser):
 
 @pytest.fixture
 def ext_page(playwright_browser, ext_server):
-    context = playwright_browser.new_context(viewport={"width": 1400, "height": 1000})
-    pg = context.new_page()
-    pg.set_default_timeout(30_000)
+    context, pg = new_page(playwright_browser)
     open_page(pg, ext_server.url)
     yield pg
     context.close()

@@ -198,14 +198,12 @@ def test_a_clamped_value_is_said_next_to_the_field_and_used(page):
 
 
 def test_a_corrupt_checkpoint_that_sorts_first_is_skipped_and_named_on_the_page(playwright_browser, tmp_path):
-    from .helpers import Server, make_data_dir, open_page
+    from .helpers import Server, make_data_dir, new_page, open_page
 
     data_dir = make_data_dir(tmp_path / "data")
     (data_dir / "models" / "Stable-diffusion" / "aaa-broken.safetensors").write_bytes(b"\x08" + b"\0" * 7 + b"{not json")
     srv = Server(data_dir).start()
-    context = playwright_browser.new_context(viewport={"width": 1400, "height": 1000})
-    pg = context.new_page()
-    pg.set_default_timeout(30_000)
+    context, pg = new_page(playwright_browser)
     try:
         open_page(pg, srv.url)  # the quicksettings show the tiny model that did load
         notice = pg.wait_for_selector("#quicksettings_result :text('aaa-broken.safetensors')")

@@ -14,6 +14,7 @@ from .helpers import (
     Server,
     gallery_png,
     make_data_dir,
+    new_page,
     open_page,
     press_generate,
     set_number,
@@ -88,9 +89,7 @@ def test_interrupt_stops_a_long_job_and_a_second_tab_waits_in_the_queue(page, pl
     set_number(page, "txt2img_batch_count", 50)  # minutes of work on this CPU if nobody stopped it
     page.fill("#txt2img_prompt textarea", "a long job")
 
-    context = playwright_browser.new_context(viewport={"width": 1400, "height": 1000})
-    other = context.new_page()
-    other.set_default_timeout(30_000)
+    context, other = new_page(playwright_browser)
     open_page(other, server.url)
     small_run(other, "txt2img")
 
@@ -147,9 +146,7 @@ def _pnginfo(image: Image.Image):
 def test_a_setting_survives_a_restart(playwright_browser, tmp_path):
     data_dir = make_data_dir(tmp_path / "data")
     srv = Server(data_dir).start()
-    context = playwright_browser.new_context(viewport={"width": 1400, "height": 1000})
-    pg = context.new_page()
-    pg.set_default_timeout(30_000)
+    context, pg = new_page(playwright_browser)
     try:
         open_page(pg, srv.url)
         pg.click("#tab_settings-button")
@@ -182,9 +179,7 @@ def test_screenshots_of_each_tab_with_the_bundled_model(playwright_browser, tmp_
     data_dir = tmp_path / "fresh"
     (data_dir / "models" / "Stable-diffusion").mkdir(parents=True)  # no checkpoint of the user's own
     srv = Server(data_dir).start()
-    context = playwright_browser.new_context(viewport={"width": 1400, "height": 1000})
-    pg = context.new_page()
-    pg.set_default_timeout(30_000)
+    context, pg = new_page(playwright_browser)
     target = SCREENSHOTS if os.environ.get("UPDATE_SCREENSHOTS") == "1" else tmp_path / "shots"
     target.mkdir(parents=True, exist_ok=True)
 
