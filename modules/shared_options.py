@@ -230,16 +230,8 @@ restricted_opts.update({
 
 
 
-def _upscalers() -> dict[str, list[str]]:
-    # Upscalers come from extensions (shared.sd_upscalers); with none, only None (Lanczos) can be chosen.
-    from modules import shared  # at call time: shared imports this module
+# upscaler_for_img2img is registered with the upscaler registry (no upscaler exists yet to choose).
 
-    return {"choices": [u.name for u in getattr(shared, "sd_upscalers", None) or []]}
-
-
-options_templates.update(options_section(("upscaling", "Upscaling", "postprocessing"), {
-    "upscaler_for_img2img": OptionInfo(None, "Upscaler for img2img", component_args=_upscalers),
-}))
 
 options_templates.update(options_section(("sd", "Stable Diffusion", "sd"), {
     "emphasis": OptionInfo(

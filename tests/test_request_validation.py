@@ -38,7 +38,7 @@ NEW_SETTINGS: dict[str, Any] = {
     "outdir_samples": "", "outdir_txt2img_samples": "", "outdir_img2img_samples": "", "outdir_grids": "",
     "outdir_txt2img_grids": "", "outdir_img2img_grids": "", "outdir_save": "log/images", "save_selected_only": True,
     "use_save_to_dirs_for_ui": False, "save_to_dirs": True, "grid_save_to_dirs": True,
-    "directories_filename_pattern": "[date]", "directories_max_prompt_words": 8, "upscaler_for_img2img": None,
+    "directories_filename_pattern": "[date]", "directories_max_prompt_words": 8,
     "list_hidden_files": True,
     "emphasis": "Original", "comma_padding_backtrack": 20, "s_min_uncond": 0.0, "auto_backcompat": True,
     "use_old_karras_scheduler_sigmas": False, "use_old_hires_fix_width_height": False,
@@ -232,9 +232,10 @@ def test_quad_discretize_is_a1111s_and_only_changes_ddim_img2img():
 _READS = re.compile(r"""\b(?:_opt|shared_opt|_shared_opt)\(\s*["'](\w+)["']|opts\.data\.get\(\s*["'](\w+)["']"""
                     r"""|getattr\(shared\.opts,\s*["'](\w+)["']|\bshared\.opts\.([a-z]\w*)"""
                     r"""|settings\.get\(\s*["'](\w+)["']""")
-# Read, but only by the A1111 helper extensions call (sd_samplers_common); generation does not honour it yet,
-# so registering it would offer a setting that changes nothing.
-_NOT_YET = {"img2img_fix_steps"}
+# Read, but nothing backs them yet, so registering them would offer a setting that changes nothing:
+# img2img_fix_steps only by the A1111 helper extensions call (sd_samplers_common); upscaler_for_img2img has no
+# upscaler to choose until the upscaler registry exists.
+_NOT_YET = {"img2img_fix_steps", "upscaler_for_img2img"}
 
 
 def test_every_setting_the_code_reads_is_registered():

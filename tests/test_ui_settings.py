@@ -135,3 +135,8 @@ def test_applying_the_page_as_it_opens_is_accepted(config):
     values = ["" if getattr(w, "value", None) is None else w.value for w in widgets.values()]
     html = settings.apply(list(widgets), values)
     assert "class='error'" not in html, html
+    # gradio itself refuses a dropdown value outside its choices before Apply runs: none may open that way.
+    for key, w in widgets.items():
+        if isinstance(w, gr.Dropdown) and not w.allow_custom_value:
+            choices = [c[1] for c in w.choices]
+            assert all(v in choices for v in (w.value if isinstance(w.value, list) else [w.value])), key
