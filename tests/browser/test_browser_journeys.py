@@ -173,7 +173,7 @@ def test_a_job_that_fails_says_why_in_one_full_line(page):
     page.fill("#txt2img_refiner_checkpoint input", "no-such-refiner-model")
     page.keyboard.press("Enter")
     log = press_generate(page, "txt2img")
-    assert "refiner checkpoint not found: 'no-such-refiner-model'" in log, log
+    assert "refiner_checkpoint: Checkpoint not found: 'no-such-refiner-model'" in log, log
     error = page.locator("#html_log_txt2img .error")
     box = error.bounding_box()
     assert box["width"] > 100 and error.evaluate("e => e.scrollWidth <= e.clientWidth")  # not cut off
