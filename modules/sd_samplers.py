@@ -53,13 +53,13 @@ def _hidden_setting() -> list[str] | None:
     return list(hidden) if hidden is not None else None
 
 
-def set_samplers() -> None:
+def set_samplers(hidden: list[str] | None = None) -> None:
     """A1111's: after `all_samplers` changed, rebuild `samplers`, `samplers_for_img2img` and `samplers_map`
-    (lower-cased names and aliases), hiding those in the "hide_samplers" setting."""
+    (lower-cased names and aliases), hiding those in the "hide_samplers" setting (or `hidden`, when given)."""
     global all_samplers, all_samplers_map, samplers, samplers_for_img2img, samplers_map
     _adopt(all_samplers, registry.all_samplers)
     _adopt(all_samplers_map, registry.all_samplers_map)
-    registry.set_samplers(_hidden_setting())  # also maps samplers that were appended but not put in the map
+    registry.set_samplers(_hidden_setting() if hidden is None else hidden)  # also maps samplers that were appended but not put in the map
     all_samplers, all_samplers_map = registry.all_samplers, registry.all_samplers_map
     samplers, samplers_for_img2img, samplers_map = registry.samplers, registry.samplers_for_img2img, registry.samplers_map
 

@@ -324,7 +324,7 @@ def test_sdxl_refiner_takes_over_at_the_switch_step(data_dir, monkeypatch):
     info = sd_models.get_closet_checkpoint_match("refiner.safetensors")
     assert f"Refiner: {info.short_title}, Refiner switch at: 0.6" in result.infotexts[0]
     assert shared.sd_model is base  # the base model stays current
-    with pytest.raises(ValueError, match="refiner checkpoint not found"):
+    with pytest.raises(ValueError, match="refiner_checkpoint: Checkpoint not found"):
         txt2img(refiner_checkpoint="missing", refiner_switch_at=0.5)
 
 
