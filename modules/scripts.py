@@ -144,6 +144,11 @@ def _basedir_of(filename: str | None) -> str:
     return folder if os.path.basename(os.path.dirname(os.path.abspath(filename))) == "scripts" else paths.script_path
 
 
+def reload_scripts() -> None:
+    """A1111's name: load every script again (on_script_unloaded callbacks run first)."""
+    load_scripts()
+
+
 def basedir() -> str:
     """The folder of the extension whose script is being loaded (A1111: call it at import time)."""
     return _basedir_of(script_callbacks.current_script)
@@ -188,6 +193,7 @@ def load_module(path: str) -> ModuleType:
 
 def load_scripts() -> None:
     """(Re)load every script file; a file that fails is reported by name and the rest still load."""
+    script_callbacks.script_unloaded_callback()  # scripts loaded before undo what they set up (A1111's moment)
     scripts_data.clear()
     load_errors.clear()
     script_callbacks.clear_callbacks()

@@ -120,3 +120,11 @@ def test_api_lists_runs_and_refuses_scripts(data_dir):
 
         assert_error_json(http.post("/sdapi/v1/txt2img", json={**FAST, "script_name": "no such script"}), 422,
                           "script_name")
+
+
+def test_reloading_scripts_calls_on_script_unloaded_first(data_dir):
+    seen = []
+    script_callbacks.on_script_unloaded(lambda: seen.append("unloaded"))
+    scripts.reload_scripts()
+    assert seen == ["unloaded"]
+    assert "Test selectable" in [s.title() for s in scripts.scripts_txt2img.scripts]  # loaded again
