@@ -117,6 +117,9 @@ def install_from_url(url: str, branch: str = "", dirname: str = "") -> Iterator[
     yield f"Installed into extensions/{dirname}. Restart the server to load it."
 
 
+CHANGED_MESSAGE = "Saved. Restart the server (stop it and run launch.py again) for the change to take effect."
+
+
 def save_disabled(enabled: Iterable[str], disable_all: str) -> str:
     """Save `disabled_extensions` (every installed extension not in `enabled`, plus names already disabled that
     are not installed now) and `disable_all_extensions`; returns what changed, for the person."""
@@ -132,7 +135,7 @@ def save_disabled(enabled: Iterable[str], disable_all: str) -> str:
     if not changed:
         return "Nothing changed."
     shared.opts.save(shared.config_filename)
-    return "Saved. Restart the server (stop it and run launch.py again) for the change to take effect."
+    return CHANGED_MESSAGE
 
 
 def check_updates(exts: Iterable[extensions.Extension]) -> Iterator[extensions.Extension]:

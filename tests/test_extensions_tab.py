@@ -192,18 +192,23 @@ def test_a_folder_without_its_own_git_does_not_report_the_enclosing_repository(d
     assert ext.commit_hash is None and ext.remote is None and ext.branch is None
 
 
-def test_apply_saves_the_disabled_list_and_keeps_names_not_installed(source, data_dir):
+def test_apply_saves_the_disabled_list_and_keeps_names_not_installed(source, data_dir, monkeypatch):
+    from modules import restart
+
+    restarts = []
+    monkeypatch.setattr(restart, "request_restart", lambda: restarts.append(True))
     install(str(source))
     (data_dir / "extensions" / "other").mkdir()
     shared.opts.data["disabled_extensions"] = ["gone-for-now"]
     result, table = extensions_tab.apply(json.dumps(["other"]), "extra")
-    assert "Restart the server" in result
+    assert "Restarting the server" in result and restarts == [True]  # the change loads on the restart
     saved = json.loads((data_dir / "config.json").read_text())
     assert saved["disabled_extensions"] == ["gone-for-now", "tiny-ext"]
     assert saved["disable_all_extensions"] == "extra"
     assert "name='enable_tiny-ext' data-extension='tiny-ext' aria-label" in table  # unchecked now
     assert "name='enable_other' data-extension='other' checked" in table
     assert "Nothing changed." in extensions_tab.apply(json.dumps(["other"]), "extra")[0]
+    assert restarts == [True]  # nothing changed: no restart
     assert "class='error'" in extensions_tab.apply("not json", "none")[0]
     assert "class='error'" in extensions_tab.apply("[]", "sometimes")[0]
 

@@ -1,5 +1,6 @@
 """The Extensions tab (A1111's): the installed extensions with their git facts and an enabled checkbox each,
-Apply (saves `disabled_extensions` / `disable_all_extensions`; a restart of the server loads the change),
+Apply and restart UI (saves `disabled_extensions` / `disable_all_extensions`, then restarts the server in place
+after the jobs already queued, so the change loads; the page reloads when the server is back),
 Check for updates (git fetch and compare), and Install from URL (git clone into extensions/<name>).
 
 Changing anything is refused on a server other machines can reach, unless --enable-insecure-extension-access
@@ -15,7 +16,7 @@ from typing import Any
 
 import gradio as gr
 
-from modules import extension_manager, extensions, shared
+from modules import extension_manager, extensions, restart, shared
 from modules.ui import common
 
 # name -> result of the last "Check for updates" (the server's view, shared by every page)
@@ -25,6 +26,20 @@ update_status: dict[str, str] = {}
 COLLECT_ENABLED_JS = """(enabled, disableAll) => {
     const boxes = document.querySelectorAll('#extensions_installed_html input[type=checkbox][data-extension]');
     return [JSON.stringify(Array.from(boxes).filter((b) => b.checked).map((b) => b.dataset.extension)), disableAll];
+}"""
+
+
+RESTARTING = "Saved. Restarting the server (after the jobs already queued); this page reloads when it is back."
+
+# After Apply: when the server said it restarts, wait for it to go away and come back, then reload the page.
+RELOAD_WHEN_BACK_JS = """async (result) => {
+    if (!result || !result.includes('Restarting the server')) return;
+    const answers = async () => { try { return (await fetch(location.href, {cache: 'no-store'})).ok; }
+                                  catch (e) { return false; } };
+    const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+    for (let i = 0; i < 600 && await answers(); i++) await sleep(500);   // still the old server
+    for (let i = 0; i < 1200 && !(await answers()); i++) await sleep(500);  // down, then back
+    location.reload();
 }"""
 
 
@@ -88,6 +103,9 @@ def apply(enabled_json: str, disable_all: str) -> tuple[str, str]:
         message = extension_manager.save_disabled(enabled, disable_all)
     except (extension_manager.ExtensionError, ValueError, OSError) as e:  # SettingValueError is a ValueError
         return common.error_html(str(e)), table_html()
+    if extension_manager.CHANGED_MESSAGE in message and restart.is_restartable():
+        restart.request_restart()  # after the jobs already waiting; the page reloads when the server is back
+        message = RESTARTING
     return common.notice_html(message), table_html()
 
 
@@ -136,7 +154,7 @@ def build() -> None:
         with gr.Tabs(elem_id="tabs_extensions"):
             with gr.Tab("Installed", id="extensions_installed", elem_id="extensions_installed_tab"):
                 with gr.Row(elem_id="extensions_installed_top"):
-                    apply_button = gr.Button("Apply (restart the server to load the change)", variant="primary",
+                    apply_button = gr.Button("Apply and restart UI", variant="primary",
                                              elem_id="extensions_apply", interactive=allowed)
                     check_button = gr.Button("Check for updates", elem_id="extensions_check",
                                              interactive=allowed)
@@ -157,7 +175,7 @@ def build() -> None:
                                            interactive=allowed)
                 install_result = gr.HTML("", elem_id="extension_install_result")
     apply_button.click(apply, inputs=[enabled_json, disable_all], outputs=[result, table], js=COLLECT_ENABLED_JS,
-                       show_progress="hidden")
+                       show_progress="hidden").then(None, inputs=[result], js=RELOAD_WHEN_BACK_JS)
     check_button.click(check_for_updates, outputs=[result, table], show_progress="hidden")
     install_button.click(install, inputs=[url, branch, dirname], outputs=[install_result, table],
                          show_progress="hidden")
