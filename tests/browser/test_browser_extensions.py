@@ -155,10 +155,17 @@ def test_extensions_tab_apply_install_and_check(ext_page, ext_server, tmp_path):
     pg.click("#tab_extensions-button")
     pg.wait_for_selector("#extensions_table input[data-extension='tester']")
     pg.uncheck("#extensions_table input[data-extension='tester']")
-    pg.click("#extensions_apply")
-    pg.wait_for_selector("#extensions_installed_result :text('Restart the server')")
+    # Apply and restart UI: the server restarts in place and the page reloads when it is back.
+    with pg.expect_navigation(timeout=180_000):
+        pg.click("#extensions_apply")
+        pg.wait_for_selector("#extensions_installed_result :text('Restarting the server')")
     config = json.loads((ext_server.data_dir / "config.json").read_text())
     assert config["disabled_extensions"] == ["tester"]
+    open_page(pg, ext_server.url)
+    assert pg.locator("#ext_test_marker").count() == 0  # the disabled extension's script no longer runs
+    pg.click("#tab_extensions-button")
+    row = pg.locator("#extensions_table tr:has(input[data-extension='tester'])")
+    assert "no" in row.inner_text().split()  # "Loaded: no"
 
     source = _source_repo(tmp_path / "src" / "browser-installed")
     pg.click("#extensions_install_tab-button")
