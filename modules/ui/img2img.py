@@ -219,7 +219,7 @@ def make_work(values: list[Any], script_args: list[Any] | None = None):
                           inpaint_full_res=bool(inpaint_full_res), inpaint_full_res_padding=int(padding))
     if MODES[mode] == "batch":
         return _batch_work(batch_input, batch_output, batch_mask, fields, inpaint_fields, int(resize_mode or 0),
-                           bool(resize_by), float(scale_by), width, height, float(denoising))
+                           bool(resize_by), float(scale_by), width, height, float(denoising), script_args)
 
     image = uploads.readable(_source_image(mode, init_img, sketch, inpaint, inpaint_base))
     if image is None:
@@ -243,7 +243,7 @@ def make_work(values: list[Any], script_args: list[Any] | None = None):
 
 def _batch_work(input_dir: str, output_dir: str, mask_dir: str, fields: dict[str, Any],
                 inpaint_fields: dict[str, Any], resize_mode: int, resize_by: bool, scale_by: float, width: Any,
-                height: Any, denoising: float):
+                height: Any, denoising: float, script_args: list[Any] | None = None):
     # Folders are typed by whoever reaches the page: limited to the allowed roots (modules/batch_folders.py).
     folders = batch_folders.check(input_dir, output_dir, mask_dir, shared.cmd_opts)
     files = batch_folders.input_images(folders)
@@ -272,7 +272,9 @@ def _batch_work(input_dir: str, output_dir: str, mask_dir: str, fields: dict[str
                 init_images=[image], mask=mask, resize_mode=resize_mode, denoising_strength=denoising, width=w,
                 height=h, outpath_samples=folders.output, do_not_save_grid=True, **fields,
                 **(inpaint_fields if mask else {}))
-            last = processing.process_images(p)
+            # the always-on scripts take part in each image, as in A1111 (a selectable script runs per image too)
+            scripts_ui.attach(p, scripts.scripts_img2img, list(script_args or []))
+            last = scripts.process_request(p)
             done_images += last.images
             infotexts += last.infotexts
         if last is None:
