@@ -18,7 +18,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from modules import extension_git, extension_metadata, paths, shared
+from modules import extension_git, extension_metadata, paths, script_args, shared
 
 log = logging.getLogger(__name__)
 
@@ -114,12 +114,10 @@ class Extension:
 
     def list_files(self, subdir: str, extension: str) -> list[Any]:
         """`scripts.ScriptFile`s of `<extension>/<subdir>` whose suffix is `extension`, by name (A1111's name)."""
-        from modules.scripts import ScriptFile  # here: modules.scripts pulls in torch, the launcher must not
-
         folder = os.path.join(self.path, subdir)
         if not os.path.isdir(folder):
             return []
-        return [ScriptFile(self.path, name, os.path.join(folder, name)) for name in sorted(os.listdir(folder))
+        return [script_args.ScriptFile(self.path, name, os.path.join(folder, name)) for name in sorted(os.listdir(folder))
                 if os.path.splitext(name)[1].lower() == extension and os.path.isfile(os.path.join(folder, name))]
 
 

@@ -23,6 +23,7 @@ from modules.engine.generate import BatchRequest
 from modules.engine.sampling.common import InterruptedException
 from modules.engine.sampling.registry import find_sampler_config, get_sampler_and_scheduler
 from modules.engine.sampling.schedules import schedulers
+from modules.script_args import PostprocessBatchListArgs, PostprocessImageArgs
 
 log = logging.getLogger(__name__)
 VERSION = "studio-0.1"  # not an A1111 version number on purpose: A1111's parser applies no back-compat to it
@@ -626,10 +627,8 @@ def _decode(p: StableDiffusionProcessing, n: int, model, latents: torch.Tensor) 
     decoded = generate.vae_decode(model, latents)
     if p.scripts is None:
         return generate.to_pil(decoded)
-    from modules import scripts
-
     p.scripts.postprocess_batch(p, decoded, batch_number=n)
-    batch = scripts.PostprocessBatchListArgs(list(decoded))
+    batch = PostprocessBatchListArgs(list(decoded))
     p.scripts.postprocess_batch_list(p, batch, batch_number=n)
     return [image if isinstance(image, Image.Image) else generate.to_pil(image.unsqueeze(0))[0]
             for image in batch.images]
@@ -638,9 +637,7 @@ def _decode(p: StableDiffusionProcessing, n: int, model, latents: torch.Tensor) 
 def _keep(p: StableDiffusionProcessing, n: int, i: int, image: Image.Image, outputs: _Outputs) -> None:
     """Scripts' `postprocess_image`, the request's own (inpaint overlay), infotext, save."""
     if p.scripts is not None:
-        from modules import scripts
-
-        pp = scripts.PostprocessImageArgs(image)
+        pp = PostprocessImageArgs(image)
         p.scripts.postprocess_image(p, pp)
         image = pp.image
     image = p.postprocess_image(i, image)

@@ -21,6 +21,7 @@ from types import ModuleType
 from typing import Any
 
 from modules import paths, script_callbacks
+from modules.script_args import PostprocessBatchListArgs, PostprocessImageArgs, ScriptFile  # A1111's names
 
 log = logging.getLogger(__name__)
 
@@ -31,16 +32,6 @@ class AlwaysVisibleType:
 
 
 AlwaysVisible = AlwaysVisibleType()
-
-
-@dataclass
-class PostprocessImageArgs:
-    image: Any
-
-
-@dataclass
-class PostprocessBatchListArgs:
-    images: list[Any]
 
 
 @dataclass
@@ -116,13 +107,6 @@ class Script:
 
     def basedir(self) -> str:
         return _basedir_of(self.filename)
-
-
-@dataclass
-class ScriptFile:
-    basedir: str  # the extension (or the project) the script belongs to
-    filename: str
-    path: str
 
 
 @dataclass
