@@ -2,51 +2,38 @@
 
 from __future__ import annotations
 
-import os
-
 import gradio as gr
 import numpy as np
 import pytest
 from PIL import Image
+from script_test_support import default_args, load_builtin, pixels, tiny_data_dir, txt2img
 
-from modules import grid_labels, images, paths, processing, scripts, sd_models
+from modules import grid_labels, images, processing
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory, isolated_data_dir):
-    checkpoints = {"sd1.safetensors": {"family": "sd1", "seed": 3}}
-    with isolated_data_dir(tmp_path_factory.mktemp("data"), checkpoints, {"live_previews_enable": False}) as root:
-        sd_models.load_model(sd_models.get_closet_checkpoint_match("sd1.safetensors"))
+    with tiny_data_dir(isolated_data_dir, tmp_path_factory.mktemp("data")) as root:
         yield root
 
 
 @pytest.fixture(scope="module")
-def module():
-    return scripts.load_module(os.path.join(paths.script_path, "scripts", "prompt_matrix.py"))
+def loaded():
+    return load_builtin("prompt_matrix.py")
 
 
 @pytest.fixture(scope="module")
-def matrix(module):
-    script = module.Script()
-    script.filename = module.__file__
-    return script
+def module(loaded):
+    return loaded[0]
 
 
-def default_args(script) -> list:
-    with gr.Blocks():
-        controls = script.ui(False)
-    return [c.value for c in controls]
+@pytest.fixture(scope="module")
+def matrix(loaded):
+    return loaded[1]
 
 
 def request(**kw) -> processing.StableDiffusionProcessingTxt2Img:
-    fields = {"prompt": "a cat|red|blue", "negative_prompt": "blurry", "steps": 1, "width": 64, "height": 64,
-              "sampler_name": "Euler", "seed": -1, "do_not_save_samples": True}
-    fields.update(kw)
-    return processing.StableDiffusionProcessingTxt2Img(**fields)
-
-
-def pixels(image: Image.Image) -> np.ndarray:
-    return np.asarray(image.convert("RGB"), dtype=np.int16)
+    return txt2img(**{"prompt": "a cat|red|blue", "steps": 1, **kw})
 
 
 def test_ui_has_a1111s_arguments_and_ids(matrix):

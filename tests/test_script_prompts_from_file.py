@@ -2,38 +2,36 @@
 
 from __future__ import annotations
 
-import os
-
 import gradio as gr
 import pytest
+from script_test_support import default_args, load_builtin, tiny_data_dir
 
-from modules import paths, processing, scripts, sd_models
+from modules import processing
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory, isolated_data_dir):
-    checkpoints = {"sd1.safetensors": {"family": "sd1", "seed": 3}}
-    with isolated_data_dir(tmp_path_factory.mktemp("data"), checkpoints, {"live_previews_enable": False}) as root:
-        sd_models.load_model(sd_models.get_closet_checkpoint_match("sd1.safetensors"))
+    with tiny_data_dir(isolated_data_dir, tmp_path_factory.mktemp("data")) as root:
         yield root
 
 
 @pytest.fixture(scope="module")
-def module():
-    return scripts.load_module(os.path.join(paths.script_path, "scripts", "prompts_from_file.py"))
+def loaded():
+    return load_builtin("prompts_from_file.py")
 
 
 @pytest.fixture(scope="module")
-def from_file(module):
-    script = module.Script()
-    script.filename = module.__file__
-    return script
+def module(loaded):
+    return loaded[0]
+
+
+@pytest.fixture(scope="module")
+def from_file(loaded):
+    return loaded[1]
 
 
 def args_with(script, text: str, **flags) -> list:
-    with gr.Blocks():
-        controls = script.ui(False)
-    args = [c.value for c in controls]
+    args = default_args(script)
     args[3] = text
     for name, value in flags.items():
         args[["iterate", "same_seed", "position"].index(name)] = value

@@ -3,36 +3,25 @@ value parsing, and refusals before anything is generated."""
 
 from __future__ import annotations
 
-import os
-
 import gradio as gr
 import numpy as np
 import pytest
 from PIL import Image
+from script_test_support import default_args, load_builtin, pixels, tiny_data_dir, txt2img
 
-from modules import grid_labels, images, paths, processing, scripts, sd_models, shared, xyz_axes
+from modules import grid_labels, images, processing, shared, xyz_axes
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory, isolated_data_dir):
-    checkpoints = {"sd1.safetensors": {"family": "sd1", "seed": 3}, "other.safetensors": {"family": "sd1", "seed": 9}}
-    with isolated_data_dir(tmp_path_factory.mktemp("data"), checkpoints, {"live_previews_enable": False}) as root:
-        sd_models.load_model(sd_models.get_closet_checkpoint_match("sd1.safetensors"))
+    with tiny_data_dir(isolated_data_dir, tmp_path_factory.mktemp("data"),
+                       ("sd1.safetensors", "other.safetensors")) as root:
         yield root
 
 
 @pytest.fixture(scope="module")
 def xyz():
-    module = scripts.load_module(os.path.join(paths.script_path, "scripts", "xyz_grid.py"))
-    script = module.Script()
-    script.filename = module.__file__
-    return script
-
-
-def default_args(script) -> list:
-    with gr.Blocks():
-        controls = script.ui(False)
-    return [getattr(c, "value", None) for c in controls]
+    return load_builtin("xyz_grid.py")[1]
 
 
 def xyz_args(script, x=("Nothing", ""), y=("Nothing", ""), z=("Nothing", ""), **flags) -> list:
@@ -47,14 +36,7 @@ def xyz_args(script, x=("Nothing", ""), y=("Nothing", ""), z=("Nothing", ""), **
 
 
 def request(**kw) -> processing.StableDiffusionProcessingTxt2Img:
-    fields = {"prompt": "a red circle", "negative_prompt": "blurry", "steps": 2, "width": 64, "height": 64,
-              "sampler_name": "Euler", "seed": -1, "cfg_scale": 7.0, "do_not_save_samples": True}
-    fields.update(kw)
-    return processing.StableDiffusionProcessingTxt2Img(**fields)
-
-
-def pixels(image: Image.Image) -> np.ndarray:
-    return np.asarray(image.convert("RGB"), dtype=np.int16)
+    return txt2img(**{"prompt": "a red circle", **kw})
 
 
 def test_ui_has_a1111s_arguments_and_ids(xyz):
