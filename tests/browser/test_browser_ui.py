@@ -16,6 +16,7 @@ from .helpers import (
     make_data_dir,
     new_page,
     open_page,
+    paint_stroke,
     press_generate,
     set_number,
     small_run,
@@ -65,14 +66,7 @@ def test_inpaint_with_a_mask_painted_in_the_page(page, tmp_path):
     assert "mask is empty" in error.inner_text()
     assert "Traceback" not in page.content()
 
-    editor.scroll_into_view_if_needed()
-    box = canvas.bounding_box()
-    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-    page.mouse.move(x - 60, y)
-    page.mouse.down()
-    for i in range(13):
-        page.mouse.move(x - 60 + i * 10, y + (i % 2) * 6)
-    page.mouse.up()
+    paint_stroke(page, "img2maskimg")
 
     page.click("#img2img_generate")
     page.wait_for_selector("#img2img_gallery img", timeout=90_000)
