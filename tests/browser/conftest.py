@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from .helpers import CHROMIUM, CHROMIUM_ARGS, Server, make_data_dir, new_page, open_page
+from .helpers import CHROMIUM, CHROMIUM_ARGS, Server, make_data_dir, opened_page
 
 
 def _missing(reason: str) -> None:
@@ -47,9 +47,6 @@ def server(tmp_path_factory, playwright_browser) -> Iterator[Server]:
 
 @pytest.fixture
 def page(playwright_browser, server):
-    context, pg = new_page(playwright_browser)
-    open_page(pg, server.url)
-    yield pg
-    context.close()
+    yield from opened_page(playwright_browser, server.url)
 
 

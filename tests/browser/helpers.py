@@ -96,6 +96,14 @@ def new_page(browser):
     return context, pg
 
 
+def opened_page(browser, url: str):
+    """A fixture body: a fresh page open on `url` (yielded), its context closed afterwards."""
+    context, pg = new_page(browser)
+    open_page(pg, url)
+    yield pg
+    context.close()
+
+
 def open_page(pg, url: str, model: str = "tiny") -> None:
     pg.goto(url)
     pg.wait_for_selector("#txt2img_generate")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import Server, make_data_dir, new_page, open_page
+from .helpers import Server, make_data_dir, open_page, opened_page
 
 EXT = "tester"
 SECRET = "ext-test-secret-value"
@@ -63,10 +63,7 @@ def ext_server(tmp_path_factory, playwright_browser):
 
 @pytest.fixture
 def ext_page(playwright_browser, ext_server):
-    context, pg = new_page(playwright_browser)
-    open_page(pg, ext_server.url)
-    yield pg
-    context.close()
+    yield from opened_page(playwright_browser, ext_server.url)
 
 
 def test_extension_script_runs_with_a1111_globals(ext_page):

@@ -30,6 +30,18 @@ def generate_in_txt2img(page, prompt: str) -> None:
     assert "Time taken" in log, log
 
 
+def make_result(page, tab: str, prompt: str, tmp_path) -> None:
+    """A finished picture in `tab`'s gallery (img2img: from an uploaded picture), ready to be sent on."""
+    if tab == "txt2img":
+        generate_in_txt2img(page, prompt)
+        return
+    page.click("#tab_img2img-button")
+    upload_into(page, page.locator("#img2img_image"), source_png(tmp_path / "src.png"))
+    page.fill("#img2img_prompt textarea", prompt)
+    small_run(page, "img2img")
+    assert "Time taken" in press_generate(page, "img2img")
+
+
 def assert_no_error(page, tab: str) -> None:
     assert page.locator(f"#html_log_{tab} .error").count() == 0, page.inner_text(f"#html_log_{tab}")
 
@@ -48,14 +60,7 @@ def assert_checked(page, elem_id: str, label: str) -> None:
 
 @pytest.mark.parametrize("source", ["txt2img", "img2img"])
 def test_send_result_to_img2img_then_generate(page, tmp_path, source):
-    if source == "txt2img":
-        generate_in_txt2img(page, "a red circle")
-    else:  # a result of img2img itself, sent back in for another pass
-        page.click("#tab_img2img-button")
-        upload_into(page, page.locator("#img2img_image"), source_png(tmp_path / "src.png"))
-        page.fill("#img2img_prompt textarea", "a red circle")
-        small_run(page, "img2img")
-        assert "Time taken" in press_generate(page, "img2img")
+    make_result(page, source, "a red circle", tmp_path)
     page.click(f"#{source}_send_to_img2img")
     wait_for_prompt(page, "img2img", "a red circle")
     page.locator("#img2img_image img").wait_for()
@@ -72,14 +77,7 @@ def test_send_result_to_img2img_then_generate(page, tmp_path, source):
 
 @pytest.mark.parametrize("source", ["txt2img", "img2img"])
 def test_send_result_to_inpaint_paint_then_generate(page, tmp_path, source):
-    if source == "txt2img":
-        generate_in_txt2img(page, "a green square")
-    else:
-        page.click("#tab_img2img-button")
-        upload_into(page, page.locator("#img2img_image"), source_png(tmp_path / "src.png"))
-        page.fill("#img2img_prompt textarea", "a green square")
-        small_run(page, "img2img")
-        assert "Time taken" in press_generate(page, "img2img")
+    make_result(page, source, "a green square", tmp_path)
     page.click(f"#{source}_send_to_inpaint")
     wait_for_prompt(page, "img2img", "a green square")
     page.locator("#img2img_inpaint_controls").first.wait_for(state="visible")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import Server, gallery_png, make_data_dir, new_page, open_page, press_generate, set_number, small_run
+from .helpers import Server, gallery_png, make_data_dir, opened_page, press_generate, set_number, small_run
 
 EXTENSIONS = Path(__file__).resolve().parents[1] / "extensions_for_tests"
 
@@ -24,10 +24,7 @@ def ext_server(tmp_path_factory, playwright_browser):
 
 @pytest.fixture
 def ext_page(playwright_browser, ext_server):
-    context, pg = new_page(playwright_browser)
-    open_page(pg, ext_server.url)
-    yield pg
-    context.close()
+    yield from opened_page(playwright_browser, ext_server.url)
 
 
 def test_an_extension_tab_appears_before_settings_and_its_button_works(ext_page):
