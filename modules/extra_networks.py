@@ -45,10 +45,24 @@ class ExtraNetwork:
 
 
 extra_network_registry: dict[str, ExtraNetwork] = {}
+extra_network_aliases: dict[str, ExtraNetwork] = {}  # "lyco" -> the lora handler
 
 
 def register_extra_network(extra_network: ExtraNetwork) -> None:
     extra_network_registry[extra_network.name] = extra_network
+
+
+def register_extra_network_alias(extra_network: ExtraNetwork, alias: str) -> None:
+    extra_network_aliases[alias] = extra_network
+
+
+def initialize() -> None:
+    """Register the built-in network types (LoRA, with `lyco` as its alias). Idempotent; every front door runs
+    it before the first job, so no tag of a built-in type is ever reported as not applied."""
+    from modules.networks import extra_network_lora
+
+    if "lora" not in extra_network_registry:
+        extra_network_lora.register()
 
 
 def parse_prompt(prompt: str) -> tuple[str, dict[str, list[ExtraNetworkParams]]]:
@@ -82,7 +96,7 @@ def unapplied(prompts: list[str]) -> list[str]:
     names: list[str] = []
     for prompt in prompts:
         for kind, params_list in parse_prompt(prompt)[1].items():
-            if kind in extra_network_registry:
+            if kind in extra_network_registry or kind in extra_network_aliases:
                 continue
             for params in params_list:
                 label = f"{kind}:{params.positional[0] if params.positional else ''}"
@@ -100,9 +114,24 @@ def not_applied_warning(prompts: list[str]) -> str:
 
 
 def activate(p: Any, extra_network_data: dict[str, list[ExtraNetworkParams]]) -> None:
-    """Call every registered handler for this batch (with [] when its tags are absent), as A1111 does."""
+    """Call every registered handler for this batch (with [] when its tags are absent), as A1111 does. Tags of an
+    alias join their handler's list (A1111 calls the handler twice, and `<lyco:>` then undoes `<lora:>`)."""
     for name, handler in extra_network_registry.items():
-        handler.activate(p, extra_network_data.get(name, []))
+        params = list(extra_network_data.get(name, []))
+        for alias, target in extra_network_aliases.items():
+            if target is handler and alias != name:
+                params += extra_network_data.get(alias, [])
+        handler.activate(p, params)
+
+
+def infotext_pasted(infotext: str, params: dict[str, Any]) -> None:
+    """Let each network type fix up pasted parameters (LoRA: find a renamed file by the hash in the infotext).
+    Runs on every paste (PNG Info, the paste button, the API), before extensions' on_infotext_pasted."""
+    initialize()
+    for handler in extra_network_registry.values():
+        fix = getattr(handler, "infotext_pasted", None)
+        if fix is not None:
+            fix(infotext, params)
 
 
 def deactivate(p: Any) -> None:

@@ -118,6 +118,10 @@ class StableDiffusionProcessing:
 
     kind = "txt2img"
 
+    def comment(self, text: str) -> None:
+        """A warning to show beside the result (A1111's p.comment); each text once."""
+        self.comments[text] = 1
+
     @property
     def sd_model_name(self) -> str | None:
         info = getattr(self.sd_model, "sd_checkpoint_info", None)
@@ -530,6 +534,7 @@ def _prepare(p: StableDiffusionProcessing):
 
     _validate(p)
     _resolve_sampler(p)
+    extra_networks.initialize()
     if p.sd_model is None:
         p.sd_model = shared.sd_model or sd_models.load_model()
     model = p.sd_model
@@ -667,11 +672,14 @@ def _add_grid(p: StableDiffusionProcessing, outputs: _Outputs) -> int:
 
 
 def _comments(p: StableDiffusionProcessing) -> str:
-    """Warnings a person should see beside the result (A1111's `Processed.comments`), one per line."""
+    """Warnings a person should see beside the result (A1111's `Processed.comments`), one per line: the job's
+    own (`p.comment`, e.g. a LoRA that does not fit the model), then tags of network types nobody handles."""
+    lines = list(p.comments)
     warning = extra_networks.not_applied_warning(list(p.all_prompts) + list(p.all_negative_prompts))
     if warning:
         log.warning(warning)
-    return warning
+        lines.append(warning)
+    return "\n".join(lines)
 
 
 def _load_refiner(p: StableDiffusionProcessing, model):

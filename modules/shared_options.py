@@ -348,3 +348,34 @@ options_templates.update(options_section((None, "Hidden options"), {
         "none", "Disable all extensions (preserves the list of disabled extensions)",
         component_args={"choices": ["none", "extra", "all"]}),
 }))
+
+
+def _lora_choices() -> list[str]:
+    from modules.networks import files  # reads model headers: not at import time
+
+    return ["None", *files.available_networks]
+
+
+def _refresh_loras() -> None:
+    from modules.networks import files
+
+    files.list_available_networks()
+
+
+options_templates.update(options_section(("extra_networks", "Extra Networks", "sd"), {
+    "extra_networks_default_multiplier": OptionInfo(
+        1.0, "Default multiplier for extra networks", minimum=0.0, maximum=2.0,
+        component_args={"minimum": 0.0, "maximum": 2.0, "step": 0.01}),
+    "sd_lora": OptionInfo("None", "Add network to prompt", choices=_lora_choices,
+                          component_args=lambda: {"choices": _lora_choices()}, refresh=_refresh_loras).info(
+        "this LoRA is added to every prompt at the default multiplier"),
+    "lora_preferred_name": OptionInfo("Alias from file", "When adding to prompt, refer to Lora by",
+                                      component_args={"choices": ["Alias from file", "Filename"]}),
+    "lora_add_hashes_to_infotext": OptionInfo(True, "Add Lora hashes to infotext"),
+    "lora_show_all": OptionInfo(False, "Always show all networks on the Lora page").info(
+        "otherwise, those detected as for an incompatible version of Stable Diffusion are dimmed"),
+    "lora_in_memory_limit": OptionInfo(
+        0, "Number of Lora networks to keep cached in memory", minimum=0, maximum=64,
+        component_args={"minimum": 0, "maximum": 64, "step": 1}).info(
+        "besides those applied now; switching between cached ones does not read the disk"),
+}))

@@ -85,11 +85,13 @@ def _isolated_data_dir(
     # imported here so that collecting tests that never use a data dir does not import the web UI
     from tiny_models import write_tiny_checkpoint
 
-    from modules import sd_models, shared
+    from modules import cmd_args, sd_models, shared
     from modules.models import registry, vae_registry
+    from modules.networks import files as network_files
 
     saved = dict(shared.opts.data)
-    shared.set_cmd_opts(shared.parser.parse_args(["--data-dir", str(root)]))
+    # cmd_args.parse_args: path flags (--lora-dir, --embeddings-dir, ...) follow --data-dir, as in a real start
+    shared.set_cmd_opts(cmd_args.parse_args(["--data-dir", str(root)], environ={}))
     try:
         ckpt_dir = root / "models" / "Stable-diffusion"
         ckpt_dir.mkdir(parents=True)
@@ -99,6 +101,7 @@ def _isolated_data_dir(
         shared.opts.data.update(settings or {})
         registry.list_models()
         vae_registry.refresh_vae_list()
+        network_files.list_available_networks()
         yield root
     finally:
         sd_models.unload_model_weights()
@@ -107,6 +110,7 @@ def _isolated_data_dir(
         shared.set_cmd_opts(shared.parser.parse_args([]))
         registry.list_models()
         vae_registry.refresh_vae_list()  # the model and VAE lists are process-wide: leave none of ours behind
+        network_files.list_available_networks()
 
 
 @pytest.fixture(scope="session")

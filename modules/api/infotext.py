@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from modules import infotext_utils, paths, shared
+from modules import extra_networks, infotext_utils, paths, shared
 from modules.api import validation
 from modules.api.errors import invalid
 from modules.api.models import GenerationRequest
@@ -89,7 +89,9 @@ def styles_db() -> Any:
 
 
 def parse(text: str) -> dict[str, Any]:
-    return infotext_utils.parse_generation_parameters(text, extract_styles=styles_db().extract_styles_from_prompt)
+    params = infotext_utils.parse_generation_parameters(text, extract_styles=styles_db().extract_styles_from_prompt)
+    extra_networks.infotext_pasted(text, params)  # a renamed LoRA is found by its hash, as on the page
+    return params
 
 
 def _override_settings(params: dict[str, Any]) -> dict[str, Any]:

@@ -22,6 +22,7 @@ class StableDiffusionModel:
     vae_file: str | None = None  # external VAE in use; None = the checkpoint's own
     baked_vae_state: dict[str, torch.Tensor] | None = field(default=None, repr=False)  # to undo an external VAE
     attention: str = "sdpa"
+    patcher: Any = field(default=None, repr=False)  # models.patcher.ModelPatcher, made on first use
 
     # --- A1111 attribute names that extensions read -------------------------------------------------------------
     @property
