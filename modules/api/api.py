@@ -83,6 +83,8 @@ class Api:
         add(f"{v1}/unload-checkpoint", self.unloadapi, methods=["POST"])
         add(f"{v1}/reload-checkpoint", self.reloadapi, methods=["POST"])
         add(f"{v1}/memory", self.get_memory, methods=["GET"], response_model=m.MemoryResponse)
+        add(f"{v1}/loras", self.get_loras, methods=["GET"], response_model=list[dict[str, Any]])
+        add(f"{v1}/refresh-loras", self.refresh_loras, methods=["POST"])
         add(f"{v1}/scripts", self.get_scripts_list, methods=["GET"], response_model=m.ScriptsList)
         add(f"{v1}/script-info", self.get_script_info, methods=["GET"], response_model=list[m.ScriptInfo])
 
@@ -267,6 +269,17 @@ class Api:
 
         registry.list_models()
 
+    def get_loras(self) -> list[dict[str, Any]]:
+        """The Lora extension's route: [{name, alias, path, metadata}] (the safetensors metadata, as read)."""
+        from modules.networks import files
+
+        return _plain(files.api_listing())
+
+    def refresh_loras(self) -> None:
+        from modules.networks import files
+
+        files.list_available_networks()
+
     def refresh_vae(self) -> None:
         from modules.models import vae_registry
 
@@ -298,7 +311,7 @@ class Api:
         return {}
 
 
-def _plain(values: dict[str, Any]) -> dict[str, Any]:
+def _plain(values: Any) -> Any:
     """JSON-safe copy: a value an extension stored that JSON cannot hold is shown as its text."""
     return json.loads(json.dumps(values, default=str))
 

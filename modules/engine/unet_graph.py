@@ -31,9 +31,17 @@ class _Captured:
     out: torch.Tensor
 
 
+def _storage_version(unet: torch.nn.Module) -> int:
+    """The model patcher's count of replaced weight storages (see modules.models.patcher). Patches write in place,
+    so a replay sees patched values without re-capture; only a replaced storage makes recorded graphs stale."""
+    patcher = getattr(unet, "_sd_patcher", None)
+    return patcher.storage_version if patcher is not None else 0
+
+
 class _GraphCache:
     def __init__(self, unet: torch.nn.Module):
         self.graphs: OrderedDict[tuple, _Captured] = OrderedDict()
+        self.storage_version = _storage_version(unet)
         self.weights_at = unet.conv_in.weight.data_ptr()
         first_conv = next(m for m in unet.modules() if isinstance(m, torch.nn.Conv2d))
         self.padding_probe = first_conv
@@ -42,6 +50,7 @@ class _GraphCache:
 
     def still_valid(self, unet: torch.nn.Module) -> bool:
         return (unet.conv_in.weight.data_ptr() == self.weights_at
+                and self.storage_version == _storage_version(unet)
                 and self.padding_probe.padding_mode == self.padding_mode)
 
 

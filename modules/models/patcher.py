@@ -146,4 +146,5 @@ def patcher_for(model) -> ModelPatcher:
         components = {"unet": model.unet, **{f"te{i}": te for i, te in enumerate(model.text_encoders)}}
         patcher = ModelPatcher(components)
         model.patcher = patcher
+        model.unet._sd_patcher = patcher  # CUDA graphs of this UNet key on its storage_version
     return patcher
