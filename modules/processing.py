@@ -346,6 +346,7 @@ class Processed:
             "index_of_first_image": self.index_of_first_image, "infotexts": self.infotexts, "styles": self.styles,
             "job_timestamp": self.job_timestamp, "clip_skip": self.clip_skip,
             "is_using_inpainting_conditioning": self.is_using_inpainting_conditioning, "version": self.version,
+            "comments": self.comments,  # not in A1111's JSON: API clients see what the page shows under the picture
         }
         return json.dumps(obj, default=lambda o: None)
 

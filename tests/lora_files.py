@@ -23,7 +23,11 @@ TE_LAYERS = ("encoder.layers.0.self_attn.q_proj", "encoder.layers.1.mlp.fc1")
 
 
 def module_of(root: torch.nn.Module, path: str) -> torch.nn.Module:
-    return root.get_submodule(path)
+    """A layer by path; text encoders with a projection keep transformers 4's "text_model." level."""
+    try:
+        return root.get_submodule(path)
+    except AttributeError:
+        return root.get_submodule("text_model." + path)
 
 
 def low_rank_pair(weight: torch.Tensor, rank: int, generator: torch.Generator, scale: float = 0.5

@@ -58,6 +58,14 @@ def sd_version_from_keys(shapes: dict[str, Any]) -> str:
     return "Unknown"
 
 
+def family_hint(shapes: dict[str, Any]) -> str:
+    """Like sd_version_from_keys, but says "SD1/SD2" for a one-text-encoder file of unknown width (for messages)."""
+    found = sd_version_from_keys(shapes)
+    if found == "Unknown" and any(k.startswith(("lora_te_", "text_encoder.")) for k in shapes):
+        return "SD1/SD2"
+    return found
+
+
 class NetworkOnDisk:
     """One LoRA/LyCORIS file: its names, metadata, hash, the family it was made for, and the card's sidecar."""
 

@@ -107,12 +107,12 @@ def parse_network(on_disk: files.NetworkOnDisk, model) -> Network:
             bias_targets.add(target)
     loaded = _FAMILY_LABEL.get(model.spec.family, "Unknown")
     if wrong_shape:
-        guess = files.sd_version_from_keys({k: v for k, v in state.items()})
+        guess = files.family_hint(state)
         made_for = f"made for {guess}, " if guess not in ("Unknown", loaded) else ""
         raise NetworkRefused(f"{made_for}its layers do not fit the loaded {loaded} model "
                              f"({len(wrong_shape)} of different shape, e.g. {wrong_shape[0]})")
     if not built:
-        guess = files.sd_version_from_keys(state)
+        guess = files.family_hint(state)
         made_for = f" (it looks made for {guess})" if guess not in ("Unknown", loaded) else ""
         raise NetworkRefused(f"none of its {len(state)} keys matches a layer of the loaded {loaded} model{made_for}")
     if unmatched:
