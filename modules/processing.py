@@ -596,6 +596,7 @@ def _batch_request(p: StableDiffusionProcessing, n: int, model, refiner) -> Batc
     encoder_negatives = extra_networks.parse_prompts(p.negative_prompts)[0]
     if not p.disable_extra_networks:
         extra_networks.activate(p, network_data)
+    _write_ti_hashes(p, model, encoder_prompts + encoder_negatives)
     if p.scripts is not None:
         p.scripts.after_extra_networks_activate(p, batch_number=n, prompts=p.prompts, seeds=p.seeds,
                                                 subseeds=p.subseeds, extra_network_data=network_data)
@@ -614,6 +615,17 @@ def _batch_request(p: StableDiffusionProcessing, n: int, model, refiner) -> Batc
         p.scripts.process_before_every_sampling(p, batch_number=n, prompts=p.prompts, seeds=p.seeds,
                                                 subseeds=p.subseeds)
     return request
+
+
+def _write_ti_hashes(p: StableDiffusionProcessing, model, texts: list[str]) -> None:
+    """A1111's `TI hashes` infotext: the embeddings these prompts use (positive and negative), with hashes."""
+    from modules import textual_inversion
+
+    if not _opt("textual_inversion_add_hashes_to_infotext", True):
+        return
+    value = textual_inversion.ti_hashes_infotext(textual_inversion.used_embeddings(texts, model, steps=p.steps))
+    if value:
+        p.extra_generation_params["TI hashes"] = value
 
 
 def _sample(request: BatchRequest, p: StableDiffusionProcessing, state) -> tuple[torch.Tensor | None, bool]:

@@ -374,6 +374,8 @@ options_templates.update(options_section(("extra_networks", "Extra Networks", "s
     "lora_add_hashes_to_infotext": OptionInfo(True, "Add Lora hashes to infotext"),
     "lora_show_all": OptionInfo(False, "Always show all networks on the Lora page").info(
         "otherwise, those detected as for an incompatible version of Stable Diffusion are dimmed"),
+    "textual_inversion_add_hashes_to_infotext": OptionInfo(True, "Add Textual Inversion hashes to infotext"),
+    "textual_inversion_print_at_load": OptionInfo(False, "Print a list of Textual Inversion embeddings when loading model"),
     "lora_in_memory_limit": OptionInfo(
         0, "Number of Lora networks to keep cached in memory", minimum=0, maximum=64,
         component_args={"minimum": 0, "maximum": 64, "step": 1}).info(

@@ -1,10 +1,8 @@
 """`Api(app, queue)`: registers A1111's `/sdapi/v1/*` routes and the `/internal/*` routes on a FastAPI app.
 
 Routes of features that do not exist yet are not registered (a 404 tells a client the truth sooner than an
-empty answer would): latent-upscale-modes (no hires fix), embeddings and refresh-embeddings (no textual
-inversion), interrogate, extras, hypernetworks, face restorers, training, extensions, server control.
-`/scripts` and `/script-info` are served with empty lists: the script system does not exist yet, and
-`script_name`/`alwayson_scripts` are checked against those same lists.
+empty answer would): latent-upscale-modes (no hires fix), interrogate, extras, hypernetworks, face restorers,
+training (create/train embedding), extensions, server control.
 """
 
 from __future__ import annotations
@@ -83,6 +81,8 @@ class Api:
         add(f"{v1}/unload-checkpoint", self.unloadapi, methods=["POST"])
         add(f"{v1}/reload-checkpoint", self.reloadapi, methods=["POST"])
         add(f"{v1}/memory", self.get_memory, methods=["GET"], response_model=m.MemoryResponse)
+        add(f"{v1}/embeddings", self.get_embeddings, methods=["GET"], response_model=m.EmbeddingsResponse)
+        add(f"{v1}/refresh-embeddings", self.refresh_embeddings, methods=["POST"])
         add(f"{v1}/loras", self.get_loras, methods=["GET"], response_model=list[dict[str, Any]])
         add(f"{v1}/refresh-loras", self.refresh_loras, methods=["POST"])
         add(f"{v1}/scripts", self.get_scripts_list, methods=["GET"], response_model=m.ScriptsList)
@@ -268,6 +268,17 @@ class Api:
         from modules.models import registry
 
         registry.list_models()
+
+    def get_embeddings(self) -> dict[str, Any]:
+        from modules import textual_inversion
+
+        textual_inversion.embedding_db.load_textual_inversion_embeddings()
+        return textual_inversion.api_listing()
+
+    def refresh_embeddings(self) -> None:
+        from modules import textual_inversion
+
+        textual_inversion.embedding_db.load_textual_inversion_embeddings(force_reload=True)
 
     def get_loras(self) -> list[dict[str, Any]]:
         """The Lora extension's route: [{name, alias, path, metadata}] (the safetensors metadata, as read)."""

@@ -179,6 +179,19 @@ class PromptStyleItem(_Model):
     negative_prompt: str | None = None
 
 
+class EmbeddingItem(_Model):
+    step: int | None = None
+    sd_checkpoint: str | None = None
+    sd_checkpoint_name: str | None = None
+    shape: int
+    vectors: int
+
+
+class EmbeddingsResponse(_Model):
+    loaded: dict[str, EmbeddingItem]
+    skipped: dict[str, EmbeddingItem]
+
+
 class MemoryResponse(_Model):
     ram: dict[str, Any]
     cuda: dict[str, Any]

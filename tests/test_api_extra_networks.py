@@ -76,3 +76,26 @@ def test_sd_lora_setting_accepts_only_listed_networks(http):
         assert "Lora hashes" in answer["info"]
     finally:
         assert http.post("/sdapi/v1/options", json={"sd_lora": "None"}).status_code == 200
+
+
+def test_embeddings_routes_list_loaded_and_skipped_and_the_infotext_names_them(http):
+    import torch
+    from safetensors.torch import save_file
+
+    folder = http.root / "embeddings"
+    folder.mkdir(exist_ok=True)
+    save_file({"emb_params": torch.randn(2, 64)}, str(folder / "shiny.safetensors"))
+    save_file({"clip_l": torch.randn(1, 768), "clip_g": torch.randn(1, 1280)}, str(folder / "xl-only.safetensors"))
+    try:
+        assert http.post("/sdapi/v1/refresh-embeddings").status_code == 200
+        listed = http.get("/sdapi/v1/embeddings").json()
+        assert listed["loaded"]["shiny"]["vectors"] == 2 and listed["loaded"]["shiny"]["shape"] == 64
+        assert "xl-only" in listed["skipped"]
+        answer = http.post("/sdapi/v1/txt2img", json={**FAST, "prompt": "a shiny circle"}).json()
+        assert "TI hashes: " in answer["info"] and "shiny: " in answer["info"]
+        plain = http.post("/sdapi/v1/txt2img", json={**FAST, "prompt": "a circle"}).json()
+        assert "TI hashes" not in plain["info"]
+    finally:
+        for path in folder.iterdir():
+            path.unlink()
+        http.post("/sdapi/v1/refresh-embeddings")
