@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from modules import call_queue, infotext_utils, script_callbacks
+from modules import call_queue, infotext_utils, script_callbacks, ui_extra_networks
 from modules.ui import (
     component_hooks,
     extension_tabs,
@@ -23,6 +23,8 @@ def create_ui(first_load: call_queue.Job | None = None) -> gr.Blocks:
     """The page. `first_load` is the start-up job loading the first model: the page says what it skipped."""
     infotext_utils.reset()  # paste-field registry: rebuilt with the page
     styles_store.database()
+    ui_extra_networks.initialize()  # the built-in card pages; extensions add theirs in on_before_ui, as in A1111
+    ui_extra_networks.register_default_pages()
     script_callbacks.before_ui_callback()
     script_callbacks.ui_settings_callback()  # extensions' settings exist before the Settings tab is made
     with component_hooks.page_build():

@@ -10,7 +10,7 @@ import gradio as gr
 from PIL import Image
 
 from modules import batch_folders, processing, scripts, shared
-from modules.ui import common, generation, masks, params, results, scripts_ui, toprow, uploads
+from modules.ui import common, extra_networks, generation, masks, params, results, scripts_ui, toprow, uploads
 
 MODES = ("img2img", "sketch", "inpaint", "inpaint_upload", "batch")
 RESIZE_MODES = ["Just resize", "Crop and resize", "Resize and fill"]
@@ -62,72 +62,73 @@ def build() -> Img2ImgTab:
     top = toprow.build("img2img")
     mode = gr.State(0)
     resize_by = gr.State(False)
-    with gr.Row(elem_id="img2img_settings_row", equal_height=False):
-        with gr.Column(elem_id="img2img_settings", scale=1):
-            with gr.Tabs(elem_id="mode_img2img") as mode_tabs:
-                with gr.Tab("img2img", id="img2img", elem_id="img2img_img2img_tab") as tab0:
-                    init_img = uploads.checked_image(label="Image for img2img", elem_id="img2img_image", type="pil",
-                                        image_mode="RGBA", sources=["upload", "clipboard"], height=480)
-                with gr.Tab("Sketch", id="sketch", elem_id="img2img_img2img_sketch_tab") as tab1:
-                    sketch = _editor("img2img_sketch", "Image for img2img (draw on it)",
-                                     gr.Brush(color_mode="defaults", default_color="#ff0000"))
-                with gr.Tab("Inpaint", id="inpaint", elem_id="img2img_inpaint_tab") as tab2:
-                    inpaint = _editor("img2maskimg", "Image for inpainting (paint the mask)",
-                                      gr.Brush(colors=["#ffffff"], default_color="#ffffff", color_mode="fixed",
-                                               default_size=24))
-                with gr.Tab("Inpaint upload", id="inpaint_upload", elem_id="img2img_inpaint_upload_tab") as tab3:
-                    inpaint_base = uploads.checked_image(label="Image", elem_id="img_inpaint_base", type="pil", image_mode="RGBA",
-                                            sources=["upload", "clipboard"], height=320)
-                    inpaint_mask = uploads.checked_image(label="Mask (white = repaint)", elem_id="img_inpaint_mask", type="pil",
-                                            image_mode="RGBA", sources=["upload", "clipboard"], height=320)
-                with gr.Tab("Batch", id="batch", elem_id="img2img_batch_tab") as tab4:
-                    gr.Markdown("Process every image in a folder on the server. Results go to the output folder "
-                                "(or the usual img2img folder when empty). Masks are matched by file name. "
-                                "Folders must be inside the data dir or a folder the server allows with "
-                                "--batch-dirs.")
-                    batch_input = gr.Textbox(label="Input directory", elem_id="img2img_batch_input_dir")
-                    batch_output = gr.Textbox(label="Output directory", elem_id="img2img_batch_output_dir")
-                    batch_mask = gr.Textbox(label="Inpaint batch mask directory (optional)",
-                                            elem_id="img2img_batch_inpaint_mask_dir")
-            resize_mode = gr.Radio(label="Resize mode", elem_id="resize_mode", choices=RESIZE_MODES,
-                                   value=RESIZE_MODES[0], type="index")
-            with gr.Group(elem_id="img2img_inpaint_controls", visible=False) as inpaint_controls:
-                mask_blur = gr.Slider(label="Mask blur", minimum=0, maximum=64, step=1, value=4,
-                                      elem_id="img2img_mask_blur")
-                mask_mode = gr.Radio(label="Mask mode", choices=MASK_MODES, value=MASK_MODES[0], type="index",
-                                     elem_id="img2img_mask_mode")
-                inpainting_fill = gr.Radio(label="Masked content", choices=MASKED_CONTENT, value="original",
-                                           type="index", elem_id="img2img_inpainting_fill")
-                with gr.Row():
-                    inpaint_full_res = gr.Radio(label="Inpaint area", choices=INPAINT_AREAS, value=INPAINT_AREAS[0],
-                                                type="index", elem_id="img2img_inpaint_full_res")
-                    inpaint_padding = gr.Slider(label="Only masked padding, pixels", minimum=0, maximum=256, step=4,
-                                                value=32, elem_id="img2img_inpaint_full_res_padding")
-            for index, tab in enumerate((tab0, tab1, tab2, tab3, tab4)):
-                # Mask settings matter only where there is a mask (inpaint, inpaint upload, batch with masks).
-                tab.select(lambda i=index: (i, gr.Group(visible=MODES[i] in INPAINT_MODES)), outputs=[mode, inpaint_controls],
-                           show_progress="hidden", queue=False)
-            sampler = params.sampler_controls("img2img")
-            with gr.Tabs(elem_id="img2img_tabs_resize"):
-                with gr.Tab("Resize to", id="to", elem_id="img2img_tab_resize_to") as to_tab:
+    with extra_networks.generation_tabs("img2img"):
+        with gr.Row(elem_id="img2img_settings_row", equal_height=False):
+            with gr.Column(elem_id="img2img_settings", scale=1):
+                with gr.Tabs(elem_id="mode_img2img") as mode_tabs:
+                    with gr.Tab("img2img", id="img2img", elem_id="img2img_img2img_tab") as tab0:
+                        init_img = uploads.checked_image(label="Image for img2img", elem_id="img2img_image", type="pil",
+                                            image_mode="RGBA", sources=["upload", "clipboard"], height=480)
+                    with gr.Tab("Sketch", id="sketch", elem_id="img2img_img2img_sketch_tab") as tab1:
+                        sketch = _editor("img2img_sketch", "Image for img2img (draw on it)",
+                                         gr.Brush(color_mode="defaults", default_color="#ff0000"))
+                    with gr.Tab("Inpaint", id="inpaint", elem_id="img2img_inpaint_tab") as tab2:
+                        inpaint = _editor("img2maskimg", "Image for inpainting (paint the mask)",
+                                          gr.Brush(colors=["#ffffff"], default_color="#ffffff", color_mode="fixed",
+                                                   default_size=24))
+                    with gr.Tab("Inpaint upload", id="inpaint_upload", elem_id="img2img_inpaint_upload_tab") as tab3:
+                        inpaint_base = uploads.checked_image(label="Image", elem_id="img_inpaint_base", type="pil", image_mode="RGBA",
+                                                sources=["upload", "clipboard"], height=320)
+                        inpaint_mask = uploads.checked_image(label="Mask (white = repaint)", elem_id="img_inpaint_mask", type="pil",
+                                                image_mode="RGBA", sources=["upload", "clipboard"], height=320)
+                    with gr.Tab("Batch", id="batch", elem_id="img2img_batch_tab") as tab4:
+                        gr.Markdown("Process every image in a folder on the server. Results go to the output folder "
+                                    "(or the usual img2img folder when empty). Masks are matched by file name. "
+                                    "Folders must be inside the data dir or a folder the server allows with "
+                                    "--batch-dirs.")
+                        batch_input = gr.Textbox(label="Input directory", elem_id="img2img_batch_input_dir")
+                        batch_output = gr.Textbox(label="Output directory", elem_id="img2img_batch_output_dir")
+                        batch_mask = gr.Textbox(label="Inpaint batch mask directory (optional)",
+                                                elem_id="img2img_batch_inpaint_mask_dir")
+                resize_mode = gr.Radio(label="Resize mode", elem_id="resize_mode", choices=RESIZE_MODES,
+                                       value=RESIZE_MODES[0], type="index")
+                with gr.Group(elem_id="img2img_inpaint_controls", visible=False) as inpaint_controls:
+                    mask_blur = gr.Slider(label="Mask blur", minimum=0, maximum=64, step=1, value=4,
+                                          elem_id="img2img_mask_blur")
+                    mask_mode = gr.Radio(label="Mask mode", choices=MASK_MODES, value=MASK_MODES[0], type="index",
+                                         elem_id="img2img_mask_mode")
+                    inpainting_fill = gr.Radio(label="Masked content", choices=MASKED_CONTENT, value="original",
+                                               type="index", elem_id="img2img_inpainting_fill")
                     with gr.Row():
-                        size = params.size_controls("img2img")
-                        detect = common.tool_button(common.DETECT_SIZE, "img2img_detect_image_size_btn",
-                                                    "Set width and height from the image")
-                with gr.Tab("Resize by", id="by", elem_id="img2img_tab_resize_by") as by_tab:
-                    scale_by = gr.Slider(label="Scale", minimum=0.05, maximum=4.0, step=0.05, value=1.0,
-                                         elem_id="img2img_scale")
-            to_tab.select(lambda: False, outputs=[resize_by], show_progress="hidden", queue=False)
-            by_tab.select(lambda: True, outputs=[resize_by], show_progress="hidden", queue=False)
-            batch = params.batch_controls("img2img")
-            denoising = gr.Slider(label="Denoising strength", minimum=0.0, maximum=1.0, step=0.01, value=0.75,
-                                  elem_id="img2img_denoising_strength")
-            seeds = params.seed_controls("img2img")
-            tiling = params.tiling_checkbox("img2img")
-            refiner = params.refiner_controls("img2img")
-            script_inputs = scripts_ui.build(scripts.scripts_img2img)
-        with gr.Column(scale=1):
-            panel = results.build("img2img")
+                        inpaint_full_res = gr.Radio(label="Inpaint area", choices=INPAINT_AREAS, value=INPAINT_AREAS[0],
+                                                    type="index", elem_id="img2img_inpaint_full_res")
+                        inpaint_padding = gr.Slider(label="Only masked padding, pixels", minimum=0, maximum=256, step=4,
+                                                    value=32, elem_id="img2img_inpaint_full_res_padding")
+                for index, tab in enumerate((tab0, tab1, tab2, tab3, tab4)):
+                    # Mask settings matter only where there is a mask (inpaint, inpaint upload, batch with masks).
+                    tab.select(lambda i=index: (i, gr.Group(visible=MODES[i] in INPAINT_MODES)), outputs=[mode, inpaint_controls],
+                               show_progress="hidden", queue=False)
+                sampler = params.sampler_controls("img2img")
+                with gr.Tabs(elem_id="img2img_tabs_resize"):
+                    with gr.Tab("Resize to", id="to", elem_id="img2img_tab_resize_to") as to_tab:
+                        with gr.Row():
+                            size = params.size_controls("img2img")
+                            detect = common.tool_button(common.DETECT_SIZE, "img2img_detect_image_size_btn",
+                                                        "Set width and height from the image")
+                    with gr.Tab("Resize by", id="by", elem_id="img2img_tab_resize_by") as by_tab:
+                        scale_by = gr.Slider(label="Scale", minimum=0.05, maximum=4.0, step=0.05, value=1.0,
+                                             elem_id="img2img_scale")
+                to_tab.select(lambda: False, outputs=[resize_by], show_progress="hidden", queue=False)
+                by_tab.select(lambda: True, outputs=[resize_by], show_progress="hidden", queue=False)
+                batch = params.batch_controls("img2img")
+                denoising = gr.Slider(label="Denoising strength", minimum=0.0, maximum=1.0, step=0.01, value=0.75,
+                                      elem_id="img2img_denoising_strength")
+                seeds = params.seed_controls("img2img")
+                tiling = params.tiling_checkbox("img2img")
+                refiner = params.refiner_controls("img2img")
+                script_inputs = scripts_ui.build(scripts.scripts_img2img)
+            with gr.Column(scale=1):
+                panel = results.build("img2img")
 
     tab = Img2ImgTab(top, mode_tabs, mode, init_img, sketch, inpaint, inpaint_base, inpaint_mask, batch_input,
                      batch_output, batch_mask, resize_mode, resize_by, scale_by, sampler, size, batch, denoising,

@@ -14,7 +14,7 @@ import fastapi
 import gradio as gr
 
 from modules import http_guard, progress
-from modules.ui import extension_routes
+from modules.ui import extension_routes, extra_networks_routes
 
 DEFAULT_PORT = 7860
 
@@ -187,7 +187,8 @@ def serve(demo: gr.Blocks, cmd_opts: argparse.Namespace, css: str, head: str) ->
     guard = guard_config(cmd_opts, api_auth)  # a bad flag value stops us before serving, too
     kwargs["app_kwargs"] = {
         # gradio's routes are added after these; A1111's file= for extensions' files, and the page's `opts`
-        "routes": internal_routes(api_auth) + extension_routes.routes(lambda r: allowed(r.app, r, api_auth)),
+        "routes": internal_routes(api_auth) + extension_routes.routes(lambda r: allowed(r.app, r, api_auth))
+        + extra_networks_routes.routes(lambda r: allowed(r.app, r, api_auth)),  # the cards' previews
         "lifespan": http_guard.installing_lifespan(guard),  # in front of gradio's middleware, before serving
     }
     app, local_url, share_url = demo.launch(**kwargs)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from modules import processing, scripts
-from modules.ui import generation, params, results, scripts_ui, toprow
+from modules.ui import extra_networks, generation, params, results, scripts_ui, toprow
 
 
 @dataclass
@@ -24,17 +24,18 @@ class Txt2ImgTab:
 
 def build() -> Txt2ImgTab:
     top = toprow.build("txt2img")
-    with gr.Row(elem_id="txt2img_settings_row", equal_height=False):
-        with gr.Column(elem_id="txt2img_settings", scale=1):
-            sampler = params.sampler_controls("txt2img")
-            size = params.size_controls("txt2img")
-            batch = params.batch_controls("txt2img")
-            seeds = params.seed_controls("txt2img")
-            tiling = params.tiling_checkbox("txt2img")
-            refiner = params.refiner_controls("txt2img")
-            script_inputs = scripts_ui.build(scripts.scripts_txt2img)
-        with gr.Column(scale=1):
-            panel = results.build("txt2img")
+    with extra_networks.generation_tabs("txt2img"):
+        with gr.Row(elem_id="txt2img_settings_row", equal_height=False):
+            with gr.Column(elem_id="txt2img_settings", scale=1):
+                sampler = params.sampler_controls("txt2img")
+                size = params.size_controls("txt2img")
+                batch = params.batch_controls("txt2img")
+                seeds = params.seed_controls("txt2img")
+                tiling = params.tiling_checkbox("txt2img")
+                refiner = params.refiner_controls("txt2img")
+                script_inputs = scripts_ui.build(scripts.scripts_txt2img)
+            with gr.Column(scale=1):
+                panel = results.build("txt2img")
     tab = Txt2ImgTab(top, sampler, size, batch, seeds, tiling, refiner, panel)
     toprow.wire(top, sampler.steps)
     params.wire_reuse_seed(seeds, panel.generation_info, panel.selected_index)
