@@ -20,6 +20,7 @@ def test_text_that_only_looks_like_a_tag_stays():
 
 def test_a_registered_type_is_not_reported_as_unapplied(monkeypatch):
     monkeypatch.setattr(extra_networks, "extra_network_registry", {})
+    monkeypatch.setattr(extra_networks, "extra_network_aliases", {})
     prompts = ["<lora:a:1> <lora:a:0.5> <lyco:b>"]
     assert extra_networks.unapplied(prompts) == ["lora:a", "lyco:b"]
     extra_networks.register_extra_network(extra_networks.ExtraNetwork("lora"))

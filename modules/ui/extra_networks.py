@@ -143,10 +143,20 @@ def build_pages(tabname: str) -> list[PageUi]:
     return built
 
 
+# tabname -> the Tabs holding "Generation" and the pages (send-to switches back to "Generation")
+built_tabs: dict[str, gr.Tabs] = {}
+
+
 @contextlib.contextmanager
 def generation_tabs(tabname: str) -> Iterator[None]:
     """`with generation_tabs("txt2img"):` the body goes into the "Generation" tab; the pages' tabs follow it."""
-    with gr.Tabs(elem_id=f"{tabname}_extra_tabs", elem_classes=["extra-networks"]):
+    with gr.Tabs(elem_id=f"{tabname}_extra_tabs", elem_classes=["extra-networks"]) as tabs:
         with gr.Tab("Generation", id=f"{tabname}_generation", elem_id=f"{tabname}_generation_tab"):
             yield
         build_pages(tabname)
+    built_tabs[tabname] = tabs
+
+
+def show_generation(tabname: str) -> gr.Tabs:
+    """The update that brings a tab's "Generation" page to the front (where send-to puts the picture)."""
+    return gr.Tabs(selected=f"{tabname}_generation")

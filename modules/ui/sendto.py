@@ -8,7 +8,7 @@ from typing import Any
 import gradio as gr
 
 from modules import infotext_utils
-from modules.ui import img2img, paste, results
+from modules.ui import extra_networks, img2img, paste, results
 from modules.ui.pnginfo import PngInfoTab
 from modules.ui.txt2img import Txt2ImgTab
 
@@ -34,8 +34,9 @@ def wire(tabs: gr.Tabs, t2i: Txt2ImgTab, i2i: img2img.Img2ImgTab, png: PngInfoTa
 
     def to_txt2img(text: str) -> list[Any]:
         if not text:
-            return [gr.skip()] * len(t2i_fields) + [gr.skip()]
-        return paste.values_for(t2i_fields, paste.parse(text)) + [gr.Tabs(selected="txt2img")]
+            return [gr.skip()] * len(t2i_fields) + [gr.skip(), gr.skip()]
+        return paste.values_for(t2i_fields, paste.parse(text)) + [gr.Tabs(selected="txt2img"),
+                                                                  extra_networks.show_generation("txt2img")]
 
     def to_img2img_with(mode: str):
         def send(image: str | None, text: str) -> list[Any]:
@@ -47,16 +48,18 @@ def wire(tabs: gr.Tabs, t2i: Txt2ImgTab, i2i: img2img.Img2ImgTab, png: PngInfoTa
             else:
                 picture = image
             return values + [picture, gr.Tabs(selected="img2img"), gr.Tabs(selected=mode),
-                             img2img.MODES.index(mode), gr.Group(visible=mode in img2img.INPAINT_MODES)]
+                             img2img.MODES.index(mode), gr.Group(visible=mode in img2img.INPAINT_MODES),
+                             extra_networks.show_generation("img2img")]
 
         return send
 
-    t2i_outputs = [c for c, _ in t2i_fields] + [tabs]
+    t2i_outputs = [c for c, _ in t2i_fields] + [tabs, extra_networks.built_tabs["txt2img"]]
     i2i_outputs = [c for c, _ in i2i_fields]
 
     def outputs_for(mode: str) -> list[Any]:
         picture = i2i.inpaint if mode == "inpaint" else i2i.init_img
-        return i2i_outputs + [picture, tabs, i2i.mode_tabs, i2i.mode, i2i.inpaint_controls]
+        return i2i_outputs + [picture, tabs, i2i.mode_tabs, i2i.mode, i2i.inpaint_controls,
+                              extra_networks.built_tabs["img2img"]]
 
     png.send_to_txt2img.click(to_txt2img, inputs=[png.infotext], outputs=t2i_outputs, show_progress="hidden")
     for button, mode in ((png.send_to_img2img, "img2img"), (png.send_to_inpaint, "inpaint")):

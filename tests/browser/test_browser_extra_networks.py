@@ -15,7 +15,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from tiny_models import TEXT_HIDDEN, build_family
 
-from .helpers import REPO, Server, gallery_png, make_data_dir, opened_page, press_generate, set_number, small_run
+from .helpers import Server, gallery_png, make_data_dir, opened_page, press_generate, set_number, small_run
 
 TENSORS = {"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(2, 4),
            "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": torch.zeros(4, 2)}
@@ -192,7 +192,19 @@ def test_generate_with_the_card_s_tag_applies_the_lora(lora_page):
     assert np.abs(np.asarray(plain, dtype=int) - np.asarray(with_lora, dtype=int)).max() > 0
 
 
-@pytest.mark.skipif(not (REPO / "modules" / "textual_inversion.py").exists(), reason="no embedding database yet")
+def test_send_to_img2img_brings_its_generation_tab_back_with_the_picture(lora_page):
+    pg = lora_page
+    pg.click("#tab_img2img-button")
+    open_lora_tab(pg, "img2img")  # a person left img2img on its Lora cards
+    pg.click("#tab_txt2img-button")
+    small_run(pg, "txt2img")
+    pg.locator("#txt2img_prompt textarea").fill("a red circle")
+    assert "Time taken" in press_generate(pg, "txt2img")
+    pg.click("#txt2img_send_to_img2img")
+    pg.locator("#img2img_image img").wait_for(state="visible")
+    assert pg.locator("#img2img_lora_cards").is_hidden()
+
+
 def test_textual_inversion_cards_fill_the_prompt_box_that_had_the_focus(lora_page):
     pg = lora_page
     pg.click("#txt2img_textual_inversion-button")
