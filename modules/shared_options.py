@@ -366,6 +366,13 @@ options_templates.update(options_section(("extra_networks", "Extra Networks", "s
     "extra_networks_default_multiplier": OptionInfo(
         1.0, "Default multiplier for extra networks", minimum=0.0, maximum=2.0,
         component_args={"minimum": 0.0, "maximum": 2.0, "step": 0.01}),
+    "extra_networks_add_text_separator": OptionInfo(" ", "Extra networks separator").info(
+        "what to put between the prompt and a card's text when a card is clicked"),
+    "extra_networks_card_order_field": OptionInfo(
+        "Path", "Default order field for Extra Networks cards",
+        component_args={"choices": ["Path", "Name", "Date Created", "Date Modified"]}),
+    "extra_networks_card_order": OptionInfo("Ascending", "Default order for Extra Networks cards",
+                                            component_args={"choices": ["Ascending", "Descending"]}),
     "sd_lora": OptionInfo("None", "Add network to prompt", choices=_lora_choices,
                           component_args=lambda: {"choices": _lora_choices()}, refresh=_refresh_loras).info(
         "this LoRA is added to every prompt at the default multiplier"),
