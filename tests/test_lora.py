@@ -451,3 +451,25 @@ def test_lora_hashes_are_the_addnet_hash_and_paste_finds_a_renamed_file(lora_dir
 def test_tags_of_a_handled_type_are_not_reported_unapplied(lora_dir):
     extra_networks.initialize()
     assert extra_networks.unapplied(["x <lora:a:1> <lyco:b:1> <hypernet:c:1>"]) == ["hypernet:c"]
+
+
+def test_a_failure_half_way_through_puts_every_weight_back(lora_dir, monkeypatch):
+    from modules.models import patcher as patcher_module
+
+    model = use("sd1.safetensors")
+    save(lora_dir, "a.safetensors", kohya_lora(model, seed=1))
+    weights = {k: v.clone() for k, v in model.unet.state_dict().items()}
+    calls = []
+    original_apply = patcher_module.ModelPatcher._apply
+
+    def fail_on_third(self, key, patches):
+        calls.append(key)
+        if len(calls) == 3:
+            raise torch.OutOfMemoryError("no room")
+        original_apply(self, key, patches)
+
+    monkeypatch.setattr(patcher_module.ModelPatcher, "_apply", fail_on_third)
+    with pytest.raises(torch.OutOfMemoryError):
+        networks.load_networks(["a"], [1.0], [1.0], [None], model=model)
+    assert all(torch.equal(weights[k], v) for k, v in model.unet.state_dict().items())
+    assert model.patcher.patched_keys == []

@@ -254,8 +254,10 @@ def test_extra_network_tags_are_not_prompt_words_and_are_reported(data_dir, monk
     plain = txt2img(prompt="a red circle , ", negative_prompt="blurry ")
     assert seen[0] == (["a red circle , "], ["blurry "])
     assert np.array_equal(pixels(tagged.images[0]), pixels(plain.images[0]))  # the tags changed nothing
-    assert tagged.comments == ("Extra networks not applied (not supported in this version): lora:detail, "
-                               "lyco:style, hypernet:x")
+    # the LoRA files do not exist: each is named; hypernetworks have no handler at all
+    assert tagged.comments == ("LoRA not applied: detail: not found in the LoRA folders\n"
+                               "LoRA not applied: style: not found in the LoRA folders\n"
+                               "Extra networks not applied (not supported in this version): hypernet:x")
     assert tagged.infotexts[0].startswith("a red circle <lora:detail:0.8>, <lyco:style>\n")  # kept, as in A1111
     assert plain.comments == ""
 

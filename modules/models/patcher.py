@@ -32,6 +32,9 @@ class WeightPatch:
     strength: float
     compute: Delta = field(compare=False)
     identity: tuple = ()  # what makes two patches the same (file, mtime, layer): unchanged ones are not redone
+    # Optional fast path for a change that does not depend on the original: add strength * change into the
+    # float32 working copy in place (a low-rank LoRA is one addmm instead of a product, a scale and an add).
+    accumulate: Callable[[torch.Tensor, float], None] | None = field(default=None, compare=False)
 
     @property
     def signature(self) -> tuple:
@@ -86,16 +89,26 @@ class ModelPatcher:
                 for patch in owner_patches:
                     wanted.setdefault(patch.key, []).append(patch)
             changed = False
-            for key in [k for k in self._applied if k not in wanted]:
-                self._restore(key)
-                changed = True
-            for key, key_patches in wanted.items():
-                signatures = tuple(sorted((p.signature for p in key_patches), key=repr))
-                if self._applied.get(key) == signatures:
-                    continue
-                self._apply(key, key_patches)
-                self._applied[key] = signatures
-                changed = True
+            try:
+                for key in [k for k in self._applied if k not in wanted]:
+                    self._restore(key)
+                    changed = True
+                for key, key_patches in wanted.items():
+                    signatures = tuple(sorted((p.signature for p in key_patches), key=repr))
+                    if self._applied.get(key) == signatures:
+                        continue
+                    changed = True
+                    self._applied.pop(key, None)  # until it is written whole
+                    self._apply(key, key_patches)
+                    self._applied[key] = signatures
+            except BaseException:
+                # Half a set is worse than none (out of memory, a bad file): back to the checkpoint's weights.
+                self._owners.clear()
+                for key in list(self._backups):
+                    self._applied.setdefault(key, ())
+                    self._restore(key)
+                self.version += 1
+                raise
             if changed:
                 self.version += 1
             return changed
@@ -108,14 +121,18 @@ class ModelPatcher:
         param = self.parameter(key)
         if key not in self._backups:
             self._backups[key] = self._backup(param.data)
-        original = self._backups[key].to(param.device, non_blocking=True).float()
-        total = original.clone()
-        for patch in patches:
-            delta = patch.compute(original)
-            if delta.shape != original.shape:
+        # One float32 working copy: every delta is computed from the original values first, then added into it.
+        total = self._backups[key].to(device=param.device, dtype=torch.float32, copy=True)
+        reading = [p for p in patches if p.accumulate is None]
+        deltas = [patch.compute(total) for patch in reading]  # from the original, before anything is added
+        for patch, delta in zip(reading, deltas, strict=True):
+            if delta.shape != total.shape:
                 raise ValueError(f"{key}: a patch of shape {tuple(delta.shape)} for a weight of shape "
-                                 f"{tuple(original.shape)}")
+                                 f"{tuple(total.shape)}")
             total.add_(delta.to(total.device, torch.float32), alpha=patch.strength)
+        for patch in patches:
+            if patch.accumulate is not None:
+                patch.accumulate(total, patch.strength)
         param.data.copy_(total)
 
     def _restore(self, key: str) -> None:

@@ -10,6 +10,7 @@ job goes on without it and the reason is shown beside the picture.
 from __future__ import annotations
 
 import logging
+import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -84,6 +85,11 @@ def parse_network(on_disk: files.NetworkOnDisk, model) -> Network:
         state = read_state_dict(on_disk.filename)
     except ModelFileError as e:
         raise NetworkRefused(e.reason) from e
+    # Kept where the weights are: a switch between cached networks then copies nothing from RAM (on a GPU,
+    # 1400 small host-to-device copies per SDXL switch were most of its time).
+    device = model.device
+    if device.type != "cpu":
+        state = {k: v.to(device, non_blocking=True) for k, v in state.items()}
     table = _key_map(model)
     layers, unmatched = keys.group_by_layer(list(state), module_types.SUFFIXES, table)
     built: dict[keys.Target, module_types.NetworkModule] = {}
@@ -97,8 +103,9 @@ def parse_network(on_disk: files.NetworkOnDisk, model) -> Network:
         target = table[layer]
         weight = _target_weight(model, target)
         try:
-            # Computed once here (on the weight's device) so a shape error surfaces before anything is patched.
-            has_bias = module.delta(weight).bias is not None
+            # Shapes only (meta tensors hold no data): a shape error surfaces before anything is patched.
+            meta = torch.device("meta")
+            has_bias = module.delta(torch.empty(weight.shape, device=meta), device=meta).bias is not None
         except module_types.ShapeMismatch as e:
             wrong_shape.append(f"{layer}: {e}")
             continue
@@ -164,7 +171,13 @@ def _patches(network: Network, model) -> list[WeightPatch]:
         def weight_delta(original: torch.Tensor, module=module, dyn=dyn) -> torch.Tensor:
             return module.delta(original, dyn_dim=dyn).weight
 
-        out.append(WeightPatch(f"{prefix}.weight", strength, weight_delta, identity))
+        factors = _low_rank_factors(module, patcher.parameter(f"{prefix}.weight").device) if dyn is None else None
+        accumulate = None
+        if factors is not None:
+            def accumulate(total: torch.Tensor, s: float, up=factors[0], down=factors[1]) -> None:
+                total.view(total.shape[0], -1).addmm_(up, down, alpha=s)
+
+        out.append(WeightPatch(f"{prefix}.weight", strength, weight_delta, identity, accumulate))
         bias_key = f"{prefix}.bias"
         if target in network.bias_targets:
             weight_key = f"{prefix}.weight"
@@ -174,6 +187,23 @@ def _patches(network: Network, model) -> list[WeightPatch]:
 
             out.append(WeightPatch(bias_key, strength, bias_delta, identity + ("bias",)))
     return out
+
+
+def _low_rank_factors(module: module_types.NetworkModule, device: torch.device
+                      ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(scale * up, down) as float32 matrices on `device` when the change is exactly their product (a LoRA or
+    LoCon without Tucker core or DoRA), so a patch is one addmm; made once per cached network."""
+    if not isinstance(module, module_types.LoRAModule) or module.mid is not None or module.dora_scale is not None:
+        return None
+    if math.prod(module.up.shape[2:]) != 1:
+        return None
+    cached = getattr(module, "_factors32", None)
+    if cached is None or cached[0].device != device:
+        up = module.up.to(device, torch.float32).reshape(module.up.shape[0], -1) * module.scale
+        down = module.down.to(device, torch.float32).reshape(module.down.shape[0], -1)
+        cached = (up, down)
+        module._factors32 = cached
+    return cached
 
 
 def load_networks(names: list[str], te_multipliers: list[float] | None = None,
