@@ -138,8 +138,13 @@ def _same_version(installed: str, wanted: str) -> bool:
         return installed == wanted
 
 
+# torchvision comes with torch because spandrel (the upscaler library) needs it, and a torchvision must be built
+# for the very torch it runs beside.
+DEFAULT_TORCH_COMMAND = "pip install torch==2.14.1 torchvision==0.29.1"
+
+
 def _install_torch() -> None:
-    torch_command = os.environ.get("TORCH_COMMAND", "pip install torch==2.13.0")
+    torch_command = os.environ.get("TORCH_COMMAND", DEFAULT_TORCH_COMMAND)
     argv = shlex.split(torch_command)
     if not argv:
         print("TORCH_COMMAND is empty; not installing torch", file=sys.stderr)

@@ -105,7 +105,7 @@ def test_torch_is_installed_only_when_absent(clean_env, no_commands, tmp_path):
     clean_env.setattr(launch, "requirements_file", str(reqs))
     clean_env.setattr(launch, "is_installed", lambda package: package != "torch")
     launch.prepare_environment(cmd_args.parse_args([], {}))
-    assert no_commands == [[sys.executable, "-m", "pip", "install", "torch==2.13.0"]]
+    assert no_commands == [[sys.executable, "-m", "pip", "install", "torch==2.14.1", "torchvision==0.29.1"]]
 
     no_commands.clear()
     clean_env.setenv("TORCH_COMMAND", "pip install torch==2.13.0 --index-url https://download.example/cpu")
