@@ -41,6 +41,10 @@ EFFECTIVE_FLAGS: set[str] = {
     "--loglevel",
     "--filenames-max-length",
     "--device-id",
+    # extra networks (modules/networks, modules/textual_inversion.py)
+    "--lora-dir",
+    "--lyco-dir-backcompat",
+    "--embeddings-dir",
     # the web UI (modules/ui)
     "--listen",
     "--port",

@@ -172,11 +172,11 @@ def test_path_defaults_follow_data_and_models_dir(tmp_path):
     assert ns.ui_settings_file == str(tmp_path / "d" / "config.json")
     assert ns.lora_dir == str(tmp_path / "m" / "Lora")
     assert ns.esrgan_models_path == str(tmp_path / "m" / "ESRGAN")
-    # moving the data dir is not the same as setting --embeddings-dir
+    # moving the data dir is not the same as setting --hypernetwork-dir
     assert cmd_args.not_yet_effective(ns) == []
-    explicit = parse("--data-dir", str(tmp_path / "d"), "--embeddings-dir", "E")
-    assert explicit.embeddings_dir == "E"
-    assert cmd_args.not_yet_effective(explicit) == ["--embeddings-dir"]
+    explicit = parse("--data-dir", str(tmp_path / "d"), "--hypernetwork-dir", "H")
+    assert explicit.hypernetwork_dir == "H"
+    assert cmd_args.not_yet_effective(explicit) == ["--hypernetwork-dir"]  # no hypernetworks in this version
 
 
 def test_extension_flags_are_not_reported(monkeypatch):

@@ -126,6 +126,7 @@ def test_removing_a_lora_restores_the_image_bit_for_bit_without_reloading(lora_d
     monkeypatch.setattr(sd_models.manager, "load", lambda *a, **k: loads.append(a) or model)
     generate("a red circle <lora:style:1>")
     again = generate()
+    assert loads == []  # a change of LoRA never reloads the checkpoint
     assert np.array_equal(pixels(plain), pixels(again))
     assert all(torch.equal(weights_before[k], v) for k, v in model.unet.state_dict().items())
     assert model.patcher.patched_keys == []
