@@ -388,3 +388,26 @@ options_templates.update(options_section(("extra_networks", "Extra Networks", "s
         component_args={"minimum": 0, "maximum": 64, "step": 1}).info(
         "besides those applied now; switching between cached ones does not read the disk"),
 }))
+
+
+# Extras (modules/postprocessing.py): where it saves, how batch files are named, the order of its scripts.
+def _postprocessing_script_names() -> list[str]:
+    from modules import scripts_postprocessing
+
+    return [s.name for s in scripts_postprocessing.runner().scripts_in_preferred_order() if s.name]
+
+
+options_templates.update(options_section(("saving-paths", "Paths for saving", "saving"), {
+    "outdir_extras_samples": OptionInfo("", "Output directory for images from extras tab", restrict_api=True).info(
+        "if empty: outputs/extras-images in the data directory"),
+}))
+options_templates.update(options_section(("saving-images", "Saving images/grids", "saving"), {
+    "use_original_name_batch": OptionInfo(True, "Use original name for output filename during batch process in "
+                                                "extras tab"),
+}))
+options_templates.update(options_section(("postprocessing", "Postprocessing", "postprocessing"), {
+    "postprocessing_operation_order": OptionInfo([], "Postprocessing operation order",
+                                                 choices=_postprocessing_script_names).info(
+        "the Extras tab runs these first, in this order; the others follow in their usual order"),
+}))
+restricted_opts.add("outdir_extras_samples")

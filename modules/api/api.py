@@ -63,6 +63,10 @@ class Api:
         add, v1 = self.add_api_route, "/sdapi/v1"
         add(f"{v1}/txt2img", self.text2imgapi, methods=["POST"], response_model=m.TextToImageResponse)
         add(f"{v1}/img2img", self.img2imgapi, methods=["POST"], response_model=m.ImageToImageResponse)
+        add(f"{v1}/extra-single-image", self.extras_single_image_api, methods=["POST"],
+            response_model=m.ExtrasSingleImageResponse)
+        add(f"{v1}/extra-batch-images", self.extras_batch_images_api, methods=["POST"],
+            response_model=m.ExtrasBatchImagesResponse)
         add(f"{v1}/png-info", self.pnginfoapi, methods=["POST"], response_model=m.PNGInfoResponse)
         add(f"{v1}/progress", self.progressapi, methods=["GET"], response_model=m.ProgressResponse)
         add(f"{v1}/interrupt", self.interruptapi, methods=["POST"])
@@ -137,6 +141,24 @@ class Api:
         image = images.decode_base64_to_image(req.image, "image")
         geninfo, items = image_files.read_info_from_image(image)
         geninfo = geninfo or ""
+    # --- extras (postprocessing) ---------------------------------------------------------------------------
+
+    async def _extras(self, req: m.ExtrasBaseRequest, request: Request | None) -> dict[str, Any]:
+        from modules.api import extras
+
+        prepared = await run_in_threadpool(extras.prepare, req)  # base64 headers of big uploads: off the loop
+        result = await jobs.run(self.queue, "extras", prepared.run, call_queue.new_task_id("extras"),
+                                request=request)
+        return await run_in_threadpool(extras.response, prepared, result)
+
+    async def extras_single_image_api(self, req: m.ExtrasSingleImageRequest,
+                                      request: Request = None) -> dict[str, Any]:  # type: ignore[assignment]
+        return await self._extras(req, request)
+
+    async def extras_batch_images_api(self, req: m.ExtrasBatchImagesRequest,
+                                      request: Request = None) -> dict[str, Any]:  # type: ignore[assignment]
+        return await self._extras(req, request)
+
         parameters = infotext.parse(geninfo) if geninfo else {}
         items = {k: v for k, v in items.items() if isinstance(v, str | int | float | bool)}
         return {"info": geninfo, "items": items, "parameters": parameters}

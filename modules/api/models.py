@@ -9,7 +9,7 @@ checked against the `api_max_*` settings in `modules.api.validation`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -239,3 +239,48 @@ class InternalProgressResponse(_Model):
 class PendingTasksResponse(_Model):
     size: int
     tasks: list[str]
+
+
+class ExtrasBaseRequest(_Model):
+    """A1111's Extras fields (the Upscale, GFPGAN and CodeFormer postprocessing scripts)."""
+
+    resize_mode: Literal[0, 1] = Field(0, description="0: scale by upscaling_resize, 1: scale to "
+                                                      "upscaling_resize_w x upscaling_resize_h")
+    show_extras_results: bool = Field(True, description="false: answer with the infotext only, no images")
+    gfpgan_visibility: float = Field(0, ge=0, le=1)
+    codeformer_visibility: float = Field(0, ge=0, le=1)
+    codeformer_weight: float = Field(0, ge=0, le=1, description="0 = maximum effect, 1 = minimum effect")
+    upscaling_resize: float = Field(2, ge=1, le=8)
+    upscaling_resize_w: int = Field(512, ge=1)
+    upscaling_resize_h: int = Field(512, ge=1)
+    upscaling_crop: bool = True
+    upscaler_1: str = "None"
+    upscaler_2: str = "None"
+    extras_upscaler_2_visibility: float = Field(0, ge=0, le=1)
+    upscale_first: bool = Field(False, description="run the upscale before face restoration whatever the option "
+                                                   "postprocessing_operation_order says")
+
+
+class ExtraBaseResponse(_Model):
+    html_info: str
+
+
+class ExtrasSingleImageRequest(ExtrasBaseRequest):
+    image: str = Field("", description="base64 image (optionally a data: URL)")
+
+
+class ExtrasSingleImageResponse(ExtraBaseResponse):
+    image: str | None = None
+
+
+class FileData(_Model):
+    data: str
+    name: str = ""
+
+
+class ExtrasBatchImagesRequest(ExtrasBaseRequest):
+    imageList: list[FileData]  # noqa: N815 (A1111's field name)
+
+
+class ExtrasBatchImagesResponse(ExtraBaseResponse):
+    images: list[str]

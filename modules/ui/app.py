@@ -9,6 +9,7 @@ from modules.ui import (
     component_hooks,
     extension_tabs,
     extensions_tab,
+    extras,
     img2img,
     pnginfo,
     quicksettings,
@@ -41,13 +42,16 @@ def _page(first_load: call_queue.Job | None, ext_tabs: list) -> gr.Blocks:
                 t2i = txt2img.build()
             with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
                 i2i = img2img.build()
+            with gr.Tab("Extras", id="extras", elem_id="tab_extras"):
+                ext = extras.build()
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 png = pnginfo.build()
             extension_tabs.build(ext_tabs)
             extensions_tab.build()
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 page = settings.build()
-        sendto.wire(tabs, t2i, i2i, png)
+        sendto.wire(tabs, t2i, i2i, png, image_only_panels=(ext.results,))
+        sendto.wire_extras(tabs, ext, [t2i.results, i2i.results], png)
         refiner_boxes = [t2i.refiner.checkpoint, i2i.refiner.checkpoint]
         quicksettings.wire(demo, quick, refiner_boxes, first_load)
         settings.wire(demo, page)

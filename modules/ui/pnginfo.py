@@ -21,6 +21,7 @@ class PngInfoTab:
     send_to_txt2img: gr.Button
     send_to_img2img: gr.Button
     send_to_inpaint: gr.Button
+    send_to_extras: gr.Button | None = None
 
 
 def build() -> PngInfoTab:
@@ -36,8 +37,9 @@ def build() -> PngInfoTab:
                 to_txt2img = gr.Button("Send to txt2img", elem_id="pnginfo_send_to_txt2img")
                 to_img2img = gr.Button("Send to img2img", elem_id="pnginfo_send_to_img2img")
                 to_inpaint = gr.Button("Send to inpaint", elem_id="pnginfo_send_to_inpaint")
+                to_extras = gr.Button("Send to extras", elem_id="pnginfo_send_to_extras")
     image.change(read, inputs=[image], outputs=[info_html, infotext], show_progress="hidden")
-    return PngInfoTab(image, info_html, infotext, to_txt2img, to_img2img, to_inpaint)
+    return PngInfoTab(image, info_html, infotext, to_txt2img, to_img2img, to_inpaint, to_extras)
 
 
 def read(path: str | uploads.UnreadableUpload | None) -> tuple[str, str]:

@@ -25,6 +25,7 @@ class Results:
     selected_index: gr.State
     send_to_img2img: gr.Button
     send_to_inpaint: gr.Button
+    send_to_extras: gr.Button | None = None
 
     @property
     def outputs(self) -> list[Any]:
@@ -42,6 +43,8 @@ def build(tabname: str) -> Results:
                                               "Send the image and its parameters to the img2img tab")
             send_inpaint = common.tool_button(common.SEND_INPAINT, f"{tabname}_send_to_inpaint",
                                               "Send the image and its parameters to the inpaint tab")
+            send_extras = None if tabname == "extras" else common.tool_button(
+                "\U0001f4d0", f"{tabname}_send_to_extras", "Send the image to the Extras tab")
         generation_info = gr.Textbox(visible=False, elem_id=f"generation_info_{tabname}")
         html_info = gr.HTML("", elem_id=f"html_info_{tabname}", elem_classes=["infotext"])
         html_log = gr.HTML("", elem_id=f"html_log_{tabname}", elem_classes=["html-log"])
@@ -53,7 +56,7 @@ def build(tabname: str) -> Results:
 
     gallery.select(select, inputs=[generation_info], outputs=[html_info, selected_index], show_progress="hidden")
     return Results(tabname, progress, gallery, generation_info, html_info, html_log, selected_index, send_img2img,
-                   send_inpaint)
+                   send_inpaint, send_extras)
 
 
 def info_html(info_json: str, index: int = 0) -> str:

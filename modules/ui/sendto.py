@@ -24,7 +24,9 @@ def _img2img_fields(t: img2img.Img2ImgTab) -> list[paste.Field]:
     ]
 
 
-def wire(tabs: gr.Tabs, t2i: Txt2ImgTab, i2i: img2img.Img2ImgTab, png: PngInfoTab) -> None:
+def wire(tabs: gr.Tabs, t2i: Txt2ImgTab, i2i: img2img.Img2ImgTab, png: PngInfoTab,
+         image_only_panels: tuple[results.Results, ...] = ()) -> None:
+    """`image_only_panels` (Extras) send their picture without parameters: their infotext is not a generation's."""
     t2i_fields = paste.common_fields(t2i.toprow, t2i.sampler, t2i.size, t2i.batch, t2i.seeds, t2i.tiling, t2i.refiner)
     i2i_fields = _img2img_fields(i2i)
     # A1111's registry, so extensions can find the fields of each tab.
@@ -75,3 +77,36 @@ def wire(tabs: gr.Tabs, t2i: Txt2ImgTab, i2i: img2img.Img2ImgTab, png: PngInfoTa
 
             button.click(from_gallery, inputs=[panel.gallery, panel.selected_index, panel.generation_info],
                          outputs=outputs_for(mode), show_progress="hidden")
+
+    for panel in image_only_panels:
+        for button, mode in ((panel.send_to_img2img, "img2img"), (panel.send_to_inpaint, "inpaint")):
+            send = to_img2img_with(mode)
+
+            def image_only(gallery: Any, index: int | None, send=send) -> list[Any]:
+                return send(results.image_at(gallery, index), "")
+
+            button.click(image_only, inputs=[panel.gallery, panel.selected_index], outputs=outputs_for(mode),
+                         show_progress="hidden")
+
+
+def wire_extras(tabs: gr.Tabs, ext: Any, panels: list[results.Results], png: PngInfoTab) -> None:
+    """"Send to extras" (A1111's): the picture alone goes to the Extras tab's Single Image source; the Extras
+    panel's own img2img / inpaint buttons send its results on like the other panels'."""
+    outputs = [ext.image, tabs, ext.mode_tabs, ext.mode]
+
+    def send(image: str | None) -> list[Any]:
+        if not image:
+            return [gr.skip()] * len(outputs)
+        return [image, gr.Tabs(selected="extras"), gr.Tabs(selected="single_image"), 0]
+
+    for panel in panels:
+        if panel.send_to_extras is None:
+            continue
+
+        def from_gallery(gallery: Any, index: int | None) -> list[Any]:
+            return send(results.image_at(gallery, index))
+
+        panel.send_to_extras.click(from_gallery, inputs=[panel.gallery, panel.selected_index], outputs=outputs,
+                                   show_progress="hidden")
+    if png.send_to_extras is not None:
+        png.send_to_extras.click(send, inputs=[png.image], outputs=outputs, show_progress="hidden")
