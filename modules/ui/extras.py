@@ -63,10 +63,12 @@ def build() -> ExtrasTab:
         tab.select(lambda i=index: i, outputs=[mode], show_progress="hidden", queue=False)
     image.upload(upload_check, inputs=[image], outputs=[panel.html_log], show_progress="hidden")
     image.change(lambda: scripts_postprocessing.runner().image_changed(), show_progress="hidden", queue=False)
-    generate_button.click(generate, inputs=[mode, image, image_batch, input_dir, output_dir, show_results,
+    event = generate_button.click(generate, inputs=[mode, image, image_batch, input_dir, output_dir, show_results,
                                             *script_inputs],
                           outputs=panel.outputs, show_progress="hidden", concurrency_limit=None,
                           concurrency_id="generate")
+    # the page's after-run hook, as for txt2img (javascript/ui.js): "generate forever" and run counters use it
+    event.then(None, js="() => window.studioAfterGenerate && window.studioAfterGenerate('extras')")
     return ExtrasTab(mode, mode_tabs, image, image_batch, input_dir, output_dir, show_results, generate_button,
                      script_inputs, panel)
 
