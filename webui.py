@@ -30,13 +30,14 @@ def setup_logging(loglevel: str | None) -> None:
 
 def initialize() -> None:
     """Load settings and scan the model folders. Fast: nothing heavy is imported before it is needed."""
-    from modules import filename_patterns
+    from modules import filename_patterns, upscalers
     from modules.models import registry, vae_registry
 
     shared.opts.load(shared.config_filename)
     filename_patterns.max_filename_part_length = shared.cmd_opts.filenames_max_length
     registry.list_models()
     vae_registry.refresh_vae_list()
+    upscalers.refresh()
     load_extensions()
 
 

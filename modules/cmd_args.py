@@ -41,6 +41,13 @@ EFFECTIVE_FLAGS: set[str] = {
     "--loglevel",
     "--filenames-max-length",
     "--device-id",
+    # model upscalers (modules/upscaler_models.py): each folder is listed too
+    "--esrgan-models-path",
+    "--realesrgan-models-path",
+    "--dat-models-path",
+    "--swinir-models-path",
+    "--scunet-models-path",
+    "--hat-models-path",
     # extra networks (modules/networks, modules/textual_inversion.py)
     "--lora-dir",
     "--lyco-dir-backcompat",
@@ -109,6 +116,9 @@ def _path_defaults(data_dir: str, models_dir: str | None) -> dict[str, str]:
         "bsrgan_models_path": os.path.join(models, "BSRGAN"),
         "realesrgan_models_path": os.path.join(models, "RealESRGAN"),
         "dat_models_path": os.path.join(models, "DAT"),
+        "swinir_models_path": os.path.join(models, "SwinIR"),
+        "scunet_models_path": os.path.join(models, "ScuNET"),
+        "hat_models_path": os.path.join(models, "HAT"),
         "lora_dir": os.path.join(models, "Lora"),
         "lyco_dir_backcompat": os.path.join(models, "LyCORIS"),
         "ui_config_file": os.path.join(data, "ui-config.json"),
@@ -226,6 +236,9 @@ _path("--esrgan-models-path", "path to the directory with ESRGAN model files")
 _path("--bsrgan-models-path", "path to the directory with BSRGAN model files")
 _path("--realesrgan-models-path", "path to the directory with RealESRGAN model files")
 _path("--dat-models-path", "path to the directory with DAT model files")
+_path("--swinir-models-path", "path to the directory with SwinIR model files")
+_path("--scunet-models-path", "path to the directory with ScuNET model files")
+_path("--hat-models-path", "path to the directory with HAT model files")
 _add("--clip-models-path", help="path to the directory with CLIP model files", type=str, default=None)
 _path("--lora-dir", "path to the directory with LoRA networks")
 _path("--lyco-dir-backcompat", "path to the directory with LyCORIS networks (for backwards compatibility)")

@@ -230,7 +230,33 @@ restricted_opts.update({
 
 
 
-# upscaler_for_img2img is registered with the upscaler registry (no upscaler exists yet to choose).
+def _upscaler_names() -> list[str]:
+    from modules import shared  # the registry fills shared.sd_upscalers (modules/upscalers.py)
+
+    # None, Lanczos and Nearest always exist, even before the first refresh has listed the model files
+    return [data.name for data in shared.sd_upscalers] or ["None", "Lanczos", "Nearest"]
+
+
+def _refresh_upscalers() -> None:
+    from modules import upscalers
+
+    upscalers.refresh()
+
+
+options_templates.update(options_section(("upscaling", "Upscaling", "postprocessing"), {
+    "ESRGAN_tile": OptionInfo(192, "Tile size for ESRGAN upscalers.",
+                              component_args={"minimum": 0, "maximum": 512, "step": 16}).info("0 = no tiling"),
+    "ESRGAN_tile_overlap": OptionInfo(8, "Tile overlap for ESRGAN upscalers.",
+                                      component_args={"minimum": 0, "maximum": 48, "step": 1}).info(
+        "Low values = visible seam"),
+    # "None" rather than A1111's null: the dropdown shows it as a choice (resize_image reads both as Lanczos)
+    "upscaler_for_img2img": OptionInfo("None", "Upscaler for img2img", choices=_upscaler_names,
+                                       component_args=lambda: {"choices": _upscaler_names()},
+                                       refresh=_refresh_upscalers),
+    "upscaler_models_in_memory": OptionInfo(
+        1, "Upscaler models kept loaded", component_args={"minimum": 0, "maximum": 8, "step": 1}).info(
+        "least recently used are unloaded first; 0 = unload after each use"),
+}))
 
 
 options_templates.update(options_section(("sd", "Stable Diffusion", "sd"), {

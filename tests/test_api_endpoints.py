@@ -22,7 +22,7 @@ from test_api_support import (
     serving,
 )
 
-from modules import infotext_utils, shared
+from modules import infotext_utils, shared, upscalers
 from modules.api import models
 from modules.api.server import create_app, mount
 
@@ -171,7 +171,9 @@ def test_list_endpoints_shapes(http):
     schedulers = http.get("/sdapi/v1/schedulers").json()
     assert schedulers[0] == {"name": "automatic", "label": "Automatic", "aliases": None, "default_rho": -1.0,
                              "need_inner_model": False}
-    assert http.get("/sdapi/v1/upscalers").json() == []  # no upscaler registry yet
+    upscalers.refresh()  # webui.initialize() does this at start-up; the test data dir has no model files
+    assert [u["name"] for u in http.get("/sdapi/v1/upscalers").json()] == ["None", "Lanczos", "Nearest"]
+    assert http.get("/sdapi/v1/realesrgan-models").json() == []
     sd_models = http.get("/sdapi/v1/sd-models").json()
     assert sorted(m["model_name"] for m in sd_models) == ["other", "tiny"]
     assert all(set(m) == {"title", "model_name", "hash", "sha256", "filename", "config"} for m in sd_models)

@@ -233,9 +233,8 @@ _READS = re.compile(r"""\b(?:_opt|shared_opt|_shared_opt)\(\s*["'](\w+)["']|opts
                     r"""|getattr\(shared\.opts,\s*["'](\w+)["']|\bshared\.opts\.([a-z]\w*)"""
                     r"""|settings\.get\(\s*["'](\w+)["']""")
 # Read, but nothing backs them yet, so registering them would offer a setting that changes nothing:
-# img2img_fix_steps only by the A1111 helper extensions call (sd_samplers_common); upscaler_for_img2img has no
-# upscaler to choose until the upscaler registry exists.
-_NOT_YET = {"img2img_fix_steps", "upscaler_for_img2img"}
+# img2img_fix_steps only by the A1111 helper extensions call (sd_samplers_common).
+_NOT_YET = {"img2img_fix_steps"}
 
 
 def test_every_setting_the_code_reads_is_registered():

@@ -77,6 +77,8 @@ class Api:
         add(f"{v1}/samplers", self.get_samplers, methods=["GET"], response_model=list[m.SamplerItem])
         add(f"{v1}/schedulers", self.get_schedulers, methods=["GET"], response_model=list[m.SchedulerItem])
         add(f"{v1}/upscalers", self.get_upscalers, methods=["GET"], response_model=list[m.UpscalerItem])
+        add(f"{v1}/realesrgan-models", self.get_realesrgan_models, methods=["GET"],
+            response_model=list[m.RealesrganItem])
         add(f"{v1}/sd-models", self.get_sd_models, methods=["GET"], response_model=list[m.SDModelItem])
         add(f"{v1}/sd-vae", self.get_sd_vaes, methods=["GET"], response_model=list[m.SDVaeItem])
         add(f"{v1}/prompt-styles", self.get_prompt_styles, methods=["GET"], response_model=list[m.PromptStyleItem])
@@ -249,10 +251,14 @@ class Api:
                  "need_inner_model": s.need_inner_model} for s in schedulers]
 
     def get_upscalers(self) -> list[dict[str, Any]]:
-        # No upscaler registry exists yet (nothing fills shared.sd_upscalers), so this is empty until one does.
-        return [{"name": u.name, "model_name": getattr(getattr(u, "scaler", None), "model_name", None),
-                 "model_path": getattr(u, "data_path", None), "model_url": None, "scale": getattr(u, "scale", None)}
-                for u in getattr(shared, "sd_upscalers", None) or []]
+        from modules import upscalers
+
+        return upscalers.api_items()
+
+    def get_realesrgan_models(self) -> list[dict[str, Any]]:
+        from modules import upscalers
+
+        return upscalers.realesrgan_items()
 
     def get_sd_models(self) -> list[dict[str, Any]]:
         from modules.models import registry

@@ -159,6 +159,12 @@ class UpscalerItem(_Model):
     scale: float | None = None
 
 
+class RealesrganItem(_Model):
+    name: str
+    path: str | None = None
+    scale: int | None = None
+
+
 class SDModelItem(_Model):
     title: str
     model_name: str
