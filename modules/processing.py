@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from PIL import Image, ImageOps
 
-from modules import extra_networks, images, infotext_utils, paths, rng, shared
+from modules import extra_networks, hires, images, infotext_utils, paths, rng, shared
 from modules.engine import generate, inpainting, previews
 from modules.engine.generate import BatchRequest
 from modules.engine.sampling.common import InterruptedException
@@ -155,9 +155,26 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
     hr_scheduler: str | None = None
     hr_prompt: str = ""
     hr_negative_prompt: str = ""
+    hr_cfg: float | None = None  # A1111 1.10's "Hires CFG Scale"; None: the first pass's cfg_scale
     force_task_id: str | None = None
 
     kind = "txt2img"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.txt2img_upscale = False  # A1111's ✨ button: only the hires pass, on `firstpass_image`
+        self.hr_checkpoint_info = None
+        self.latent_scale_mode: dict[str, Any] | None = None
+        self.hr_upscale_to_x = self.hr_upscale_to_y = 0
+        self.truncate_x = self.truncate_y = 0
+        self.all_hr_prompts: list[str] = []
+        self.all_hr_negative_prompts: list[str] = []
+        self.hr_prompts: list[str] = []
+        self.hr_negative_prompts: list[str] = []
+
+    def init(self, all_prompts, all_seeds, all_subseeds) -> None:
+        if self.enable_hr:
+            hires.init(self)
 
     def batch_request(self, request: BatchRequest) -> BatchRequest:
         model = request.model
@@ -401,7 +418,8 @@ def create_infotext(p: StableDiffusionProcessing, all_prompts, all_seeds, all_su
 @contextlib.contextmanager
 def _tiling(model, enabled: bool):
     """Seamless tiling: every convolution pads circularly for the duration of the generation."""
-    convs = [m for mod in (model.unet, model.vae) for m in mod.modules() if isinstance(m, torch.nn.Conv2d)]
+    mods = (model.unet, model.vae) if model is not None else ()
+    convs = [m for mod in mods for m in mod.modules() if isinstance(m, torch.nn.Conv2d)]
     saved = [m.padding_mode for m in convs]
     if enabled:
         for m in convs:
@@ -496,12 +514,13 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
 
     model = _prepare(p)
     refiner = _load_refiner(p, model)
+    p.hr_model = hires.load_checkpoint(p, model) if _hires(p) else None
     state = getattr(shared, "state", None)
     outputs = _Outputs()
     if state is not None:
-        state.job_count = p.n_iter
+        state.job_count = p.n_iter * (2 if _hires(p) and p.firstpass_image is None else 1)
     try:
-        with _tiling(model, bool(p.tiling)):
+        with _tiling(model, bool(p.tiling)), _tiling(p.hr_model, bool(p.tiling)):
             for n in range(p.n_iter):
                 if state is not None and (state.interrupted or state.stopping_generation):
                     break
@@ -510,8 +529,9 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
     finally:
         if not p.disable_extra_networks:
             extra_networks.deactivate(p)
-        if refiner is not None:
-            sd_models.manager.release_auxiliary(refiner)
+        for auxiliary in (refiner, p.hr_model):
+            if auxiliary is not None:
+                sd_models.manager.release_auxiliary(auxiliary)
     index_of_first_image = _add_grid(p, outputs)
     result = Processed(p, outputs.images, p.all_seeds[0] if p.all_seeds else -1,
                        outputs.infotexts[0] if outputs.infotexts else "",
@@ -574,14 +594,30 @@ def _run_batch(p: StableDiffusionProcessing, n: int, model, refiner, state, outp
     if not p.prompts:
         return False
     request = _batch_request(p, n, model, refiner)
-    latents, stopped = _sample(request, p, state)
-    if latents is None:  # stopped before the first step: nothing to show for this batch
+    hr = _hires(p)
+    if hr:
+        p.hr_prompts, p.hr_negative_prompts = p.all_hr_prompts[sl], p.all_hr_negative_prompts[sl]
+        hires.first_pass_refiner(request)
+    if hr and p.firstpass_image is not None:
+        latents, stopped = None, False  # the ✨ button: the first pass is the finished picture
+    else:
+        latents, stopped = _sample(request, p, state)
+        if latents is None:  # stopped before the first step: nothing to show for this batch
+            if state is not None:
+                state.nextjob()
+            return not stopped
+    for key, value in request.infotext_params.items():
+        p.extra_generation_params.setdefault(key, value)
+    decode_model = model
+    if hr and not stopped:
+        latents, stopped = hires.sample_hr_pass(p, request, latents, p.hr_model, refiner,
+                                                lambda r: _sample(r, p, state), state)
+        decode_model = p.hr_model or model
+    if latents is None:
         if state is not None:
             state.nextjob()
         return not stopped
-    for key, value in request.infotext_params.items():
-        p.extra_generation_params.setdefault(key, value)
-    for i, image in enumerate(_decode(p, n, model, latents)):
+    for i, image in enumerate(_decode(p, n, decode_model, latents)):
         _keep(p, n, min(i, p.batch_size - 1), image, outputs)  # a script may add pictures to a batch
     if state is not None:
         state.nextjob()
@@ -615,6 +651,10 @@ def _batch_request(p: StableDiffusionProcessing, n: int, model, refiner) -> Batc
         p.scripts.process_before_every_sampling(p, batch_number=n, prompts=p.prompts, seeds=p.seeds,
                                                 subseeds=p.subseeds)
     return request
+
+
+def _hires(p: StableDiffusionProcessing) -> bool:
+    return p.kind == "txt2img" and bool(getattr(p, "enable_hr", False))
 
 
 def _write_ti_hashes(p: StableDiffusionProcessing, model, texts: list[str]) -> None:
@@ -653,7 +693,10 @@ def _decode(p: StableDiffusionProcessing, n: int, model, latents: torch.Tensor) 
 
 
 def _keep(p: StableDiffusionProcessing, n: int, i: int, image: Image.Image, outputs: _Outputs) -> None:
-    """Scripts' `postprocess_image`, the request's own (inpaint overlay), infotext, save."""
+    """Face restoration, scripts' `postprocess_image`, the request's own (inpaint overlay), infotext, save."""
+    from modules import face_restoration
+
+    image = face_restoration.postprocess_generated(p, image)  # A1111's place: before the scripts see it
     if p.scripts is not None:
         pp = PostprocessImageArgs(image)
         p.scripts.postprocess_image(p, pp)

@@ -92,6 +92,12 @@ def check_api_limits(req: Any) -> None:
         value = _value(req, field)
         if value is not None and value > limit(setting):
             raise RequestError(field, f"{value} is more than the limit {limit(setting)} (setting {setting})")
+    if _value(req, "enable_hr"):
+        check_hires_size(req, limit("api_max_width"), limit("api_max_height"))
+        steps = _value(req, "hr_second_pass_steps")
+        if steps and steps > limit("api_max_steps"):
+            raise RequestError("hr_second_pass_steps", f"{steps} is more than the limit {limit('api_max_steps')} "
+                                                       "(setting api_max_steps)")
 
 
 def _value_or_default(req: Any, field: str) -> int:
@@ -159,10 +165,7 @@ def check_prompts(req: Any) -> None:
 # Features that do not exist here: refused when a request asks for them, never silently left out.
 _TOME = "token merging (ToMe) is not available in this version"
 _UNAVAILABLE = {
-    "enable_hr": "Hires. fix is not available in this version",
-    "restore_faces": "face restoration is not available in this version",
     "latent_mask": "latent_mask is not supported in this version",
-    "firstpass_image": "firstpass_image is an input of Hires. fix, which is not available in this version",
     "token_merging_ratio": _TOME,
     "token_merging_ratio_hr": _TOME,
 }
@@ -186,6 +189,8 @@ def check_unsupported(req: Any) -> None:
     for field, reason in _UNAVAILABLE.items():
         if _asked_for(_value(req, field)):
             raise RequestError(field, reason)
+    if _asked_for(_value(req, "firstpass_image")) and not _value(req, "enable_hr"):
+        raise RequestError("firstpass_image", "firstpass_image is the first pass of Hires. fix: it needs enable_hr")
 
 
 def _setting_range(field: str) -> tuple[float, float | None]:
@@ -213,7 +218,21 @@ def check_sampler_params(req: Any) -> None:
 def check_fields(req: Any) -> None:
     """Every optional field either takes effect or is refused by name."""
     check_unsupported(req)
+    check_face_restoration(req)
     check_sampler_params(req)
+    check_hires(req)
+
+
+def check_face_restoration(req: Any) -> None:
+    """restore_faces (else the setting face_restoration) needs the chosen restorer's model file."""
+    from modules import face_restoration
+
+    if not face_restoration.wanted(req):
+        return
+    try:
+        face_restoration.find()
+    except face_restoration.FaceRestorationError as e:
+        raise RequestError("restore_faces", str(e)) from e
 
 
 # --- names of things that must exist --------------------------------------------------------------------------
@@ -256,6 +275,71 @@ def check_refiner(req: Any) -> None:
     name = _value(req, "refiner_checkpoint")
     if name and name != "None":
         check_checkpoint(str(name), "refiner_checkpoint")
+
+
+# --- Hires. fix -----------------------------------------------------------------------------------------------
+
+
+def _hires_target(req: Any) -> tuple[int, int]:
+    from modules import hires
+
+    class Sizes:  # the request's fields with their defaults filled in (an API request may hold nulls)
+        width = _value(req, "width") or 512
+        height = _value(req, "height") or 512
+        hr_scale = _value(req, "hr_scale") or 2.0
+        hr_resize_x = _value(req, "hr_resize_x") or 0
+        hr_resize_y = _value(req, "hr_resize_y") or 0
+
+    target = hires.target_resolution(Sizes)
+    return target.width, target.height
+
+
+def check_hires_size(req: Any, most_w: int, most_h: int) -> None:
+    width, height = _hires_target(req)
+    field = "hr_scale" if not _value(req, "hr_resize_x") and not _value(req, "hr_resize_y") else "hr_resize_x"
+    if width > most_w or height > most_h:
+        raise RequestError(field, f"the hires pass would draw {width}x{height}, more than the limit "
+                                  f"{most_w}x{most_h} (settings api_max_width, api_max_height)")
+
+
+def check_hires(req: Any) -> None:
+    """The Hires. fix fields, when enable_hr is on: names that exist, numbers in range."""
+    from modules import hires
+    from modules.models import registry
+
+    if not _value(req, "enable_hr"):
+        return
+    scale = _value(req, "hr_scale")
+    if scale is not None and (isinstance(scale, bool) or not math.isfinite(scale) or scale <= 0):
+        raise RequestError("hr_scale", f"{scale!r} is not a number above 0")
+    for field in ("hr_resize_x", "hr_resize_y", "hr_second_pass_steps"):
+        value = _value(req, field)
+        if value is not None and value < 0:
+            raise RequestError(field, f"must be 0 or more, got {value}")
+    width, height = _hires_target(req)
+    if width < 64 or height < 64:
+        raise RequestError("hr_scale" if not _value(req, "hr_resize_x") and not _value(req, "hr_resize_y")
+                           else "hr_resize_x", f"the hires pass would draw {width}x{height}: at least 64x64")
+    strength = _value(req, "denoising_strength")
+    if strength is not None and not (isinstance(strength, int | float) and 0 <= strength <= 1):
+        raise RequestError("denoising_strength", f"{strength!r} is not a number from 0 to 1")
+    cfg = _value(req, "hr_cfg")
+    if cfg is not None and not (isinstance(cfg, int | float) and math.isfinite(cfg) and cfg >= 0):
+        raise RequestError("hr_cfg", f"{cfg!r} is not a number of 0 or more")
+    upscaler = _value(req, "hr_upscaler")
+    names = [u.name for u in shared.sd_upscalers]
+    if upscaler and upscaler not in shared.latent_upscale_modes and upscaler not in names:
+        raise RequestError("hr_upscaler", f"unknown upscaler {upscaler!r}; one of: "
+                                          f"{', '.join([*shared.latent_upscale_modes, *names])}")
+    sampler = _value(req, "hr_sampler_name")
+    if sampler and sampler != hires.SAME_SAMPLER and sampler_registry.find_sampler_config(sampler) is None:
+        raise RequestError("hr_sampler_name", f"unknown sampler {sampler!r}")
+    scheduler = _value(req, "hr_scheduler")
+    if scheduler and scheduler != hires.SAME_SCHEDULER and find_scheduler(scheduler) is None:
+        raise RequestError("hr_scheduler", f"unknown scheduler {scheduler!r}")
+    checkpoint = _value(req, "hr_checkpoint_name")
+    if checkpoint and checkpoint != hires.SAME_CHECKPOINT and registry.get_closet_checkpoint_match(checkpoint) is None:
+        raise RequestError("hr_checkpoint_name", f"Checkpoint not found: {checkpoint!r}")
 
 
 # --- settings -------------------------------------------------------------------------------------------------

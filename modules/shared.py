@@ -29,6 +29,16 @@ demo: Any = None  # the gradio Blocks of the UI, once it is built
 
 # Registries extensions append to, as in A1111 (nothing built in fills them yet).
 sd_upscalers: list[Any] = []
+# Hires. fix's latent upscalers (A1111's table: names -> torch.nn.functional.interpolate arguments).
+latent_upscale_modes: dict[str, dict[str, Any]] = {
+    "Latent": {"mode": "bilinear", "antialias": False},
+    "Latent (antialiased)": {"mode": "bilinear", "antialias": True},
+    "Latent (bicubic)": {"mode": "bicubic", "antialias": False},
+    "Latent (bicubic antialiased)": {"mode": "bicubic", "antialias": True},
+    "Latent (nearest)": {"mode": "nearest", "antialias": False},
+    "Latent (nearest-exact)": {"mode": "nearest-exact", "antialias": False},
+}
+latent_upscale_default_mode = "Latent"
 face_restorers: list[Any] = []
 
 script_path: str = paths.script_path

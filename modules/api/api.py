@@ -1,7 +1,7 @@
 """`Api(app, queue)`: registers A1111's `/sdapi/v1/*` routes and the `/internal/*` routes on a FastAPI app.
 
 Routes of features that do not exist yet are not registered (a 404 tells a client the truth sooner than an
-empty answer would): latent-upscale-modes (no hires fix), interrogate, extras, hypernetworks, face restorers,
+empty answer would): interrogate, hypernetworks,
 training (create/train embedding), extensions, server control.
 """
 
@@ -79,6 +79,10 @@ class Api:
         add(f"{v1}/upscalers", self.get_upscalers, methods=["GET"], response_model=list[m.UpscalerItem])
         add(f"{v1}/realesrgan-models", self.get_realesrgan_models, methods=["GET"],
             response_model=list[m.RealesrganItem])
+        add(f"{v1}/latent-upscale-modes", self.get_latent_upscale_modes, methods=["GET"],
+            response_model=list[m.LatentUpscalerModeItem])
+        add(f"{v1}/face-restorers", self.get_face_restorers, methods=["GET"],
+            response_model=list[m.FaceRestorerItem])
         add(f"{v1}/sd-models", self.get_sd_models, methods=["GET"], response_model=list[m.SDModelItem])
         add(f"{v1}/sd-vae", self.get_sd_vaes, methods=["GET"], response_model=list[m.SDVaeItem])
         add(f"{v1}/prompt-styles", self.get_prompt_styles, methods=["GET"], response_model=list[m.PromptStyleItem])
@@ -137,12 +141,6 @@ class Api:
                          request: Request = None) -> dict[str, Any]:  # type: ignore[assignment]
         return await self._generate(img2imgreq, "img2img", request)
 
-    # --- images and progress ------------------------------------------------------------------------------
-
-    def pnginfoapi(self, req: m.PNGInfoRequest) -> dict[str, Any]:
-        image = images.decode_base64_to_image(req.image, "image")
-        geninfo, items = image_files.read_info_from_image(image)
-        geninfo = geninfo or ""
     # --- extras (postprocessing) ---------------------------------------------------------------------------
 
     async def _extras(self, req: m.ExtrasBaseRequest, request: Request | None) -> dict[str, Any]:
@@ -161,6 +159,12 @@ class Api:
                                       request: Request = None) -> dict[str, Any]:  # type: ignore[assignment]
         return await self._extras(req, request)
 
+    # --- images and progress ------------------------------------------------------------------------------
+
+    def pnginfoapi(self, req: m.PNGInfoRequest) -> dict[str, Any]:
+        image = images.decode_base64_to_image(req.image, "image")
+        geninfo, items = image_files.read_info_from_image(image)
+        geninfo = geninfo or ""
         parameters = infotext.parse(geninfo) if geninfo else {}
         items = {k: v for k, v in items.items() if isinstance(v, str | int | float | bool)}
         return {"info": geninfo, "items": items, "parameters": parameters}
@@ -259,6 +263,14 @@ class Api:
         from modules import upscalers
 
         return upscalers.realesrgan_items()
+
+    def get_latent_upscale_modes(self) -> list[dict[str, Any]]:
+        return [{"name": name} for name in shared.latent_upscale_modes]
+
+    def get_face_restorers(self) -> list[dict[str, Any]]:
+        from modules import face_restoration
+
+        return face_restoration.api_items()
 
     def get_sd_models(self) -> list[dict[str, Any]]:
         from modules.models import registry

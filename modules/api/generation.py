@@ -93,6 +93,8 @@ class Prepared:
         if kind == "img2img":
             args["init_images"] = [image.load() for image in args["init_images"]]
             args["mask"] = args["mask"].load() if args["mask"] is not None else None
+        if args.get("firstpass_image") is not None:  # Hires. fix of a finished picture (A1111's ✨ button)
+            args["firstpass_image"] = args["firstpass_image"].load().convert("RGB")
         p = PROCESSING_CLASSES[kind](**args)
         p.is_api = True
         req = self.request
@@ -142,7 +144,11 @@ def prepare(req: GenerationRequest, kind: str) -> Prepared:
         args.pop("latent_mask", None)
         uploads = [*args["init_images"], *([args["mask"]] if args["mask"] is not None else [])]
         release = waiting_uploads.reserve(sum(image.sent_bytes for image in uploads))
-    args.pop("firstpass_image", None)  # a hires-fix input; hires fix does not exist here
+    if kind == "txt2img" and req.firstpass_image:  # check_unsupported refused it without enable_hr
+        args["firstpass_image"] = images.check_base64_image(req.firstpass_image, "firstpass_image")
+        release = waiting_uploads.reserve(args["firstpass_image"].sent_bytes)
+    else:
+        args.pop("firstpass_image", None)
     return Prepared(req, args, req.force_task_id, release)
 
 

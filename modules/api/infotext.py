@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from modules import extra_networks, infotext_utils, paths, shared
+from modules import extra_networks, hires, infotext_utils, paths, shared
 from modules.api import validation
 from modules.api.errors import invalid
 from modules.api.models import GenerationRequest
@@ -110,7 +110,8 @@ def apply(req: GenerationRequest, kind: str) -> GenerationRequest:
     params = parse(req.infotext)
     explicit = req.model_dump(exclude_unset=True)
     filled: dict[str, Any] = {}
-    for field, getter in COMMON_FIELDS + (IMG2IMG_FIELDS if kind == "img2img" else []):
+    kind_fields = IMG2IMG_FIELDS if kind == "img2img" else hires.PASTE_FIELDS
+    for field, getter in COMMON_FIELDS + kind_fields:
         if field in explicit or field not in type(req).model_fields:
             continue
         value = getter(params) if callable(getter) else params.get(getter)

@@ -84,6 +84,7 @@ class StableDiffusionTxt2ImgProcessingAPI(GenerationRequest):
     hr_scheduler: str | None = None
     hr_prompt: str | None = ""
     hr_negative_prompt: str | None = ""
+    hr_cfg: float | None = Field(None, description="Hires CFG Scale; null: the same as cfg_scale")
 
 
 class StableDiffusionImg2ImgProcessingAPI(GenerationRequest):
@@ -163,6 +164,15 @@ class RealesrganItem(_Model):
     name: str
     path: str | None = None
     scale: int | None = None
+
+
+class LatentUpscalerModeItem(_Model):
+    name: str
+
+
+class FaceRestorerItem(_Model):
+    name: str
+    cmd_dir: str | None = None
 
 
 class SDModelItem(_Model):
