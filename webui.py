@@ -30,7 +30,7 @@ def setup_logging(loglevel: str | None) -> None:
 
 def initialize() -> None:
     """Load settings and scan the model folders. Fast: nothing heavy is imported before it is needed."""
-    from modules import filename_patterns, upscalers
+    from modules import face_restoration, filename_patterns, upscalers
     from modules.models import registry, vae_registry
 
     shared.opts.load(shared.config_filename)
@@ -38,6 +38,7 @@ def initialize() -> None:
     registry.list_models()
     vae_registry.refresh_vae_list()
     upscalers.refresh()
+    face_restoration.refresh()
     load_extensions()
 
 

@@ -52,6 +52,9 @@ EFFECTIVE_FLAGS: set[str] = {
     "--lora-dir",
     "--lyco-dir-backcompat",
     "--embeddings-dir",
+    # face restoration (modules/face_restoration_models.py)
+    "--codeformer-models-path",
+    "--gfpgan-models-path",
     # the web UI (modules/ui)
     "--listen",
     "--port",

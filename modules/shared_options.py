@@ -259,6 +259,32 @@ options_templates.update(options_section(("upscaling", "Upscaling", "postprocess
 }))
 
 
+def _face_restorer_names() -> list[str]:
+    from modules import face_restoration  # the built-in names, then restorers extensions added
+
+    return face_restoration.known_names()
+
+
+def _refresh_face_restorers() -> None:
+    from modules import face_restoration
+
+    face_restoration.refresh()
+
+
+options_templates.update(options_section(("face-restoration", "Face restoration", "postprocessing"), {
+    "face_restoration": OptionInfo(False, "Restore faces", infotext="Face restoration").info(
+        "for txt2img/img2img requests that do not say; needs the model's file (see the model choice)"),
+    "face_restoration_model": OptionInfo("CodeFormer", "Face restoration model", choices=_face_restorer_names,
+                                         component_args=lambda: {"choices": _face_restorer_names()},
+                                         refresh=_refresh_face_restorers).info(
+        "GFPGAN needs a file in models/GFPGAN, CodeFormer one in models/Codeformer"),
+    "code_former_weight": OptionInfo(0.5, "CodeFormer weight", minimum=0.0, maximum=1.0,
+                                     component_args={"minimum": 0, "maximum": 1, "step": 0.01}).info(
+        "0 = maximum effect; 1 = minimum effect"),
+    "face_restoration_unload": OptionInfo(False, "Move face restoration model from VRAM into RAM after processing"),
+}))
+
+
 options_templates.update(options_section(("sd", "Stable Diffusion", "sd"), {
     "emphasis": OptionInfo(
         "Original", "Emphasis mode", component_args={"choices": ["None", "Ignore", "Original", "No norm"]},

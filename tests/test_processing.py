@@ -305,7 +305,7 @@ def test_bad_requests_are_refused_with_a_message(data_dir):
         txt2img(prompt="(" * 300 + "x" + ")" * 300)
     with pytest.raises(ValueError, match="enable_hr: Hires. fix is not available"):
         txt2img(enable_hr=True)
-    with pytest.raises(ValueError, match="restore_faces: face restoration is not available"):
+    with pytest.raises(ValueError, match="restore_faces: no CodeFormer model in models/Codeformer"):
         txt2img(restore_faces=True)
 
 
