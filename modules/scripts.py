@@ -177,6 +177,8 @@ def load_module(path: str) -> ModuleType:
 
 def load_scripts() -> None:
     """(Re)load every script file; a file that fails is reported by name and the rest still load."""
+    global scripts_postproc
+    scripts_postproc = None  # the Extras runner is made again, from the files as they are now
     script_callbacks.script_unloaded_callback()  # scripts loaded before undo what they set up (A1111's moment)
     scripts_data.clear()
     load_errors.clear()
