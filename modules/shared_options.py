@@ -307,6 +307,16 @@ options_templates.update(options_section(("optimizations", "Optimizations", "sd"
         "skip negative prompt for some steps when the image is almost ready; 0=disable, higher=faster"),
 }))
 
+# Hires. fix (modules.hires): A1111's options, in A1111's sections.
+options_templates.update(options_section(("saving-images", "Saving images/grids", "saving"), {
+    "save_images_before_highres_fix": OptionInfo(False, "Save a copy of image before applying highres fix."),
+}))
+options_templates.update(options_section(("refiner", "Refiner", "sd"), {
+    "hires_fix_refiner_pass": OptionInfo(
+        "second pass", "Hires fix: which pass to enable refiner for",
+        component_args={"choices": ["first pass", "second pass", "both passes"]}),
+}))
+
 options_templates.update(options_section(("compatibility", "Compatibility", "sd"), {
     "auto_backcompat": OptionInfo(True, "Automatic backward compatibility").info(
         "automatically enable options for backwards compatibility when importing generation parameters from "
