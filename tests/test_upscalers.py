@@ -342,3 +342,22 @@ def test_api_lists_upscalers_and_realesrgan_models(data_dir):
                     "model_path": str(data_dir / "models" / "ESRGAN" / "4x_tiny.pth")}
     assert realesrgan == [{"name": "RealESRGAN_x2plus_tiny", "scale": 2,
                            "path": str(data_dir / "models" / "RealESRGAN" / "RealESRGAN_x2plus_tiny.pth")}]
+
+
+def test_half_precision_on_cuda_where_the_architecture_allows(monkeypatch):
+    from types import SimpleNamespace
+
+    from modules import devices
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+
+    def dtype(half: bool, bf16: bool, device: torch.device = cuda) -> torch.dtype:
+        return upscaler_models.inference_dtype(SimpleNamespace(supports_half=half, supports_bfloat16=bf16), device)
+
+    monkeypatch.setattr(devices, "dtype_unet", torch.float16)
+    assert dtype(True, True) == torch.float16
+    assert dtype(False, True) == torch.bfloat16
+    assert dtype(False, False) == torch.float32
+    assert dtype(True, True, cpu) == torch.float32
+    monkeypatch.setattr(devices, "dtype_unet", torch.float32)  # --no-half / --precision full
+    assert dtype(True, True) == torch.float32
