@@ -229,3 +229,48 @@ def test_txt2img_restore_faces_runs_the_chosen_restorer_and_writes_the_infotext(
         assert np.array_equal(np.asarray(plain.images[0]), np.asarray(real.images[0]))
     finally:
         shared.face_restorers.remove(shared.face_restorers[-1])
+
+
+def test_restore_faces_checkboxes_reach_the_request_and_paste_back(data_dir):
+    from modules import infotext_utils
+    from modules.ui import app, img2img, paste, txt2img
+
+    demo = app.create_ui()
+    boxes = {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None) in (
+        "txt2img_restore_faces", "img2img_restore_faces")}
+    assert set(boxes) == {"txt2img_restore_faces", "img2img_restore_faces"}
+    for tab in ("txt2img", "img2img"):
+        fields = infotext_utils.paste_fields[tab]["fields"]
+        box = boxes[f"{tab}_restore_faces"]
+        targets = [target for component, target in fields if component is box]
+        assert len(targets) == 1
+        assert paste.values_for([(box, targets[0])], {"Face restoration": "GFPGAN"}) == [True]
+        assert paste.values_for([(box, targets[0])], {"Steps": 20}) == [False]
+    t2i_values = ["x", "", [], 4, "Euler", "Automatic", 64, 64, 1, 1, 7.0, 1, False, -1, 0, 0, 0, False, False,
+                  None, 0.8]
+    assert txt2img.make_request(*t2i_values, True).restore_faces is True
+    assert txt2img.make_request(*t2i_values, False).restore_faces is False
+    i2i_values = [0, Image.new("RGB", (64, 64)), None, None, None, None, "", "", "", 0, False, 1.0, 4, 0, 1, False,
+                  32, 0.5] + t2i_values
+    assert len(i2i_values) + 1 == img2img.FIELD_COUNT
+    work = img2img.make_work(i2i_values + [True])
+    assert work.__closure__ is not None
+    p = next(c.cell_contents for c in work.__closure__ if isinstance(c.cell_contents, processing.StableDiffusionProcessing))
+    assert p.restore_faces is True
+
+
+def test_api_lists_face_restorers_and_refuses_restore_faces_by_name(data_dir, model_folders):
+    from test_api_support import FAST, assert_error_json, client, serving
+
+    from modules.api.server import create_app
+
+    with serving(create_app(auth=None)) as server, client(server) as http:
+        assert http.get("/sdapi/v1/face-restorers").json() == []
+        body = assert_error_json(http.post("/sdapi/v1/txt2img", json={**FAST, "restore_faces": True}), 422,
+                                 "restore_faces")
+        assert "put codeformer-v0.1.0.pth there" in body["errors"]
+        folder = model_folders / "GFPGAN"
+        folder.mkdir(parents=True)
+        (folder / "GFPGANv1.4.pth").write_bytes(b"not read until used")
+        listed = http.get("/sdapi/v1/face-restorers").json()
+        assert listed == [{"name": "GFPGAN", "cmd_dir": str(folder)}]

@@ -50,6 +50,7 @@ class Img2ImgTab:
     inpaint_padding: gr.Slider
     inpaint_controls: gr.Group
     results: results.Results
+    restore_faces: gr.Checkbox | None = None  # A1111's img2img_restore_faces; its paste key is "Face restoration"
 
 
 def _editor(elem_id: str, label: str, brush: gr.Brush) -> gr.ImageEditor:
@@ -125,6 +126,8 @@ def build() -> Img2ImgTab:
                                       elem_id="img2img_denoising_strength")
                 seeds = params.seed_controls("img2img")
                 tiling = params.tiling_checkbox("img2img")
+                restore_faces = gr.Checkbox(label="Restore faces", elem_id="img2img_restore_faces",
+                                            value=bool(shared.opts.data.get("face_restoration", False)))
                 refiner = params.refiner_controls("img2img")
                 script_inputs = scripts_ui.build(scripts.scripts_img2img)
             with gr.Column(scale=1):
@@ -133,7 +136,7 @@ def build() -> Img2ImgTab:
     tab = Img2ImgTab(top, mode_tabs, mode, init_img, sketch, inpaint, inpaint_base, inpaint_mask, batch_input,
                      batch_output, batch_mask, resize_mode, resize_by, scale_by, sampler, size, batch, denoising,
                      seeds, tiling, refiner, mask_blur, mask_mode, inpainting_fill, inpaint_full_res,
-                     inpaint_padding, inpaint_controls, panel)
+                     inpaint_padding, inpaint_controls, panel, restore_faces)
     toprow.wire(top, sampler.steps)
     params.wire_reuse_seed(seeds, panel.generation_info, panel.selected_index)
     detect.click(detect_size, inputs=[mode, init_img, sketch, inpaint, inpaint_base],
@@ -159,7 +162,7 @@ def inputs(t: Img2ImgTab) -> list[Any]:
             t.sampler.scheduler, t.size.width, t.size.height, t.batch.batch_count, t.batch.batch_size,
             t.batch.cfg_scale, t.seeds.seed, t.seeds.extra, t.seeds.subseed, t.seeds.subseed_strength,
             t.seeds.seed_resize_from_w, t.seeds.seed_resize_from_h, t.tiling, t.refiner.enabled,
-            t.refiner.checkpoint, t.refiner.switch_at]
+            t.refiner.checkpoint, t.refiner.switch_at, t.restore_faces]
 
 
 def _source_image(mode: int, init_img: Any, sketch: Any, inpaint: Any, inpaint_base: Any) -> Image.Image | None:
@@ -198,7 +201,7 @@ def _common_fields(values: list[Any]) -> dict[str, Any]:
     )
 
 
-FIELD_COUNT = 39  # the values of inputs(); the scripts' values follow them
+FIELD_COUNT = 40  # the values of inputs(); the scripts' values follow them
 
 
 def generate(request: gr.Request, *values: Any):
@@ -211,10 +214,11 @@ def make_work(values: list[Any], script_args: list[Any] | None = None):
     (mode, init_img, sketch, inpaint, inpaint_base, inpaint_mask, batch_input, batch_output, batch_mask,
      resize_mode, resize_by, scale_by, mask_blur, mask_mode, inpainting_fill, inpaint_full_res, padding,
      denoising) = values[:18]
-    rest = values[18:]
+    rest = values[18:39]
     width, height = rest[6], rest[7]
     mode = int(mode or 0)
     fields = _common_fields(rest)
+    fields["restore_faces"] = bool(values[39]) if len(values) > 39 else False
     inpaint_fields = dict(mask_blur=int(mask_blur), inpainting_mask_invert=int(mask_mode or 0),
                           inpainting_fill=int(inpainting_fill if inpainting_fill is not None else 1),
                           inpaint_full_res=bool(inpaint_full_res), inpaint_full_res_padding=int(padding))

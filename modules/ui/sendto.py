@@ -16,6 +16,7 @@ from modules.ui.txt2img import Txt2ImgTab
 def _img2img_fields(t: img2img.Img2ImgTab) -> list[paste.Field]:
     return paste.common_fields(t.toprow, t.sampler, t.size, t.batch, t.seeds, t.tiling, t.refiner) + [
         (t.denoising_strength, "Denoising strength"),
+        (t.restore_faces, lambda d: "Face restoration" in d),
         (t.mask_blur, "Mask blur"),
         (t.mask_mode, "Mask mode"),
         (t.inpainting_fill, "Masked content"),
@@ -28,6 +29,7 @@ def wire(tabs: gr.Tabs, t2i: Txt2ImgTab, i2i: img2img.Img2ImgTab, png: PngInfoTa
          image_only_panels: tuple[results.Results, ...] = ()) -> None:
     """`image_only_panels` (Extras) send their picture without parameters: their infotext is not a generation's."""
     t2i_fields = paste.common_fields(t2i.toprow, t2i.sampler, t2i.size, t2i.batch, t2i.seeds, t2i.tiling, t2i.refiner)
+    t2i_fields.append((t2i.restore_faces, lambda d: "Face restoration" in d))
     i2i_fields = _img2img_fields(i2i)
     # A1111's registry, so extensions can find the fields of each tab.
     infotext_utils.add_paste_fields("txt2img", None, t2i_fields)

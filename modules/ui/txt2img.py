@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from modules import processing, scripts
+from modules import processing, scripts, shared
 from modules.ui import extra_networks, generation, params, results, scripts_ui, toprow
 
 
@@ -20,6 +20,7 @@ class Txt2ImgTab:
     tiling: gr.Checkbox
     refiner: params.RefinerControls
     results: results.Results
+    restore_faces: gr.Checkbox | None = None  # A1111's txt2img_restore_faces; its paste key is "Face restoration"
 
 
 def build() -> Txt2ImgTab:
@@ -32,17 +33,19 @@ def build() -> Txt2ImgTab:
                 batch = params.batch_controls("txt2img")
                 seeds = params.seed_controls("txt2img")
                 tiling = params.tiling_checkbox("txt2img")
+                restore_faces = gr.Checkbox(label="Restore faces", elem_id="txt2img_restore_faces",
+                                            value=bool(shared.opts.data.get("face_restoration", False)))
                 refiner = params.refiner_controls("txt2img")
                 script_inputs = scripts_ui.build(scripts.scripts_txt2img)
             with gr.Column(scale=1):
                 panel = results.build("txt2img")
-    tab = Txt2ImgTab(top, sampler, size, batch, seeds, tiling, refiner, panel)
+    tab = Txt2ImgTab(top, sampler, size, batch, seeds, tiling, refiner, panel, restore_faces)
     toprow.wire(top, sampler.steps)
     params.wire_reuse_seed(seeds, panel.generation_info, panel.selected_index)
     inputs = [top.prompt, top.negative_prompt, top.styles, sampler.steps, sampler.sampler, sampler.scheduler,
               size.width, size.height, batch.batch_count, batch.batch_size, batch.cfg_scale, seeds.seed, seeds.extra,
               seeds.subseed, seeds.subseed_strength, seeds.seed_resize_from_w, seeds.seed_resize_from_h, tiling,
-              refiner.enabled, refiner.checkpoint, refiner.switch_at]
+              refiner.enabled, refiner.checkpoint, refiner.switch_at, restore_faces]
     generation.wire_buttons(top, panel, generate, inputs + script_inputs)
     return tab
 
@@ -51,7 +54,7 @@ def make_request(prompt: str, negative_prompt: str, styles: list[str] | None, st
                  scheduler: str, width: float, height: float, batch_count: float, batch_size: float,
                  cfg_scale: float, seed: float | None, seed_extras: bool, subseed: float | None,
                  subseed_strength: float, resize_w: float, resize_h: float, tiling: bool, use_refiner: bool,
-                 refiner_checkpoint: str | None, refiner_switch_at: float
+                 refiner_checkpoint: str | None, refiner_switch_at: float, restore_faces: bool = False
                  ) -> processing.StableDiffusionProcessingTxt2Img:
     """Widget values -> A1111's request object, with A1111's UI rules (variation seeds only with "Extra")."""
     return processing.StableDiffusionProcessingTxt2Img(
@@ -66,10 +69,11 @@ def make_request(prompt: str, negative_prompt: str, styles: list[str] | None, st
         tiling=bool(tiling),
         refiner_checkpoint=refiner_checkpoint if use_refiner and refiner_checkpoint else None,
         refiner_switch_at=float(refiner_switch_at) if use_refiner and refiner_checkpoint else None,
+        restore_faces=bool(restore_faces),
     )
 
 
-FIELD_COUNT = 21  # the values make_request takes; the scripts' values follow them
+FIELD_COUNT = 22  # the values make_request takes; the scripts' values follow them
 
 
 def generate(request: gr.Request, *values):
