@@ -216,3 +216,33 @@ def test_paste_of_hires_infotext_fills_the_api_fields():
     assert (req.hr_scale, req.hr_second_pass_steps, req.hr_upscaler) == (2.0, 10, "Latent (bicubic)")
     assert (req.hr_sampler_name, req.hr_scheduler, req.hr_cfg) == ("DPM++ 2M", "Karras", 3.0)
     assert req.hr_prompt == "castle, sharp" and req.denoising_strength == 0.45
+
+
+def test_ui_accordion_paste_and_apply(data_dir):
+    import gradio as gr
+
+    from modules.ui import hires_fix, paste
+
+    with gr.Blocks():
+        controls = hires_fix.build("txt2img")
+    assert controls.enable_hr.accordion_id == "txt2img_hr"
+    assert [c.elem_id for c in controls.inputs[1:]] == [
+        "txt2img_hr_upscaler", "txt2img_hires_steps", "txt2img_denoising_strength", "txt2img_hr_scale",
+        "txt2img_hr_resize_x", "txt2img_hr_resize_y", "txt2img_hr_cfg", "hr_checkpoint", "hr_sampler",
+        "hr_scheduler", "hires_prompt", "hires_neg_prompt"]
+    text = ("castle\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 512x512, Denoising strength: 0.45, "
+            "Hires resize: 1024x768, Hires steps: 10, Hires upscaler: Nearest, Hires sampler: DPM++ 2M")
+    values = dict(zip([name for name, _ in hires.PASTE_FIELDS], paste.values_for(hires_fix.paste_fields(controls),
+                                                         infotext_utils.parse_generation_parameters(text)),
+                      strict=True))
+    assert values["enable_hr"] is True and values["denoising_strength"] == 0.45
+    assert (values["hr_resize_x"], values["hr_resize_y"], values["hr_second_pass_steps"]) == (1024, 768, 10)
+    assert values["hr_upscaler"] == "Nearest" and values["hr_sampler_name"] == "DPM++ 2M"
+    p = processing.StableDiffusionProcessingTxt2Img()
+    hires_fix.apply(p, [False, "Nearest", 0, 0.3, 2, 0, 0, 7, hires.SAME_CHECKPOINT, hires.SAME_SAMPLER,
+                        hires.SAME_SCHEDULER, "", ""])
+    assert p.enable_hr is False  # a closed accordion changes nothing
+    hires_fix.apply(p, [True, "Nearest", 4, 0.3, 1.5, 0, 0, 5, hires.SAME_CHECKPOINT, hires.SAME_SAMPLER,
+                        hires.SAME_SCHEDULER, "x", ""])
+    assert (p.enable_hr, p.hr_upscaler, p.hr_second_pass_steps, p.denoising_strength, p.hr_scale, p.hr_cfg,
+            p.hr_prompt) == (True, "Nearest", 4, 0.3, 1.5, 5.0, "x")

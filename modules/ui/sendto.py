@@ -8,7 +8,7 @@ from typing import Any
 import gradio as gr
 
 from modules import infotext_utils
-from modules.ui import extra_networks, img2img, paste, results
+from modules.ui import extra_networks, hires_fix, img2img, paste, results
 from modules.ui.pnginfo import PngInfoTab
 from modules.ui.txt2img import Txt2ImgTab
 
@@ -29,6 +29,8 @@ def wire(tabs: gr.Tabs, t2i: Txt2ImgTab, i2i: img2img.Img2ImgTab, png: PngInfoTa
          image_only_panels: tuple[results.Results, ...] = ()) -> None:
     """`image_only_panels` (Extras) send their picture without parameters: their infotext is not a generation's."""
     t2i_fields = paste.common_fields(t2i.toprow, t2i.sampler, t2i.size, t2i.batch, t2i.seeds, t2i.tiling, t2i.refiner)
+    if t2i.hires is not None:
+        t2i_fields += hires_fix.paste_fields(t2i.hires)
     t2i_fields.append((t2i.restore_faces, lambda d: "Face restoration" in d))
     i2i_fields = _img2img_fields(i2i)
     # A1111's registry, so extensions can find the fields of each tab.

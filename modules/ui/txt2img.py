@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from modules import processing, scripts, shared
-from modules.ui import extra_networks, generation, params, results, scripts_ui, toprow
+from modules.ui import extra_networks, generation, hires_fix, params, results, scripts_ui, toprow
 
 
 @dataclass
@@ -21,6 +21,7 @@ class Txt2ImgTab:
     refiner: params.RefinerControls
     results: results.Results
     restore_faces: gr.Checkbox | None = None  # A1111's txt2img_restore_faces; its paste key is "Face restoration"
+    hires: hires_fix.HiresControls | None = None
 
 
 def build() -> Txt2ImgTab:
@@ -32,6 +33,7 @@ def build() -> Txt2ImgTab:
                 size = params.size_controls("txt2img")
                 batch = params.batch_controls("txt2img")
                 seeds = params.seed_controls("txt2img")
+                hr = hires_fix.build("txt2img")
                 tiling = params.tiling_checkbox("txt2img")
                 restore_faces = gr.Checkbox(label="Restore faces", elem_id="txt2img_restore_faces",
                                             value=bool(shared.opts.data.get("face_restoration", False)))
@@ -39,6 +41,7 @@ def build() -> Txt2ImgTab:
                 script_inputs = scripts_ui.build(scripts.scripts_txt2img)
             with gr.Column(scale=1):
                 panel = results.build("txt2img")
+                upscale = hires_fix.upscale_button("txt2img")
     tab = Txt2ImgTab(top, sampler, size, batch, seeds, tiling, refiner, panel, restore_faces)
     toprow.wire(top, sampler.steps)
     params.wire_reuse_seed(seeds, panel.generation_info, panel.selected_index)
@@ -46,7 +49,9 @@ def build() -> Txt2ImgTab:
               size.width, size.height, batch.batch_count, batch.batch_size, batch.cfg_scale, seeds.seed, seeds.extra,
               seeds.subseed, seeds.subseed_strength, seeds.seed_resize_from_w, seeds.seed_resize_from_h, tiling,
               refiner.enabled, refiner.checkpoint, refiner.switch_at, restore_faces]
-    generation.wire_buttons(top, panel, generate, inputs + script_inputs)
+    generation.wire_buttons(top, panel, generate, inputs + script_inputs + hr.inputs)
+    hires_fix.wire_upscale_button(upscale, panel, upscale_picture, inputs + script_inputs + hr.inputs)
+    tab.hires = hr
     return tab
 
 
@@ -82,7 +87,23 @@ def generate(request: gr.Request, *values):
             p = make_request(*values[:FIELD_COUNT])
         except (TypeError, ValueError) as e:  # a widget left empty or holding text where a number belongs
             raise ValueError(f"Check the parameters: {e}") from e
-        scripts_ui.attach(p, scripts.scripts_txt2img, list(values[FIELD_COUNT:]))
+        scripts_ui.attach(p, scripts.scripts_txt2img, list(values[FIELD_COUNT:-len(hires_fix.FIELDS)]))
+        hires_fix.apply(p, values[-len(hires_fix.FIELDS):])
+        return lambda: scripts.process_request(p)
+
+    yield from generation.stream("txt2img", make_work, request)
+
+
+def upscale_picture(request: gr.Request, picture: str | None, infotext: str, *values):
+    """The ✨ button: the hires pass alone on the selected picture, with the current settings."""
+    def make_work():
+        try:
+            p = make_request(*values[:FIELD_COUNT])
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"Check the parameters: {e}") from e
+        scripts_ui.attach(p, scripts.scripts_txt2img, list(values[FIELD_COUNT:-len(hires_fix.FIELDS)]))
+        hires_fix.apply(p, values[-len(hires_fix.FIELDS):], force=True)
+        hires_fix.for_finished_picture(p, picture, infotext)
         return lambda: scripts.process_request(p)
 
     yield from generation.stream("txt2img", make_work, request)
