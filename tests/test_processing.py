@@ -303,8 +303,8 @@ def test_bad_requests_are_refused_with_a_message(data_dir):
         txt2img(sampler_name="Nope")
     with pytest.raises(ValueError, match="prompt: brackets nested more than 100 levels deep"):
         txt2img(prompt="(" * 300 + "x" + ")" * 300)
-    with pytest.raises(ValueError, match="enable_hr: Hires. fix is not available"):
-        txt2img(enable_hr=True)
+    with pytest.raises(ValueError, match="hr_upscaler: unknown upscaler 'Nope'"):
+        txt2img(enable_hr=True, hr_upscaler="Nope")
     with pytest.raises(ValueError, match="restore_faces: no CodeFormer model in models/Codeformer"):
         txt2img(restore_faces=True)
 
