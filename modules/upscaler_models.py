@@ -240,7 +240,7 @@ def unload_all() -> None:
 # Bytes cross between host and device as uint8 (a quarter of float32) and are converted on the device: for a
 # 4096x4096 result that is what keeps the conversions small next to the network.
 def _to_tensor(img: Image.Image, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    array = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    array = np.array(img.convert("RGB"), dtype=np.uint8)  # a writable copy: torch shares its memory
     pixels = torch.from_numpy(array).to(device, non_blocking=False)
     return pixels.permute(2, 0, 1).unsqueeze(0).to(dtype).div_(255)
 
@@ -268,13 +268,29 @@ def upscale_with_model(loaded: LoadedModel, img: Image.Image) -> Image.Image | N
             return upscale_tiled(descriptor, image, descriptor.scale, tile, overlap,
                                  interrupted=lambda: bool(shared.state.interrupted))
 
-    out = memory.owner.run_with_oom_retry(run, loaded.device, keep=[_handle_name(loaded.file_key[0])])
+    keep = [_handle_name(loaded.file_key[0])]
+    try:
+        out = memory.owner.run_with_oom_retry(run, loaded.device, keep=keep)
+    except RuntimeError as e:
+        if loaded.dtype == torch.float32 or not _is_dtype_mismatch(e):
+            raise
+        # spandrel's half/bf16 flags are not always right for every input size (SwinIR builds its attention
+        # mask in float32 for sizes other than its training size): this model runs in float32 from now on
+        log.warning("%s fails in %s (%s); using float32", os.path.basename(loaded.file_key[0]), loaded.dtype, e)
+        descriptor.model.float()
+        loaded.dtype = torch.float32
+        out = memory.owner.run_with_oom_retry(run, loaded.device, keep=keep)
     if out is None:
         return None
     result = _to_image(out)
     if img.mode == "RGBA":  # the network sees RGB; the alpha channel is resized alongside
         result.putalpha(img.getchannel("A").resize(result.size, Image.Resampling.LANCZOS))
     return result
+
+
+def _is_dtype_mismatch(error: RuntimeError) -> bool:
+    text = str(error)
+    return "expected scalar type" in text or "dtype" in text or "should be the same" in text
 
 
 # --- the upscalers ---------------------------------------------------------------------------------------------

@@ -361,3 +361,16 @@ def test_half_precision_on_cuda_where_the_architecture_allows(monkeypatch):
     assert dtype(True, True, cpu) == torch.float32
     monkeypatch.setattr(devices, "dtype_unet", torch.float32)  # --no-half / --precision full
     assert dtype(True, True) == torch.float32
+
+
+def test_a_model_that_fails_in_reduced_precision_falls_back_to_float32(data_dir):
+    """SwinIR says it supports bfloat16, but at sizes other than its training size it mixes in float32."""
+    data = _data("SwinIR_2x_tiny")
+    loaded = upscaler_models.get_model(data.data_path)
+    loaded.descriptor.model.to(torch.bfloat16)
+    loaded.dtype = torch.bfloat16
+    try:
+        out = upscaler_models.upscale_with_model(loaded, _image(22, 18))
+    finally:
+        upscaler_models.unload_all()
+    assert out.size == (44, 36) and loaded.dtype == torch.float32
