@@ -44,10 +44,11 @@ def initialize() -> None:
 
 def load_extensions() -> None:
     """Find the extensions and load every script (ours and theirs); a broken one is reported, never fatal."""
-    from modules import extensions, scripts
+    from modules import extensions, scripts, upscalers
 
     extensions.list_extensions()
     scripts.load_scripts()
+    upscalers.refresh()  # again: upscalers that extensions' scripts define join the list, as in A1111
 
 
 def load_first_model() -> bool:

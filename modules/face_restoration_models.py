@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import os
 import threading
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -27,7 +26,6 @@ from modules import face_detection, paths, shared
 from modules.face_restoration import FaceRestoration, FaceRestorationError
 
 MODEL_EXTENSIONS = (".pth", ".pt", ".ckpt", ".safetensors", ".sft")
-_NESTED_KEYS = ("params_ema", "params", "state_dict", "model", "net")  # how BasicSR-style trainers save weights
 
 
 @functools.cache
@@ -39,20 +37,11 @@ def _install_extra_arches() -> None:
 
 
 def read_weights(path: str) -> dict[str, Any]:
-    """The tensors of a .pth/.safetensors file, through the restricted loader, unwrapped from `params_ema` and
+    """The tensors of a .pth/.safetensors file, through the restricted loader, which unwraps `params_ema` and
     the like (GFPGAN and CodeFormer releases nest them so)."""
     from modules.models import checkpoint_files as cf
 
-    if not path.lower().endswith(cf.PICKLE_EXTENSIONS):
-        return cf.read_state_dict(path)
-    if not os.path.isfile(path):
-        raise cf.ModelFileError(path, "file not found")
-    raw = cf._load_pickle(path, "cpu")  # the allow-listed unpickler read_state_dict uses too
-    for key in _NESTED_KEYS:
-        if isinstance(raw, Mapping) and isinstance(raw.get(key), Mapping):
-            raw = raw[key]
-            break
-    return cf.unwrap_state_dict(path, raw)
+    return cf.read_state_dict(path)
 
 
 def _natural(name: str) -> list[Any]:

@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from modules.models import memory
-from modules.models.checkpoint_files import PICKLE_EXTENSIONS, ModelFileError
+from modules.models.checkpoint_files import ModelFileError
 from modules.upscaler import Upscaler, UpscalerData
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,6 @@ MODEL_EXTENSIONS = [".pth", ".pt", ".ckpt", ".safetensors"]
 ACCEPTED_PURPOSES = ("SR", "Restoration")  # Restoration: 1x models such as SCUNet (A1111's ScuNET folder)
 MEMORY_GROUP = "upscaler"
 # Training checkpoints of BasicSR / Real-ESRGAN keep the weights one level down, under one of these keys.
-_NESTED_WEIGHT_KEYS = ("params_ema", "params", "model", "net", "state_dict")
 
 
 # --- finding files ---------------------------------------------------------------------------------------------
@@ -106,18 +105,9 @@ def spandrel_loader() -> Any:
 
 
 def _read_weights(path: str) -> dict[str, torch.Tensor]:
-    """The file's tensors, through the restricted loader, one nesting level of a training checkpoint removed."""
+    """The file's tensors, through the restricted loader (which also unwraps BasicSR's `params_ema`)."""
     from modules.models import checkpoint_files
 
-    if path.lower().endswith(PICKLE_EXTENSIONS):
-        # the restricted unpickler itself (allow-listed globals only); the nested dict is unwrapped below
-        raw = checkpoint_files._load_pickle(path, "cpu")
-        if isinstance(raw, dict):
-            for key in _NESTED_WEIGHT_KEYS:
-                if isinstance(raw.get(key), dict):
-                    raw = raw[key]
-                    break
-        return checkpoint_files.unwrap_state_dict(path, raw)
     return checkpoint_files.read_state_dict(path, "cpu")
 
 

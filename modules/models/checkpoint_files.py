@@ -506,11 +506,13 @@ def unwrap_state_dict(path: str, state: Any) -> dict[str, Any]:
     if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
         extra = {k: v for k, v in state.items() if k in ("global_step",)}
         state = dict(state["state_dict"], **extra)
-    # BasicSR-trained releases (RealESRGAN, GFPGAN, CodeFormer) nest the weights: the EMA copy wins, as spandrel reads them
-    for nested in ("params_ema", "params"):
-        if isinstance(state, Mapping) and isinstance(state.get(nested), Mapping):
-            state = state[nested]
-            break
+    # Trainers of upscalers and face models (BasicSR: RealESRGAN, GFPGAN, CodeFormer) nest the weights one level
+    # down; the EMA copy wins, as spandrel reads them. Only a file with no tensor at the top is unwrapped.
+    if isinstance(state, Mapping) and not any(isinstance(v, torch.Tensor) for v in state.values()):
+        for nested in ("params_ema", "params", "model", "net"):
+            if isinstance(state.get(nested), Mapping):
+                state = state[nested]
+                break
     if not isinstance(state, Mapping):
         raise ModelFileError(path, f"does not hold a dictionary of weights (found {type(state).__name__})")
     tensors = {k: v for k, v in state.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
