@@ -28,14 +28,11 @@ DEFAULT_OUTDIR = "outputs/extras-images"
 
 
 def face_restorer(name: str) -> Any:
-    """The restorer whose name() is `name` (modules.face_restoration fills shared.face_restorers). Without one
-    the request is refused by name, never silently skipped."""
-    for restorer in shared.face_restorers:
-        if str(restorer.name()).lower() == name.lower():
-            return restorer
-    folder = "Codeformer" if name.lower() == "codeformer" else name
-    raise ValueError(f"{name} face restoration is not available: no {name} model was found (put one in "
-                     f"models/{folder})")
+    """The restorer whose name() is `name`; without one the request is refused by name (ValueError saying where
+    the model file goes), never silently skipped."""
+    from modules import face_restoration
+
+    return face_restoration.find(name)
 
 
 def blend_restored(original: Image.Image, restored: np.ndarray, visibility: float) -> Image.Image:

@@ -207,7 +207,7 @@ class FakeRestorer:
 
 
 def test_face_restoration_without_a_model_is_refused_by_name():
-    with pytest.raises(ValueError, match="GFPGAN face restoration is not available"):
+    with pytest.raises(ValueError, match="no GFPGAN model in models/GFPGAN: put GFPGANv1.4.pth there"):
         run(picture(), extras_upscaler_1="None", gfpgan_visibility=1)
     with pytest.raises(ValueError, match="CodeFormer"):
         run(picture(), extras_upscaler_1="None", codeformer_visibility=1)
