@@ -120,7 +120,7 @@ def postprocess_generated(p: Any, image: Image.Image) -> Image.Image:
     if not wanted(p):
         return image
     restorer = find()
-    p.extra_generation_params[INFOTEXT_KEY] = restorer.name()
+    p.face_restoration_model = restorer.name()  # the infotext writes it after Seed, A1111's fixed place
     restored = restore_faces(np.asarray(image.convert("RGB"), dtype=np.uint8))
     out = Image.fromarray(restored)
     out.info.update(image.info)

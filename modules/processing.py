@@ -323,7 +323,7 @@ class Processed:
         self.steps = p.steps
         self.batch_size = p.batch_size
         self.restore_faces = p.restore_faces
-        self.face_restoration_model = None
+        self.face_restoration_model = getattr(p, "face_restoration_model", None)
         self.sd_model_name = p.sd_model_name
         self.sd_model_hash = p.sd_model_hash
         self.sd_vae_name = getattr(p, "sd_vae_name", None)
@@ -397,6 +397,7 @@ def create_infotext(p: StableDiffusionProcessing, all_prompts, all_seeds, all_su
         "Image CFG scale": getattr(p, "image_cfg_scale", None) if getattr(model, "spec", None)
         and model.spec.variant == "instruct-pix2pix" else None,
         "Seed": all_seeds[index],
+        "Face restoration": getattr(p, "face_restoration_model", None),
         "Size": f"{p.width}x{p.height}",
         "Model hash": getattr(model, "sd_model_hash", None),
         "Model": getattr(info, "model_name", None),
@@ -518,7 +519,11 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
     state = getattr(shared, "state", None)
     outputs = _Outputs()
     if state is not None:
-        state.job_count = p.n_iter * (2 if _hires(p) and p.firstpass_image is None else 1)
+        if state.job_count in (-1, 0):  # set by a script that runs several of these (SD upscale): keep its total
+            state.job_count = p.n_iter
+        if _hires(p) and p.firstpass_image is None and not state.processing_has_refined_job_count:
+            state.job_count *= 2  # each batch is two sampling jobs (A1111 counts it so, once per job)
+            state.processing_has_refined_job_count = True
     try:
         with _tiling(model, bool(p.tiling)), _tiling(p.hr_model, bool(p.tiling)):
             for n in range(p.n_iter):

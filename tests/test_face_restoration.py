@@ -218,6 +218,8 @@ def test_txt2img_restore_faces_runs_the_chosen_restorer_and_writes_the_infotext(
         restored = _txt2img(restore_faces=True)
         assert np.array_equal(255 - np.asarray(plain.images[0]), np.asarray(restored.images[0]))
         assert "Face restoration: Negative" in restored.infotexts[0]
+        assert ", Face restoration: Negative, Size: " in restored.infotexts[0]  # A1111's place: after Seed
+        assert restored.face_restoration_model == "Negative" and plain.face_restoration_model is None
         assert "Face restoration" not in plain.infotexts[0]
         assert infotext_utils.parse_generation_parameters(restored.infotexts[0])["Face restoration"] == "Negative"
         shared.opts.data["face_restoration"] = True  # the setting answers for a request that does not say
