@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from typing import NoReturn
 
-from modules import cmd_args, extension_install, extension_preload, shared
+from modules import cmd_args, extension_install, extension_preload, install_plan, shared
 
 script_path = os.path.dirname(os.path.abspath(__file__))
 python: str = sys.executable
@@ -85,57 +85,21 @@ def is_installed(package: str) -> bool:
         return False
 
 
-_PIN = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*(?:==\s*([^\s;#]+))?")
-
-
 def missing_requirements(path: str) -> list[str]:
-    """Lines of a requirements file that the installed packages do not satisfy, with what is installed.
+    """Lines of a requirements file that set-up would install, each with what is installed.
 
-    Understands `name` and `name==version` (the form our requirements.txt uses); other specifiers only
-    check that the package is there. Options (-r, --index-url ...) are skipped.
+    An installed version inside a line's `# compatible: RANGE` is kept, so it is not missing (see
+    modules/install_plan.py). Options (-r, --index-url ...) and lines excluded by a marker are skipped.
     """
     problems = []
-    with open(path, encoding="utf8") as file:
-        for raw in file:
-            line = raw.split("#", 1)[0].strip()
-            if not line or line.startswith("-"):
-                continue
-            match = _PIN.match(line)
-            if not match:
-                problems.append(f"{line} (cannot be read)")
-                continue
-            name, wanted = match.groups()
-            if not _applies_here(line):
-                continue
-            try:
-                installed = importlib.metadata.version(name)
-            except importlib.metadata.PackageNotFoundError:
-                problems.append(f"{line} (not installed)")
-                continue
-            if wanted and not _same_version(installed, wanted):
-                problems.append(f"{line} (installed: {installed})")
+    for decision in install_plan.plan_file(path):
+        if decision.action == "unreadable":
+            problems.append(f"{decision.line} (cannot be read)")
+        elif decision.action == "install":
+            problems.append(f"{decision.line} (not installed)")
+        elif decision.action == "upgrade":
+            problems.append(f"{decision.line} (installed: {decision.installed})")
     return problems
-
-
-def _applies_here(line: str) -> bool:
-    """False when an environment marker (`; sys_platform == "win32"`) excludes this line here."""
-    if ";" not in line:
-        return True
-    try:
-        from packaging.markers import Marker
-
-        return Marker(line.split(";", 1)[1].strip()).evaluate()
-    except Exception:
-        return True  # cannot judge the marker: check the package anyway
-
-
-def _same_version(installed: str, wanted: str) -> bool:
-    try:
-        from packaging.version import Version  # present wherever pip-installed transformers is
-
-        return Version(installed) == Version(wanted)
-    except Exception:
-        return installed == wanted
 
 
 # torchvision comes with torch because spandrel (the upscaler library) needs it, and a torchvision must be built
@@ -157,16 +121,31 @@ def _install_torch() -> None:
 
 
 def _install_requirements(path: str) -> None:
-    # Pin whatever torch is installed, so pip can never replace it while resolving the other packages.
+    """Install only what is missing or outside its compatible range; everything else installed is held at its
+    version (torch included), so pip cannot replace the machine's packages while resolving. Says what changed."""
+    decisions = install_plan.plan_file(path)
+    for decision in decisions:
+        if decision.message():
+            print(decision.message(), flush=True)
+    wanted = install_plan.to_install(decisions)
+    if not wanted:
+        return
+    torch = install_plan.installed_version("torch")
+    held = install_plan.constraints(decisions, {"torch": torch} if torch else {})
+    before = install_plan.snapshot()
     with tempfile.TemporaryDirectory() as tmp:
         constraints = []
-        if is_installed("torch"):
+        if held:
             constraints = ["-c", os.path.join(tmp, "constraints.txt")]
             with open(constraints[1], "w", encoding="utf8") as file:
-                file.write(f"torch=={importlib.metadata.version('torch')}\n")
+                file.write("\n".join(held) + "\n")
         extra = ["--index-url", index_url] if index_url else []
-        argv = [python, "-m", "pip", "install", "-r", path, *constraints, "--prefer-binary", *extra]
-        run(argv, "Installing requirements", "Couldn't install requirements", live=True)
+        argv = [python, "-m", "pip", "install", *wanted, *constraints, "--prefer-binary", *extra]
+        try:
+            run(argv, "Installing requirements", "Couldn't install requirements", live=True)
+        finally:
+            for line in install_plan.changes(before, install_plan.snapshot()):
+                print(line, flush=True)
 
 
 # The virtual environment. Run as a script, launch.py makes one (venv/ beside it, or $VENV_DIR as in A1111's
@@ -295,10 +274,14 @@ def prepare_environment(cmd_opts: argparse.Namespace) -> None:
     os.environ.update(OFFLINE_ENV)
     if cmd_opts.skip_install:
         return
-    if not is_installed("torch"):
+    had_torch = is_installed("torch")
+    if not had_torch:
         _install_torch()
     missing = missing_requirements(requirements_file)
     if missing:
+        torch = install_plan.installed_version("torch")
+        if had_torch and torch:
+            print(f"kept torch {torch} (installed; TORCH_COMMAND runs only without one)", flush=True)
         print("Requirements not met: " + ", ".join(missing), flush=True)
         _install_requirements(requirements_file)
 
