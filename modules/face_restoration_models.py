@@ -61,7 +61,7 @@ class SpandrelFaceRestorer(FaceRestoration):
         self.model_path = model_path
         self.cmd_dir = os.path.dirname(model_path)  # A1111's attribute, shown by /sdapi/v1/face-restorers
         self.descriptor: Any = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
     def name(self) -> str:
         return self.label
@@ -103,12 +103,28 @@ class SpandrelFaceRestorer(FaceRestoration):
     def _refuse(self, reason: str) -> FaceRestorationError:
         return FaceRestorationError(f"{self.label} model {os.path.basename(self.model_path)}: {reason}")
 
+    @property
+    def _handle(self) -> str:
+        return f"face:{self.model_path}"
+
     def load(self) -> Any:
-        """The spandrel descriptor of the file, loaded on first use, on the device in the dtype to run in."""
+        """The spandrel descriptor of the file, loaded on first use, on the device in the dtype to run in. The
+        memory owner knows it (group "face") and may drop it when another network needs the room."""
+        from modules.models import memory
+
         with self._lock:
             if self.descriptor is None:
                 self.descriptor = self._load()
+                memory.owner.register(self._handle, memory.module_size_bytes(self.descriptor.model), self._forget,
+                                      self.descriptor.device, group="face")
+            else:
+                memory.owner.touch(self._handle)
             return self.descriptor
+
+    def _forget(self) -> None:
+        """The memory owner's unload: the next restore loads the file again."""
+        with self._lock:
+            self.descriptor = None
 
     def _load(self) -> Any:
         import spandrel

@@ -276,3 +276,16 @@ def test_api_lists_face_restorers_and_refuses_restore_faces_by_name(data_dir, mo
         (folder / "GFPGANv1.4.pth").write_bytes(b"not read until used")
         listed = http.get("/sdapi/v1/face-restorers").json()
         assert listed == [{"name": "GFPGAN", "cmd_dir": str(folder)}]
+
+
+def test_a_loaded_face_model_is_known_to_the_memory_owner_and_can_be_dropped(data_dir, settings):
+    from modules import face_restoration_models
+    from modules.models import memory
+
+    restorer = face_restoration_models.restorer_named("GFPGAN")
+    restorer.load()
+    handle = f"face:{restorer.model_path}"
+    assert handle in memory.owner and memory.owner.handles(group="face")[0].size_bytes > 10_000_000
+    assert memory.owner.unload(handle)  # what the owner does under memory pressure
+    assert restorer.descriptor is None and handle not in memory.owner
+    assert restorer.load() is not None  # loaded again on the next use
