@@ -35,11 +35,21 @@ def initialize() -> None:
 
     shared.opts.load(shared.config_filename)
     filename_patterns.max_filename_part_length = shared.cmd_opts.filenames_max_length
+    run_startup_downloads()  # before the scans below, so what --download fetched is listed
     registry.list_models()
     vae_registry.refresh_vae_list()
     upscalers.refresh()
     face_restoration.refresh()
     load_extensions()
+
+
+def run_startup_downloads() -> None:
+    """`--download` URLs; one that fails is printed and the server starts with the models it has."""
+    specs = getattr(shared.cmd_opts, "download", None)
+    if specs:
+        from modules import downloads
+
+        downloads.startup_downloads(specs)
 
 
 def load_extensions() -> None:
@@ -88,9 +98,34 @@ def remove_leftover_temp_files() -> None:
     atomic_files.remove_leftover_temp_files(folders, before=time.time() - atomic_files.LEFTOVER_AFTER_S)
 
 
+def check_public_link() -> None:
+    """A public link (--share, --ngrok) needs a login (modules/tunnels.py): refused before anything loads."""
+    from modules import tunnels
+
+    try:
+        tunnels.check_public_link(shared.cmd_opts)
+    except ValueError as e:  # PublicLinkError, or a malformed --gradio-auth entry (named, never echoed)
+        print(f"Cannot start: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def open_ngrok(port: int) -> None:
+    """--ngrok TOKEN: the tunnel to the port that now serves; its URL is printed."""
+    from modules import tunnels
+
+    if not shared.cmd_opts.ngrok:
+        return
+    try:
+        tunnels.open_ngrok(shared.cmd_opts, port)
+    except tunnels.PublicLinkError as e:
+        print(f"Cannot start: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
 def start() -> None:
     started = time.perf_counter()
     setup_logging(shared.cmd_opts.loglevel)
+    check_public_link()
     claim_data_dir()
     initialize()
     remove_leftover_temp_files()
@@ -109,6 +144,7 @@ def start() -> None:
     if cmd_opts.nowebui:
         from modules.api import server as api_server
 
+        open_ngrok(cmd_opts.port or api_server.DEFAULT_PORT)  # ngrok forwards once the server below answers
         api_server.serve_api_only(cmd_opts)  # blocks until stopped
         return
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: no phoning home
@@ -124,6 +160,7 @@ def start() -> None:
         from modules import script_callbacks
 
         script_callbacks.app_started_callback(demo, fastapi_app)
+        open_ngrok(cmd_opts.port or server.DEFAULT_PORT)
     except ValueError as e:  # a malformed --gradio-auth / --api-auth entry: say which, never echo it
         print(f"Cannot start the web UI: {e}", file=sys.stderr)
         raise SystemExit(1) from None

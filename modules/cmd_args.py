@@ -90,6 +90,10 @@ EFFECTIVE_FLAGS: set[str] = {
     "--disable-all-extensions",
     "--disable-extra-extensions",
     "--enable-insecure-extension-access",
+    # model downloads a person asks for (modules/downloads.py)
+    "--download",
+    "--allow-private-downloads",
+    "--download-max-gb",
 }
 
 # Values that must never be shown back (API /cmd-flags, logs, sysinfo): credentials and TLS material.
@@ -98,6 +102,7 @@ SECRET_FLAGS: set[str] = {
     "--gradio-auth",
     "--ngrok",
     "--ngrok-options",
+    "--download",  # a URL may carry a token (?token=...)
     "--tls-keyfile",
     "--tls-certfile",
 }
@@ -294,7 +299,12 @@ _add("--port", help="server port (7860 by default, 7861 with --nowebui); ports b
      type=int, default=None)
 _add("--server-name", help="server host name to listen on", type=str, default=None)
 _flag("--share", "create a public gradio share link")
-_add("--ngrok", help="ngrok auth token; opens an ngrok tunnel", type=str, default=None)
+_add("--ngrok", help="ngrok auth token; opens an ngrok tunnel to the server (needs requirements-notebook.txt)",
+     type=str, default=None)
+_add("--ngrok-region", help="ngrok region (us, eu, ap, au, sa, jp, in); ngrok's nearest when unset", type=str,
+     default="")
+_flag("--insecure-public", "allow a public link (--share, --ngrok) without --gradio-auth, and its API without "
+      "--api-auth: anyone with the link can use the server")
 _add("--ngrok-options", help='options for ngrok as a JSON object, e.g. \'{"basic_auth": "user:password"}\'',
      type=_json_options, default=None)
 _add("--tls-keyfile", help="TLS key file; enables TLS together with --tls-certfile", type=str, default=None)
@@ -355,6 +365,13 @@ _add("--freeze-specific-settings", help="comma-separated settings to make read-o
 _flag("--skip-load-model-at-start", "do not load a model at start-up")
 _flag("--skip-version-check", "do not check versions of torch and xformers")
 _flag("--no-download-sd-model", "do not download an SD1.5 model when none is found")
+_add("--download", help="download a model before the model folders are scanned; may be given several times: "
+     "[TYPE=]URL or [TYPE=]hf:OWNER/REPO/FILE[@REVISION]; TYPE is checkpoint (default), lora, vae, controlnet, "
+     "embedding, esrgan, realesrgan, swinir, dat, hat or scunet; a URL may end in #sha256=HEX",
+     type=str, action="append", default=[])
+_flag("--allow-private-downloads", "let model downloads reach this machine and private networks (and use plain "
+      "http there); off by default so a URL cannot make the server fetch from its own network")
+_add("--download-max-gb", help="largest model file a download may fetch, in GB", type=float, default=30.0)
 _flag("--unix-filenames-sanitization", "allow any character in file names except '/'")
 _add("--filenames-max-length", help="maximal length of file names of saved images", type=int, default=128)
 
@@ -369,7 +386,6 @@ _add("--gradio-inpaint-tool", help="does not do anything", type=str)
 _flag("--enable-console-prompts", "does not do anything")
 _flag("--gradio-queue", "does not do anything")
 _flag("--add-stop-route", "does not do anything")
-_add("--ngrok-region", help="does not do anything", type=str, default="")
 
 _PATH_DESTS = tuple(_initial_paths)
 

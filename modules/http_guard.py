@@ -5,8 +5,8 @@ What it refuses, before any route runs:
   browser send `Host: evil.example`). Allowed: loopback names and addresses, --server-name, --allowed-hosts;
   with --listen any IP literal (LAN users type the address; a rebinding attack always uses a name in public
   DNS) and LAN names (single-label, .local, .home.arpa, .internal); with --share the *.gradio.live host of the
-  share link. Tunnels (ngrok, cloudflared, RunPod's proxy) and reverse proxies that keep their public name in
-  Host get in with --allowed-hosts.
+  share link; with --ngrok ngrok's domains and a `domain` in --ngrok-options. Other tunnels (cloudflared,
+  RunPod's proxy) and reverse proxies that keep their public name in Host get in with --allowed-hosts.
 - a state-changing request (POST/PUT/PATCH/DELETE, websocket) whose Origin is neither this server nor allowed by
   --cors-allow-origins / --cors-allow-origins-regex. `Origin: null` and malformed origins fail closed; no Origin
   at all is allowed (non-browser clients), as in ComfyUI.
@@ -156,6 +156,13 @@ def host_policy(cmd_opts: argparse.Namespace) -> HostPolicy:
             names.add(parsed[0])
     if getattr(cmd_opts, "share", False):
         suffixes.append(SHARE_SUFFIX)
+    from modules.tunnels import ngrok_hosts  # with --ngrok: ngrok's domains and a reserved domain of the options
+
+    for entry in ngrok_hosts(cmd_opts):
+        if entry.startswith("."):
+            suffixes.append(entry)
+        elif (parsed_host := split_host(entry)) is not None:
+            names.add(parsed_host[0])
     for entry in _csv(getattr(cmd_opts, "allowed_hosts", None)):
         if entry == "*":
             any_host = True
