@@ -556,8 +556,9 @@ class _Outputs:
 def _prepare(p: StableDiffusionProcessing):
     """Check the request, resolve sampler and model, fix seeds, build every prompt; scripts' `process` may then
     rewrite `p.all_prompts` / `p.all_seeds`, and what they leave is what is generated and written."""
-    from modules import sd_models
+    from modules import sd_models, upscalers
 
+    upscalers.ensure_listed()  # before validation: hr_upscaler and friends are checked against the list
     _validate(p)
     _resolve_sampler(p)
     extra_networks.initialize()

@@ -57,6 +57,15 @@ def refresh() -> list[UpscalerData]:
     return shared.sd_upscalers
 
 
+def ensure_listed() -> None:
+    """Fill the list once if nobody has (a script or notebook that calls process_images without the web UI's
+    start-up); a start-up refresh, or a later one, is not repeated."""
+    from modules import shared
+
+    if not shared.sd_upscalers:
+        refresh()
+
+
 def names() -> list[str]:
     from modules import shared
 
