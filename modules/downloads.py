@@ -270,7 +270,7 @@ class _Transfer:
                     if self.should_stop is not None and self.should_stop():
                         raise DownloadRefused(f"Download of {self.name} stopped; run it again to resume")
                     try:
-                        block = resp.read(CHUNK)
+                        block = resp.read1(CHUNK)  # what has come: the bar moves on a slow link
                     except TimeoutError:
                         raise _Cut(f"{self.name}: the server stopped sending after {format_size(done)}") from None
                     except OSError as e:

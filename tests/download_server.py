@@ -7,6 +7,7 @@ import hashlib
 import http.server
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 
 
@@ -30,6 +31,7 @@ class Entry:
     disposition: str | None = None  # a Content-Disposition header to send
     cut_times: int = 0  # cut the connection half-way this many times, then serve whole
     ranges: bool = True
+    pause_s: float = 0.0  # sent in four pieces with this pause between them (a slow server)
     headers: dict[str, str] = field(default_factory=dict)
 
 
@@ -81,12 +83,20 @@ class ModelServer:
                     self.wfile.flush()
                     self.close_connection = True
                     return
+                if entry.pause_s:
+                    step = max(1, len(body) // 4)
+                    for i in range(0, len(body), step):
+                        self.wfile.write(body[i:i + step])
+                        self.wfile.flush()
+                        time.sleep(entry.pause_s)
+                    return
                 self.wfile.write(body)
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                       daemon=True)
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"

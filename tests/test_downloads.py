@@ -399,3 +399,33 @@ def test_hub_needs_valid_repo_and_file(data_dir):
 def test_no_part_files_listed(data_dir):
     assert not [t for t in registry.checkpoint_tiles() if ".part" in t]
     assert os.path.isdir(data_dir / "models" / "Stable-diffusion")
+
+
+# --- the Settings tab's Download box (the callback the button runs) ---
+
+class _Request:
+    session_hash = "download-test"
+    username = None
+
+
+def test_download_box_shows_progress_with_size_then_the_result(data_dir, server, monkeypatch):
+    from modules.ui import downloads as ui_downloads
+
+    monkeypatch.setattr(shared.cmd_opts, "allow_private_downloads", True)  # the server is on loopback
+
+    data = tiny_safetensors(21, floats=50_000)
+    server.files["/slow.safetensors"] = Entry(data, pause_s=0.4)
+    outputs = list(ui_downloads.run(server.url("/slow.safetensors"), "", "", "Checkpoint", "ESRGAN", "", "", False,
+                                    _Request()))
+    size = downloads.format_size(len(data))
+    assert any("progressDiv" in o and f"of {size}" in o for o in outputs)  # a bar, with the size
+    assert "Downloaded slow.safetensors" in outputs[-1] and size in outputs[-1]
+    assert any("slow" in t for t in registry.checkpoint_tiles())
+
+
+def test_download_box_names_a_refusal(data_dir):
+    from modules.ui import downloads as ui_downloads
+
+    outputs = list(ui_downloads.run("ftp://h.example/x.safetensors", "", "", "LoRA", "ESRGAN", "", "", False,
+                                    _Request()))
+    assert "class='error'" in outputs[-1] and "ftp: is not allowed" in outputs[-1]

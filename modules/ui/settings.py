@@ -19,7 +19,7 @@ import gradio as gr
 
 from modules import shared
 from modules.options import OptionHTML, OptionInfo, SettingValueError
-from modules.ui import common
+from modules.ui import common, downloads
 
 QUICKSETTINGS = ("sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers")
 _TAGS = re.compile(r"<[^>]+>")
@@ -99,6 +99,7 @@ def build() -> SettingsPage:
     page.result = gr.HTML(elem_id="settings_result")
     gr.Markdown("Checkpoint, VAE and Clip skip are in the bar at the top of the page. "
                 f"Settings are saved to `{_display_config()}`.")
+    downloads.build()  # the "Download model" box (modules/ui/downloads.py)
     with gr.Tabs(elem_id="settings"):
         for (section_id, section_label), options in _sections().items():
             with gr.Tab(section_label, id=section_id, elem_id=f"settings_{section_id}"):
