@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,7 +11,7 @@ from PIL import Image
 
 from modules import hires, infotext_utils, shared
 from modules.models import registry
-from modules.ui import params, paste
+from modules.ui import params, paste, results
 from modules.ui_components import InputAccordion
 
 FIELDS = ("enable_hr", "hr_upscaler", "hr_second_pass_steps", "denoising_strength", "hr_scale", "hr_resize_x",
@@ -132,16 +133,48 @@ def upscale_button(tab: str = "txt2img") -> gr.Button:
                                                           "hires fix settings.")
 
 
+def _index_in(gallery: list[Any], index: int | None) -> int:
+    return index if index is not None and 0 <= index < len(gallery) else 0
+
+
+def _path_of(item: Any) -> Any:
+    return item[0] if isinstance(item, list | tuple) else item
+
+
+def put_in_place(finished: tuple[Any, ...], gallery: Any, index: int | None, info_json: str) -> tuple[Any, ...]:
+    """A1111's ✨ result: the upscaled picture takes the selected one's place among the others, and its infotext
+    (and saved file) that place in the generation info, so the other pictures keep theirs."""
+    pictures, new_json, _html, log, progress = finished
+    before = list(gallery or [])
+    try:
+        new_info = json.loads(new_json)
+        info = json.loads(info_json or "{}")
+    except ValueError:
+        return finished
+    if not pictures or not before or not isinstance(info, dict):
+        return finished
+    at = _index_in(before, index)
+    merged = [_path_of(item) for item in before]
+    merged[at] = pictures[0]
+    for key in ("infotexts", "saved_files"):
+        values = list(info.get(key) or [])
+        values += [""] * (len(before) - len(values))
+        values[at] = (new_info.get(key) or [""])[0]
+        info[key] = values
+    merged_json = json.dumps(info)
+    return merged, merged_json, results.info_html(merged_json, at), log, progress
+
+
 def wire_upscale_button(button: gr.Button, panel: Any, handler: Any, inputs: list[Any]) -> None:
-    """The handler gets the selected picture's file and infotext, then the tab's inputs."""
-    from modules.ui import results
+    """The handler gets the selected picture's file and infotext, then the tab's inputs; its finished result
+    replaces the selected picture in the gallery (`put_in_place`)."""
 
-    def selected(gallery: Any, index: int | None, info_json: str) -> tuple[str | None, str]:
-        return results.image_at(gallery, index), results.infotext_at(info_json, index)
+    def upscale(request: gr.Request, gallery: Any, index: int | None, info_json: str, *values: Any):
+        items = list(gallery or [])
+        at = _index_in(items, index)
+        picture = results.image_at(items, at)
+        for update in handler(request, picture, results.infotext_at(info_json, at), *values):
+            yield put_in_place(update, items, at, info_json) if isinstance(update[0], list) else update
 
-    picture = gr.State(None)
-    infotext = gr.State("")
-    button.click(selected, inputs=[panel.gallery, panel.selected_index, panel.generation_info],
-                 outputs=[picture, infotext], show_progress="hidden", queue=False).then(
-        handler, inputs=[picture, infotext, *inputs], outputs=panel.outputs, show_progress="hidden",
-        concurrency_limit=None, concurrency_id="generate")
+    button.click(upscale, inputs=[panel.gallery, panel.selected_index, panel.generation_info, *inputs],
+                 outputs=panel.outputs, show_progress="hidden", concurrency_limit=None, concurrency_id="generate")
