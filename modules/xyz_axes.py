@@ -139,6 +139,46 @@ def confirm_schedulers(p: Any, xs: list[str]) -> None:
             raise ValueError(f"Unknown schedule type: {x}")
 
 
+def _needs_hires(label: str, p: Any) -> None:
+    """A txt2img Hires. fix axis with Hires. fix off would draw identical cells: refused by name instead."""
+    if p is not None and getattr(p, "kind", "txt2img") == "txt2img" and not getattr(p, "enable_hr", False):
+        raise ValueError(f"{label}: turn on Hires. fix to plot this axis (without it every cell is the same)")
+
+
+def confirm_hires_steps(p: Any, xs: list[int]) -> None:
+    _needs_hires("Hires steps", p)
+    for x in xs:
+        if not 0 <= x <= 10_000:
+            raise ValueError(f'Hires steps value "{x}" out of range [0, 10000] (0: the same as Steps)')
+
+
+def apply_hires_sampler(p: Any, x: str, xs: list[str]) -> None:
+    p.hr_sampler_name = _sampler_name(x) or x
+
+
+def confirm_hires_samplers(p: Any, xs: list[str]) -> None:
+    _needs_hires("Hires sampler", p)
+    confirm_samplers(p, xs)
+
+
+def hires_upscaler_names() -> list[str]:
+    return [*shared.latent_upscale_modes, *[x.name for x in shared.sd_upscalers]]
+
+
+def confirm_hires_upscalers(p: Any, xs: list[str]) -> None:
+    _needs_hires("Hires upscaler", p)
+    known = hires_upscaler_names()
+    for x in xs:
+        if x not in known:
+            raise ValueError(f"Unknown hires upscaler: {x}")
+
+
+def confirm_denoising(p: Any, xs: list[float]) -> None:
+    """img2img's strength, or in txt2img the hires pass's (A1111's one Denoising axis for both tabs)."""
+    _needs_hires("Denoising", p)
+    confirm_range(0, 1, "Denoising")(p, xs)
+
+
 def apply_checkpoint(p: Any, x: str, xs: list[str]) -> None:
     info = sd_models.get_closet_checkpoint_match(x)
     if info is None:
@@ -350,8 +390,7 @@ def _style_choices() -> list[str]:
     return list(_style_database().styles)
 
 
-# A1111's axes, in A1111's order, for the features this program has. Left out: Hires steps/sampler/upscaler
-# (no Hires. fix), Image CFG Scale (instruct-pix2pix cannot generate here), Face restore, Token merging,
+# A1111's axes, in A1111's order, for the features this program has. Left out: Image CFG Scale (instruct-pix2pix cannot generate here), Face restore, Token merging,
 # Extra noise, Cond. Image Mask Weight, Negative Guidance minimum sigma, SGM noise multiplier, FP8 mode
 # (none of them is implemented, so such an axis would draw identical cells).
 axis_options: list[AxisOption] = [
@@ -360,12 +399,15 @@ axis_options: list[AxisOption] = [
     AxisOption("Var. seed", int, apply_field("subseed")),
     AxisOption("Var. strength", float, apply_field("subseed_strength")),
     AxisOption("Steps", int, apply_field("steps"), confirm=confirm_range(1, 10_000, "Steps")),
+    AxisOptionTxt2Img("Hires steps", int, apply_field("hr_second_pass_steps"), confirm=confirm_hires_steps),
     AxisOption("CFG Scale", float, apply_field("cfg_scale")),
     AxisOption("Prompt S/R", str, apply_prompt, format_value=format_value, confirm=confirm_prompt_sr),
     AxisOption("Prompt order", str_permutations, apply_order, format_value=format_value_join_list,
                confirm=confirm_prompt_order),
     AxisOption("Sampler", str, apply_sampler, format_value=format_value, confirm=confirm_samplers,
                choices=sd_samplers.visible_sampler_names),
+    AxisOptionTxt2Img("Hires sampler", str, apply_hires_sampler, confirm=confirm_hires_samplers,
+                      choices=sd_samplers.visible_sampler_names),
     AxisOption("Checkpoint name", str, apply_checkpoint, format_value=format_remove_path,
                confirm=confirm_checkpoints, cost=1.0, choices=_checkpoint_choices),
     _sampler_axis("Sigma Churn", "s_churn", "Sigma churn"),
@@ -382,8 +424,10 @@ axis_options: list[AxisOption] = [
     AxisOption("Eta", float, apply_field("eta")),
     AxisOption("Clip skip", int, apply_override("CLIP_stop_at_last_layers"),
                confirm=confirm_setting("CLIP_stop_at_last_layers")),
-    AxisOptionImg2Img("Denoising", float, apply_field("denoising_strength"), confirm=confirm_range(0, 1, "Denoising")),
+    AxisOption("Denoising", float, apply_field("denoising_strength"), confirm=confirm_denoising),
     AxisOptionImg2Img("Initial noise multiplier", float, apply_field("initial_noise_multiplier")),
+    AxisOptionTxt2Img("Hires upscaler", str, apply_field("hr_upscaler"), confirm=confirm_hires_upscalers,
+                      choices=hires_upscaler_names),
     AxisOption("VAE", str, apply_vae, confirm=confirm_vae, cost=0.7,
                choices=lambda: [vae_registry.AUTOMATIC, vae_registry.NONE, *vae_registry.vae_dict]),
     AxisOption("Styles", str, apply_styles, confirm=confirm_styles, choices=_style_choices),

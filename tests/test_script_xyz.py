@@ -50,7 +50,11 @@ def test_ui_has_a1111s_arguments_and_ids(xyz):
     for label in ("Seed", "Var. seed", "Var. strength", "Steps", "CFG Scale", "Prompt S/R", "Prompt order",
                   "Sampler", "Schedule type", "Checkpoint name", "Clip skip", "VAE", "Styles", "Size"):
         assert label in labels
-    assert "Denoising" not in labels and "Denoising" in [o.label for o in xyz_axes.axes_for(True)]
+    img2img_labels = [o.label for o in xyz_axes.axes_for(True)]
+    for label in ("Hires steps", "Hires sampler", "Hires upscaler"):  # A1111's, txt2img only
+        assert label in labels and label not in img2img_labels
+    assert "Denoising" in labels and "Denoising" in img2img_labels  # img2img's, or the hires pass's
+    assert labels.index("Hires steps") == labels.index("Steps") + 1  # A1111's order
 
 
 def grids_saved(data_dir, pattern: str) -> set:
@@ -224,3 +228,40 @@ def test_loop_order_puts_the_costliest_axis_outermost():
     assert xyz_axes.loop_order(0, 0, 0) == (2, 1, 0)  # A1111's default: z, then y, x innermost
     assert xyz_axes.loop_order(1.0, 0, 0.7) == (0, 2, 1)
     assert xyz_axes.loop_order(0, 1.0, 0) == (1, 2, 0)
+
+
+def hires_request(**kw) -> processing.StableDiffusionProcessingTxt2Img:
+    return request(steps=1, enable_hr=True, hr_upscaler="Latent", hr_scale=2, denoising_strength=0.6, **kw)
+
+
+def test_hires_axes_reach_the_second_pass(data_dir, xyz):
+    result = xyz.run(hires_request(), *xyz_args(xyz, ("Hires steps", "1, 2"), ("Denoising", "0.3, 0.9"),
+                                                 include_lone_images=True))
+    texts = result.infotexts[1:]
+    assert [im.size for im in result.images[1:]] == [(128, 128)] * 4  # every cell got its hires pass
+    assert "Hires steps: 1," in texts[0] and "Hires steps: 2," in texts[1]
+    assert "Denoising strength: 0.3," in texts[0] and "Denoising strength: 0.9," in texts[3]
+    assert not np.array_equal(pixels(result.images[2]), pixels(result.images[4]))  # 2 hires steps: 0.3 vs 0.9
+
+    result = xyz.run(hires_request(), *xyz_args(xyz, ("Hires upscaler", "Latent, Latent (nearest)"),
+                                                 ("Hires sampler", "Euler, DPM++ 2M"), include_lone_images=True))
+    texts = result.infotexts[1:]
+    assert "Hires upscaler: Latent," in texts[0] and "Hires upscaler: Latent (nearest)" in texts[1]
+    assert "Hires sampler" not in texts[0] and "Hires sampler: DPM++ 2M" in texts[2]  # A1111: only when it differs
+    assert not np.array_equal(pixels(result.images[1]), pixels(result.images[2]))
+
+
+def test_hires_axes_are_refused_by_name_before_generating(data_dir, xyz, monkeypatch):
+    def must_not_run(p):
+        raise AssertionError("generated before the values were checked")
+
+    monkeypatch.setattr(processing, "process_images", must_not_run)
+    for axis, values, message in (("Hires sampler", "Euler, Nonesuch", "Unknown sampler: Nonesuch"),
+                                  ("Hires upscaler", "Latent, 4x-NoSuchModel", "Unknown hires upscaler: 4x-NoSuch"),
+                                  ("Hires steps", "1, -2", "out of range"),
+                                  ("Denoising", "0.5, 1.5", "out of range")):
+        with pytest.raises(ValueError, match=message):
+            xyz.run(hires_request(), *xyz_args(xyz, (axis, values)))
+    for axis, values in (("Hires steps", "1, 2"), ("Hires upscaler", "Latent"), ("Denoising", "0.5")):
+        with pytest.raises(ValueError, match=f"{axis}: turn on Hires. fix"):
+            xyz.run(request(), *xyz_args(xyz, (axis, values)))
