@@ -55,6 +55,9 @@ def _page(first_load: call_queue.Job | None, ext_tabs: list) -> gr.Blocks:
         refiner_boxes = [t2i.refiner.checkpoint, i2i.refiner.checkpoint]
         quicksettings.wire(demo, quick, refiner_boxes, first_load)
         settings.wire(demo, page)
+        # a finished download shows in the checkpoint and VAE lists at once, without pressing 🔄
+        page.download.finished.then(quicksettings.refresher(len(refiner_boxes)),
+                                    outputs=[quick.checkpoint, quick.vae, *refiner_boxes], show_progress="hidden")
 
         def refresh_styles():
             choices = styles_store.names()

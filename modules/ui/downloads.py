@@ -35,6 +35,7 @@ class DownloadBox:
     overwrite: gr.Checkbox
     button: gr.Button
     result: gr.HTML
+    finished: Any = None  # the click's event: other parts of the page chain their refresh on it (.then)
 
     @property
     def inputs(self) -> list[Any]:
@@ -62,7 +63,8 @@ def build() -> DownloadBox:
         button = gr.Button("Download", variant="primary", elem_id="download_button")
         result = gr.HTML(elem_id="download_result")
     box = DownloadBox(url, repo_id, repo_file, kind, upscaler, sha256, name, overwrite, button, result)
-    button.click(run, inputs=box.inputs, outputs=[result], show_progress="hidden", concurrency_limit=None)
+    box.finished = button.click(run, inputs=box.inputs, outputs=[result], show_progress="hidden",
+                                concurrency_limit=None)
     return box
 
 

@@ -112,6 +112,17 @@ def refresh() -> tuple[Any, ...]:
     return gr.Dropdown(choices=tiles, value=current_checkpoint()), gr.Dropdown(choices=vae_registry.vae_option_names())
 
 
+def refresher(n_refiner_boxes: int):
+    """The 🔄 button's handler: checkpoint and VAE lists read again, and the refiner boxes given the new titles."""
+
+    def refresh_all() -> tuple[Any, ...]:
+        checkpoint, vae = refresh()
+        short = registry.checkpoint_tiles(use_short=True)
+        return (checkpoint, vae, *[gr.Dropdown(choices=short) for _ in range(n_refiner_boxes)])
+
+    return refresh_all
+
+
 def current_values() -> tuple[Any, ...]:
     """What the bar shows on each page load: the live model and settings, not those at build time."""
     return (gr.Dropdown(choices=registry.checkpoint_tiles(), value=current_checkpoint()),
@@ -143,12 +154,8 @@ def wire(demo: gr.Blocks, quick: QuickSettings, refiner_boxes: list[gr.Dropdown]
     quick.vae.input(switch_vae, inputs=[quick.vae], outputs=[quick.vae, quick.result], concurrency_limit=None)
     quick.clip_skip.release(set_clip_skip, inputs=[quick.clip_skip], outputs=[quick.result], show_progress="hidden")
 
-    def refresh_all():
-        checkpoint, vae = refresh()
-        short = registry.checkpoint_tiles(use_short=True)
-        return (checkpoint, vae, *[gr.Dropdown(choices=short) for _ in refiner_boxes])
-
-    quick.refresh.click(refresh_all, outputs=[quick.checkpoint, quick.vae, *refiner_boxes], show_progress="hidden")
+    quick.refresh.click(refresher(len(refiner_boxes)), outputs=[quick.checkpoint, quick.vae, *refiner_boxes],
+                        show_progress="hidden")
     demo.load(current_values, outputs=[quick.checkpoint, quick.vae, quick.clip_skip], show_progress="hidden",
               queue=False)
     # Waits for the start-up load in its own event, so the page is usable meanwhile.

@@ -32,6 +32,7 @@ class SettingsPage:
     apply: gr.Button | None = None
     reload: gr.Button | None = None
     result: gr.HTML | None = None
+    download: Any = None  # modules.ui.downloads.DownloadBox
 
 
 def _plain(text: str) -> str:
@@ -99,7 +100,7 @@ def build() -> SettingsPage:
     page.result = gr.HTML(elem_id="settings_result")
     gr.Markdown("Checkpoint, VAE and Clip skip are in the bar at the top of the page. "
                 f"Settings are saved to `{_display_config()}`.")
-    downloads.build()  # the "Download model" box (modules/ui/downloads.py)
+    page.download = downloads.build()  # the "Download model" box (modules/ui/downloads.py)
     with gr.Tabs(elem_id="settings"):
         for (section_id, section_label), options in _sections().items():
             with gr.Tab(section_label, id=section_id, elem_id=f"settings_{section_id}"):
