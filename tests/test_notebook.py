@@ -1,8 +1,8 @@
 """notebooks/launch.ipynb, run headless as a person runs it (nbclient, every cell in order), with no network:
 
 the repo URL is this checkout (cloned from disk), the tunnel is off, the checkpoint URL points at a tiny model
-served on 127.0.0.1 (allowed by --allow-private-downloads), set-up runs in this test's Python (VENV_DIR=-, as
-on Colab: everything is installed, so it installs nothing). The app starts with the API; the test asks it for
+served on 127.0.0.1 (allowed by --allow-private-downloads), set-up runs in a fresh venv that sees this test's
+packages (as a Colab or RunPod image holds them, so it installs nothing). The app starts with the API; the test asks it for
 a picture, then the notebook's last cell stops it. Settings reach the notebook through its SDN_* environment
 variables, which the form cell reads (they win over the form fields).
 """
@@ -16,6 +16,7 @@ import io
 import json
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -60,6 +61,21 @@ def model_server(tmp_path):
     server.shutdown()
 
 
+def _fresh_venv_seeing_this_environment(path):
+    """A new virtual environment whose Python also sees this test's packages (a .pth file naming their folders),
+    as Colab's image or a RunPod template would already hold them: set-up runs its real venv path there and must
+    find nothing to install, instead of fetching gigabytes."""
+    import site
+    import sysconfig
+
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(path)], check=True)
+    inner = subprocess.run([str(path / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    folders = dict.fromkeys([sysconfig.get_path("purelib"), sysconfig.get_path("platlib"), *site.getsitepackages()])
+    (Path(inner) / "_this_test_environment.pth").write_text("\n".join(folders) + "\n")
+    return path
+
+
 def test_the_notebook_clones_installs_launches_serves_an_image_and_stops(tmp_path, model_server, monkeypatch):
     nbclient = pytest.importorskip("nbclient", reason="pip install -r requirements-test.txt (nbclient, ipykernel)")
     pytest.importorskip("ipykernel", reason="pip install -r requirements-test.txt (nbclient, ipykernel)")
@@ -69,10 +85,11 @@ def test_the_notebook_clones_installs_launches_serves_an_image_and_stops(tmp_pat
         pytest.skip("the notebook clones this checkout, which is not a git repository here")
     port = _free_port()
     data = tmp_path / "data"
+    venv = _fresh_venv_seeing_this_environment(tmp_path / "venv")
     env = {
         "SDN_REPO_URL": str(REPO),  # git clones from the disk: no network
         "SDN_INSTALL_DIR": str(tmp_path / "clone"),
-        "SDN_VENV_DIR": "-",
+        "SDN_VENV_DIR": str(venv),
         "SDN_CHECKPOINT_URLS": model_server,
         "SDN_TUNNEL": "none",
         "SDN_LOGIN_PASSWORD": "",
@@ -87,12 +104,26 @@ def test_the_notebook_clones_installs_launches_serves_an_image_and_stops(tmp_pat
     nb = nbformat.read(NOTEBOOK, as_version=4)
     *start_cells, stop_cell = nb.cells
     started = time.monotonic()
+    # The kernel (and so every cell's sys.executable, launch.py included) is the fresh venv's Python.
+    spec = tmp_path / "jupyter" / "kernels" / "fresh-venv"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [str(venv / "bin" / "python"), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "fresh venv", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
     client = nbclient.NotebookClient(nbformat.v4.new_notebook(cells=start_cells, metadata=nb.metadata),
-                                     timeout=240, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
+                                     timeout=240, kernel_name="fresh-venv",
+                                     resources={"metadata": {"path": str(tmp_path)}})
     with client.setup_kernel():
         try:
             for index, cell in enumerate(client.nb.cells):
                 client.execute_cell(cell, index)
+            installing = "".join(o.get("text", "") for o in client.nb.cells[2].outputs)
+            assert "Installing requirements" not in installing, installing  # nothing was missing in the venv
+            client.nb.cells.append(nbformat.v4.new_code_cell("import sys; print(sys.prefix)"))
+            client.execute_cell(client.nb.cells[-1], len(client.nb.cells) - 1)
+            assert str(venv) in "".join(o.get("text", "") for o in client.nb.cells[-1].outputs)  # ran in the venv
+            client.nb.cells.pop()
             printed = "".join(o.get("text", "") for o in client.nb.cells[-1].outputs)
             assert f"Local: http://127.0.0.1:{port}" in printed and "Public link: off" in printed
 
