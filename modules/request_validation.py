@@ -110,11 +110,22 @@ def _value_or_default(req: Any, field: str) -> int:
 
 def work_of(req: Any) -> float:
     """Megapixel-steps: batch_size × n_iter × steps × width × height / 1e6, what one request costs the GPU
-    (roughly proportional to its run time). img2img's steps are counted in full: an upper bound."""
+    (roughly proportional to its run time), plus Hires. fix's second pass. img2img's steps are counted in full:
+    an upper bound."""
     work = 1.0
     for field in _WORK_FIELDS:
         work *= _value_or_default(req, field)
-    return work / 1e6
+    return work / 1e6 + hires_work_of(req)
+
+
+def hires_work_of(req: Any) -> float:
+    """The hires pass's megapixel-steps: batch_size × n_iter × its steps (hr_second_pass_steps, 0: the first
+    pass's) × the width × height it draws at / 1e6; 0 without enable_hr."""
+    if not _value(req, "enable_hr"):
+        return 0.0
+    width, height = _hires_target(req)
+    steps = _value(req, "hr_second_pass_steps") or _value_or_default(req, "steps")
+    return _value_or_default(req, "batch_size") * _value_or_default(req, "n_iter") * steps * width * height / 1e6
 
 
 def check_work(req: Any) -> None:
@@ -122,8 +133,9 @@ def check_work(req: Any) -> None:
     work, most = work_of(req), limit("api_max_work")
     if work > most:
         amount = f"{work:.2f}" if work < 100 else f"{work:,.0f}"  # 1.02 over a limit of 1 must not read "1"
+        hires = ", hires pass included" if hires_work_of(req) else ""  # the API keeps 200 characters of a reason
         raise RequestError(None, f"This request asks for {amount} megapixel-steps (batch_size × n_iter × steps × "
-                                 f"width × height / 1,000,000), more than the limit of {most:,} (setting "
+                                 f"width × height / 1,000,000{hires}), more than the limit of {most:,} (setting "
                                  "api_max_work)", status=413)
 
 

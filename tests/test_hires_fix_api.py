@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from test_api_support import CHECKPOINTS, FAST, SETTINGS, b64_png, client, decode, serving
+from test_api_support import CHECKPOINTS, FAST, SETTINGS, assert_error_json, b64_png, client, decode, serving
 
-from modules import infotext_utils
+from modules import infotext_utils, request_validation, shared
+from modules.api import models
 from modules.api.server import create_app
 
 
@@ -37,3 +38,21 @@ def test_latent_upscale_modes_route(http):
     names = [m["name"] for m in http.get("/sdapi/v1/latent-upscale-modes").json()]
     assert names == ["Latent", "Latent (antialiased)", "Latent (bicubic)", "Latent (bicubic antialiased)",
                      "Latent (nearest)", "Latent (nearest-exact)"]
+
+
+def test_the_work_limit_counts_the_hires_pass(http, monkeypatch):
+    monkeypatch.setitem(shared.opts.data, "api_max_work", 1)  # megapixel-steps
+    first = {**FAST, "steps": 200}  # 64 × 64 × 200 / 1e6 = 0.82: within the limit alone
+    hires = {**first, "enable_hr": True, "hr_scale": 2, "hr_second_pass_steps": 20}  # + 128 × 128 × 20 / 1e6
+    assert request_validation.work_of(models.StableDiffusionTxt2ImgProcessingAPI(**first)) == pytest.approx(0.8192)
+    assert request_validation.work_of(models.StableDiffusionTxt2ImgProcessingAPI(**hires)) == pytest.approx(1.1469,
+                                                                                                          abs=1e-4)
+    body = assert_error_json(http.post("/sdapi/v1/txt2img", json=hires), 413)
+    assert "1.15 megapixel-steps" in body["detail"] and "hires pass included" in body["detail"]
+    assert "(setting api_max_work)" in body["detail"]
+    # Hires steps 0 are the first pass's steps again, at four times the pixels; batch and count multiply it too.
+    assert_error_json(http.post("/sdapi/v1/txt2img", json={**hires, "hr_second_pass_steps": 0, "steps": 50}), 413,
+                      "api_max_work")
+    small = {**FAST, "steps": 2, "enable_hr": True, "hr_scale": 2, "hr_second_pass_steps": 2, "batch_size": 4}
+    assert http.post("/sdapi/v1/txt2img", json=small).status_code == 200
+    assert_error_json(http.post("/sdapi/v1/txt2img", json={**small, "hr_second_pass_steps": 16}), 413)
