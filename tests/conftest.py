@@ -85,7 +85,7 @@ def _isolated_data_dir(
     # imported here so that collecting tests that never use a data dir does not import the web UI
     from tiny_models import write_tiny_checkpoint
 
-    from modules import cmd_args, sd_models, shared
+    from modules import cmd_args, sd_models, shared, upscalers
     from modules.models import registry, vae_registry
     from modules.networks import files as network_files
 
@@ -102,6 +102,7 @@ def _isolated_data_dir(
         registry.list_models()
         vae_registry.refresh_vae_list()
         network_files.list_available_networks()
+        upscalers.refresh()
         yield root
     finally:
         sd_models.unload_model_weights()
@@ -111,6 +112,7 @@ def _isolated_data_dir(
         registry.list_models()
         vae_registry.refresh_vae_list()  # the model and VAE lists are process-wide: leave none of ours behind
         network_files.list_available_networks()
+        upscalers.refresh()
 
 
 @pytest.fixture(scope="session")

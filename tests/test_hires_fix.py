@@ -8,7 +8,6 @@ import pytest
 from PIL import Image
 
 from modules import hires, infotext_utils, processing, request_validation, sd_models, shared
-from modules.upscaler import UpscalerLanczos, UpscalerNearest, UpscalerNone
 
 
 @pytest.fixture(scope="module")
@@ -23,13 +22,6 @@ def data_dir(tmp_path_factory, isolated_data_dir):
     with isolated_data_dir(tmp_path_factory.mktemp("data"), checkpoints, {"live_previews_enable": False}) as root:
         yield root
 
-
-@pytest.fixture(autouse=True)
-def builtin_upscalers(monkeypatch):
-    """None, Lanczos and Nearest, as the registry lists them first (the model upscalers are not needed here)."""
-    if not any(u.name == "Nearest" for u in shared.sd_upscalers):
-        monkeypatch.setattr(shared, "sd_upscalers", [s for cls in (UpscalerNone, UpscalerLanczos, UpscalerNearest)
-                                                     for s in cls().scalers])
 
 
 def use(name: str):

@@ -8,8 +8,7 @@ import pytest
 from PIL import Image
 from script_test_support import load_builtin, pixels, tiny_data_dir
 
-from modules import images, infotext_utils, processing, shared
-from modules.upscaler import UpscalerLanczos, UpscalerNearest, UpscalerNone
+from modules import images, infotext_utils, processing
 
 
 @pytest.fixture(scope="module")
@@ -17,12 +16,6 @@ def data_dir(tmp_path_factory, isolated_data_dir):
     with tiny_data_dir(isolated_data_dir, tmp_path_factory.mktemp("data")) as root:
         yield root
 
-
-@pytest.fixture(autouse=True)
-def builtin_upscalers(monkeypatch):
-    if not any(u.name == "Nearest" for u in shared.sd_upscalers):
-        monkeypatch.setattr(shared, "sd_upscalers", [s for cls in (UpscalerNone, UpscalerLanczos, UpscalerNearest)
-                                                     for s in cls().scalers])
 
 
 @pytest.fixture(scope="module")
