@@ -56,3 +56,22 @@ def test_the_work_limit_counts_the_hires_pass(http, monkeypatch):
     small = {**FAST, "steps": 2, "enable_hr": True, "hr_scale": 2, "hr_second_pass_steps": 2, "batch_size": 4}
     assert http.post("/sdapi/v1/txt2img", json=small).status_code == 200
     assert_error_json(http.post("/sdapi/v1/txt2img", json={**small, "hr_second_pass_steps": 16}), 413)
+
+
+def test_sd_upscale_script_over_the_api_with_the_upscaler_by_name(http):
+    from PIL import Image
+
+    from modules import scripts
+
+    scripts.load_scripts()  # the built-in scripts, as the app loads them at start-up
+    picture = Image.new("RGB", (64, 48), (30, 90, 200))
+    body = {**FAST, "steps": 2, "init_images": [b64_png(picture)], "denoising_strength": 0.3,
+            "script_name": "SD upscale", "script_args": [None, 16, "Nearest", 2]}
+    r = http.post("/sdapi/v1/img2img", json=body)
+    assert r.status_code == 200, r.text
+    image = decode(r.json()["images"][0])
+    assert image.size == (128, 96)  # the picture, twice the size, redrawn in 64x64 tiles
+    params = infotext_utils.parse_generation_parameters(image.info["parameters"])
+    assert params["SD upscale upscaler"] == "Nearest" and params["SD upscale overlap"] == "16"
+    refused = http.post("/sdapi/v1/img2img", json={**body, "script_args": [None, 16, "4x-NoSuchModel", 2]})
+    assert refused.status_code == 422 and "SD upscale: unknown upscaler '4x-NoSuchModel'" in refused.text
