@@ -262,7 +262,7 @@ def hr_request(p: Any, first: BatchRequest, latents: torch.Tensor, hr_model: Any
         steps=p.hr_second_pass_steps or p.steps,
         cfg_scale=float(p.hr_cfg) if p.hr_cfg is not None else first.cfg_scale,
         width=latents.shape[3] * factor, height=latents.shape[2] * factor,
-        init_latent=latents, denoising_strength=float(p.denoising_strength), mask=None, nmask=None,
+        init_latent=latents, denoising_strength=float(p.denoising_strength), fix_steps=True, mask=None, nmask=None,
         image_cond=_image_cond(model, latents), initial_noise_multiplier=1.0,
         refiner=refiner if uses_refiner else None, infotext_params={},
     )

@@ -268,6 +268,7 @@ class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
         init_latent = generate.vae_encode(model, pixels)
         request.init_latent = init_latent
         request.denoising_strength = self.denoising_strength
+        request.fix_steps = bool(_opt("img2img_fix_steps", False))
         request.initial_noise_multiplier = self.initial_noise_multiplier if self.initial_noise_multiplier else 1.0
 
         def encode(x: torch.Tensor) -> torch.Tensor:  # [-1, 1] pixels -> scaled latents

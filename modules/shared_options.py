@@ -473,3 +473,9 @@ options_templates.update(options_section(("postprocessing", "Postprocessing", "p
         "the Extras tab runs these first, in this order; the others follow in their usual order"),
 }))
 restricted_opts.add("outdir_extras_samples")
+
+
+options_templates.update(options_section(("img2img", "img2img", "sd"), {
+    "img2img_fix_steps": OptionInfo(False, "With img2img, do exactly the amount of steps the slider specifies.").info(
+        "normally you'd do less with less denoising"),
+}))

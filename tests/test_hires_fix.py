@@ -238,3 +238,26 @@ def test_ui_accordion_paste_and_apply(data_dir):
                         hires.SAME_SCHEDULER, "x", ""])
     assert (p.enable_hr, p.hr_upscaler, p.hr_second_pass_steps, p.denoising_strength, p.hr_scale, p.hr_cfg,
             p.hr_prompt) == (True, "Nearest", 4, 0.3, 1.5, 5.0, "x")
+
+
+def test_the_hires_pass_runs_exactly_its_steps_on_a_stretched_schedule(data_dir, monkeypatch):
+    """A1111 runs exactly `Hires steps` steps (schedule stretched to steps / denoising); so with one hires step
+    the denoising strength still decides where that step starts."""
+    from modules.engine import generate
+
+    use("sd1.safetensors")
+    ran = []
+    real = generate.sample_batch
+
+    def record(request, **kw):
+        latents = real(request, callback=lambda d: ran.append((request.width, d.get("i"))), **{
+            k: v for k, v in kw.items() if k != "callback"})
+        return latents
+
+    monkeypatch.setattr(generate, "sample_batch", record)
+    weak, strong = txt2img(hr_second_pass_steps=1, denoising_strength=0.3), txt2img(hr_second_pass_steps=1,
+                                                                                    denoising_strength=0.9)
+    assert not np.array_equal(pixels(weak.images[0]), pixels(strong.images[0]))
+    ran.clear()
+    txt2img(hr_second_pass_steps=4, denoising_strength=0.3)
+    assert [w for w, _ in ran].count(128) == 4  # not int(4 * 0.3) + 1

@@ -49,6 +49,9 @@ class BatchRequest:
     # img2img / inpainting
     init_latent: torch.Tensor | None = None
     denoising_strength: float | None = None
+    # run exactly `steps` steps on a schedule stretched to steps / strength (A1111's hires pass, and img2img with
+    # the setting img2img_fix_steps); otherwise int(steps * strength) + 1 of the normal schedule
+    fix_steps: bool = False
     mask: torch.Tensor | None = None  # 1 = keep the original (A1111's p.mask)
     nmask: torch.Tensor | None = None  # 1 = new content
     image_cond: torch.Tensor | None = None
@@ -135,7 +138,8 @@ def sample_batch(request: BatchRequest, callback: Callable[[dict[str, Any]], Non
         x = noise * sigmas[0].to(noise.device)
     else:
         strength = float(request.denoising_strength if request.denoising_strength is not None else 0.75)
-        sigmas = sampler.sigmas_for_img2img(steps, strength, request.scheduler, cfg, schedule_settings)
+        sigmas = sampler.sigmas_for_img2img(steps, strength, request.scheduler, cfg, schedule_settings,
+                                            fix_steps=request.fix_steps)
         x = request.init_latent + noise * sigmas[0].to(noise.device) * request.initial_noise_multiplier
     sigmas = sigmas.to(model.device)
 
