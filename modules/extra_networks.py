@@ -56,15 +56,6 @@ def register_extra_network_alias(extra_network: ExtraNetwork, alias: str) -> Non
     extra_network_aliases[alias] = extra_network
 
 
-def initialize() -> None:
-    """Register the built-in network types (LoRA, with `lyco` as its alias). Idempotent; every front door runs
-    it before the first job, so no tag of a built-in type is ever reported as not applied."""
-    from modules.networks import extra_network_lora
-
-    if "lora" not in extra_network_registry:
-        extra_network_lora.register()
-
-
 def parse_prompt(prompt: str) -> tuple[str, dict[str, list[ExtraNetworkParams]]]:
     """The prompt without its tags, and the tags' arguments grouped by network type."""
     found: dict[str, list[ExtraNetworkParams]] = {}
@@ -127,7 +118,6 @@ def activate(p: Any, extra_network_data: dict[str, list[ExtraNetworkParams]]) ->
 def infotext_pasted(infotext: str, params: dict[str, Any]) -> None:
     """Let each network type fix up pasted parameters (LoRA: find a renamed file by the hash in the infotext).
     Runs on every paste (PNG Info, the paste button, the API), before extensions' on_infotext_pasted."""
-    initialize()
     for handler in extra_network_registry.values():
         fix = getattr(handler, "infotext_pasted", None)
         if fix is not None:

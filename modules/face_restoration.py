@@ -16,24 +16,15 @@ from PIL import Image
 
 from modules import shared
 
+# A1111's names, re-exported where extensions look for them; they live below the restorers so that
+# modules.face_restoration_models can import them without importing this module.
+from modules.face_restoration_base import FaceRestoration, FaceRestorationError  # noqa: F401
+
 log = logging.getLogger(__name__)
 
 INFOTEXT_KEY = "Face restoration"  # A1111's infotext key; the value is the restorer's name
 
 
-class FaceRestorationError(ValueError):
-    """Face restoration was asked for and cannot be done (no model file, an unknown restorer, a bad file)."""
-
-
-class FaceRestoration:
-    """Base class (A1111's names): `name()` shown in settings and infotext, `restore(np_image)` on an RGB uint8
-    HxWx3 array, returning one of the same shape."""
-
-    def name(self) -> str:
-        return "None"
-
-    def restore(self, np_image: np.ndarray) -> np.ndarray:
-        return np_image
 
 
 def _builtin_types() -> tuple[type, ...]:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from modules import face_detection, paths, shared
-from modules.face_restoration import FaceRestoration, FaceRestorationError
+from modules.face_restoration_base import FaceRestoration, FaceRestorationError
 
 MODEL_EXTENSIONS = (".pth", ".pt", ".ckpt", ".safetensors", ".sft")
 
@@ -248,13 +248,3 @@ def missing_message(name: str) -> str | None:
         if cls.label == name:
             return cls.missing_message()
     return None
-
-
-def restorer_named(name: str) -> SpandrelFaceRestorer:
-    """The built-in restorer `name` (for the Extras scripts), found on disk now; refused by name when absent."""
-    from modules import face_restoration
-
-    restorer = face_restoration.find(name)
-    if not isinstance(restorer, SpandrelFaceRestorer):
-        raise FaceRestorationError(f"{name} is not a built-in face restorer")
-    return restorer

@@ -156,9 +156,7 @@ def host_policy(cmd_opts: argparse.Namespace) -> HostPolicy:
             names.add(parsed[0])
     if getattr(cmd_opts, "share", False):
         suffixes.append(SHARE_SUFFIX)
-    from modules.tunnels import ngrok_hosts  # with --ngrok: ngrok's domains and a reserved domain of the options
-
-    for entry in ngrok_hosts(cmd_opts):
+    for entry in ngrok_hosts(cmd_opts):  # with --ngrok: ngrok's domains and a reserved domain of the options
         if entry.startswith("."):
             suffixes.append(entry)
         elif (parsed_host := split_host(entry)) is not None:
@@ -209,6 +207,21 @@ def body_limits(upload_bytes: int | None) -> BodyLimit:
         return upload_bytes, "--max-upload-size"
 
     return limit
+
+
+def ngrok_hosts(cmd_opts: Any) -> list[str]:
+    """Host names the ngrok tunnel sends in its requests' Host header: ngrok's own domains (as `.suffix`)
+    and a reserved domain given in --ngrok-options."""
+    if not getattr(cmd_opts, "ngrok", None):
+        return []
+    hosts = [".ngrok-free.app", ".ngrok-free.dev", ".ngrok.app", ".ngrok.dev", ".ngrok.io"]
+    options = getattr(cmd_opts, "ngrok_options", None)
+    if isinstance(options, dict):
+        for key in ("domain", "hostname", "url"):
+            value = options.get(key)
+            if isinstance(value, str) and value.strip():
+                hosts.append(value.strip().removeprefix("https://").removeprefix("http://").split("/", 1)[0])
+    return hosts
 
 
 def config_from_flags(cmd_opts: argparse.Namespace, *, body_limit: BodyLimit | None = None,

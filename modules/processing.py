@@ -23,6 +23,7 @@ from modules.engine.generate import BatchRequest
 from modules.engine.sampling.common import InterruptedException
 from modules.engine.sampling.registry import find_sampler_config, get_sampler_and_scheduler
 from modules.engine.sampling.schedules import schedulers
+from modules.networks import extra_network_lora
 from modules.script_args import PostprocessBatchListArgs, PostprocessImageArgs
 
 log = logging.getLogger(__name__)
@@ -562,7 +563,7 @@ def _prepare(p: StableDiffusionProcessing):
     upscalers.ensure_listed()  # before validation: hr_upscaler and friends are checked against the list
     _validate(p)
     _resolve_sampler(p)
-    extra_networks.initialize()
+    extra_network_lora.ensure_registered()
     if p.sd_model is None:
         p.sd_model = shared.sd_model or sd_models.load_model()
     model = p.sd_model

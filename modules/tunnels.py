@@ -85,18 +85,3 @@ def open_ngrok(cmd_opts: argparse.Namespace, port: int) -> str:
     url = str(tunnel.public_url)
     print(f"* Public link (ngrok): {url}", flush=True)
     return url
-
-
-def ngrok_hosts(cmd_opts: argparse.Namespace) -> list[str]:
-    """Host names the ngrok tunnel sends in its requests' Host header: ngrok's own domains (as `.suffix`)
-    and a reserved domain given in --ngrok-options."""
-    if not getattr(cmd_opts, "ngrok", None):
-        return []
-    hosts = [".ngrok-free.app", ".ngrok-free.dev", ".ngrok.app", ".ngrok.dev", ".ngrok.io"]
-    options = getattr(cmd_opts, "ngrok_options", None)
-    if isinstance(options, dict):
-        for key in ("domain", "hostname", "url"):
-            value = options.get(key)
-            if isinstance(value, str) and value.strip():
-                hosts.append(value.strip().removeprefix("https://").removeprefix("http://").split("/", 1)[0])
-    return hosts

@@ -157,14 +157,6 @@ def initialize() -> None:
     extra_pages.clear()
 
 
-def register_default_pages() -> None:
-    """The built-in pages: Textual Inversion and Lora."""
-    from modules.ui.extra_networks_pages import LoraPage, TextualInversionPage
-
-    register_page(TextualInversionPage())
-    register_page(LoraPage())
-
-
 def find_page(id_page: str) -> ExtraNetworksPage | None:
     return next((p for p in extra_pages if p.extra_networks_tabname == id_page), None)
 

@@ -279,10 +279,9 @@ def test_api_lists_face_restorers_and_refuses_restore_faces_by_name(data_dir, mo
 
 
 def test_a_loaded_face_model_is_known_to_the_memory_owner_and_can_be_dropped(data_dir, settings):
-    from modules import face_restoration_models
     from modules.models import memory
 
-    restorer = face_restoration_models.restorer_named("GFPGAN")
+    restorer = face_restoration.find("GFPGAN")
     restorer.load()
     handle = f"face:{restorer.model_path}"
     assert handle in memory.owner and memory.owner.handles(group="face")[0].size_bytes > 10_000_000

@@ -450,7 +450,9 @@ def test_lora_hashes_are_the_addnet_hash_and_paste_finds_a_renamed_file(lora_dir
 
 
 def test_tags_of_a_handled_type_are_not_reported_unapplied(lora_dir):
-    extra_networks.initialize()
+    from modules.networks import extra_network_lora
+
+    extra_network_lora.ensure_registered()
     assert extra_networks.unapplied(["x <lora:a:1> <lyco:b:1> <hypernet:c:1>"]) == ["hypernet:c"]
 
 

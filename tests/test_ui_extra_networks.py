@@ -58,7 +58,7 @@ def lora_dir(tmp_path, monkeypatch):
     monkeypatch.setattr(ui_extra_networks, "extra_pages", [])
     monkeypatch.setattr(extra_networks, "_cards", {})
     saved = dict(shared.opts.data)
-    ui_extra_networks.register_default_pages()
+    extra_networks_pages.register_default_pages()
     yield root
     shared.opts.data.clear()
     shared.opts.data.update(saved)

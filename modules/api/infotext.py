@@ -18,6 +18,7 @@ from modules.api import validation
 from modules.api.errors import invalid
 from modules.api.models import GenerationRequest
 from modules.engine.sampling.registry import get_sampler_from_infotext, get_scheduler_from_infotext
+from modules.networks import extra_network_lora
 
 Getter = str | Callable[[dict[str, Any]], Any]
 
@@ -90,6 +91,7 @@ def styles_db() -> Any:
 
 def parse(text: str) -> dict[str, Any]:
     params = infotext_utils.parse_generation_parameters(text, extract_styles=styles_db().extract_styles_from_prompt)
+    extra_network_lora.ensure_registered()
     extra_networks.infotext_pasted(text, params)  # a renamed LoRA is found by its hash, as on the page
     return params
 

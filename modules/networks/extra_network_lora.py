@@ -125,3 +125,10 @@ def register() -> None:
     extra_networks.register_extra_network_alias(handler, "lyco")
     if not files.available_networks:
         files.list_available_networks()
+
+
+def ensure_registered() -> None:
+    """Register the handler once. Every front door (generation, paste) calls this before it needs it, so a
+    `<lora:>` tag is never reported as not applied; an extension that replaced the handler keeps its own."""
+    if "lora" not in extra_networks.extra_network_registry:
+        register()

@@ -9,6 +9,7 @@ from modules.ui import (
     component_hooks,
     extension_tabs,
     extensions_tab,
+    extra_networks_pages,
     extras,
     img2img,
     pnginfo,
@@ -25,7 +26,7 @@ def create_ui(first_load: call_queue.Job | None = None) -> gr.Blocks:
     infotext_utils.reset()  # paste-field registry: rebuilt with the page
     styles_store.database()
     ui_extra_networks.initialize()  # the built-in card pages; extensions add theirs in on_before_ui, as in A1111
-    ui_extra_networks.register_default_pages()
+    extra_networks_pages.register_default_pages()
     script_callbacks.before_ui_callback()
     script_callbacks.ui_settings_callback()  # extensions' settings exist before the Settings tab is made
     with component_hooks.page_build():

@@ -7,7 +7,7 @@ import logging
 import os
 from typing import Any
 
-from modules import shared
+from modules import shared, ui_extra_networks
 from modules.networks import user_metadata
 from modules.ui_extra_networks import ExtraNetworksPage, quote_js
 
@@ -154,3 +154,9 @@ class TextualInversionPage(ExtraNetworksPage):
         if skipped is not None:
             item["dimmed_reason"] = skipped
         return item
+
+
+def register_default_pages() -> None:
+    """The built-in pages, Textual Inversion and Lora (extensions add theirs with ui_extra_networks.register_page)."""
+    ui_extra_networks.register_page(TextualInversionPage())
+    ui_extra_networks.register_page(LoraPage())

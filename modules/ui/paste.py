@@ -13,6 +13,7 @@ from typing import Any
 import gradio as gr
 
 from modules import extra_networks, infotext_utils, script_callbacks
+from modules.networks import extra_network_lora
 from modules.ui import styles_store
 
 Field = tuple[Any, str | Callable[[dict[str, Any]], Any]]
@@ -46,6 +47,7 @@ def common_fields(toprow: Any, sampler: Any, size: Any, batch: Any, seeds: Any, 
 def parse(text: str) -> dict[str, Any]:
     db = styles_store.database()
     params = infotext_utils.parse_generation_parameters(text or "", extract_styles=db.extract_styles_from_prompt)
+    extra_network_lora.ensure_registered()
     extra_networks.infotext_pasted(text or "", params)  # a renamed LoRA is found by its hash
     script_callbacks.infotext_pasted_callback(text or "", params)  # extensions may add or change fields
     return params
