@@ -229,6 +229,7 @@ class ScriptRunner:
     def initialize_scripts(self, is_img2img: bool) -> None:
         self.is_img2img = is_img2img
         self.scripts, self.selectable_scripts, self.alwayson_scripts = [], [], []
+        self.inputs = [None]  # the controls of the scripts loaded before belong to them, not to these
         for data in scripts_data:
             try:
                 script = data.script_class()
