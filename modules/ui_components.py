@@ -20,6 +20,7 @@ from typing import Any
 
 import gradio as gr
 from gradio import component_meta
+from gradio.context import get_blocks_context
 
 from modules.ui import common
 
@@ -137,6 +138,11 @@ with _no_pyi_files():
                 self.accordion_id = f"input-accordion-{InputAccordion.global_index}"
                 InputAccordion.global_index += 1
             super().__init__(value, **{**kwargs, "elem_id": f"{self.accordion_id}-checkbox", "visible": False})
+            if get_blocks_context() is None:
+                # gradio rebuilds a component from an update (a paste setting the value) outside any page: the
+                # accordion and its events belong to the page's instance only
+                self.accordion = None
+                return
             self.accordion = gr.Accordion(
                 label=kwargs.get("label", "Accordion"),
                 open=bool(value),
