@@ -89,12 +89,7 @@ def prepare(req: ExtrasBaseRequest) -> PreparedExtras:
         assert isinstance(req, ExtrasBatchImagesRequest)
         if not req.imageList:
             raise invalid("imageList", "send at least one image")
-        most = validation.limit("api_max_init_images")
-        if len(req.imageList) > most:
-            raise invalid("imageList", f"{len(req.imageList)} images is more than {most} "
-                                       "(setting api_max_init_images)")
-        uploads = [images.check_base64_image(item.data, ("imageList", i, "data"))
-                   for i, item in enumerate(req.imageList)]
+        uploads = validation.check_image_list("imageList", [item.data for item in req.imageList], ("data",))
     for upload in uploads:
         _check_size(req, upload.size, upload.field)
     release = waiting_uploads.reserve(sum(upload.sent_bytes for upload in uploads))

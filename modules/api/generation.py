@@ -106,11 +106,7 @@ class Prepared:
 def _check_images(req: StableDiffusionImg2ImgProcessingAPI) -> tuple[list[images.CheckedImage], Any]:
     if not req.init_images:
         raise invalid("init_images", "img2img needs at least one init image")
-    most = validation.limit("api_max_init_images")
-    if len(req.init_images) > most:
-        raise invalid("init_images", f"{len(req.init_images)} images is more than {most} "
-                                     "(setting api_max_init_images)")
-    init = [images.check_base64_image(x, ("init_images", i)) for i, x in enumerate(req.init_images)]
+    init = validation.check_image_list("init_images", list(req.init_images))
     mask = images.check_base64_image(req.mask, "mask") if req.mask else None
     return init, mask
 

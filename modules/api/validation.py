@@ -18,6 +18,17 @@ from modules.api.errors import ApiError, invalid
 T = TypeVar("T")
 
 limit = rv.limit
+
+
+def check_image_list(field: str, encoded: list[str], inner: tuple = ()) -> list[Any]:
+    """Several base64 uploads of one field: at most `api_max_init_images`, each checked from its header
+    (`inner` is the path inside an item, e.g. ("data",) for the Extras batch's {data, name})."""
+    from modules.api import images
+
+    most = limit("api_max_init_images")
+    if len(encoded) > most:
+        raise invalid(field, f"{len(encoded)} images is more than {most} (setting api_max_init_images)")
+    return [images.check_base64_image(text, (field, i, *inner)) for i, text in enumerate(encoded)]
 work_of = rv.work_of
 
 
