@@ -285,6 +285,27 @@ options_templates.update(options_section(("face-restoration", "Face restoration"
 }))
 
 
+def _refresh_control_models() -> None:
+    from modules.controlnet import files as control_files
+
+    control_files.refresh()
+
+
+# The sd-webui-controlnet extension's option names, so its users' config.json and API clients keep working.
+options_templates.update(options_section(("control_net", "ControlNet", "sd"), {
+    "control_net_unit_count": OptionInfo(3, "Multi-ControlNet: ControlNet unit number (requires restart)",
+                                         component_args={"minimum": 1, "maximum": 10, "step": 1}),
+    "control_net_models_path": OptionInfo("", "Extra path to scan for ControlNet models (e.g. training output "
+                                          "directory)", refresh=_refresh_control_models),
+    "control_net_model_cache_size": OptionInfo(2, "Model cache size (requires restart)",
+                                               component_args={"minimum": 1, "maximum": 10, "step": 1}).info(
+        "ControlNet/adapter models kept loaded; least recently used are unloaded first"),
+    "control_net_no_detectmap": OptionInfo(False, "Do not append detectmap to output"),
+    "control_net_detectmap_autosaving": OptionInfo(False, "Allow detectmap auto saving"),
+    "control_net_detectedmap_dir": OptionInfo("detected_maps", "Directory for detected maps auto saving"),
+}))
+
+
 options_templates.update(options_section(("sd", "Stable Diffusion", "sd"), {
     "emphasis": OptionInfo(
         "Original", "Emphasis mode", component_args={"choices": ["None", "Ignore", "Original", "No norm"]},
