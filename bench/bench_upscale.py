@@ -4,9 +4,11 @@ our upscaler registry against calling spandrel directly, on a CUDA GPU.
 Ours: the file is written to <workdir>/models/ESRGAN, listed by `modules.upscalers.refresh()` and run the way
 every caller runs it, `UpscalerData.scaler.upscale(PIL image, 4, data_path)` (PIL in, PIL out: conversion,
 transfer, cache lookup, memory owner and tiling included), fp16 as the registry picks it on CUDA.
-Spandrel direct: the same file through `spandrel.ModelLoader().load_from_file`, `.half().cuda()`, and
-`model(tensor)` on a tensor already on the GPU; with tiling it runs the same tile grid (`upscale_tiled`, the
-same tile and overlap) so both sides do the same arithmetic.
+Spandrel direct: the same file through `spandrel.ModelLoader().load_from_file`, `.half().cuda()`, and what a
+caller writes around it: PIL -> float tensor on the GPU -> `model(tensor)` -> PIL; with tiling it runs the same
+tile grid (`upscale_tiled`, the same tile and overlap) so both sides do the same arithmetic. The runs alternate
+(ours, spandrel, ours, ...). Two more columns time the network alone on a tensor already on the GPU, through our
+loaded model and through spandrel's, to show where a difference comes from.
 
 Two cases: tiling on with the default settings (`ESRGAN_tile` 192, `ESRGAN_tile_overlap` 8) and tiling off
 (`ESRGAN_tile` 0, one pass over the whole picture). Times are medians of `--repeats` warm runs with
@@ -52,18 +54,36 @@ def write_model(path: str, small: bool) -> None:
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
 
 
-def timed(fn: Callable[[], Any], device: torch.device, repeats: int) -> list[float]:
-    fn()  # warm: kernels chosen, caches filled
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
+def _synced(fn: Callable[[], Any], device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def timed_alternating(fns: dict[str, Callable[[], Any]], device: torch.device, repeats: int) -> dict[str, list[float]]:
+    """Each function warmed once, then run in turn `repeats` times, so clock and allocator drift hit all alike."""
+    for fn in fns.values():
         fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(_synced(fn, device))
     return times
+
+
+def pil_to_tensor(image: Image.Image, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """What a caller of spandrel writes: HWC uint8 -> NCHW float in [0, 1] on the device."""
+    array = np.asarray(image, dtype=np.float32) / 255.0
+    return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).to(device=device, dtype=dtype)
+
+
+def tensor_to_pil(tensor: torch.Tensor) -> Image.Image:
+    array = (tensor[0].float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(array, "RGB")
 
 
 def bench_case(path: str, image: Image.Image, tile: int, overlap: int, device: torch.device,
@@ -74,33 +94,42 @@ def bench_case(path: str, image: Image.Image, tile: int, overlap: int, device: t
     shared.opts.data["ESRGAN_tile_overlap"] = overlap
     data = upscalers.find(MODEL_NAME)
     assert data is not None, "the registry did not list the benchmark model"
-    ours = timed(lambda: data.scaler.upscale(image, 4, data.data_path), device, repeats)
+    data.scaler.upscale(image, 4, data.data_path)  # loads it into our cache
     loaded = upscaler_models.get_model(data.data_path)
 
     direct = spandrel.ModelLoader().load_from_file(path).eval().to(device=device, dtype=loaded.dtype)
-    array = np.asarray(image, dtype=np.float32) / 255.0
-    tensor = torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).to(device=device, dtype=loaded.dtype)
 
-    def run_direct() -> torch.Tensor:
+    def network(model: Any, tensor: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             if tile > 0:
-                return upscale_tiled(direct, tensor, direct.scale, tile, overlap)
-            return direct(tensor)
+                return upscale_tiled(model, tensor, model.scale, tile, overlap)
+            return model(tensor)
 
-    spandrel_times = timed(run_direct, device, repeats)
-    ours_s, spandrel_s = statistics.median(ours), statistics.median(spandrel_times)
+    tensor = pil_to_tensor(image, device, loaded.dtype)
+    times = timed_alternating({
+        "ours": lambda: data.scaler.upscale(image, 4, data.data_path),
+        "spandrel": lambda: tensor_to_pil(network(direct, pil_to_tensor(image, device, loaded.dtype))),
+        # the network alone on a tensor already on the device, both models: where any difference comes from
+        "ours_network": lambda: network(loaded.descriptor, tensor),
+        "spandrel_network": lambda: network(direct, tensor),
+    }, device, repeats)
+    medians = {name: statistics.median(values) for name, values in times.items()}
     return {"tile": tile, "overlap": overlap, "dtype": str(loaded.dtype).replace("torch.", ""),
-            "ours_s": ours_s, "spandrel_s": spandrel_s, "ratio": spandrel_s / ours_s,
-            "ours_all": ours, "spandrel_all": spandrel_times}
+            "ours_s": medians["ours"], "spandrel_s": medians["spandrel"],
+            "ratio": medians["spandrel"] / medians["ours"],
+            "ours_network_s": medians["ours_network"], "spandrel_network_s": medians["spandrel_network"],
+            "all": times}
 
 
 def table(results: dict[str, Any]) -> str:
     lines = [f"4x RRDB upscale of {results['size']}x{results['size']} on {results['device']} "
              f"({results['cases'][0]['dtype']})", "",
-             "| tiling | ours (s) | spandrel direct (s) | ratio (spandrel / ours) |", "|---|---|---|---|"]
+             "| tiling | ours (s) | spandrel direct (s) | ratio (spandrel / ours) | network only: ours / spandrel (s) |",
+             "|---|---|---|---|---|"]
     for case in results["cases"]:
         tiling = f"tile {case['tile']}, overlap {case['overlap']}" if case["tile"] else "off"
-        lines.append(f"| {tiling} | {case['ours_s']:.3f} | {case['spandrel_s']:.3f} | {case['ratio']:.3f} |")
+        lines.append(f"| {tiling} | {case['ours_s']:.3f} | {case['spandrel_s']:.3f} | {case['ratio']:.3f} "
+                     f"| {case['ours_network_s']:.3f} / {case['spandrel_network_s']:.3f} |")
     return "\n".join(lines)
 
 
