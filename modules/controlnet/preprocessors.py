@@ -184,34 +184,37 @@ def _checked_image(name: str, image: np.ndarray) -> np.ndarray:
 
 
 def _slider_value(name: str, slider: Slider | None, value: float | None) -> float:
+    """None or a negative value (the extension API's -1) takes the slider's default; others are clamped."""
+    if value is not None:
+        value = float(value)
+        if not math.isfinite(value):
+            label = slider.label if slider else "a threshold"
+            raise ValueError(f'ControlNet preprocessor "{name}": {label} must be a finite number, not {value}')
     if slider is None:
-        return 0.0 if value is None else float(value)  # passed through; the preprocessor ignores it
-    if value is None:
+        return 0.0 if value is None else value  # passed through; the preprocessor ignores it
+    if value is None or value < 0:
         return float(slider.value)
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f'ControlNet preprocessor "{name}": {slider.label} must be a finite number, not {value}')
     return slider.clamp(value)
 
 
 def run(name: str, image: np.ndarray, resolution: int = 512, threshold_a: float | None = None,
         threshold_b: float | None = None) -> np.ndarray:
-    """Run a preprocessor by name or alias. A threshold of None takes the slider's default; values (resolution
-    included) are clamped to the slider range, as the extension's sliders would. Returns RGB HxWx3 uint8."""
+    """Run a preprocessor by name or alias on an RGB (or grey / RGBA) uint8 image; returns RGB HxWx3 uint8.
+    As the extension does, None or a negative value (its API's -1) means the slider's default; other values,
+    the resolution included, are clamped to the slider's range."""
     p = get(name)
+    original = image
     image = _checked_image(p.name, image)
-    if p.resolution is not None:
-        if resolution is None or not math.isfinite(float(resolution)):
-            resolution = p.resolution.value
-        res = int(round(p.resolution.clamp(resolution)))
-    else:
-        res = int(resolution) if resolution is not None and math.isfinite(float(resolution)) else 512
+    res_slider = p.resolution or RESOLUTION  # unused by the preprocessor, but handed on in range
+    res = int(round(_slider_value(p.name, res_slider, resolution)))
     a = _slider_value(p.name, p.slider_a, threshold_a)
     b = _slider_value(p.name, p.slider_b, threshold_b)
     result = p.fn(image, res, a, b)
     if not isinstance(result, np.ndarray) or result.dtype != np.uint8 or result.ndim not in (2, 3):
         raise RuntimeError(f'ControlNet preprocessor "{p.name}" returned no uint8 image')
-    return hwc3(result)
+    result = hwc3(result)
+    # "none" and friends hand the image back: the caller's array must not become the detected map
+    return result.copy() if np.shares_memory(result, original) else result
 
 
 def module_detail(alias_names: bool = True) -> dict[str, dict]:
