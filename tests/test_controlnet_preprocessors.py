@@ -424,3 +424,25 @@ def test_depth_map_conversion_clips_and_rounds():
     depth = np.array([[-0.5, 0.0, 0.5, 1.0, 2.0, np.nan]], np.float32)
     result = preprocessors_depth.depth_to_map(depth)
     assert result.shape == (1, 6, 3) and list(result[0, :, 0]) == [0, 0, 128, 255, 255, 0]
+
+
+def test_depth_midas_runs_a_real_estimator_from_the_preprocessor_folder(data_dirs):
+    from depth_files import scene, write_estimator
+    from PIL import Image
+
+    from modules.depth import estimators
+
+    image = np.asarray(scene(96, 64))
+    with pytest.raises(MissingWeights) as caught:
+        registry.run("depth_midas", image, resolution=64)
+    assert os.path.join("models", "depth", "midas_dpt_hybrid") in caught.value.path
+    # ControlNet users keep their depth weights under models/ControlNetPreprocessor/depth/<name>/
+    write_estimator(data_dirs / "models", "midas_dpt_hybrid", root=os.path.join("ControlNetPreprocessor", "depth"))
+    try:
+        result = registry.run("depth_midas", image, resolution=64)
+        expected = estimators.estimate("midas_dpt_hybrid", Image.fromarray(image), 64)  # already 64 high
+    finally:
+        estimators.unload_all()
+    assert result.shape == (64, 96, 3) and (result[:, :, 0] == result[:, :, 1]).all()
+    assert np.abs(result[:, :, 0].astype(int) - np.round(expected * 255).astype(int)).max() <= 1
+    assert result.min() == 0 and result.max() == 255  # min-max normalised, as the extension's maps are
