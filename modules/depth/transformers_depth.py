@@ -23,6 +23,8 @@ from modules.models.checkpoint_files import ModelFileError, json_nesting_depth, 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "configs")
 MAX_CONFIG_BYTES = 256 * 1024  # a real config.json is a few KB
 MAX_CONFIG_NESTING = 8
+MAX_CONFIG_INT = 65536  # widths, sizes, ids
+MAX_LAYERS = 128  # transformer layers / BiT blocks per stage
 MAX_RESOLUTION = 2048  # processing side in pixels; ViT attention grows with its square
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -61,6 +63,7 @@ def read_config(weights: Weights, model_type: str) -> dict:
     if not isinstance(config, dict) or config.get("model_type") != model_type:
         found = config.get("model_type") if isinstance(config, dict) else type(config).__name__
         raise ModelFileError(path, f"config is for a {found!r} model, not {model_type!r}")
+    _check_sizes(path, config)
     return config
 
 
@@ -71,8 +74,26 @@ def build_config(config: dict):
     values = {k: v for k, v in config.items() if not k.startswith("_") and k not in ("transformers_version",)}
     try:
         return cls(**values)
-    except (TypeError, ValueError, KeyError) as e:
-        raise ValueError(f"config rejected by transformers: {e}") from None
+    except Exception as e:  # transformers' strict config classes raise their own error types
+        raise ValueError(f"config rejected by transformers: {str(e).splitlines()[0][:300]}") from None
+
+
+def _check_sizes(path: str, config: dict) -> None:
+    """Numbers a real config never reaches: building the model (even on the meta device) is refused first."""
+    def walk(value, key: str = "") -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, str(k))
+        elif isinstance(value, list):
+            if len(value) > 64:
+                raise ModelFileError(path, f"config list {key!r} has {len(value)} entries")
+            for v in value:
+                walk(v, key)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            limit = MAX_LAYERS if "layers" in key or key == "depths" else MAX_CONFIG_INT
+            if value > limit:
+                raise ModelFileError(path, f"config value {key}={value} is beyond any real model ({limit})")
+    walk(config)
 
 
 def _model_class(model_type: str):
