@@ -211,7 +211,8 @@ def test_get_by_name_or_alias_case_insensitive(alias, name):
 
 def test_api_names_use_the_extensions_internal_keys():
     internal = registry.api_names(alias_names=False)
-    assert "depth" in internal and "invert" in internal and "lineart_standard" in internal
+    assert "depth" in internal and "invert" in internal and "lineart_standard" in internal and "color" in internal
+    assert "scribble" in internal and "canny" in internal
     assert "depth_midas" in registry.api_names(alias_names=True)
     assert registry.api_names() == registry.names()
 
@@ -244,6 +245,9 @@ def test_bad_images_are_refused_by_preprocessor_name():
         registry.run("canny", np.zeros((8, 8, 5), np.uint8))
     with pytest.raises(ValueError, match='"canny".*largest side'):
         registry.run("canny", np.zeros((1, registry.MAX_IMAGE_SIDE + 1), np.uint8))
+    with pytest.raises(ValueError, match='"canny": a 4000x2 image scaled to resolution 512 would be longer'):
+        registry.run("canny", np.zeros((2, 4000, 3), np.uint8))  # 1024000 pixels long: refused, not allocated
+    assert registry.run("tile_resample", np.zeros((2, 4000, 3), np.uint8)).shape == (2, 4000, 3)  # no resizing
 
 
 def test_register_replaces_by_name_and_refuses_taken_names():
@@ -299,8 +303,9 @@ def test_control_types_have_the_extensions_shape():
     assert types_["Lineart"]["default_option"] == LINEART_STANDARD
     assert INVERT in types_["Scribble/Sketch"]["module_list"]
     assert types_["Tile/Blur"]["module_list"] == ["none", "blur_gaussian", "tile_resample"]
-    # a type whose default preprocessor is not here falls back to its first one, or "none"
-    assert types_["Scribble/Sketch"]["default_option"] in types_["Scribble/Sketch"]["module_list"]
+    # a type whose default preprocessor is not here falls back to the first made for it (not invert), or "none"
+    if "scribble_pidinet" not in registry.names():
+        assert types_["Scribble/Sketch"]["default_option"] == "scribble"
     assert types_["IP-Adapter"]["module_list"] == ["none"] and types_["IP-Adapter"]["default_option"] == "none"
     for entry in types_.values():
         assert entry["module_list"][0] == "none" and entry["default_option"] in entry["module_list"]

@@ -207,6 +207,10 @@ def run(name: str, image: np.ndarray, resolution: int = 512, threshold_a: float 
     image = _checked_image(p.name, image)
     res_slider = p.resolution or RESOLUTION  # unused by the preprocessor, but handed on in range
     res = int(round(_slider_value(p.name, res_slider, resolution)))
+    height, width = image.shape[:2]
+    if p.resolution is not None and max(height, width) * res / min(height, width) > MAX_IMAGE_SIDE:
+        raise ValueError(f'ControlNet preprocessor "{p.name}": a {width}x{height} image scaled to resolution {res} '
+                         f"would be longer than {MAX_IMAGE_SIDE} pixels")
     a = _slider_value(p.name, p.slider_a, threshold_a)
     b = _slider_value(p.name, p.slider_b, threshold_b)
     result = p.fn(image, res, a, b)
@@ -259,7 +263,8 @@ CONTROL_TYPE_DEFAULTS: dict[str, str] = {
 def control_types() -> dict[str, dict]:
     """The extension's /controlnet/control_types "control_types": per type its preprocessors ("none" first),
     an empty model_list for the API layer to fill, the default preprocessor and "None" as default model. The
-    default falls back to the first real preprocessor of the type when the extension's default is not here."""
+    default falls back to the first preprocessor made for the type (not one only also listed there, as invert
+    is) when the extension's default is not here, else "none"."""
     ordered = all_preprocessors()
     types = list(CONTROL_TYPE_DEFAULTS)
     for p in ordered:
@@ -272,7 +277,8 @@ def control_types() -> dict[str, dict]:
             modules = [p.name for p in ordered if p.name == "none" or control_type in p.control_types]
         default = CONTROL_TYPE_DEFAULTS.get(control_type, "none")
         if default not in modules:
-            default = modules[1] if len(modules) > 1 else "none"
+            own = [p.name for p in ordered if p.control_type == control_type and p.name != "none"]
+            default = own[0] if own else "none"
         result[control_type] = {"module_list": modules, "model_list": [], "default_option": default,
                                 "default_model": "None"}
     return result

@@ -144,7 +144,7 @@ def _register_all() -> None:
                           slider_a=Slider("Canny Low Threshold", 1, 255, 100, 1),
                           slider_b=Slider("Canny High Threshold", 1, 255, 200, 1)))
     register(Preprocessor("threshold", "All", threshold, slider_a=Slider("Binarization Threshold", 0, 255, 127, 1)))
-    register(Preprocessor("scribble", "Scribble/Sketch", scribble, aliases=("scribble_thr",)))
+    register(Preprocessor("scribble", "Scribble/Sketch", scribble))
     register(Preprocessor("scribble_xdog", "Scribble/Sketch", scribble_xdog,
                           slider_a=Slider("XDoG Threshold", 1, 64, 32, 1)))
     register(Preprocessor("lineart_standard (from white bg & black line)", "Lineart", lineart_standard,
