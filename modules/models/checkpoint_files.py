@@ -417,11 +417,12 @@ def check_zip_checkpoint(path: str) -> None:
         raise ModelFileError(path, f"cannot be read: {e.strerror or e}") from e
 
 
-def check_pickle_file(path: str) -> None:
+def check_pickle_file(path: str) -> bool:
     """Everything about a pickled file that can be refused without unpickling it: the torch floor, the kind of
     file, and (for the zip format) its directory. Legacy (pre-1.6) files are a bare pickle stream whose tensor
     data follows uncompressed; torch checks each storage's size against the bytes in the file before filling it,
-    so they cannot unpack to more than the file holds and go to the restricted loader as they are."""
+    so they cannot unpack to more than the file holds and go to the restricted loader as they are.
+    Returns whether the file is a zip checkpoint (only those can be memory-mapped)."""
     require_safe_torch(path)
     try:
         with open(path, "rb") as f:
@@ -430,8 +431,10 @@ def check_pickle_file(path: str) -> None:
         raise ModelFileError(path, f"cannot be read: {e.strerror or e}") from e
     if magic == _ZIP_LOCAL_MAGIC:  # how torch.load itself tells the two formats apart
         check_zip_checkpoint(path)
-    elif len(magic) < 2 or magic[0] != 0x80:
+        return True
+    if len(magic) < 2 or magic[0] != 0x80:
         raise ModelFileError(path, "not a PyTorch checkpoint (neither a zip archive nor a pickle stream)")
+    return False
 
 
 _TORCH_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -470,11 +473,11 @@ def _load_safetensors(path: str, device: str) -> dict[str, torch.Tensor]:
         raise ModelFileError(path, f"corrupt .safetensors data: {e}") from e
 
 
-def _load_pickle(path: str, device: str) -> dict[str, Any]:
-    check_pickle_file(path)
+def _load_pickle(path: str, device: str, mmap: bool = False) -> dict[str, Any]:
+    is_zip = check_pickle_file(path)
     try:
         with torch.serialization.safe_globals(_allow_listed_globals()):
-            return torch.load(path, map_location=device, weights_only=True, mmap=None)
+            return torch.load(path, map_location=device, weights_only=True, mmap=(mmap and is_zip) or None)
     except pickle.UnpicklingError as e:
         detail = str(e).split("\n")
         culprit = next((line.strip() for line in detail if "GLOBAL" in line or "Unsupported" in line), detail[0])
@@ -485,6 +488,13 @@ def _load_pickle(path: str, device: str) -> dict[str, Any]:
         ) from e
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, struct.error) as e:
         raise ModelFileError(path, f"truncated or corrupt checkpoint: {str(e).splitlines()[0][:300]}") from e
+
+
+def read_pickle(path: str, device: str = "cpu", mmap: bool = False) -> Any:
+    """What a pickled model file holds, through the restricted loader, nesting kept (IP-Adapter files nest their
+    weights two levels deep). With `mmap`, a zip checkpoint's tensor data is mapped, not read: listing its keys
+    and shapes then costs almost nothing however large the file is."""
+    return _load_pickle(path, device, mmap=mmap)
 
 
 def read_state_dict(path: str, device: str = "cpu") -> dict[str, Any]:
