@@ -52,6 +52,7 @@ EFFECTIVE_FLAGS: set[str] = {
     "--lora-dir",
     "--lyco-dir-backcompat",
     "--embeddings-dir",
+    "--controlnet-dir",  # modules/controlnet/files.py, as sd-webui-controlnet's preload.py declared it
     # face restoration (modules/face_restoration_models.py)
     "--codeformer-models-path",
     "--gfpgan-models-path",
@@ -250,6 +251,8 @@ _path("--hat-models-path", "path to the directory with HAT model files")
 _add("--clip-models-path", help="path to the directory with CLIP model files", type=str, default=None)
 _path("--lora-dir", "path to the directory with LoRA networks")
 _path("--lyco-dir-backcompat", "path to the directory with LyCORIS networks (for backwards compatibility)")
+_add("--controlnet-dir", help="path to a directory with ControlNet models, scanned besides models/ControlNet",
+     type=str, default=None)
 _add("--styles-file", help="path or wildcard path of a styles file; may be given several times",
      type=str, action="append", default=[])
 _path("--ui-config-file", "file to read UI defaults and element settings from")
