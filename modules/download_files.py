@@ -130,14 +130,20 @@ def _rescan_embeddings() -> None:
     textual_inversion.embedding_db.load_textual_inversion_embeddings(force_reload=True)
 
 
+def _rescan_controlnet() -> None:
+    from modules.controlnet import files as control_files
+
+    control_files.refresh()
+
+
 _RESCANS: dict[str, Callable[[], None]] = {
     "checkpoint": _rescan_checkpoints, "lora": _rescan_lora, "vae": _rescan_vae,
-    "upscaler": _rescan_upscalers, "embedding": _rescan_embeddings,
+    "upscaler": _rescan_upscalers, "embedding": _rescan_embeddings, "controlnet": _rescan_controlnet,
 }
 
 
 def rescan(kind: str) -> None:
-    """List the folder of `kind` again, so the new file is in the dropdowns at once (ControlNet has no list yet)."""
+    """List the folder of `kind` again, so the new file is in the dropdowns at once."""
     fn = _RESCANS.get(kind)
     if fn is not None:
         fn()
