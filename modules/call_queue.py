@@ -253,6 +253,12 @@ class JobQueue:
         """True on the worker thread, i.e. inside a running job."""
         return self._worker is not None and threading.current_thread() is self._worker
 
+    def offload(self, entry: str, p: Any) -> Any | None:
+        """Where the running job's generation goes: `scripts.process_request` and `processing.process_images`
+        (`entry`, by name) ask before they run `p`. None: here, in this process, as always. A queue whose jobs run
+        on other machines (--ray: modules/serve sends them to Ray replicas) runs it there and returns the result."""
+        return None
+
     def shutdown(self, timeout: float | None = 10.0) -> None:
         """Cancel queued jobs, let the running one finish, stop the worker. For tests and process exit."""
         with self._lock:
@@ -277,7 +283,7 @@ class JobQueue:
         if client is None:
             return
         most = queue_limit("queue_max_jobs_per_client")
-        mine = sum(1 for j in (self._current, *self._pending) if j is not None and j.client == client)
+        mine = sum(1 for j in (*self._running(), *self._pending) if j.client == client)
         if mine >= most:
             raise QueueFull(f"Too many jobs from this client: {mine} are waiting or running, the most allowed is "
                             f"{most} (setting queue_max_jobs_per_client). Wait for one to finish.",
@@ -291,7 +297,12 @@ class JobQueue:
                 index = self._pending.index(job)
             except ValueError:
                 return 0
-            return index + (1 if self._current is not None else 0)
+            return index + len(self._running())
+
+    def _running(self) -> list[Job]:
+        """The jobs running now; caller holds self._lock. At most one here; a queue that runs several at once
+        (modules/serve) says which."""
+        return [self._current] if self._current is not None else []
 
     def _cancel(self, job: Job) -> bool:
         with self._lock:

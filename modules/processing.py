@@ -207,6 +207,9 @@ class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
     initial_noise_multiplier: float | None = None
     latent_mask: Any = None
     force_task_id: str | None = None
+    # SD2 depth models (modules/depth/depth2img.py): the user's depth map (near = bright) wins over the estimator
+    depth_map: Any = None
+    depth_estimator: str | None = None
 
     kind = "img2img"
 
@@ -241,10 +244,12 @@ class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
                    for i in range(batch)]
         prepared, masks_latent = [], []
         self._overlay_masks, self._originals, self._regions = [], [], []
+        depth_sources: list[tuple[Image.Image, Image.Image, Any]] = []  # (what is denoised, original, region)
         for image in sources:
             image = ImageOps.exif_transpose(image).convert("RGB")
             if self.image_mask is None:
                 prepared.append(images.resize_image(self.resize_mode, image, self.width, self.height))
+                depth_sources.append((prepared[-1], image, None))
                 continue
             mask_image = self.image_mask
             if getattr(mask_image, "size", image.size) != image.size:
@@ -262,6 +267,7 @@ class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
             self._originals.append(image)
             self._overlay_masks.append(overlay)
             self._regions.append(region)
+            depth_sources.append((work_image, image, region))
             prepared.append(inpainting.init_image_for_masked_content(work_image, work_mask, self.inpainting_fill))
             masks_latent.append(work_mask)
 
@@ -271,6 +277,8 @@ class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
         request.denoising_strength = self.denoising_strength
         request.fix_steps = bool(_opt("img2img_fix_steps", False))
         request.initial_noise_multiplier = self.initial_noise_multiplier if self.initial_noise_multiplier else 1.0
+        if model.spec.variant == "depth":
+            request.image_cond = self._depth_conditioning(depth_sources, tuple(init_latent.shape[-2:]), model.device)
 
         def encode(x: torch.Tensor) -> torch.Tensor:  # [-1, 1] pixels -> scaled latents
             return generate.vae_encode(model, (x + 1) / 2)
@@ -295,6 +303,21 @@ class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
             # An inpainting model used for plain img2img: the whole image is "repaint" (A1111 does the same).
             request.image_cond = inpainting.inpainting_model_conditioning(pixels * 2 - 1, None, encode)
         return request
+
+    def _depth_conditioning(self, sources: list, latent_size: tuple[int, int], device) -> torch.Tensor:
+        """The depth model's 5th input channel: the user's map fitted like the picture, else the estimate."""
+        from modules.depth import depth2img
+
+        maps = None
+        if self.depth_map is not None:
+            maps = [depth2img.user_map_for(self.depth_map, self.resize_mode, self.width, self.height) if region is None
+                    else depth2img.user_map_in_region(self.depth_map, original.size, region.crop_region, self.width,
+                                                      self.height)
+                    for _work, original, region in sources]
+        cond, info = depth2img.conditioning([work for work, _original, _region in sources], latent_size, device,
+                                            self.depth_estimator, maps)
+        self.extra_generation_params.update(info)
+        return cond
 
     def postprocess_image(self, index: int, image: Image.Image) -> Image.Image:
         if self.image_mask is None or index >= len(self._overlay_masks):
@@ -457,6 +480,11 @@ def _apply_override_settings(p: StableDiffusionProcessing) -> dict[str, Any]:
 
 def process_images(p: StableDiffusionProcessing) -> Processed:
     """Run a request; `override_settings` apply for its duration and are restored after (unless asked not to)."""
+    from modules import call_queue
+
+    offloaded = call_queue.queue.offload("process_images", p)  # --ray: a replica ran it (modules/serve)
+    if offloaded is not None:
+        return offloaded
     state = getattr(shared, "state", None)
     owns_job = state is not None and not state.job  # called directly, not from a queue that began a job
     if owns_job:
@@ -567,8 +595,11 @@ def _prepare(p: StableDiffusionProcessing):
     if p.sd_model is None:
         p.sd_model = shared.sd_model or sd_models.load_model()
     model = p.sd_model
-    if model.spec.variant in ("depth", "instruct-pix2pix"):
+    if model.spec.variant == "instruct-pix2pix":
         raise ValueError(f"{model.spec.display_name} models are recognised but cannot generate in this version")
+    if model.spec.variant == "depth" and p.kind != "img2img":
+        raise ValueError(f"{model.spec.display_name} models generate from a picture and its depth: use img2img "
+                         "or the Depth tab, not txt2img")
     fix_seed(p)
     p.clip_skip = int(_opt("CLIP_stop_at_last_layers", 1))
     total = p.n_iter * p.batch_size

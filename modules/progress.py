@@ -55,8 +55,7 @@ def encode_preview(image: Any, image_format: str) -> str:
     return f"data:image/{fmt};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
 
 
-def _live_preview(id_live_preview: int) -> tuple[str | None, int]:
-    state = shared.state
+def _live_preview(state: Any, id_live_preview: int) -> tuple[str | None, int]:
     # Read the id before the image: if a new preview lands in between, the client gets the newer picture
     # under the older id and simply receives it once more on its next poll.
     current_id = state.id_live_preview
@@ -92,7 +91,8 @@ def progress_for(task_id: str, id_live_preview: int = -1, live_preview: bool = T
     if job.status != "running":
         return _finished(job)
 
-    state = shared.state
+    # A job that runs on another machine (--ray, modules/serve) carries the state its replica reports.
+    state = getattr(job, "progress_state", None) or shared.state
     progress, eta = state.progress()
     if state.job_count <= 0:
         eta = None  # the job count is not known yet: an ETA would be a guess
@@ -100,7 +100,7 @@ def progress_for(task_id: str, id_live_preview: int = -1, live_preview: bool = T
     # The engine makes previews as it samples (state.set_current_image); here we only encode the latest, so
     # a poll never decodes latents on the request thread.
     if live_preview and getattr(shared.opts, "live_previews_enable", True):
-        preview, preview_id = _live_preview(id_live_preview)
+        preview, preview_id = _live_preview(state, id_live_preview)
     if state.job != job.id and job.done:
         return _finished(job)  # it ended while we read: those numbers may be the next job's
     return _response(

@@ -372,7 +372,11 @@ def runner_for(p: Any) -> ScriptRunner:
 
 def process_request(p: Any) -> Any:
     """What Generate does (UI, API, scripts alike): the selected script's run, or `process_images(p)`."""
-    from modules import processing
+    from modules import call_queue, processing
+
+    offloaded = call_queue.queue.offload("process_request", p)  # --ray: a replica ran it (modules/serve)
+    if offloaded is not None:
+        return offloaded
 
     if p.scripts is not None and p.script_args:
         processed = p.scripts.run(p, *p.script_args)

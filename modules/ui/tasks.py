@@ -142,7 +142,7 @@ def skip(session: str | None) -> None:
     """Skip the current image of this tab's running job (or of the running job, for a tab without one)."""
     job = job_of(session)
     if job is not None and not job.done:
-        if job.status == "running":
-            shared.state.skip()
+        if job.status == "running":  # a job run on a replica (--ray) carries its own state to ask
+            (getattr(job, "progress_state", None) or shared.state).skip()
     elif call_queue.queue.current() is not None:
         shared.state.skip()
