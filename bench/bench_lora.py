@@ -48,7 +48,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.full_size import SDXL_UNET, VAE, build  # noqa: E402
 from modules import cmd_args, shared  # noqa: E402
 from modules.engine import unet_graph  # noqa: E402
-from modules.engine.cfg_denoiser import unet_call  # noqa: E402
+from modules.engine.unet_call import UNetInput, unet_call  # noqa: E402
 from modules.models.detection import ModelSpec  # noqa: E402
 from modules.models.ldm_export import UNET_PREFIX, unet_to_ldm  # noqa: E402
 from modules.models.loader import default_alphas_cumprod, load_tokenizer  # noqa: E402
@@ -156,7 +156,7 @@ def unet_inputs(unet: torch.nn.Module, latent: int, device: str) -> tuple:
 def unet_seconds(unet: torch.nn.Module, inputs: tuple, calls: int, graphs: bool) -> float:
     def run() -> None:
         for _ in range(calls):
-            unet_call(unet, *inputs, use_graphs=graphs)
+            unet_call(unet, UNetInput(*inputs), use_graphs=graphs)
 
     return timed(run)
 
@@ -205,9 +205,9 @@ def bench_ours(model: StableDiffusionModel, layers: list[str], inputs: tuple, ar
     captures: list[tuple] = []
     real_capture = unet_graph._capture
 
-    def counting_capture(unet_, x, *rest):
-        captures.append(tuple(x.shape))
-        return real_capture(unet_, x, *rest)
+    def counting_capture(unet_, fn, tensors, *rest):
+        captures.append(tuple(tensors[0].shape))
+        return real_capture(unet_, fn, tensors, *rest)
 
     unet_graph._capture = counting_capture
     try:
@@ -228,8 +228,8 @@ def bench_ours(model: StableDiffusionModel, layers: list[str], inputs: tuple, ar
             out[f"its_{key}_all"] = [args.calls / v for v in values]
         # A on: the replayed graph against the eager UNet with the same merged weights.
         apply(model, ["A"])
-        graphed = unet_call(unet, *inputs, use_graphs=use_graphs).clone()
-        eager = unet_call(unet, *inputs, use_graphs=False)
+        graphed = unet_call(unet, UNetInput(*inputs), use_graphs=use_graphs).clone()
+        eager = unet_call(unet, UNetInput(*inputs), use_graphs=False)
         out["graph_vs_eager_max_abs_diff_with_a"] = (graphed - eager).abs().max().item()
         out["graph_captures"] = len(captures)
         out["graph_recaptured_on_switch"] = (len(captures) > 1 or getattr(unet, "_sd_graph_cache", None)

@@ -100,9 +100,9 @@ def test_lora_switches_replay_one_graph_and_match_eager_bit_for_bit(gpu_model, m
     captures: list[tuple] = []
     real_capture = unet_graph._capture
 
-    def counting_capture(unet, x, *args):
-        captures.append(tuple(x.shape))
-        return real_capture(unet, x, *args)
+    def counting_capture(unet, fn, tensors, *args):
+        captures.append(tuple(tensors[0].shape))
+        return real_capture(unet, fn, tensors, *args)
 
     monkeypatch.setattr(unet_graph, "_capture", counting_capture)
     before = _unet_state(model)

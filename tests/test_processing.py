@@ -118,9 +118,9 @@ def _record_contexts(monkeypatch):
     seen = []
     real = cfg_denoiser.unet_call
 
-    def spy(unet, x, t, context, added=None, image_cond=None, **kwargs):
-        seen.append(context.clone())
-        return real(unet, x, t, context, added, image_cond, **kwargs)
+    def spy(unet, inp, **kwargs):
+        seen.append(inp.context.clone())
+        return real(unet, inp, **kwargs)
 
     monkeypatch.setattr("modules.engine.generate.unet_call", spy)
     return seen
@@ -314,9 +314,9 @@ def test_sdxl_refiner_takes_over_at_the_switch_step(data_dir, monkeypatch):
     calls = []
     real = cfg_denoiser.unet_call
 
-    def spy(unet, x, t, context, added=None, image_cond=None, **kwargs):
+    def spy(unet, inp, **kwargs):
         calls.append(unet)
-        return real(unet, x, t, context, added, image_cond, **kwargs)
+        return real(unet, inp, **kwargs)
 
     monkeypatch.setattr("modules.engine.generate.unet_call", spy)
     result = txt2img(steps=5, refiner_checkpoint="refiner.safetensors", refiner_switch_at=0.6)

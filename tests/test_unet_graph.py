@@ -7,7 +7,7 @@ import torch
 from tiny_models import build_family
 
 from modules import devices
-from modules.engine.cfg_denoiser import unet_call
+from modules.engine.unet_call import UNetInput, unet_call
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -24,8 +24,8 @@ def test_replay_matches_eager_for_new_inputs_and_shapes():
     unet = build_family("sd1").unet.cuda().eval()
     for seed, size in ((0, 8), (1, 8), (2, 16), (3, 8)):
         x, t, ctx = _inputs(unet, size=size, seed=seed)
-        eager = unet_call(unet, x, t, ctx)
-        graphed = unet_call(unet, x, t, ctx, use_graphs=True)
+        eager = unet_call(unet, UNetInput(x, t, ctx))
+        graphed = unet_call(unet, UNetInput(x, t, ctx), use_graphs=True)
         torch.testing.assert_close(graphed, eager, rtol=1e-4, atol=1e-4)
     assert len(unet._sd_graph_cache.graphs) == 2
 
@@ -34,19 +34,19 @@ def test_sdxl_added_conditioning_is_graphed_too():
     unet = build_family("sdxl").unet.cuda().eval()
     x, t, ctx = _inputs(unet)
     added = {"text_embeds": torch.randn(2, 32).cuda(), "time_ids": torch.rand(2, 6).cuda() * 64}
-    torch.testing.assert_close(unet_call(unet, x, t, ctx, added, use_graphs=True), unet_call(unet, x, t, ctx, added),
+    torch.testing.assert_close(unet_call(unet, UNetInput(x, t, ctx, added), use_graphs=True), unet_call(unet, UNetInput(x, t, ctx, added)),
                                rtol=1e-4, atol=1e-4)
 
 
 def test_graphs_follow_weights_that_move_and_padding_changes():
     unet = build_family("sd1").unet.cuda().eval()
     x, t, ctx = _inputs(unet)
-    first = unet_call(unet, x, t, ctx, use_graphs=True)
+    first = unet_call(unet, UNetInput(x, t, ctx), use_graphs=True)
     devices.move_modules([unet], devices.cpu)
     devices.move_modules([unet], torch.device("cuda"))
-    torch.testing.assert_close(unet_call(unet, x, t, ctx, use_graphs=True), first, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(unet_call(unet, UNetInput(x, t, ctx), use_graphs=True), first, rtol=1e-4, atol=1e-4)
     for m in unet.modules():
         if isinstance(m, torch.nn.Conv2d):
             m.padding_mode = "circular"
-    torch.testing.assert_close(unet_call(unet, x, t, ctx, use_graphs=True), unet_call(unet, x, t, ctx),
+    torch.testing.assert_close(unet_call(unet, UNetInput(x, t, ctx), use_graphs=True), unet_call(unet, UNetInput(x, t, ctx)),
                                rtol=1e-4, atol=1e-4)

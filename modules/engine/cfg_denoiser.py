@@ -1,9 +1,10 @@
 """Classifier-free guidance around the UNet, with A1111's per-step semantics.
 
-`unet_call` is the single function boundary where the network runs: latents and conditioning in, model output
-out. Everything per step (which prompt-editing text applies, AND-composition weights, inpainting masks,
-interrupts, extension callbacks) happens in `CFGDenoiser` around it, so the boundary can later be compiled or
-captured in a CUDA graph without touching the semantics.
+`modules.engine.unet_call` is the single function boundary where the network runs: latents and conditioning in,
+model output out. Everything per step (which prompt-editing text applies, AND-composition weights, inpainting
+masks, interrupts, extension callbacks) happens in `CFGDenoiser` around it, so the boundary can be compiled or
+captured in a CUDA graph without touching the semantics. Each call of the inner model also says which rows are
+negative-prompt rows and which step it is, for the UNet hooks (ControlNet's control modes and guidance window).
 """
 
 from __future__ import annotations
@@ -17,33 +18,7 @@ import torch
 from modules import prompt_parser
 from modules.engine import hooks
 from modules.engine.sampling.common import InterruptedException
-
-
-def unet_call(
-    unet: torch.nn.Module,
-    x: torch.Tensor,
-    t: torch.Tensor,
-    context: torch.Tensor,
-    added: dict[str, torch.Tensor] | None = None,
-    image_cond: torch.Tensor | None = None,
-    use_graphs: bool = False,
-) -> torch.Tensor:
-    """One UNet evaluation in the network's dtype; returns float32 model output of x's shape.
-
-    With `use_graphs` on a CUDA device the forward is a CUDA-graph replay (modules.engine.unet_graph).
-    """
-    dtype = unet.dtype
-    if image_cond is not None:
-        x = torch.cat([x, image_cond.to(x.dtype)], dim=1)
-    added_cond = {k: v.to(dtype) for k, v in added.items()} if added else None
-    x, context = x.to(dtype), context.to(dtype)
-    if use_graphs and x.is_cuda:
-        from modules.engine.unet_graph import graphed_forward
-
-        out = graphed_forward(unet, x, t, context, added_cond)
-    else:
-        out = unet(x, t, encoder_hidden_states=context, added_cond_kwargs=added_cond, return_dict=False)[0]
-    return out.float()  # a copy: a replayed graph's output buffer is reused
+from modules.engine.unet_call import unet_call  # noqa: F401  (the name extensions and tests reach here)
 
 
 @dataclass
@@ -121,21 +96,25 @@ class CFGDenoiser:
                 "time_ids": time_cond if skip_uncond else torch.cat([time_cond, self.c.added_uncond["time_ids"]]),
             }
 
+        n_cond = x_in.shape[0] - (0 if skip_uncond else batch)
+        uncond_rows = torch.arange(x_in.shape[0], device=x_in.device) >= n_cond
+        step_info = {"step": self.step, "total_steps": self.total_steps}
         if skip_uncond:
-            out = self.inner_model(x_in, sigma_in, context=cond_ctx, added=added_in, image_cond=image_cond_in)
+            out = self.inner_model(x_in, sigma_in, context=cond_ctx, added=added_in, image_cond=image_cond_in,
+                                   uncond_rows=uncond_rows, **step_info)
             out = torch.cat([out, out[[conds[0][0] for conds in conds_list]]])  # each image's first cond as uncond
         elif cond_ctx.shape[1] == uncond_ctx.shape[1]:
             out = self.inner_model(x_in, sigma_in, context=torch.cat([cond_ctx, uncond_ctx]), added=added_in,
-                                   image_cond=image_cond_in)
+                                   image_cond=image_cond_in, uncond_rows=uncond_rows, **step_info)
         else:
             # Different prompt lengths (chunk counts): two passes, as A1111 does by default.
-            n_cond = cond_ctx.shape[0]
             parts = []
             for rows, context in ((slice(0, n_cond), cond_ctx), (slice(n_cond, None), uncond_ctx)):
                 parts.append(self.inner_model(
                     x_in[rows], sigma_in[rows], context=context,
                     added={k: v[rows] for k, v in added_in.items()} if added_in else None,
-                    image_cond=None if image_cond_in is None else image_cond_in[rows]))
+                    image_cond=None if image_cond_in is None else image_cond_in[rows],
+                    uncond_rows=uncond_rows[rows], **step_info))
             out = torch.cat(parts)
 
         if hooks.registered("cfg_denoised"):

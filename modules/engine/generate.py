@@ -15,10 +15,11 @@ import torch
 from PIL import Image
 
 from modules import prompt_parser
-from modules.engine.cfg_denoiser import CFGDenoiser, StepConditioning, unet_call
+from modules.engine.cfg_denoiser import CFGDenoiser, StepConditioning
 from modules.engine.conditioning import PromptEncoder
 from modules.engine.sampling.registry import create_sampler
 from modules.engine.sampling.sampler import ScheduleSettings
+from modules.engine.unet_call import UNetHook, UNetHookContext, UNetInput, unet_call
 from modules.models.sd_model import StableDiffusionModel
 
 REFINER_AESTHETIC = {"positive": 6.0, "negative": 2.5}  # A1111's sdxl_refiner_*_aesthetic_score defaults
@@ -59,6 +60,8 @@ class BatchRequest:
     # SDXL refiner: a second model that takes over after `refiner_switch_at` of the steps
     refiner: StableDiffusionModel | None = None
     refiner_switch_at: float = 1.0
+    # features that fill the UNet's typed input at every evaluation (ControlNet, adapters), in order
+    unet_hooks: list[UNetHook] = field(default_factory=list)
     # output
     infotext_params: dict[str, Any] = field(default_factory=dict)
 
@@ -102,9 +105,17 @@ def build_denoiser(model: StableDiffusionModel, request: BatchRequest, sampler: 
         conditioning.added_uncond = {"time_ids": sdxl_time_ids(model, request.width, request.height, True, batch)}
     unet = model.unet
     use_graphs = bool(request.settings.get("cuda_graphs", True))
+    unet_hooks = list(request.unet_hooks) if model is request.model else []
 
-    def model_fn(x, t, context, added=None, image_cond=None):
-        return unet_call(unet, x, t, context, added, image_cond, use_graphs=use_graphs)
+    def model_fn(x, t, context, added=None, image_cond=None, uncond_rows=None, step=0, total_steps=0):
+        inp = UNetInput(x, t, context, dict(added) if added else None, image_cond)
+        if unet_hooks:
+            if uncond_rows is None:
+                uncond_rows = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+            context_ = UNetHookContext(inp, step, total_steps, uncond_rows)
+            for hook in unet_hooks:
+                hook(context_)
+        return unet_call(unet, inp, use_graphs=use_graphs)
 
     denoiser = sampler.make_denoiser(model_fn, model.alphas_cumprod, model.spec.prediction_type,
                                      is_sdxl=model.is_sdxl)
