@@ -102,6 +102,9 @@ class StableDiffusionProcessing:
 
     def __post_init__(self) -> None:
         self.extra_generation_params = dict(self.extra_generation_params or {})
+        # UNet hooks (modules.engine.unet_call) scripts add for this job, e.g. ControlNet's; every sampling pass
+        # of the job (hires fix included) runs them
+        self.unet_hooks: list[Any] = []
         self.override_settings = dict(self.override_settings or {})
         self.styles = list(self.styles or [])
         self.comments = dict(self.comments or {})
@@ -597,6 +600,9 @@ def _prepare(p: StableDiffusionProcessing):
     model = p.sd_model
     if model.spec.variant == "instruct-pix2pix":
         raise ValueError(f"{model.spec.display_name} models are recognised but cannot generate in this version")
+    if getattr(p, "depth_map", None) is not None and model.spec.variant != "depth":
+        raise ValueError(f"a depth map applies only to SD2 depth models; the loaded model is "
+                         f"{model.spec.display_name}")
     if model.spec.variant == "depth" and p.kind != "img2img":
         raise ValueError(f"{model.spec.display_name} models generate from a picture and its depth: use img2img "
                          "or the Depth tab, not txt2img")
@@ -689,6 +695,7 @@ def _batch_request(p: StableDiffusionProcessing, n: int, model, refiner) -> Batc
     if p.scripts is not None:
         p.scripts.process_before_every_sampling(p, batch_number=n, prompts=p.prompts, seeds=p.seeds,
                                                 subseeds=p.subseeds)
+    request.unet_hooks = list(p.unet_hooks)
     return request
 
 
