@@ -202,6 +202,12 @@ def load_scripts() -> None:
 _display = script_callbacks.display_path
 
 
+class RequestRefused(ValueError):
+    """Raised by a script to refuse the request it was given (a bad argument, a missing model file): the job fails
+    with this message, shown where the person is (the page, the API's 422). Any other exception from a script is a
+    bug in it: reported, and the job goes on without that script's step, as in A1111."""
+
+
 def _report(script: Script, method: str) -> None:
     script_callbacks.report(f"{method} of script {script.title() if _titled(script) else type(script).__name__}",
                             _display(script.filename or ""))
@@ -320,6 +326,8 @@ class ScriptRunner:
             try:
                 args = p.script_args[script.args_from:script.args_to] if p.script_args else ()
                 getattr(script, method)(p, *extra, *args, **kwargs)
+            except RequestRefused:
+                raise
             except Exception:
                 _report(script, method)
 

@@ -115,8 +115,9 @@ class ControlNetUnit:
     module: str = "none"
     model: str = "None"
     weight: float = 1.0
-    # Input pictures as RGBA uint8 arrays (alpha = the unit's mask, 255 = masked); None = use the img2img input.
-    images: list[np.ndarray] | None = None
+    # Input (picture, mask) pairs: uint8 arrays, PIL images, or checked uploads decoded when the job runs
+    # (anything with .load()); None = use the img2img input. See rgba_images().
+    images: list[tuple[Any, Any]] | None = None
     resize_mode: ResizeMode = ResizeMode.INNER_FIT
     low_vram: bool = False
     processor_res: int = -1  # -1: the preprocessor's default
@@ -142,6 +143,13 @@ class ControlNetUnit:
         if self.guidance_start > self.guidance_end:
             raise UnitError(f"guidance_start ({self.guidance_start}) is after guidance_end ({self.guidance_end})")
 
+    def rgba_images(self) -> list[np.ndarray] | None:
+        """The input pictures as HxWx4 uint8 (alpha = the unit's mask, 255 = masked)."""
+        if self.images is None:
+            return None
+        return [rgba(picture, mask, f"image[{i}]." if len(self.images) > 1 else "")
+                for i, (picture, mask) in enumerate(self.images)]
+
     @property
     def is_inpaint(self) -> bool:
         return "inpaint" in self.module
@@ -153,8 +161,8 @@ class ControlNetUnit:
     # --- the API's dicts ----------------------------------------------------------------------------------------
     @classmethod
     def from_api(cls, values: Any, decode_image: Any = None) -> ControlNetUnit:
-        """A unit from the extension's API dict. `decode_image(text, field) -> PIL.Image` decodes base64 images
-        (the API's checked decoder); numpy arrays and PIL images are taken as they are."""
+        """A unit from the extension's API dict. `decode_image(text, field)` turns base64 text into a PIL image or
+        a checked upload with .load() (the API's decoder); numpy arrays and PIL images are taken as they are."""
         if isinstance(values, ControlNetUnit):
             return values
         if not isinstance(values, dict):
@@ -250,37 +258,31 @@ def _converted(values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _as_array(image: Any, name: str, decode_image: Any) -> np.ndarray:
+def _as_array(image: Any, name: str) -> np.ndarray:
     from PIL import Image
 
-    if isinstance(image, np.ndarray):
-        array = image
-    elif isinstance(image, Image.Image):
-        array = np.asarray(image.convert("RGBA" if image.mode in ("RGBA", "LA") else "RGB"))
-    elif isinstance(image, str):
-        if decode_image is None:
-            raise UnitError(f"{name}: a base64 image is not accepted here")
-        array = np.asarray(decode_image(image, name).convert("RGB"))
-    else:
-        raise UnitError(f"{name}: expected a base64 image, got {type(image).__name__}")
-    if array.dtype != np.uint8:
-        raise UnitError(f"{name}: expected 8-bit pixels, got {array.dtype}")
-    if array.ndim == 2:
-        array = np.stack([array] * 3, axis=-1)
-    if array.ndim != 3 or array.shape[2] not in (3, 4):
-        raise UnitError(f"{name}: expected an RGB picture, got shape {array.shape}")
-    return array
+    if hasattr(image, "load") and not isinstance(image, Image.Image):
+        image = image.load()  # an upload checked when the request came, decoded now that the job runs
+    if isinstance(image, Image.Image):
+        image = np.asarray(image.convert("RGBA" if image.mode in ("RGBA", "LA", "PA") else "RGB"))
+    if not isinstance(image, np.ndarray):
+        raise UnitError(f"{name}: expected a picture, got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise UnitError(f"{name}: expected 8-bit pixels, got {image.dtype}")
+    if image.ndim == 2:
+        image = np.stack([image] * 3, axis=-1)
+    if image.ndim != 3 or image.shape[2] not in (3, 4) or min(image.shape[:2]) < 1:
+        raise UnitError(f"{name}: expected an RGB picture, got shape {image.shape}")
+    return image
 
 
-def _rgba(image: Any, mask: Any, decode_image: Any, where: str) -> np.ndarray:
-    rgb = _as_array(image, f"{where}image", decode_image)
-    if mask is None:
-        alpha = rgb[:, :, 3:4] if rgb.shape[2] == 4 else np.zeros((*rgb.shape[:2], 1), np.uint8)
-        # an uploaded picture's own transparency is not a mask (the extension ignores it too)
-        if rgb.shape[2] == 4:
-            alpha = np.zeros_like(alpha)
-    else:
-        mask_array = _as_array(mask, f"{where}mask", decode_image)
+def rgba(image: Any, mask: Any, where: str = "") -> np.ndarray:
+    """HxWx4 uint8: the picture's RGB and the mask (255 = masked) as alpha. A picture's own transparency is not
+    a mask (the extension ignores it too)."""
+    rgb = _as_array(image, f"{where}image")
+    alpha = np.zeros((*rgb.shape[:2], 1), np.uint8)
+    if mask is not None:
+        mask_array = _as_array(mask, f"{where}mask")
         if mask_array.shape[:2] != rgb.shape[:2]:
             raise UnitError(f"{where}mask: its size {mask_array.shape[1]}x{mask_array.shape[0]} differs from the "
                             f"image's {rgb.shape[1]}x{rgb.shape[0]}")
@@ -288,22 +290,43 @@ def _rgba(image: Any, mask: Any, decode_image: Any, where: str) -> np.ndarray:
     return np.concatenate([rgb[:, :, :3], alpha], axis=2)
 
 
-def _api_images(image: Any, mask: Any, decode_image: Any) -> list[np.ndarray] | None:
+def _source(value: Any, name: str, decode_image: Any) -> Any:
+    """A picture as given: arrays and PIL images as they are, base64 text through `decode_image`."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if not value:
+            return None
+        if decode_image is None:
+            raise UnitError(f"{name}: a base64 image is not accepted here")
+        return decode_image(value, name)
+    return value
+
+
+def _api_images(image: Any, mask: Any, decode_image: Any) -> list[tuple[Any, Any]] | None:
     """The extension's image shapes: a base64 string (+ `mask`), {"image", "mask"}, [image, mask], or a list of
-    {"image", "mask"} dicts."""
+    {"image", "mask"} dicts. Returns (picture, mask) pairs of sources (see ControlNetUnit.images)."""
     if image is None or (isinstance(image, str) and not image):
-        if mask is not None:
+        if mask is not None and mask != "":
             raise UnitError("mask: given without an image")
         return None
     if isinstance(image, dict):
-        return [_rgba(image.get("image"), image.get("mask"), decode_image, "image.")]
-    if isinstance(image, (list, tuple)):
+        pairs = [(image.get("image"), image.get("mask"), "image.")]
+    elif isinstance(image, (list, tuple)):
         if not image:
             raise UnitError("image: an empty list")
         if all(isinstance(item, dict) for item in image):
-            return [_rgba(item.get("image"), item.get("mask"), decode_image, f"image[{i}].")
-                    for i, item in enumerate(image)]
-        if len(image) == 2:
-            return [_rgba(image[0], image[1], decode_image, "image.")]
-        raise UnitError("image: expected [image, mask] or a list of {image, mask}")
-    return [_rgba(image, mask, decode_image, "")]
+            pairs = [(item.get("image"), item.get("mask"), f"image[{i}].") for i, item in enumerate(image)]
+        elif len(image) == 2:
+            pairs = [(image[0], image[1], "image.")]
+        else:
+            raise UnitError("image: expected [image, mask] or a list of {image, mask}")
+    else:
+        pairs = [(image, mask, "")]
+    out = []
+    for picture, picture_mask, where in pairs:
+        if picture is None:
+            raise UnitError(f"{where}image: missing")
+        out.append((_source(picture, f"{where}image", decode_image),
+                    _source(picture_mask, f"{where}mask", decode_image)))
+    return out
