@@ -73,3 +73,30 @@ def check_request(kind: str, script_name: str | None, alwayson_scripts: Mapping[
                 raise ApiError(422, "Cannot have a selectable script in the always on scripts params",
                                ("alwayson_scripts", name), as_validation=False)
             raise ApiError(422, f"always on script {name} not found", ("alwayson_scripts", name), as_validation=False)
+    read_alwayson_args(kind, alwayson_scripts)
+
+
+def read_alwayson_args(kind: str, alwayson_scripts: Mapping[str, Any] | None) -> None:
+    """Always-on scripts that read their API arguments themselves (`Script.api_args`, e.g. ControlNet's units)
+    do it here, before the job is queued: a bad argument is a 422 naming it, and the request keeps what they
+    read. Base64 images are checked now and decoded when the job runs."""
+    from modules.api import images
+
+    for name, entry in (alwayson_scripts or {}).items():
+        script = runner(kind).script(name)
+        read = getattr(script, "api_args", None)
+        if read is None or not isinstance(entry, dict):
+            continue
+        given = entry.get("args") or []
+        if not isinstance(given, list):
+            raise ApiError(422, "expected a list", ("alwayson_scripts", name, "args"))
+
+        def decode(text: str, field: tuple, name: str = name) -> Any:
+            return images.check_base64_image(text, ("alwayson_scripts", name, "args", *field))
+
+        try:
+            entry["args"] = read(list(given), decode)
+        except ApiError:
+            raise
+        except ValueError as e:
+            raise ApiError(422, str(e), ("alwayson_scripts", name, "args")) from None
