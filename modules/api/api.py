@@ -97,6 +97,9 @@ class Api:
         add(f"{v1}/refresh-loras", self.refresh_loras, methods=["POST"])
         add(f"{v1}/scripts", self.get_scripts_list, methods=["GET"], response_model=m.ScriptsList)
         add(f"{v1}/script-info", self.get_script_info, methods=["GET"], response_model=list[m.ScriptInfo])
+        from modules.api import depth  # /sdapi/v1/depth and /sdapi/v1/depth-estimators
+
+        depth.register(self)
 
     def _register_internal(self) -> None:
         taken = {(getattr(r, "path", None), method) for r in self.app.router.routes

@@ -93,6 +93,8 @@ class Prepared:
         if kind == "img2img":
             args["init_images"] = [image.load() for image in args["init_images"]]
             args["mask"] = args["mask"].load() if args["mask"] is not None else None
+            if args.get("depth_map") is not None:
+                args["depth_map"] = args["depth_map"].load()
         if args.get("firstpass_image") is not None:  # Hires. fix of a finished picture (A1111's ✨ button)
             args["firstpass_image"] = args["firstpass_image"].load().convert("RGB")
         p = PROCESSING_CLASSES[kind](**args)
@@ -109,6 +111,23 @@ def _check_images(req: StableDiffusionImg2ImgProcessingAPI) -> tuple[list[images
     init = validation.check_image_list("init_images", list(req.init_images))
     mask = images.check_base64_image(req.mask, "mask") if req.mask else None
     return init, mask
+
+
+def _check_depth(req: StableDiffusionImg2ImgProcessingAPI) -> images.CheckedImage | None:
+    """depth_map / depth_estimator take effect only with an SD2 depth model (modules/depth/depth2img.py)."""
+    if not req.depth_map and not req.depth_estimator:
+        return None
+    from modules.depth import estimators
+
+    if req.depth_estimator and req.depth_estimator not in estimators.names():
+        raise invalid("depth_estimator", f"unknown depth estimator {req.depth_estimator!r}; known: "
+                                         f"{', '.join(estimators.names())}")
+    model = shared.sd_model
+    spec = getattr(model, "spec", None)
+    if spec is not None and spec.variant != "depth" and not (req.override_settings or {}).get("sd_model_checkpoint"):
+        field = "depth_map" if req.depth_map else "depth_estimator"
+        raise invalid(field, f"applies only to SD2 depth models; the loaded model is {spec.display_name}")
+    return images.check_base64_image(req.depth_map, "depth_map") if req.depth_map else None
 
 
 def prepare(req: GenerationRequest, kind: str) -> Prepared:
@@ -138,7 +157,9 @@ def prepare(req: GenerationRequest, kind: str) -> Prepared:
         assert isinstance(req, StableDiffusionImg2ImgProcessingAPI)
         args["init_images"], args["mask"] = _check_images(req)
         args.pop("latent_mask", None)
-        uploads = [*args["init_images"], *([args["mask"]] if args["mask"] is not None else [])]
+        args["depth_map"] = _check_depth(req)
+        uploads = [*args["init_images"], *([args["mask"]] if args["mask"] is not None else []),
+                   *([args["depth_map"]] if args["depth_map"] is not None else [])]
         release = waiting_uploads.reserve(sum(image.sent_bytes for image in uploads))
     if kind == "txt2img" and req.firstpass_image:  # check_unsupported refused it without enable_hr
         args["firstpass_image"] = images.check_base64_image(req.firstpass_image, "firstpass_image")
@@ -156,4 +177,5 @@ def response(prepared: Prepared, processed: processing.Processed, kind: str) -> 
     if kind == "img2img" and not parameters.get("include_init_images"):
         parameters["init_images"] = None  # A1111 leaves the (large) inputs out unless asked for them
         parameters["mask"] = None
+        parameters["depth_map"] = None
     return {"images": encoded, "parameters": parameters, "info": processed.js()}

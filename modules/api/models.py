@@ -103,6 +103,10 @@ class StableDiffusionImg2ImgProcessingAPI(GenerationRequest):
     initial_noise_multiplier: float | None = None
     latent_mask: str | None = None
     include_init_images: bool | None = Field(False, description="echo init_images and mask back in parameters")
+    depth_map: str | None = Field(None, description="SD2 depth models: base64 depth map (near = bright) used "
+                                                     "instead of the estimate")
+    depth_estimator: str | None = Field(None, description="SD2 depth models: the depth estimator (see "
+                                                           "/sdapi/v1/depth-estimators); default midas_dpt_hybrid")
 
 
 class TextToImageResponse(_Model):

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from modules.depth import estimators
+from modules.depth.weights import MissingDepthWeights, refusal
 
 ESTIMATOR_KEY = "Depth estimator"
 SOURCE_KEY = "Depth source"
@@ -99,7 +100,10 @@ def conditioning(sources: Sequence[Image.Image], latent_size: tuple[int, int], d
         info = {SOURCE_KEY: USER_MAP}
     else:
         name = estimator or estimators.DEFAULT
-        raw = [estimators.predict(name, image, resolution).to(device) for image in sources]
+        try:
+            raw = [estimators.predict(name, image, resolution).to(device) for image in sources]
+        except MissingDepthWeights as e:
+            raise refusal(e) from e
         info = {ESTIMATOR_KEY: name}
     maps = torch.cat([prepare_depth_map(r, latent_h, latent_w) for r in raw])
     return maps.to(device), info

@@ -104,3 +104,15 @@ def find(name: str) -> Weights:
     if os.path.isfile(single) and _inside(depth_models_dir(), single):
         return Weights(name, None, single, None)
     raise MissingDepthWeights(name, folders[0], folders[1:])
+
+
+def display_path(path: str) -> str:
+    """A path as people should see it: relative to the data dir when inside it (no server layout leaks)."""
+    rel = os.path.relpath(os.path.abspath(path), os.path.abspath(paths.data_path))
+    return path if rel.startswith("..") else rel
+
+
+def refusal(error: MissingDepthWeights) -> ValueError:
+    """The refusal shown on the page and over the API: the estimator and where its weights belong."""
+    return ValueError(f'Depth estimator "{error.name}" has no weights: put its model folder (config.json + '
+                      f"model.safetensors) at {display_path(error.path)}")
