@@ -7,7 +7,8 @@ copied into the graph's fixed buffer before each replay; the outputs are reused 
 
 Graphs are kept per module and per input structure (which optional inputs are present, their shapes and dtypes,
 and the non-tensor arguments), a few at most. They are dropped when the weights move (another device, or parked
-in RAM), when the model patcher replaced a weight storage, when convolutions change padding (tiling), or when
+in RAM), when the model patcher replaced a weight storage, when the forward's code changed
+(`bump_structure_version`), when convolutions change padding (tiling), or when
 capture fails, in which case this module simply runs eagerly from then on.
 """
 
@@ -42,6 +43,16 @@ def _storage_version(module: torch.nn.Module) -> int:
     return patcher.storage_version if patcher is not None else 0
 
 
+def structure_version(module: torch.nn.Module) -> int:
+    """Bumped by code that changes what a forward runs (e.g. attention processors swapped in for IP-Adapter):
+    graphs recorded before replay the old code, so they are dropped."""
+    return int(getattr(module, "_sd_structure_version", 0))
+
+
+def bump_structure_version(module: torch.nn.Module) -> None:
+    module._sd_structure_version = structure_version(module) + 1
+
+
 def _first_parameter(module: torch.nn.Module) -> torch.Tensor:
     return next(module.parameters())
 
@@ -50,6 +61,7 @@ class _GraphCache:
     def __init__(self, module: torch.nn.Module):
         self.graphs: OrderedDict[tuple, _Captured] = OrderedDict()
         self.storage_version = _storage_version(module)
+        self.structure_version = structure_version(module)
         self.weights_at = _first_parameter(module).data_ptr()
         self.padding_probe = next((m for m in module.modules() if isinstance(m, torch.nn.Conv2d)), None)
         self.padding_mode = getattr(self.padding_probe, "padding_mode", None)
@@ -58,6 +70,7 @@ class _GraphCache:
     def still_valid(self, module: torch.nn.Module) -> bool:
         return (_first_parameter(module).data_ptr() == self.weights_at
                 and self.storage_version == _storage_version(module)
+                and self.structure_version == structure_version(module)
                 and getattr(self.padding_probe, "padding_mode", None) == self.padding_mode)
 
 
