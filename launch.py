@@ -27,6 +27,7 @@ python: str = sys.executable
 git: str = os.environ.get("GIT", "git")
 index_url: str = os.environ.get("INDEX_URL", "")
 requirements_file: str = os.environ.get("REQS_FILE", os.path.join(script_path, "requirements.txt"))
+ray_requirements_file: str = os.path.join(script_path, "requirements-ray.txt")  # only with --ray
 default_command_live: bool = os.environ.get("WEBUI_LAUNCH_LIVE_OUTPUT") == "1"
 
 # What `import launch` sees, e.g. in an install.py run in its own process: lenient, so a flag only an
@@ -284,6 +285,11 @@ def prepare_environment(cmd_opts: argparse.Namespace) -> None:
             print(f"kept torch {torch} (installed; TORCH_COMMAND runs only without one)", flush=True)
         print("Requirements not met: " + ", ".join(missing), flush=True)
         _install_requirements(requirements_file)
+    if getattr(cmd_opts, "ray", False):  # Ray Serve is optional: installed for those who start with --ray
+        missing = missing_requirements(ray_requirements_file)
+        if missing:
+            print("Requirements of --ray not met: " + ", ".join(missing), flush=True)
+            _install_requirements(ray_requirements_file)
 
 
 def main(argv: list[str] | None = None) -> int:

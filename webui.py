@@ -122,6 +122,21 @@ def open_ngrok(port: int) -> None:
         raise SystemExit(1) from None
 
 
+def start_ray(cmd_opts) -> None:
+    """--ray: start (or join) the Ray cluster and put its replicas behind this server's job queue."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise SystemExit("Cannot start with --ray: Ray is not installed. Install it with: "
+                         f"{sys.executable} -m pip install -r requirements-ray.txt")
+    from modules.serve import cluster
+
+    try:
+        cluster.install(cluster.start(cmd_opts))
+    except ValueError as e:  # --ray-replicas the cluster cannot place
+        raise SystemExit(f"Cannot start: {e}") from None
+
+
 def start() -> None:
     started = time.perf_counter()
     setup_logging(shared.cmd_opts.loglevel)
@@ -138,8 +153,10 @@ def start() -> None:
         raise SystemExit(f"Cannot start: {e}") from None
     from modules import call_queue
 
+    if cmd_opts.ray:  # jobs run on replicas (modules/serve); this process keeps the UI and the API, and no model
+        start_ray(cmd_opts)
     first_load = None
-    if not (cmd_opts.skip_load_model_at_start or cmd_opts.ui_debug_mode):
+    if not (cmd_opts.skip_load_model_at_start or cmd_opts.ui_debug_mode or cmd_opts.ray):
         first_load = call_queue.queue.submit("load-model", load_first_model)
     if cmd_opts.nowebui:
         from modules.api import server as api_server

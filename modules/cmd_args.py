@@ -41,6 +41,9 @@ EFFECTIVE_FLAGS: set[str] = {
     "--loglevel",
     "--filenames-max-length",
     "--device-id",
+    "--ray",  # several GPUs and hosts (modules/serve)
+    "--ray-replicas",
+    "--ray-address",
     # model upscalers (modules/upscaler_models.py): each folder is listed too
     "--esrgan-models-path",
     "--realesrgan-models-path",
@@ -295,6 +298,13 @@ _flag("--use-ipex", "use Intel XPU as torch device")
 _add("--device-id", help="default CUDA device to use (CUDA_VISIBLE_DEVICES may also be needed)", type=str,
      default=None)
 _flag("--disable-model-loading-ram-optimization", "disable the RAM optimization used while loading a model")
+# several GPUs and hosts behind this server (modules/serve; needs: pip install -r requirements-ray.txt)
+_flag("--ray", "run jobs on replicas of the engine, one per GPU, on a Ray Serve deployment (this machine, or the "
+      "Ray cluster of --ray-address); the UI and API stay here")
+_add("--ray-replicas", help="with --ray: how many replicas (default: one per GPU of the cluster; one without GPUs)",
+     type=int, default=None)
+_add("--ray-address", help="with --ray: join this Ray cluster (HOST:PORT of its head, or auto) instead of starting "
+     "one on this machine", type=str, default=None)
 
 # --- server and UI ---
 _flag("--listen", "listen on 0.0.0.0 so the server answers on the network")
