@@ -282,6 +282,9 @@ class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
         request.initial_noise_multiplier = self.initial_noise_multiplier if self.initial_noise_multiplier else 1.0
         if model.spec.variant == "depth":
             request.image_cond = self._depth_conditioning(depth_sources, tuple(init_latent.shape[-2:]), model.device)
+        elif self.depth_map is not None:  # set after the checks too (the img2img tab's depth script)
+            raise ValueError(f"a depth map applies only to SD2 depth models; the loaded model is "
+                             f"{model.spec.display_name}")
 
         def encode(x: torch.Tensor) -> torch.Tensor:  # [-1, 1] pixels -> scaled latents
             return generate.vae_encode(model, (x + 1) / 2)
@@ -600,9 +603,6 @@ def _prepare(p: StableDiffusionProcessing):
     model = p.sd_model
     if model.spec.variant == "instruct-pix2pix":
         raise ValueError(f"{model.spec.display_name} models are recognised but cannot generate in this version")
-    if getattr(p, "depth_map", None) is not None and model.spec.variant != "depth":
-        raise ValueError(f"a depth map applies only to SD2 depth models; the loaded model is "
-                         f"{model.spec.display_name}")
     if model.spec.variant == "depth" and p.kind != "img2img":
         raise ValueError(f"{model.spec.display_name} models generate from a picture and its depth: use img2img "
                          "or the Depth tab, not txt2img")

@@ -1,4 +1,4 @@
-"""Build the page: quicksettings bar, then the tabs txt2img, img2img, PNG Info and Settings."""
+"""Build the page: quicksettings bar, then the tabs txt2img, img2img, Extras, PNG Info, Depth and Settings."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import gradio as gr
 from modules import call_queue, infotext_utils, script_callbacks, ui_extra_networks
 from modules.ui import (
     component_hooks,
+    depth,
     extension_tabs,
     extensions_tab,
     extra_networks_pages,
@@ -47,12 +48,15 @@ def _page(first_load: call_queue.Job | None, ext_tabs: list) -> gr.Blocks:
                 ext = extras.build()
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 png = pnginfo.build()
+            with gr.Tab("Depth", id="depth", elem_id="tab_depth"):
+                dep = depth.build()
             extension_tabs.build(ext_tabs)
             extensions_tab.build()
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 page = settings.build()
-        sendto.wire(tabs, t2i, i2i, png, image_only_panels=(ext.results,))
-        sendto.wire_extras(tabs, ext, [t2i.results, i2i.results], png)
+        sendto.wire(tabs, t2i, i2i, png, image_only_panels=(ext.results, dep.results))
+        sendto.wire_extras(tabs, ext, [t2i.results, i2i.results, dep.results], png)
+        depth.wire_send(dep, tabs, i2i)
         refiner_boxes = [t2i.refiner.checkpoint, i2i.refiner.checkpoint]
         quicksettings.wire(demo, quick, refiner_boxes, first_load)
         settings.wire(demo, page)
