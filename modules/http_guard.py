@@ -11,7 +11,7 @@ What it refuses, before any route runs:
   --cors-allow-origins / --cors-allow-origins-regex. `Origin: null` and malformed origins fail closed; no Origin
   at all is allowed (non-browser clients), as in ComfyUI.
 - the three content types a cross-site <form> can send without a CORS preflight, on the JSON routes (/sdapi/,
-  /internal/): A1111 ran `skip`, `unload-checkpoint`, `refresh-checkpoints` for such posts.
+  /internal/, /controlnet/): A1111 ran `skip`, `unload-checkpoint`, `refresh-checkpoints` for such posts.
 - request bodies over a size limit (declared or counted while they arrive).
 - with a login configured, routes gradio leaves open (/openapi.json, its heartbeat, ...) without that login.
 
@@ -40,7 +40,7 @@ LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 LAN_SUFFIXES = (".local", ".home.arpa", ".internal")
 SHARE_SUFFIX = ".gradio.live"  # gradio share links: https://<id>.gradio.live
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-JSON_ROUTE_PREFIXES = ("/sdapi/", "/internal/")
+JSON_ROUTE_PREFIXES = ("/sdapi/", "/internal/", "/controlnet/")  # /controlnet/: sd-webui-controlnet's API
 # What an HTML form (or fetch in no-cors mode) may send cross-site without a preflight.
 SIMPLE_CONTENT_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data", "text/plain"})
 DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}

@@ -97,9 +97,11 @@ class Api:
         add(f"{v1}/refresh-loras", self.refresh_loras, methods=["POST"])
         add(f"{v1}/scripts", self.get_scripts_list, methods=["GET"], response_model=m.ScriptsList)
         add(f"{v1}/script-info", self.get_script_info, methods=["GET"], response_model=list[m.ScriptInfo])
-        from modules.api import depth  # /sdapi/v1/depth and /sdapi/v1/depth-estimators
+        # /sdapi/v1/depth(-estimators); sd-webui-controlnet's /controlnet/* routes
+        from modules.api import controlnet, depth
 
         depth.register(self)
+        controlnet.register(self)
 
     def _register_internal(self) -> None:
         taken = {(getattr(r, "path", None), method) for r in self.app.router.routes
