@@ -190,6 +190,8 @@ def test_find_by_title_name_hash_and_none(env):
     assert files.find(f"cn_sd2_orig [{f.sha256[:10]}]").path == f.path
     assert files.find("None") is None and files.find("") is None and files.find(None) is None
     assert files.find("no_such_model") is None
+    assert files.find("sdxl").name == "ip_sdxl"  # the extension's fallback: the shortest name containing it
+    assert files.find("SD2").name == "cn_sd2_orig"
 
 
 def test_a_renamed_file_is_found_by_the_hash_of_an_old_title(env):

@@ -266,18 +266,23 @@ def _by_hash(files: list[ControlModelFile], wanted: str) -> ControlModelFile | N
     return None
 
 
-def _by_name(files: list[ControlModelFile], name: str) -> ControlModelFile | None:
+def _by_name(files: list[ControlModelFile], name: str, loose: bool = False) -> ControlModelFile | None:
     exact = next((f for f in files if f.name == name), None)
     if exact is not None:
         return exact
     folded = name.casefold()
-    return next((f for f in files if f.name.casefold() == folded), None)
+    same = next((f for f in files if f.name.casefold() == folded), None)
+    if same is not None or not folded or not loose:
+        return same
+    # the extension's last resort (find_closest_lora_model_name): the shortest name containing the text
+    containing = [f for f in files if folded in f.name.casefold()]
+    return min(containing, key=lambda f: len(f.name)) if containing else None
 
 
 def _find_in(files: list[ControlModelFile], text: str) -> ControlModelFile | None:
     match = _TITLE.match(text)
     if match is None:
-        return _by_name(files, text)
+        return _by_name(files, text, loose=True)
     name, wanted = match.group(1), match.group(2).lower()
     same_name = [f for f in files if f.name == name]
     exact = next((f for f in same_name if f.shorthash == wanted), None)
@@ -288,8 +293,9 @@ def _find_in(files: list[ControlModelFile], text: str) -> ControlModelFile | Non
 
 def find(name: str | None) -> ControlModelFile | None:
     """A control model by title ("name [hash]"), by name, or by the hash in "name [hash]" when the file was
-    renamed since (pasting an old infotext). "None" and "" mean no model. A miss (or a file gone since the
-    last scan) rescans once."""
+    renamed since (pasting an old infotext); failing those, as the extension does, the shortest name that
+    contains the text ("canny"). "None" and "" mean no model. A miss (or a file gone since the last scan)
+    rescans once."""
     text = "" if name is None else str(name).strip()
     if not text or text.casefold() == "none":
         return None
