@@ -315,3 +315,18 @@ def test_every_route_honours_api_auth(data_dir):
                 assert r.headers["www-authenticate"] == "Basic"
             r = c.request(method, path, json=json_body, headers={"Authorization": f"Basic {token}"})
             assert r.status_code == 200, (path, r.text)
+
+
+def test_detect_unusable_weight_file_is_a_422_naming_the_file(http, data_dir):
+    folder = data_dir / "models" / "depth" / "depth_anything_v2_small"
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}")
+    try:
+        r = http.post("/controlnet/detect", json={"controlnet_module": "depth_anything_v2",
+                                                  "controlnet_input_images": [square_png()]})
+        body = assert_error_json(r, 422, "controlnet_module")
+        assert "model.safetensors" in body["errors"] and str(data_dir) not in json.dumps(body)
+    finally:
+        for item in folder.iterdir():
+            item.unlink()
+        folder.rmdir()

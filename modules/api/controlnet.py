@@ -172,6 +172,7 @@ class PreparedDetect:
     def _detect(self, index: int) -> str:
         from modules.controlnet import preprocessors
         from modules.controlnet.preprocessor_images import hwc3
+        from modules.models.checkpoint_files import ModelFileError
 
         req = self.request
         picture = _picture(self.uploads[index].load())
@@ -186,6 +187,8 @@ class PreparedDetect:
             raise invalid("controlnet_module", f'ControlNet preprocessor "{e.preprocessor}" needs its weights at '
                                                f"{_display_path(e.path)}; the file is missing") from None
         except preprocessors.UnknownPreprocessor as e:  # unregistered since the request was checked
+            raise invalid("controlnet_module", str(e)) from None
+        except ModelFileError as e:  # the preprocessor's weight file is unusable; the message names it
             raise invalid("controlnet_module", str(e)) from None
         except ValueError as e:  # the registry's refusals of a picture (too large at this resolution, ...)
             raise invalid(("controlnet_input_images", index), str(e)) from None
