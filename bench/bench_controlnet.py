@@ -30,8 +30,11 @@ import torch
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
 
-from modules import cmd_args, devices, processing, scripts, shared  # noqa: E402
+from controlnet_files import controlnet_runner  # noqa: E402  (runs the ControlNet script without the page)
+
+from modules import cmd_args, devices, processing, shared  # noqa: E402
 
 SIZES = {"sd15": 512, "sdxl": 1024}
 PROMPT = "a photograph of an astronaut riding a horse on the moon, highly detailed"
@@ -95,13 +98,7 @@ def ours_runner(model, size: int, steps: int, units: list[dict], graphs: bool):
             prompt=PROMPT, negative_prompt=NEGATIVE, steps=steps, cfg_scale=7.0, width=size, height=size,
             sampler_name="Euler", seed=1234, do_not_save_samples=True, do_not_save_grid=True)
         p.sd_model = model
-        runner = scripts.scripts_txt2img
-        runner.ensure_inputs()
-        script = runner.script("ControlNet")
-        args = list(runner.default_args())
-        for i, value in enumerate(units):
-            args[script.args_from + i] = value
-        p.scripts, p.script_args = runner, tuple(args)
+        p.scripts, p.script_args = controlnet_runner(units)
         out = processing.process_images(p)
         assert "ControlNet 0" in out.infotexts[0]
 
@@ -196,7 +193,6 @@ def bench_family(family: str, args: argparse.Namespace) -> dict:
 
 
 def smoke(args: argparse.Namespace) -> None:
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
     from controlnet_files import write_controlnet
     from tiny_models import write_tiny_checkpoint
 
@@ -231,7 +227,6 @@ def main() -> None:
     shared.set_cmd_opts(cmd_args.parse_args(["--data-dir", args.workdir], environ={}))
     devices.configure(devices.precision_from_cmd_opts(shared.cmd_opts))
     shared.opts.data["live_previews_enable"] = False
-    scripts.load_scripts()
     if args.small:
         smoke(args)
         return

@@ -198,3 +198,16 @@ def write_evil_pickle(path: str | Path, marker: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"control_model.input_hint_block.0.weight": torch.zeros(1), "x": _Evil(marker)}, str(target))
     return target
+
+
+def controlnet_runner(units: list) -> tuple:
+    """(script runner, script args) with only the built-in ControlNet script and `units` as its arguments: what a
+    job needs to run ControlNet units without building the page (no gradio, e.g. on a bare GPU machine)."""
+    from modules import scripts
+
+    repo = Path(__file__).resolve().parent.parent
+    script = scripts.load_module(str(repo / "scripts" / "controlnet.py")).Script()
+    script.filename = str(repo / "scripts" / "controlnet.py")
+    script.args_from, script.args_to = 0, len(units)
+    runner = scripts.ScriptRunner(is_img2img=False, scripts=[script], alwayson_scripts=[script])
+    return runner, tuple(units)

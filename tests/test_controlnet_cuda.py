@@ -13,10 +13,10 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 import torch
-from controlnet_files import write_controlnet
+from controlnet_files import controlnet_runner, write_controlnet
 from PIL import Image, ImageDraw
 
-from modules import devices, processing, scripts, shared
+from modules import devices, processing, shared
 from modules.controlnet import files, loading
 from modules.engine import generate, unet_graph
 from modules.models.loader import load_model
@@ -34,7 +34,6 @@ def gpu_model(isolated_data_dir, tmp_path_factory) -> Iterator:
         write_controlnet(folder / "cn_a.safetensors", "sd1", "original", seed=1)
         write_controlnet(folder / "cn_b.safetensors", "sd1", "original", seed=2)
         files.refresh()
-        scripts.load_scripts()
         path = root / "models" / "Stable-diffusion" / "tiny.safetensors"
         model = load_model(str(path), devices.choose_precision(torch.device("cuda")))
         try:
@@ -65,13 +64,8 @@ def latents_of(model, monkeypatch, graphs: bool, name: str, weight: float = 1.0)
         prompt="a red circle", negative_prompt="blurry", steps=4, width=64, height=64, sampler_name="Euler",
         seed=11, do_not_save_samples=True, do_not_save_grid=True)
     p.sd_model = model
-    runner = scripts.scripts_txt2img
-    runner.ensure_inputs()
-    script = runner.script("ControlNet")
-    args = list(runner.default_args())
-    args[script.args_from] = {"module": "none", "model": name, "weight": weight, "image": square(),
-                              "resize_mode": "Just Resize"}
-    p.scripts, p.script_args = runner, tuple(args)
+    p.scripts, p.script_args = controlnet_runner([{"module": "none", "model": name, "weight": weight,
+                                                   "image": square(), "resize_mode": "Just Resize"}])
     processing.process_images(p)
     return captured["latents"]
 
