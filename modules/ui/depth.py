@@ -87,7 +87,7 @@ def build() -> DepthTab:
                     strength = gr.Slider(label="Denoising strength", minimum=0.0, maximum=1.0, step=0.01,
                                          value=0.8, elem_id="depth_denoising_strength")
                 seed = gr.Number(label="Seed", value=-1, precision=0, elem_id="depth_seed")
-                generate_button = gr.Button("Generate", variant="primary", elem_id="depth_generate")
+                generate_button = gr.Button("Generate", variant="primary", elem_id="depth2img_generate")
         with gr.Column(elem_id="depth_output"):
             progress = gr.HTML("", elem_id="depth_progress", elem_classes=["progress-area"], padding=False)
             preview = gr.Image(label="Depth map", type="pil", interactive=False, format="png",
@@ -200,7 +200,7 @@ def img2img_controls(automatic: str) -> Img2ImgDepth:
         estimator = gr.Dropdown(label="Depth estimator", choices=[automatic, *estimator_choices()], value=automatic,
                                 elem_id="img2img_depth_estimator")
         depth_map = gr.Image(label="Depth map (near = bright; replaces the estimate)", type="filepath",
-                             image_mode=None, sources=["upload", "clipboard"], height=240,
+                             image_mode=None, sources=["upload", "clipboard"], height=240, format="png",
                              elem_id="img2img_depth_map")
     _img2img_controls = Img2ImgDepth(estimator, depth_map)
     return _img2img_controls
