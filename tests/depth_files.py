@@ -90,3 +90,31 @@ def scene(width: int = 96, height: int = 64) -> Image.Image:
     g = np.where(disc, 40, 255 - x)
     b = np.full_like(x, 90)
     return Image.fromarray(np.stack([r, g, b], -1).astype(np.uint8), "RGB")
+
+
+def write_marigold(models_dir: str | Path, seed: int = 0, root: str = "depth") -> Path:
+    """A tiny Marigold depth pipeline folder (diffusers layout, safetensors) at models/<root>/marigold/."""
+    from diffusers import AutoencoderKL, DDIMScheduler, MarigoldDepthPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from modules import paths
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(sample_size=8, in_channels=8, out_channels=4, layers_per_block=1,
+                                    block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D",
+                                                                                   "DownBlock2D"),
+                                    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+                                    attention_head_dim=4, norm_num_groups=16)
+        vae = AutoencoderKL(block_out_channels=(16, 32), latent_channels=4, norm_num_groups=16,
+                            down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
+        text = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=32, intermediate_size=64,
+                                            num_attention_heads=2, num_hidden_layers=2, projection_dim=32))
+    tokenizer = CLIPTokenizer.from_pretrained(f"{paths.configs_path}/tokenizers/clip-vit-large-patch14",
+                                              local_files_only=True)
+    pipe = MarigoldDepthPipeline(unet=unet, vae=vae, scheduler=DDIMScheduler(prediction_type="v_prediction"),
+                                 text_encoder=text, tokenizer=tokenizer, prediction_type="depth",
+                                 default_denoising_steps=2, default_processing_resolution=64)
+    folder = Path(models_dir) / root / "marigold"
+    pipe.save_pretrained(str(folder), safe_serialization=True)
+    return folder

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from depth_files import TINY_CONFIGS, build_estimator, scene, write_estimator
+from depth_files import TINY_CONFIGS, build_estimator, scene, write_estimator, write_marigold
 from safetensors.torch import save_file
 
 from modules import paths
@@ -14,7 +14,7 @@ from modules.models import memory
 from modules.models.checkpoint_files import ModelFileError
 
 ALL = ["midas_dpt_hybrid", "midas_dpt_large", "depth_anything_v2_small", "depth_anything_v2_base",
-       "depth_anything_v2_large"]
+       "depth_anything_v2_large", "marigold"]
 
 
 @pytest.fixture
@@ -142,3 +142,31 @@ def test_hostile_config_is_refused(models_dir):
     (folder / "config.json").write_text('{"model_type": "dpt", "num_hidden_layers": 10000000}')
     with pytest.raises(ModelFileError, match="beyond any real model"):
         estimators.estimate("midas_dpt_large", scene())
+
+
+def test_marigold_is_diffusers_pipeline_turned_to_inverse_depth(models_dir):
+    from diffusers import MarigoldDepthPipeline
+
+    folder = write_marigold(models_dir)
+    image = scene(96, 64)
+    depth = estimators.estimate("marigold", image, 64)
+    assert depth.shape == (64, 96) and depth.min() == 0.0 and depth.max() == 1.0
+    assert np.array_equal(depth, estimators.estimate("marigold", image, 64))  # seeded: one picture, one map
+    pipe = MarigoldDepthPipeline.from_pretrained(str(folder), local_files_only=True)
+    theirs = pipe(image, processing_resolution=64, match_input_resolution=False, ensemble_size=1, output_type="pt",
+                  generator=torch.Generator().manual_seed(2024)).prediction[0, 0]
+    torch.testing.assert_close(estimators.predict("marigold", image, 64), 1.0 - theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_marigold_folder_of_another_pipeline_or_with_pickles_is_refused(models_dir):
+    folder = write_marigold(models_dir)
+    index = folder / "model_index.json"
+    original = index.read_text()
+    index.write_text(original.replace("MarigoldDepthPipeline", "MarigoldNormalsPipeline"))
+    with pytest.raises(ModelFileError, match="not MarigoldDepthPipeline"):
+        estimators.estimate("marigold", scene(), 64)
+    index.write_text(original)
+    for weights in (folder / "unet").glob("*.safetensors"):
+        weights.rename(weights.with_suffix(".bin"))
+    with pytest.raises(ModelFileError, match="pickled weights are not read"):
+        estimators.estimate("marigold", scene(), 64)

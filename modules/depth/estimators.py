@@ -201,3 +201,12 @@ register(Estimator("midas_dpt_large", "MiDaS v3 DPT-Large", 384, _transformers_l
 register(Estimator("depth_anything_v2_small", "Depth Anything V2 Small", 518, _transformers_loader("depth_anything")))
 register(Estimator("depth_anything_v2_base", "Depth Anything V2 Base", 518, _transformers_loader("depth_anything")))
 register(Estimator("depth_anything_v2_large", "Depth Anything V2 Large", 518, _transformers_loader("depth_anything")))
+
+
+def _marigold_loader(weights: Weights) -> Any:
+    from modules.depth import marigold
+
+    return marigold.load(weights)
+
+
+register(Estimator("marigold", "Marigold (diffusers)", 768, _marigold_loader))
