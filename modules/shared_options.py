@@ -494,6 +494,11 @@ options_templates.update(options_section(("postprocessing", "Postprocessing", "p
         "the Extras tab runs these first, in this order; the others follow in their usual order"),
 }))
 restricted_opts.add("outdir_extras_samples")
+options_templates.update(options_section(("saving-paths", "Paths for saving", "saving"), {
+    "outdir_depth_samples": OptionInfo("", "Output directory for depth maps from the Depth tab",
+                                       restrict_api=True).info("if empty: outputs/depth-images in the data directory"),
+}))
+restricted_opts.add("outdir_depth_samples")
 
 
 options_templates.update(options_section(("img2img", "img2img", "sd"), {
