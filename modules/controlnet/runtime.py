@@ -171,10 +171,15 @@ def layer_scales(n: int, soft: bool) -> list[float]:
 
 
 def _controlnet_forward(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
-                        hint: torch.Tensor, **kwargs: Any) -> tuple[list[torch.Tensor], torch.Tensor]:
+                        hint: torch.Tensor, layer_weights: torch.Tensor,
+                        **kwargs: Any) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The ControlNet's residuals, each scaled by its column of `layer_weights` ([rows, layers]: the unit's
+    weight per row times the layer's soft-injection factor). The scaling is part of the call, so a CUDA graph of it
+    replays the scaling too, and a new weight is a new input value, never a new capture."""
     down, mid = model(x, t, encoder_hidden_states=context, controlnet_cond=hint, conditioning_scale=1.0,
                       return_dict=False, **kwargs)
-    return list(down), mid
+    weights = layer_weights.to(mid.dtype)[:, :, None, None, None]
+    return [d * weights[:, i] for i, d in enumerate(down)], mid * weights[:, -1]
 
 
 @dataclass
@@ -203,14 +208,16 @@ class ControlNetHook:
                 if u.unit.weight != 0 and u.unit.guidance_start <= progress <= u.unit.guidance_end
                 and self._runs_in_this_pass(u.unit)]
 
-    def _row_weights(self, unit: ActiveUnit, ctx: UNetHookContext, dtype: torch.dtype) -> torch.Tensor:
-        weights = torch.full((ctx.uncond_rows.shape[0], 1, 1, 1), float(unit.unit.weight),
-                             device=ctx.input.x.device, dtype=dtype)
+    def _layer_weights(self, unit: ActiveUnit, ctx: UNetHookContext, layers: int) -> torch.Tensor:
+        """[rows, layers] float32: the unit's weight (0 on negative-prompt rows when the control goes to the prompt
+        only) times each layer's soft-injection factor."""
         cond_only = (unit.unit.control_mode == ControlMode.CONTROL
                      or bool(getattr(unit.control.model.config, "global_pool_conditions", False)))
+        rows = torch.full((ctx.uncond_rows.shape[0], 1), float(unit.unit.weight), dtype=torch.float32)
         if cond_only:
-            weights[ctx.uncond_rows] = 0
-        return weights
+            rows[ctx.uncond_rows.cpu()] = 0
+        scales = torch.tensor(layer_scales(layers, self._soft(unit)), dtype=torch.float32)[None, :]
+        return (rows * scales).to(ctx.input.x.device, non_blocking=True)
 
     def _soft(self, unit: ActiveUnit) -> bool:
         return unit.unit.control_mode != ControlMode.BALANCED or self.hires
@@ -223,20 +230,22 @@ class ControlNetHook:
         inp = ctx.input
         height, width = inp.x.shape[-2] * self.latent_scale, inp.x.shape[-1] * self.latent_scale
         rows = inp.x.shape[0]
+        # A replayed graph's outputs are overwritten by its next replay: with several units (maybe sharing a
+        # model) the sums are built in fresh tensors; a lone unit's outputs go to the UNet as they are.
+        alone = len(units) == 1
         for unit in units:
-            weights = self._row_weights(unit, ctx, torch.float32)
             if unit.is_adapter:
                 features = unit.adapter_features(height, width, inp.x.device)
-                scales = layer_scales(len(features), self._soft(unit))
-                scaled = [f.float().expand(rows, -1, -1, -1) * weights * s for f, s in zip(features, scales,
-                                                                                          strict=True)]
+                weights = self._layer_weights(unit, ctx, len(features)).to(features[0].dtype)
+                scaled = [f.expand(rows, -1, -1, -1) * weights[:, i, None, None, None]
+                          for i, f in enumerate(features)]
                 inp.adapter_features = add_residual_list(inp.adapter_features, scaled)
                 continue
             down, mid = self._run_controlnet(unit, ctx, height, width)
-            scales = layer_scales(len(down) + 1, self._soft(unit))
-            down = [d.float() * weights * s for d, s in zip(down, scales[:-1], strict=True)]
+            if not alone and inp.down_residuals is None:
+                down, mid = [d.clone() for d in down], mid.clone()
             inp.down_residuals = add_residual_list(inp.down_residuals, down)
-            inp.mid_residual = add_residual(inp.mid_residual, mid.float() * weights * scales[-1])
+            inp.mid_residual = add_residual(inp.mid_residual, mid)
 
     def _run_controlnet(self, unit: ActiveUnit, ctx: UNetHookContext, height: int,
                         width: int) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -250,7 +259,8 @@ class ControlNetHook:
         kwargs: dict[str, Any] = {}
         if inp.added and "time_ids" in inp.added:  # SDXL: the same size and pooled-text conditioning
             kwargs["added_cond_kwargs"] = {k: inp.added[k].to(dtype) for k in ("text_embeds", "time_ids")}
-        args = (inp.x.to(dtype), inp.t, inp.context.to(dtype), hint)
+        layers = len(model.controlnet_down_blocks) + 1
+        args = (inp.x.to(dtype), inp.t, inp.context.to(dtype), hint, self._layer_weights(unit, ctx, layers))
         try:
             with torch.no_grad():
                 if self.use_graphs and device.type == "cuda" and not unit.unit.low_vram:
