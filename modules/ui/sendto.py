@@ -7,7 +7,7 @@ from typing import Any
 
 import gradio as gr
 
-from modules import infotext_utils
+from modules import infotext_utils, scripts
 from modules.ui import extra_networks, hires_fix, img2img, paste, results
 from modules.ui.pnginfo import PngInfoTab
 from modules.ui.txt2img import Txt2ImgTab
@@ -25,6 +25,11 @@ def _img2img_fields(t: img2img.Img2ImgTab) -> list[paste.Field]:
     ]
 
 
+def _script_fields(runner: scripts.ScriptRunner) -> list[paste.Field]:
+    """The fields scripts register for pasting (A1111's `script.infotext_fields`: ControlNet's units, ...)."""
+    return [field for script in runner.scripts for field in (script.infotext_fields or [])]
+
+
 def wire(tabs: gr.Tabs, t2i: Txt2ImgTab, i2i: img2img.Img2ImgTab, png: PngInfoTab,
          image_only_panels: tuple[results.Results, ...] = ()) -> None:
     """`image_only_panels` (Extras) send their picture without parameters: their infotext is not a generation's."""
@@ -32,7 +37,8 @@ def wire(tabs: gr.Tabs, t2i: Txt2ImgTab, i2i: img2img.Img2ImgTab, png: PngInfoTa
     if t2i.hires is not None:
         t2i_fields += hires_fix.paste_fields(t2i.hires)
     t2i_fields.append((t2i.restore_faces, lambda d: "Face restoration" in d))
-    i2i_fields = _img2img_fields(i2i)
+    t2i_fields += _script_fields(scripts.scripts_txt2img)
+    i2i_fields = _img2img_fields(i2i) + _script_fields(scripts.scripts_img2img)
     # A1111's registry, so extensions can find the fields of each tab.
     infotext_utils.add_paste_fields("txt2img", None, t2i_fields)
     infotext_utils.add_paste_fields("img2img", i2i.init_img, i2i_fields)
