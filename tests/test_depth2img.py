@@ -155,3 +155,17 @@ def test_user_map_is_fitted_like_the_picture():
         assert fitted.size == (64, 64) and fitted.mode == "F"
     cropped = np.asarray(depth2img.user_map_for(wide, 1, 64, 64))
     assert cropped[:, 0].mean() > 40  # the crop drops the far-left columns
+
+
+def test_a_batch_of_one_picture_is_estimated_once(data_dir, monkeypatch):
+    calls = []
+    real = estimators.predict
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(estimators, "predict", counting)
+    result, seen = run_ours(batch_size=2, steps=2)
+    assert len(calls) == 1 and len(result.images) == 2
+    torch.testing.assert_close(seen[0][0, 4:], seen[0][1, 4:], rtol=0, atol=0)

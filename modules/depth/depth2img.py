@@ -11,6 +11,7 @@ size the way the init image is, then goes through the same resize and normalisat
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -100,10 +101,16 @@ def conditioning(sources: Sequence[Image.Image], latent_size: tuple[int, int], d
         info = {SOURCE_KEY: USER_MAP}
     else:
         name = estimator or estimators.DEFAULT
-        try:
-            raw = [estimators.predict(name, image, resolution).to(device) for image in sources]
-        except MissingDepthWeights as e:
-            raise refusal(e) from e
+        seen: dict[tuple, torch.Tensor] = {}  # a batch of one picture estimates it once
+        raw = []
+        for image in sources:
+            key = (image.size, image.mode, hashlib.sha1(image.tobytes()).digest())
+            if key not in seen:
+                try:
+                    seen[key] = estimators.predict(name, image, resolution).to(device)
+                except MissingDepthWeights as e:
+                    raise refusal(e) from e
+            raw.append(seen[key])
         info = {ESTIMATOR_KEY: name}
     maps = torch.cat([prepare_depth_map(r, latent_h, latent_w) for r in raw])
     return maps.to(device), info
