@@ -300,4 +300,4 @@ def weights_path(preprocessor: str, *relative: str) -> str:
 
 
 # Built-ins register themselves on import; they import this module, so they come last.
-from modules.controlnet import preprocessors_basic, preprocessors_depth  # noqa: E402, F401
+from modules.controlnet import nets, preprocessors_basic, preprocessors_depth  # noqa: E402, F401
