@@ -28,7 +28,8 @@ def as_units(args: tuple | list, decode_image: Callable | None = None) -> list[C
     """The script's arguments as units; a bad one is refused naming its position."""
     units = []
     for index, value in enumerate(args):
-        if value is None:
+        if value is None:  # an empty unit keeps its place: later ones stay "ControlNet N" at their own N
+            units.append(ControlNetUnit(enabled=False))
             continue
         try:
             units.append(ControlNetUnit.from_api(value, decode_image))
