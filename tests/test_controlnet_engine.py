@@ -23,7 +23,8 @@ STEPS = 4
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory, isolated_data_dir):
-    checkpoints = {"sd1.safetensors": {"family": "sd1", "seed": 3}, "xl.safetensors": {"family": "sdxl", "seed": 5}}
+    checkpoints = {"sd1.safetensors": {"family": "sd1", "seed": 3}, "xl.safetensors": {"family": "sdxl", "seed": 5},
+                   "sd2.safetensors": {"family": "sd2", "seed": 7}}
     settings = {"live_previews_enable": False, "cuda_graphs": False}
     with isolated_data_dir(tmp_path_factory.mktemp("cn"), checkpoints, settings) as root:
         folder = root / "models" / "ControlNet"
@@ -32,6 +33,7 @@ def data_dir(tmp_path_factory, isolated_data_dir):
             "cn_a": write_controlnet(folder / "cn_a.safetensors", "sd1", "original", seed=1),
             "cn_b": write_controlnet(folder / "cn_b.safetensors", "sd1", "diffusers", seed=2),
             "cn_xl": write_controlnet(folder / "cn_xl.safetensors", "sdxl", "original", seed=4),
+            "cn_sd2": write_controlnet(folder / "cn_sd2.pth", "sd2", "original", seed=8),
             "t2i": write_t2i_adapter(folder / "t2i_a.safetensors", "sd1", "original", seed=6),
         }
         files.refresh()
@@ -275,10 +277,14 @@ def test_a_unit_that_cannot_run_fails_the_job_by_name(data_dir, change, message)
         txt2img(unit(**change))
 
 
-def test_sdxl_controlnet_on_sdxl(data_dir, unet_inputs):
-    use("xl.safetensors")
-    result = txt2img(unit("cn_xl", module="none"))
-    assert 'Model: cn_xl [' in result.infotexts[0]
+@pytest.mark.parametrize(("checkpoint", "model"), [("xl.safetensors", "cn_xl"), ("sd2.safetensors", "cn_sd2")])
+def test_sdxl_and_sd2_controlnets(data_dir, unet_inputs, checkpoint, model):
+    use(checkpoint)
+    plain = txt2img()
+    unet_inputs.clear()
+    result = txt2img(unit(model, module="none"))
+    assert f"Model: {model} [" in result.infotexts[0]
     _, references = data_dir
     assert unet_inputs[0].down_residuals is not None and unet_inputs[0].mid_residual is not None
-    assert len(unet_inputs[0].down_residuals) == len(references["cn_xl"].controlnet_down_blocks)
+    assert len(unet_inputs[0].down_residuals) == len(references[model].controlnet_down_blocks)
+    assert np.abs(pixels(result) - pixels(plain)).mean() > 0.5
