@@ -181,6 +181,7 @@ WRITERS: dict[str, Callable[[Path], None]] = {
     "normal_bae/scannet.pt": _torch_save(normal_bae_state),
     "mlsd/mlsd_large_512_fp32.pth": _torch_save(mlsd_state),
     "oneformer_ade20k_swin_large": write_oneformer,
+    "oneformer_coco_swin_large": functools.partial(write_oneformer, num_labels=133),
 }
 
 

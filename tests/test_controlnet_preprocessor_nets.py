@@ -27,7 +27,7 @@ NETWORK_PREPROCESSORS = [
     "openpose", "openpose_hand", "openpose_face", "openpose_faceonly", "openpose_full",
     "lineart_realistic", "lineart_coarse", "lineart_anime",
     "softedge_hed", "softedge_hedsafe", "softedge_pidinet", "softedge_pidisafe",
-    "scribble_hed", "scribble_pidinet", "t2ia_sketch_pidi", "normal_bae", "mlsd", "seg_ofade20k",
+    "scribble_hed", "scribble_pidinet", "t2ia_sketch_pidi", "normal_bae", "mlsd", "seg_ofade20k", "seg_ofcoco",
 ]
 
 
@@ -79,7 +79,7 @@ def test_registered_under_the_extension_labels_and_keys():
     for alias, name in [("hed", "softedge_hed"), ("hed_safe", "softedge_hedsafe"), ("pidinet", "softedge_pidinet"),
                         ("pidinet_safe", "softedge_pidisafe"), ("lineart", "lineart_realistic"),
                         ("pidinet_scribble", "scribble_pidinet"), ("pidinet_sketch", "t2ia_sketch_pidi"),
-                        ("oneformer_ade20k", "seg_ofade20k")]:
+                        ("oneformer_ade20k", "seg_ofade20k"), ("oneformer_coco", "seg_ofcoco")]:
         assert preprocessors.get(alias).name == name
     mlsd = preprocessors.get("mlsd")
     assert (mlsd.slider_a.label, mlsd.slider_a.value) == ("MLSD Value Threshold", 0.1)
@@ -245,26 +245,46 @@ def test_hand_drawing_puts_bones_between_the_joints():
 
 # --- segmentation -----------------------------------------------------------------------------------------------
 
-def test_segmentation_colours_classes_with_the_ade20k_palette(weights_root, monkeypatch):
+@pytest.mark.parametrize("dataset", [segmentation.ADE20K, segmentation.COCO], ids=lambda d: d.preprocessor)
+def test_segmentation_colours_classes_with_the_dataset_palette(weights_root, monkeypatch, dataset):
     from transformers import OneFormerForUniversalSegmentation
+
+    classes_count = len(dataset.palette)
 
     def two_regions(self, pixel_values, task_inputs, **kwargs):
         assert task_inputs[0, 0] == 0 and task_inputs[0, 5] == 1  # "<start> the task is semantic <end>"
         queries, height, width = 8, pixel_values.shape[2] // 4, pixel_values.shape[3] // 4
-        classes = torch.full((1, queries, 151), -20.0)
-        classes[0, :, 150] = 20.0  # "no object"
-        classes[0, 0, 150], classes[0, 0, 2] = -20.0, 20.0  # query 0: sky
-        classes[0, 1, 150], classes[0, 1, 4] = -20.0, 20.0  # query 1: tree
+        classes = torch.full((1, queries, classes_count + 1), -20.0)
+        classes[0, :, classes_count] = 20.0  # "no object"
+        classes[0, 0, classes_count], classes[0, 0, 2] = -20.0, 20.0  # query 0: class 2
+        classes[0, 1, classes_count], classes[0, 1, 4] = -20.0, 20.0  # query 1: class 4
         masks = torch.full((1, queries, height, width), -20.0)
         masks[0, 0, :, : width // 2] = 20.0
         masks[0, 1, :, width // 2:] = 20.0
         return types.SimpleNamespace(class_queries_logits=classes, masks_queries_logits=masks)
 
     monkeypatch.setattr(OneFormerForUniversalSegmentation, "forward", two_regions)
-    result = preprocessors.run("seg_ofade20k", _image(128, 128), resolution=128)
-    assert np.all(result[:, :60] == segmentation.ADE20K_PALETTE[2])  # sky
-    assert np.all(result[:, 68:] == segmentation.ADE20K_PALETTE[4])  # tree
-    assert tuple(segmentation.ADE20K_PALETTE[2]) == (6, 230, 230)
+    result = preprocessors.run(dataset.preprocessor, _image(128, 128), resolution=128)
+    assert np.all(result[:, :60] == dataset.palette[2]) and np.all(result[:, 68:] == dataset.palette[4])
+
+
+def test_palettes_are_the_datasets():
+    assert segmentation.ADE20K_PALETTE.shape == (150, 3) and segmentation.COCO_PALETTE.shape == (133, 3)
+    assert tuple(segmentation.ADE20K_PALETTE[2]) == (6, 230, 230)  # sky
+    assert tuple(segmentation.ADE20K_PALETTE[149]) == (92, 0, 255)  # flag
+    assert tuple(segmentation.COCO_PALETTE[0]) == (220, 20, 60)  # person
+    assert tuple(segmentation.COCO_PALETTE[132]) == (250, 141, 255)  # rug-merged
+
+
+def test_a_oneformer_for_another_dataset_is_refused(empty_models):
+    folder = empty_models / "models" / "ControlNetPreprocessor"
+    WRITERS["oneformer_coco_swin_large"](folder / "oneformer_ade20k_swin_large")
+    with pytest.raises(ModelFileError, match="has 133 classes; ADE20K has 150"):
+        preprocessors.run("seg_ofade20k", _image())
+    config = folder / "oneformer_ade20k_swin_large" / "config.json"
+    config.write_text('{"model_type": "llama"}', encoding="utf-8")
+    with pytest.raises(ModelFileError, match="config.json: is not a OneFormer config"):
+        preprocessors.run("seg_ofade20k", _image())
 
 
 # --- files: missing, refused, elsewhere, cached ------------------------------------------------------------------
@@ -279,12 +299,14 @@ def test_missing_weights_name_the_preprocessor_and_path(empty_models):
 
 
 def test_openpose_full_without_the_face_network_names_its_file(empty_models):
-    folder = empty_models / "models" / "ControlNetPreprocessor"
-    write(folder, "openpose/body_pose_model.pth")
-    write(folder, "openpose/hand_pose_model.pth")
-    assert not preprocessors.run("openpose_hand", _image(), 64).any()
+    folder = empty_models / "models" / "ControlNetPreprocessor" / "openpose"
+    folder.mkdir(parents=True)
+    for name in ("body_pose_model.pth", "hand_pose_model.pth"):
+        (folder / name).write_bytes(b"never read")  # all paths are checked before any file is loaded
     with pytest.raises(preprocessors.MissingWeights, match=r"openpose_full.*facenet\.pth"):
         preprocessors.run("openpose_full", _image(), 64)
+    with pytest.raises(ModelFileError, match="body_pose_model.pth"):
+        preprocessors.run("openpose_hand", _image(), 64)  # and a broken file is named
 
 
 class _Evil:

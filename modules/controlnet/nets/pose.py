@@ -16,6 +16,7 @@ import torch
 
 from modules.controlnet.nets import loading
 from modules.controlnet.preprocessor_images import hwc3, resize_image_with_pad
+from modules.controlnet.preprocessors import weights_path
 
 BODY = ("openpose", "body_pose_model.pth")
 HAND = ("openpose", "hand_pose_model.pth")
@@ -57,6 +58,9 @@ def _detector(preprocessor: str, hands: bool, face: bool):
     from controlnet_aux.open_pose import Body, Face, Hand, OpenposeDetector
     from controlnet_aux.open_pose.face import params
 
+    # every file the variant needs is looked up before any is loaded: a missing one is named at once
+    for relative in (BODY, *([HAND] if hands else []), *([FACE] if face else [])):
+        weights_path(preprocessor, *relative)
     body = Body.__new__(Body)
     body.model = loading.load_network(preprocessor, BODY, _build_body)
     hand_estimation = face_estimation = None

@@ -1,21 +1,26 @@
-"""seg_ofade20k: semantic segmentation by OneFormer (Swin-L, ADE20K), coloured with the ADE20K palette that
-ControlNet's seg model was trained on.
+"""seg_ofade20k and seg_ofcoco: semantic segmentation by OneFormer (Swin-L) trained on ADE20K (150 classes) or
+COCO panoptic (133), each class painted flat in its dataset's colour (the ADE20K palette ControlNet's seg model
+was trained on; COCO's panopticapi colours, as the extension's detectron2 metadata has them).
 
-The extension runs this network through a vendored detectron2 from `oneformer/250_16_swin_l_oneformer_ade20k_160k
-.pth`. We run the same model with transformers' `OneFormerForUniversalSegmentation`, so we read its transformers
-format: the folder `oneformer_ade20k_swin_large/` (as published by the OneFormer authors, shi-labs) with
-config.json, model.safetensors (or pytorch_model.bin through the restricted loader) and the CLIP tokenizer files
-vocab.json + merges.txt (OneFormer is told its task in words: "the task is semantic"). The detectron2 .pth is not
-read (there is no converter here).
+The extension runs these networks through a vendored detectron2 from `oneformer/250_16_swin_l_oneformer_ade20k_160k
+.pth` and `oneformer/150_16_swin_l_oneformer_coco_100ep.pth`. We run the same models with transformers'
+`OneFormerForUniversalSegmentation`, so we read their transformers format: the folders
+`oneformer_ade20k_swin_large/` and `oneformer_coco_swin_large/` (as the OneFormer authors, shi-labs, publish them)
+with config.json, model.safetensors (or pytorch_model.bin through the restricted loader) and the CLIP tokenizer
+files vocab.json + merges.txt (OneFormer is told its task in words: "the task is semantic"). The detectron2 .pth
+files are not read (there is no converter here), and the extension's matplotlib rendering (anti-aliased region
+borders) is not copied: regions are flat colours.
 
-Not provided: seg_ufade20k (UniFormer + UperNet: no transformers class for the UniFormer backbone) and
-seg_ofcoco (needs the COCO panoptic palette; not done).
+Not provided: seg_ufade20k (UniFormer + UperNet from mmseg: transformers has no UniFormer backbone) and
+seg_anime_face.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -26,7 +31,6 @@ from modules.controlnet.preprocessor_images import hwc3, resize_image_with_pad
 from modules.controlnet.preprocessors import Preprocessor, weights_path
 from modules.models.checkpoint_files import ModelFileError
 
-FOLDER_ADE20K = "oneformer_ade20k_swin_large"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 MAX_JSON_BYTES = 8 * 1024 * 1024  # config.json is a few kB, vocab.json about 1 MB
 TASK_TEXT = "the task is semantic"
@@ -59,6 +63,41 @@ ADE20K_PALETTE = np.array([
     [71, 0, 255], [122, 0, 255], [0, 255, 184], [0, 92, 255], [184, 255, 0], [0, 133, 255], [255, 214, 0],
     [25, 194, 194], [102, 255, 0], [92, 0, 255]], dtype=np.uint8)
 
+# COCO panoptic's 133 classes (80 things, then 53 stuff) in OneFormer's contiguous order, panopticapi's colours
+COCO_PALETTE = np.array([
+    [220, 20, 60], [119, 11, 32], [0, 0, 142], [0, 0, 230], [106, 0, 228], [0, 60, 100], [0, 80, 100], [0, 0, 70],
+    [0, 0, 192], [250, 170, 30], [100, 170, 30], [220, 220, 0], [175, 116, 175], [250, 0, 30], [165, 42, 42],
+    [255, 77, 255], [0, 226, 252], [182, 182, 255], [0, 82, 0], [120, 166, 157], [110, 76, 0], [174, 57, 255],
+    [199, 100, 0], [72, 0, 118], [255, 179, 240], [0, 125, 92], [209, 0, 151], [188, 208, 182], [0, 220, 176],
+    [255, 99, 164], [92, 0, 73], [133, 129, 255], [78, 180, 255], [0, 228, 0], [174, 255, 243], [45, 89, 255],
+    [134, 134, 103], [145, 148, 174], [255, 208, 186], [197, 226, 255], [171, 134, 1], [109, 63, 54],
+    [207, 138, 255], [151, 0, 95], [9, 80, 61], [84, 105, 51], [74, 65, 105], [166, 196, 102], [208, 195, 210],
+    [255, 109, 65], [0, 143, 149], [179, 0, 194], [209, 99, 106], [5, 121, 0], [227, 255, 205], [147, 186, 208],
+    [153, 69, 1], [3, 95, 161], [163, 255, 0], [119, 0, 170], [0, 182, 199], [0, 165, 120], [183, 130, 88],
+    [95, 32, 0], [130, 114, 135], [110, 129, 133], [166, 74, 118], [219, 142, 185], [79, 210, 114], [178, 90, 62],
+    [65, 70, 15], [127, 167, 115], [59, 105, 106], [142, 108, 45], [196, 172, 0], [95, 54, 80], [128, 76, 255],
+    [201, 57, 1], [246, 0, 122], [191, 162, 208], [255, 255, 128], [147, 211, 203], [150, 100, 100], [168, 171, 172],
+    [146, 112, 198], [210, 170, 100], [92, 136, 89], [218, 88, 184], [241, 129, 0], [217, 17, 255], [124, 74, 181],
+    [70, 70, 70], [255, 228, 255], [154, 208, 0], [193, 0, 92], [76, 91, 113], [255, 180, 195], [106, 154, 176],
+    [230, 150, 140], [60, 143, 255], [128, 64, 128], [92, 82, 55], [254, 212, 124], [73, 77, 174], [255, 160, 98],
+    [255, 255, 255], [104, 84, 109], [169, 164, 131], [225, 199, 255], [137, 54, 74], [135, 158, 223], [7, 246, 231],
+    [107, 255, 200], [58, 41, 149], [183, 121, 142], [255, 73, 97], [107, 142, 35], [190, 153, 153], [146, 139, 141],
+    [70, 130, 180], [134, 199, 156], [209, 226, 140], [96, 36, 108], [96, 96, 96], [64, 170, 64], [152, 251, 152],
+    [208, 229, 228], [206, 186, 171], [152, 161, 64], [116, 112, 0], [0, 114, 143], [102, 102, 156], [250, 141, 255]], dtype=np.uint8)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    preprocessor: str
+    alias: str  # the extension's internal module key
+    folder: str  # the transformers-format model folder
+    label: str
+    palette: np.ndarray
+
+
+ADE20K = Dataset("seg_ofade20k", "oneformer_ade20k", "oneformer_ade20k_swin_large", "ADE20K", ADE20K_PALETTE)
+COCO = Dataset("seg_ofcoco", "oneformer_coco", "oneformer_coco_swin_large", "COCO panoptic", COCO_PALETTE)
+
 
 def _read_json(path: str) -> object:
     if not os.path.isfile(path):
@@ -79,7 +118,7 @@ def _weight_file(folder: str) -> str:
     raise ModelFileError(folder, f"holds none of {', '.join(WEIGHT_FILES)}")
 
 
-def _config(config_path: str, num_labels: int):
+def _config(config_path: str, dataset: Dataset):
     from transformers import OneFormerConfig
 
     data = _read_json(config_path)
@@ -89,8 +128,9 @@ def _config(config_path: str, num_labels: int):
         config = OneFormerConfig.from_dict(data)
     except (TypeError, ValueError, KeyError) as e:
         raise ModelFileError(config_path, f"is not a usable OneFormer config ({e})") from e
-    if config.num_labels != num_labels:
-        raise ModelFileError(config_path, f"has {config.num_labels} classes; ADE20K has {num_labels}")
+    if config.num_labels != len(dataset.palette):
+        raise ModelFileError(config_path, f"has {config.num_labels} classes; {dataset.label} has "
+                                          f"{len(dataset.palette)}")
     config.is_training = False  # inference: no text mapper (it only trains the contrastive loss)
     config.use_pretrained_backbone = False  # never fetch a backbone: the weights come from the file
     return config
@@ -132,11 +172,11 @@ def _task_tokens(folder: str, length: int) -> torch.Tensor:
     return ids[None]
 
 
-def _builder(folder: str, num_labels: int):
+def _builder(folder: str, dataset: Dataset):
     def build(path: str, state: loading.StateDict) -> torch.nn.Module:
         from transformers import OneFormerForUniversalSegmentation
 
-        config = _config(os.path.join(folder, "config.json"), num_labels)
+        config = _config(os.path.join(folder, "config.json"), dataset)
         state = {k: v for k, v in state.items() if ".text_mapper." not in f".{k}"}  # training-only part
         # sizes from a hostile config are checked against the file on the meta device before anything is built
         with torch.device("meta"):
@@ -151,13 +191,11 @@ def _builder(folder: str, num_labels: int):
     return build
 
 
-def segment(image: np.ndarray, preprocessor: str, folder_name: str, palette: np.ndarray) -> np.ndarray:
-    """Class index per pixel (HxW) of an RGB image, through the OneFormer in `folder_name`."""
-    config_path = weights_path(preprocessor, folder_name, "config.json")
-    folder = os.path.dirname(config_path)
-    weights = _weight_file(folder)
-    relative = (folder_name, os.path.basename(weights))
-    network = loading.load_network(preprocessor, relative, _builder(folder, len(palette)))
+def segment(image: np.ndarray, dataset: Dataset) -> np.ndarray:
+    """Class index per pixel (HxW) of an RGB image, by the dataset's OneFormer."""
+    folder = os.path.dirname(weights_path(dataset.preprocessor, dataset.folder, "config.json"))
+    relative = (dataset.folder, os.path.basename(_weight_file(folder)))
+    network = loading.load_network(dataset.preprocessor, relative, _builder(folder, dataset))
 
     def infer() -> np.ndarray:
         device = loading.network_device(network)
@@ -173,12 +211,13 @@ def colorize(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
     return palette[np.clip(labels, 0, len(palette) - 1)]
 
 
-def seg_ofade20k(image: np.ndarray, resolution: int, _a: float, _b: float) -> np.ndarray:
+def segmentation_map(image: np.ndarray, resolution: int, _a: float, _b: float, dataset: Dataset = ADE20K
+                     ) -> np.ndarray:
     padded, remove_pad = resize_image_with_pad(image, resolution)
-    labels = segment(padded, "seg_ofade20k", FOLDER_ADE20K, ADE20K_PALETTE)
-    return hwc3(remove_pad(colorize(labels, ADE20K_PALETTE)))
+    return hwc3(remove_pad(colorize(segment(padded, dataset), dataset.palette)))
 
 
 def preprocessors() -> list[Preprocessor]:
-    return [Preprocessor(name="seg_ofade20k", control_type="Segmentation", fn=seg_ofade20k, model_free=False,
-                         aliases=("oneformer_ade20k",))]
+    return [Preprocessor(name=d.preprocessor, control_type="Segmentation", model_free=False, aliases=(d.alias,),
+                         fn=functools.partial(segmentation_map, dataset=d))
+            for d in (ADE20K, COCO)]
