@@ -306,7 +306,9 @@ def test_control_types_have_the_extensions_shape():
     # a type whose default preprocessor is not here falls back to the first made for it (not invert), or "none"
     if "scribble_pidinet" not in registry.names():
         assert types_["Scribble/Sketch"]["default_option"] == "scribble"
-    assert types_["IP-Adapter"]["module_list"] == ["none"] and types_["IP-Adapter"]["default_option"] == "none"
+    assert types_["IP-Adapter"]["module_list"] == ["none", "ip-adapter-auto", "ip-adapter_clip_sd15",
+                                                  "ip-adapter_clip_sdxl", "ip-adapter_clip_sdxl_plus_vith"]
+    assert types_["IP-Adapter"]["default_option"] == "ip-adapter_clip_sd15"
     for entry in types_.values():
         assert entry["module_list"][0] == "none" and entry["default_option"] in entry["module_list"]
 

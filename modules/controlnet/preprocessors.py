@@ -300,4 +300,9 @@ def weights_path(preprocessor: str, *relative: str) -> str:
 
 
 # Built-ins register themselves on import; they import this module, so they come last.
-from modules.controlnet import nets, preprocessors_basic, preprocessors_depth  # noqa: E402, F401
+from modules.controlnet import (  # noqa: E402, F401
+    nets,
+    preprocessors_basic,
+    preprocessors_depth,
+    preprocessors_ip_adapter,
+)
