@@ -503,6 +503,7 @@ def process_images(p: StableDiffusionProcessing) -> Processed:
     try:
         return process_images_inner(p)
     finally:
+        _close_unet_hooks(p)
         if owns_job:
             state.end()
         if p.override_settings_restore_afterwards:
@@ -514,6 +515,14 @@ def process_images(p: StableDiffusionProcessing) -> Processed:
                     info = sd_models.get_closet_checkpoint_match(str(value))
                     if info is not None:
                         sd_models.load_model(info)
+
+
+def _close_unet_hooks(p: StableDiffusionProcessing) -> None:
+    """Hooks that changed a network for the job (IP-Adapter's attention processors) undo it, even after a failure."""
+    for hook in p.unet_hooks:
+        close = getattr(hook, "close", None)
+        if callable(close):
+            close()
 
 
 def _validate(p: StableDiffusionProcessing) -> None:

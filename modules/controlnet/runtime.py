@@ -48,12 +48,17 @@ class ActiveUnit:
     mask: np.ndarray | None = None  # HxW uint8, 255 = masked; inpaint units only
     resolution: int | None = None  # the processor resolution used
     thresholds: tuple[float | None, float | None] = (None, None)
+    ip: Any = None  # IP-Adapter units: the ip_adapter.PreparedIPAdapter (adapter, UNet, picture's embeddings)
     _hints: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict, repr=False)
     _features: dict[tuple[int, int], list[torch.Tensor]] = field(default_factory=dict, repr=False)
 
     @property
     def label(self) -> str:
         return f"ControlNet {self.index}"
+
+    @property
+    def is_ip_adapter(self) -> bool:
+        return self.control.kind == "ip_adapter"
 
     def hint(self, height: int, width: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         """The control picture at `height` x `width` pixels: [1, C, H, W] in [0, 1] (inpaint: -1 where masked)."""
@@ -142,12 +147,14 @@ def _prepare_one(index: int, unit: ControlNetUnit, p: Any, model: Any, device: t
     if model_file is None:
         raise ControlUnitError(f"ControlNet {index}: model {unit.model!r} not found (refresh the model list, or "
                                "put the file in models/ControlNet)")
-    if model_file.kind not in loading.LOADABLE:
+    if model_file.kind not in (*loading.LOADABLE, "ip_adapter"):
         raise ControlUnitError(f"ControlNet {index}: {model_file.name} is a {model_file.kind} model, which this "
                                "version does not run")
     loading.check_family(model_file, model.spec.family)
     preprocessor = preprocessors.get(unit.module)
     picture, mask = _image_for(unit, index, p)
+    if model_file.kind == "ip_adapter":
+        return _prepare_ip_adapter(index, unit, model_file, preprocessor.name, picture, model, device)
     resolution = None
     if preprocessor.resolution is not None:
         if unit.pixel_perfect:
@@ -164,6 +171,19 @@ def _prepare_one(index: int, unit: ControlNetUnit, p: Any, model: Any, device: t
     loading.check_family(control, model.spec.family)
     return ActiveUnit(index, unit, control, np.ascontiguousarray(detected[:, :, :3]),
                       mask if unit.is_inpaint else None, resolution, (a, b))
+
+
+def _prepare_ip_adapter(index: int, unit: ControlNetUnit, model_file: Any, module: str, picture: np.ndarray,
+                        model: Any, device: torch.device) -> ActiveUnit:
+    """An IP-Adapter unit: the preprocessor's picture (the IP-Adapter preprocessors hand it on) becomes CLIP image
+    embeddings (modules/controlnet/ip_adapter.py). It draws no detected map, as in the extension."""
+    from dataclasses import replace
+
+    from modules.controlnet import ip_adapter
+
+    detected = np.ascontiguousarray(preprocessors.run(module, picture)[:, :, :3])
+    prepared = ip_adapter.prepare(model_file, module, detected, model, device, low_vram=unit.low_vram)
+    return ActiveUnit(index, replace(unit, save_detected_map=False), prepared.control, detected, ip=prepared)
 
 
 def layer_scales(n: int, soft: bool) -> list[float]:
@@ -192,6 +212,19 @@ class ControlNetHook:
     hires: bool = False  # set by the script before the hires pass
     hires_enabled: bool = False
     calls: int = 0  # UNet evaluations that received control (tests and benchmarks read it)
+    ip_adapters: Any = None  # ip_adapter.IPAdapterJob of the IP-Adapter units, if any
+
+    def __post_init__(self) -> None:
+        ip_units = [u for u in self.units if u.is_ip_adapter]
+        if ip_units:
+            from modules.controlnet import ip_adapter
+
+            self.ip_adapters = ip_adapter.IPAdapterJob(ip_units)
+
+    def close(self) -> None:
+        """Undo what the job changed in the UNet (IP-Adapter's processors); called when the job ends, even failed."""
+        if self.ip_adapters is not None:
+            self.ip_adapters.close()
 
     def _runs_in_this_pass(self, unit: ControlNetUnit) -> bool:
         if not self.hires_enabled:
@@ -224,6 +257,9 @@ class ControlNetHook:
 
     def __call__(self, ctx: UNetHookContext) -> None:
         units = self._active(ctx)
+        if self.ip_adapters is not None:  # image tokens and IP scales (0 outside a unit's window)
+            self.ip_adapters(ctx, units)
+            units = [u for u in units if not u.is_ip_adapter]
         if not units:
             return
         self.calls += 1
