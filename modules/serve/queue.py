@@ -250,7 +250,8 @@ class RayJobQueue(call_queue.JobQueue):
         state.textinfo = WAITING if work.attempt == 1 else RESTARTED
         for event in self._handle.options(stream=True).run.remote(work):
             if isinstance(event, work_mod.Started):
-                job.replica = event.replica
+                job.replica, job.replica_pid, job.replica_node = event.replica, event.pid, event.node_id
+                job.replicas = [*getattr(job, "replicas", []), event.replica]  # every attempt's, in order
                 log.debug("%s runs on replica %s (%s, pid %d)", job.id, event.replica, event.node, event.pid)
             elif isinstance(event, work_mod.Progress):
                 state.apply(event)

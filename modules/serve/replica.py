@@ -131,19 +131,26 @@ class EngineReplica:
         start_engine(setup)
         self._id = serve.get_replica_context().replica_id.unique_id
         self._node = ray.util.get_node_ip_address()
+        self._node_id = ray.get_runtime_context().get_node_id()
         self._control = control.find(setup.namespace)
         self._lock = threading.Lock()
         self._version = 0
         self._networks: tuple[str, ...] = ()
         self._loads = 0
+        self._last_loaded = getattr(getattr(shared.sd_model, "sd_checkpoint_info", None), "filename", None)
         self._vae_applied = shared.opts.data.get("sd_vae")
         script_callbacks.on_model_loaded(self._count_load)  # after start-up: every later load is a switch
         log.info("replica %s ready on %s (pid %d), holding %s", self._id, self._node, os.getpid(),
                  self.holding().checkpoint)
 
     def _count_load(self, model: Any) -> None:
+        """A load of another checkpoint than the last one (a setting re-applied to the current model loads
+        nothing, though it announces the model again)."""
+        filename = getattr(getattr(model, "sd_checkpoint_info", None), "filename", None)
         with self._lock:
-            self._loads += 1
+            if filename != self._last_loaded:
+                self._loads += 1
+            self._last_loaded = filename
 
     def holding(self) -> Holding:
         info = getattr(shared.sd_model, "sd_checkpoint_info", None)
@@ -192,7 +199,7 @@ class EngineReplica:
                     loop.call_soon_threadsafe(finished.set)
 
         submitted = call_queue.queue.submit("ray", job, task_id=work.task_id)
-        yield Started(self._id, self._node, os.getpid())
+        yield Started(self._id, self._node, os.getpid(), self._node_id)
         reporter = _Reporter(work.task_id)
         while not finished.is_set() and not submitted.done:
             with contextlib.suppress(TimeoutError):

@@ -55,6 +55,8 @@ class Work:
     networks: tuple[str, ...] = ()  # its LoRA names (affinity)
     attempt: int = 1
     dispatch_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # this attempt's interrupt/skip address
+    # Where each script's values sit in p.script_args, as the front door laid them out: (class, title, from, to).
+    script_layout: tuple[tuple[str, str, int | None, int | None], ...] = ()
 
 
 # --- events a replica streams back, in order: Started, Progress*, then Finished or Failed ---
@@ -63,8 +65,9 @@ class Work:
 @dataclass
 class Started:
     replica: str
-    node: str
+    node: str  # the Ray node's IP address
     pid: int
+    node_id: str = ""
 
 
 @dataclass
@@ -138,17 +141,32 @@ def pack(entry: str, p: Any, task_id: str, settings: dict[str, Any], attempt: in
         if name in vars(q):
             setattr(q, name, None)
     q.scripts = None
+    layout = tuple((type(x).__name__, x.title(), x.args_from, x.args_to) for x in runner.scripts) if runner else ()
     return Work(task_id, entry, q, runner is not None, dict(settings), checkpoint_name(p, settings), lora_names(p),
-                attempt)
+                attempt, script_layout=layout)
 
 
 def unpack(work: Work) -> Any:
-    """On the replica: the request object with this process's script runner for its tab."""
+    """On the replica: the request object with this process's script runner for its tab, its scripts reading
+    their values where the front door put them. Raises ValueError naming a script the front door used that this
+    host does not have."""
     from modules import scripts
 
     p = work.p
     p.sd_model = None
-    p.scripts = scripts.runner_for(p) if work.scripts else None
+    p.scripts = None
+    if work.scripts:
+        runner = scripts.runner_for(p)
+        here = {(type(x).__name__, x.title()): x for x in runner.scripts}
+        for script in runner.scripts:  # one the front door does not have gets no values
+            script.args_from = script.args_to = 0
+        for cls, title, start, end in work.script_layout:
+            script = here.get((cls, title))
+            if script is None:
+                raise ValueError(f"the script {title!r} is not installed on this replica's host; every host needs "
+                                 "the same extensions")
+            script.args_from, script.args_to = start, end
+        p.scripts = runner
     return p
 
 

@@ -1,0 +1,155 @@
+"""--ray's policies that need no cluster: how many replicas and what each asks Ray for, the affinity ranking, the
+front door's queue order (one job per replica at once; model and server jobs alone, in their place), and a
+replica's progress report as the front door shows it. The same queue and engine run on Ray in
+tests/test_ray_serve.py and tests/test_ray_serve_cluster.py."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from modules import call_queue, progress
+from modules.serve import affinity
+from modules.serve.cluster import plan
+from modules.serve.queue import RayJobQueue
+from modules.serve.state import FrontDoorState, RemoteJobState
+from modules.serve.work import Holding, Progress
+
+
+def test_one_replica_per_gpu_and_one_without_gpus():
+    gpus = plan(None, {"GPU": 4.0, "CPU": 64.0})
+    assert gpus.replicas == 4 and gpus.actor_options["num_gpus"] == 1
+    cpu = plan(None, {"CPU": 8.0})
+    assert cpu.replicas == 1 and cpu.actor_options["num_cpus"] == 8 and "num_gpus" not in cpu.actor_options
+    assert plan(2, {"CPU": 8.0}).actor_options["num_cpus"] == 4  # the CPUs shared between the replicas
+    with pytest.raises(ValueError, match="has 2 GPUs, and each replica takes one"):
+        plan(3, {"GPU": 2.0})
+    with pytest.raises(ValueError, match="at least 1"):
+        plan(0, {"GPU": 2.0})
+
+
+def test_a_replica_holding_the_checkpoint_and_its_loras_ranks_first():
+    holdings = [Holding("a", "other.safetensors"), Holding("b", "sd15.safetensors", ("style",)),
+                Holding("c", "sd15.safetensors"), None]
+
+    def ranks(checkpoint, networks):  # the last rank is shuffled (equal replicas share the work)
+        return [sorted(r) for r in affinity.rank(holdings, checkpoint, networks)]
+
+    assert ranks("sd15.safetensors", ["style"]) == [[1], [2], [0, 3]]
+    assert ranks("sd15.safetensors", []) == [[1, 2], [0, 3]]
+    assert ranks("new.safetensors", []) == [[0, 1, 2, 3]]  # nobody has it: anyone
+
+
+def test_the_newer_report_of_what_a_replica_holds_wins():
+    affinity.forget()
+    try:
+        affinity.note(Holding("a", "one", version=5))
+        assert affinity.holding_of("a", Holding("a", "two", version=4).as_stats()).checkpoint == "one"
+        assert affinity.holding_of("a", Holding("a", "two", version=6).as_stats()).checkpoint == "two"
+        affinity.note(Holding("a", "old", version=3))  # a late report of an older job changes nothing
+        assert affinity.holding_of("a", None).checkpoint == "one"
+    finally:
+        affinity.forget()
+
+
+def _queue(slots: int = 2) -> RayJobQueue:
+    # These jobs never reach the engine, so no replica is needed: the queue's order is what is tested.
+    return RayJobQueue(handle=None, send_flag=lambda dispatch_id, flag: None, slots=slots, replica_lost=())
+
+
+def test_jobs_run_one_per_slot_and_a_model_job_runs_alone_in_its_place():
+    queue = _queue(slots=2)
+    order: list[str] = []
+    release = threading.Event()
+    lock = threading.Lock()
+
+    def work(name: str):
+        def fn():
+            with lock:
+                order.append(f"{name} start ({len(queue.running())} running)")
+            if name.startswith("slow"):
+                release.wait(10)
+            with lock:
+                order.append(f"{name} end")
+        return fn
+
+    try:
+        slow = [queue.submit("txt2img", work(f"slow{i}")) for i in range(2)]
+        third = queue.submit("txt2img", work("third"))
+        switch = queue.submit("settings", work("switch"))
+        after = queue.submit("txt2img", work("after"))
+        time.sleep(0.3)
+        assert third.status == "queued" and third.position() == 2  # two slots, both busy
+        assert switch.position() == 3 and after.position() == 4
+        release.set()
+        for job in (*slow, third, switch, after):
+            job.wait(10)
+    finally:
+        queue.shutdown()
+    assert order.index("switch start (1 running)") > max(order.index("slow0 end"), order.index("slow1 end"),
+                                                        order.index("third end"))
+    assert order.index("after start (1 running)") > order.index("switch end")
+
+
+def test_cancelling_a_queued_job_frees_its_place():
+    queue = _queue(slots=1)
+    release = threading.Event()
+    try:
+        first = queue.submit("txt2img", lambda: release.wait(10))
+        second = queue.submit("txt2img", lambda: "second")
+        third = queue.submit("txt2img", lambda: "third")
+        assert second.cancel() and second.status == "cancelled"
+        assert third.position() == 1
+        release.set()
+        assert third.wait(10) == "third" and first.wait(10) is True
+    finally:
+        queue.shutdown()
+
+
+def test_a_replica_report_is_what_progress_shows_for_that_task():
+    sent: list[str] = []
+    state = RemoteJobState("task(x)", sent.append)
+    job = call_queue.Job(_queue(), "txt2img", lambda: None, "task(x)")
+    job.status, job.progress_state = "running", state
+    from PIL import Image
+
+    preview = Image.new("RGB", (8, 8), "red")
+    state.apply(Progress({"job": "task(x)", "job_count": 2, "job_no": 1, "sampling_step": 5, "sampling_steps": 10},
+                         elapsed=3.0, textinfo="sampling", id_live_preview=4, preview=preview))
+    queue = call_queue.queue
+    saved = queue._by_id.get("task(x)")
+    queue._by_id["task(x)"] = job
+    try:
+        shown = progress.progress_for("task(x)", id_live_preview=-1)
+    finally:
+        if saved is None:
+            queue._by_id.pop("task(x)", None)
+        else:
+            queue._by_id["task(x)"] = saved
+    assert shown["active"] and shown["textinfo"] == "sampling" and shown["id_live_preview"] == 4
+    assert shown["progress"] == pytest.approx(0.01 + 1 / 2 + 0.5 * 5 / 10, abs=1e-6)
+    assert shown["live_preview"].startswith("data:image/png;base64,")
+    state.interrupt()
+    assert sent == ["interrupt"]
+    # The replica has not seen the interrupt yet: its next report must not clear the flag here.
+    state.apply(Progress({"interrupted": False, "job": "task(x)"}, elapsed=3.5, textinfo=None, id_live_preview=4))
+    assert state.interrupted
+
+
+def test_the_global_interrupt_reaches_every_running_job():
+    sent: list[tuple[str, str]] = []
+    jobs = []
+    for name in ("a", "b"):
+        job = call_queue.Job(_queue(), "txt2img", lambda: None, name)
+        job.progress_state = RemoteJobState(name, lambda flag, name=name: sent.append((name, flag)))
+        jobs.append(job)
+    front = FrontDoorState(lambda: jobs)
+    front.skip()
+    front.interrupt()
+    assert sorted(sent) == [("a", "interrupt"), ("a", "skip"), ("b", "interrupt"), ("b", "skip")]
+    front.show(jobs[1].progress_state)
+    assert front.job == "b"
+    front.show(None)
+    assert front.job == "" and front.job_count == 0
