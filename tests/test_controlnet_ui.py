@@ -310,3 +310,23 @@ def test_no_unit_in_the_infotext_changes_nothing_and_a_broken_one_says_so(data_d
     assert note == "" and all(isinstance(v, type(gr.skip())) for v in values)
     values, note = ui_values.pasted_values("Weight: banana")
     assert "Could not read the pasted ControlNet unit" in note
+
+
+def test_the_page_registers_the_units_for_paste_and_shows_the_hires_option_with_hires_fix(data_dir):
+    from modules import infotext_utils
+    from modules.ui import app, paste
+
+    demo = app.create_ui()
+    blocks = {getattr(b, "elem_id", None): b for b in demo.blocks.values()}
+    for tab in ("txt2img", "img2img"):
+        box = blocks[f"{tab}_controlnet_ControlNet-0_controlnet_pasted"]
+        fields = [(component, target) for component, target in infotext_utils.paste_fields[tab]["fields"]
+                  if component is box]
+        assert fields == [(box, "ControlNet 0")]
+        text = "Module: canny, Model: x [12345678], Weight: 1.0"
+        assert paste.values_for(fields, {"ControlNet 0": text, "Steps": 20}) == [text]
+    switch = blocks["txt2img_hr-checkbox"]
+    radios = {blocks[f"txt2img_controlnet_ControlNet-{i}_controlnet_hr_option_radio"]._id for i in range(3)}
+    listeners = [d for d in demo.config["dependencies"]
+                 if [switch._id, "change"] in [list(t) for t in d["targets"]] and set(d["outputs"]) == radios]
+    assert len(listeners) == 1
