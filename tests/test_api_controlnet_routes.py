@@ -146,12 +146,12 @@ def test_control_types_fill_model_lists_by_the_types_keywords(http, data_dir):
 
 
 def test_default_model_prefers_controlnet_1_1(data_dir):
-    from modules.api import controlnet
+    from modules.controlnet import control_types
 
-    assert controlnet._default_model(["None", "control_sd15_canny [aa]", "control_v11p_sd15_canny [bb]"]) == \
+    assert control_types._default_model(["None", "control_sd15_canny [aa]", "control_v11p_sd15_canny [bb]"]) == \
         "control_v11p_sd15_canny [bb]"
-    assert controlnet._default_model(["None", "control_sd15_canny [aa]"]) == "control_sd15_canny [aa]"
-    assert controlnet._default_model(["None"]) == "None"
+    assert control_types._default_model(["None", "control_sd15_canny [aa]"]) == "control_sd15_canny [aa]"
+    assert control_types._default_model(["None"]) == "None"
 
 
 # --- detect --------------------------------------------------------------------------------------------------------

@@ -268,7 +268,7 @@ def test_img2img_unit_without_image_reads_the_img2img_picture(data_dir):
     ({"model": "missing"}, "ControlNet 0: model 'missing' not found"),
     ({"model": "cn_xl"}, "made for SDXL, the loaded model is SD1"),
     ({"model": "None"}, "ControlNet 0: no model chosen"),
-    ({"module": "no_such_module"}, "no_such_module"),
+    ({"module": "no_such_module"}, 'ControlNet 0: ControlNet preprocessor "no_such_module" does not exist'),
     ({"image": None}, "ControlNet 0: no input image"),
 ])
 def test_a_unit_that_cannot_run_fails_the_job_by_name(data_dir, change, message):

@@ -131,7 +131,7 @@ def prepare(units: list[ControlNetUnit], p: Any, model: Any) -> list[ActiveUnit]
         except (UnitError, preprocessors.UnknownPreprocessor, preprocessors.MissingWeights,
                 loading.ControlModelError) as e:
             message = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-            if message.startswith("ControlNet"):
+            if message.startswith(f"ControlNet {index}:"):
                 raise ControlUnitError(message) from None
             raise ControlUnitError(f"ControlNet {index}: {message}") from None
     return active

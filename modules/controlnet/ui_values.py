@@ -39,7 +39,7 @@ def control_type_names() -> list[str]:
 def choices_for(control_type: str) -> tuple[list[str], list[str], str, str]:
     """(preprocessors, models, default preprocessor, default model) of a control type, as the extension filters
     them (models by the type's keywords in their titles); an unknown type shows everything."""
-    from modules.api.controlnet import control_types
+    from modules.controlnet.control_types import control_types
 
     types = control_types()
     entry = types.get(control_type) or types[ALL_TYPES]
