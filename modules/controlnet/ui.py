@@ -91,6 +91,16 @@ def _page_component(elem_id: str) -> Any:
     return next((b for b in context.blocks.values() if getattr(b, "elem_id", None) == elem_id), None)
 
 
+@dataclass
+class BuiltAccordion:
+    accordion: gr.Accordion
+    units: list[UnitControls]
+
+
+# The accordions of the page being built, by tab: other tabs send pictures to their units (the Depth tab's map).
+built: dict[str, BuiltAccordion] = {}
+
+
 def build(script: Any, is_img2img: bool) -> list[Any]:
     """The accordion; returns one gr.State per unit (the script's arguments)."""
     tab = "img2img" if is_img2img else "txt2img"
@@ -112,6 +122,7 @@ def build(script: Any, is_img2img: bool) -> list[Any]:
     if hires_switch is not None:  # the hires option matters only with Hires. fix on
         hires_switch.change(lambda on: [gr.update(visible=bool(on))] * len(units), inputs=[hires_switch],
                             outputs=[u.hr_option for u in units], show_progress="hidden", queue=False)
+    built[tab] = BuiltAccordion(accordion, units)
     script.infotext_fields = [(u.paste_box, f"ControlNet {u.index}") for u in units]
     script.paste_field_names = [f"ControlNet {u.index}" for u in units]
     return [u.state for u in units]

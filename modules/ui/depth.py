@@ -38,6 +38,7 @@ class DepthTab:
     progress: gr.HTML
     state: gr.State  # the adjusted map (float32 HxW) of the picture shown, or None
     send_to_img2img: gr.Button
+    send_to_controlnet: gr.Button
     prompt: gr.Textbox
     negative_prompt: gr.Textbox
     steps: gr.Slider
@@ -98,9 +99,11 @@ def build() -> DepthTab:
             html_log = gr.HTML("", elem_id="html_log_depth", elem_classes=["html-log"])
             with gr.Row(elem_id="depth_send_buttons"):
                 send = gr.Button("Send to img2img as depth", elem_id="depth_send_to_img2img", size="sm")
+                send_cn = gr.Button("Send to ControlNet (txt2img, unit 0)", elem_id="depth_send_to_controlnet",
+                                    size="sm")
             panel = results.build("depth2img")
     tab = DepthTab(image, estimator, resolution, invert, near, far, estimate, preview, grey, html_info, html_log,
-                   progress, state, send, prompt, negative, steps, strength, seed, generate_button, panel)
+                   progress, state, send, send_cn, prompt, negative, steps, strength, seed, generate_button, panel)
     image.upload(upload_check, inputs=[image], outputs=[html_log], show_progress="hidden")
     image.change(lambda: None, outputs=[state], show_progress="hidden", queue=False)  # a new picture: no map yet
     estimate.click(run_estimate, inputs=[image, estimator, resolution, invert, near, far],
@@ -232,3 +235,39 @@ def wire_send(tab: DepthTab, tabs: gr.Tabs, i2i: Any) -> None:
         return [image, maps.to_16bit(depth), gr.Tabs(selected="img2img"), gr.Tabs(selected="img2img"), 0]
 
     tab.send_to_img2img.click(send, inputs=[tab.image, tab.state], outputs=outputs, show_progress="hidden")
+    wire_send_to_controlnet(tab, tabs)
+
+
+def controlnet_depth_values(depth: np.ndarray | None) -> tuple[np.ndarray, str] | None:
+    """(the map as an 8-bit grey RGB picture, the depth model to pick or "") for a ControlNet unit: the map is
+    already a depth map, so the unit's preprocessor is "none"."""
+    from modules.controlnet.control_types import NO_MODEL, control_types
+
+    if depth is None:
+        return None
+    grey = np.asarray(maps.to_8bit(depth).convert("RGB"))
+    entry = control_types().get("Depth") or {}
+    model = entry.get("default_model") or NO_MODEL
+    return grey, "" if model == NO_MODEL else model
+
+
+def wire_send_to_controlnet(tab: DepthTab, tabs: gr.Tabs) -> None:
+    """"Send to ControlNet": txt2img's unit 0 gets the map (preprocessor none, the first depth model if there is
+    one), enabled, its accordion opened, and the txt2img tab shown."""
+    from modules.controlnet import ui as control_ui
+
+    accordion = control_ui.built.get("txt2img")
+    if accordion is None or not accordion.units:  # the ControlNet script is not on this page
+        tab.send_to_controlnet.visible = False
+        return
+    unit = accordion.units[0]
+    outputs = [unit.image, unit.enabled, unit.module, unit.model, accordion.accordion, tabs, tab.html_log]
+
+    def send(depth: Any) -> list[Any]:
+        values = controlnet_depth_values(depth)
+        if values is None:
+            return [gr.skip()] * (len(outputs) - 1) + ["<p class='error'>Estimate a depth map first.</p>"]
+        grey, model = values
+        return [grey, True, "none", model or gr.skip(), gr.Accordion(open=True), gr.Tabs(selected="txt2img"), ""]
+
+    tab.send_to_controlnet.click(send, inputs=[tab.state], outputs=outputs, show_progress="hidden")

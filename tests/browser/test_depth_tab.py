@@ -112,3 +112,22 @@ def test_missing_estimator_is_refused_on_the_page(page, tmp_path):
     page.locator("[role=option]:has-text('depth_anything_v2_large')").first.click()
     log = estimate(page)
     assert "depth_anything_v2_large" in log and "models/depth/depth_anything_v2_large" in log, log
+
+
+def test_send_the_map_to_a_controlnet_unit(page, tmp_path):
+    page.click("#tab_depth-button")
+    upload_into(page, page.locator("#depth_image"), source_png(tmp_path / "src.png"))
+    set_number(page, "depth_resolution", 128)
+    estimate(page, ".png")
+    page.click("#depth_send_to_controlnet")
+    unit = "#txt2img_controlnet_ControlNet-0"
+    page.wait_for_selector(f"{unit}_input_image img", state="visible", timeout=30_000)
+    assert page.locator("#tab_txt2img").is_visible()
+    assert page.locator(f"{unit}_controlnet_enable_checkbox input").is_checked()
+    assert page.locator(f"{unit}_controlnet_preprocessor_dropdown input").input_value() == "none"
+    sent = Image.open(io.BytesIO(page.request.get(
+        page.locator(f"{unit}_input_image img").first.get_attribute("src")).body())).convert("L")
+    grey = shown_png(page, "depth_grey").convert("L")
+    # the map as shown (the page serves the unit's picture lossily compressed, so within a few levels)
+    difference = np.abs(np.asarray(sent, dtype=np.int16) - np.asarray(grey, dtype=np.int16))
+    assert sent.size == grey.size and difference.mean() < 4
