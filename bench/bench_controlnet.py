@@ -23,13 +23,15 @@ import json
 import os
 import statistics
 import sys
-import time
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.timing import timed  # noqa: E402
+
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
 
 from controlnet_files import controlnet_runner  # noqa: E402  (runs the ControlNet script without the page)
@@ -39,19 +41,6 @@ from modules import cmd_args, devices, processing, shared  # noqa: E402
 SIZES = {"sd15": 512, "sdxl": 1024}
 PROMPT = "a photograph of an astronaut riding a horse on the moon, highly detailed"
 NEGATIVE = "blurry, low quality"
-
-
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def _time(fn) -> float:
-    _sync()
-    start = time.perf_counter()
-    fn()
-    _sync()
-    return time.perf_counter() - start
 
 
 def control_picture(size: int) -> Image.Image:
@@ -146,7 +135,7 @@ def switching(model, size: int, names: list[str], picture: Image.Image, repeats:
     times = []
     for i in range(repeats * 2):
         name = names[i % 2]
-        times.append(_time(lambda name=name: runtime.prepare([units[name]], p, model)))
+        times.append(timed(lambda name=name: runtime.prepare([units[name]], p, model)))
     return {"switch_ms_median": statistics.median(times) * 1000, "switch_ms_max": max(times) * 1000,
             "switch_all_ms": [t * 1000 for t in times]}
 
@@ -173,9 +162,9 @@ def bench_family(family: str, args: argparse.Namespace) -> dict:
     ours(), eager(), theirs()  # warm-up: kernels, allocator, cuDNN autotune, graph capture
     ours_t, eager_t, theirs_t = [], [], []
     for _ in range(args.repeats):
-        ours_t.append(_time(ours))
-        eager_t.append(_time(eager))
-        theirs_t.append(_time(theirs))
+        ours_t.append(timed(ours))
+        eager_t.append(timed(eager))
+        theirs_t.append(timed(theirs))
     o, e, t = statistics.median(ours_t), statistics.median(eager_t), statistics.median(theirs_t)
     result = {"size": size, "ours_s_per_image": o, "ours_eager_s_per_image": e, "diffusers_s_per_image": t,
               "ratio": t / o, "ratio_eager": t / e, "ours_all": ours_t, "ours_eager_all": eager_t,
@@ -184,7 +173,7 @@ def bench_family(family: str, args: argparse.Namespace) -> dict:
     # a whole job right after switching A -> B (B's ControlNet graphed once already in the warm-up below)
     job_b = ours_runner(model, size, args.steps, [unit(names[1], picture)], graphs=True)
     job_b()
-    after_switch = [(_time(job_b), _time(ours))[0] for _ in range(args.repeats)]
+    after_switch = [(timed(job_b), timed(ours))[0] for _ in range(args.repeats)]
     result["job_after_switch_s"] = statistics.median(after_switch)
     result["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
     del ours, eager, theirs, text_pipe, model
@@ -209,7 +198,7 @@ def smoke(args: argparse.Namespace) -> None:
     model = load_model(path, devices.choose_precision(device))
     run = ours_runner(model, 64, 4, [unit("tiny_cn", control_picture(64))], graphs=True)
     run()
-    print(f"smoke: ours {_time(run):.2f} s for a 64x64 picture with one ControlNet")
+    print(f"smoke: ours {timed(run):.2f} s for a 64x64 picture with one ControlNet")
     print(json.dumps(switching(model, 64, ["tiny_cn", "tiny_cn"], control_picture(64), 2)))
 
 

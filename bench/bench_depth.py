@@ -25,13 +25,14 @@ import json
 import os
 import statistics
 import sys
-import time
 
 import torch
 from PIL import Image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+
+from bench.timing import timed  # noqa: E402
 
 PROMPT = "a cosy living room with a green sofa, soft light, highly detailed"
 NEGATIVE = "blurry, low quality"
@@ -49,19 +50,6 @@ OPEN_CLIP_H = {"vocab_size": 49408, "max_position_embeddings": 77, "hidden_size"
                "eos_token_id": 49407, "pad_token_id": 1, "layer_norm_eps": 1e-5}
 
 
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def _time(fn) -> float:
-    _sync()
-    start = time.perf_counter()
-    fn()
-    _sync()
-    return time.perf_counter() - start
-
-
 def picture(size: int) -> Image.Image:
     """A deterministic picture with structure (gradients, a disc, stripes)."""
     x = torch.linspace(0, 1, size)
@@ -77,8 +65,8 @@ def _median_pair(ours, theirs, repeats: int) -> tuple[float, float, list[float],
     ours(), theirs()  # warm-up: kernels, allocator, cuDNN autotune
     ours_t, theirs_t = [], []
     for _ in range(repeats):
-        ours_t.append(_time(ours))
-        theirs_t.append(_time(theirs))
+        ours_t.append(timed(ours))
+        theirs_t.append(timed(theirs))
     return statistics.median(ours_t), statistics.median(theirs_t), ours_t, theirs_t
 
 

@@ -18,28 +18,16 @@ import json
 import os
 import statistics
 import sys
-import time
 
 import torch
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.timing import timed  # noqa: E402
+
 PROMPT = "a photograph of an astronaut riding a horse on the moon, highly detailed"
 NEGATIVE = "blurry, low quality"
-
-
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def _time(fn) -> float:
-    _sync()
-    start = time.perf_counter()
-    fn()
-    _sync()
-    return time.perf_counter() - start
 
 
 def first_pass_picture(size: int) -> Image.Image:
@@ -121,7 +109,7 @@ def main() -> None:
         picture, steps, repeats = first_pass_picture(64), 4, 1
         run = ours_runner(model, picture, 1.5, steps, args.denoise)
         run()
-        print(f"smoke: ours {statistics.median([_time(run) for _ in range(repeats)]):.2f} s for 64 -> 96")
+        print(f"smoke: ours {statistics.median([timed(run) for _ in range(repeats)]):.2f} s for 64 -> 96")
         return
     from bench.full_size import diffusers_pipeline, write_checkpoint_and_config
 
@@ -138,8 +126,8 @@ def main() -> None:
     ours(), theirs()  # warm-up: kernels, allocator, cuDNN autotune, graph capture at the new size
     ours_t, theirs_t = [], []
     for _ in range(args.repeats):
-        ours_t.append(_time(ours))
-        theirs_t.append(_time(theirs))
+        ours_t.append(timed(ours))
+        theirs_t.append(timed(theirs))
     o, t = statistics.median(ours_t), statistics.median(theirs_t)
     results = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "steps": args.steps,
                "unet_steps_each_side": unet_steps(args.steps, args.denoise),

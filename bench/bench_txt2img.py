@@ -17,25 +17,17 @@ import json
 import os
 import statistics
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.full_size import diffusers_pipeline, write_checkpoint_and_config  # noqa: E402
+from bench.timing import timed  # noqa: E402
 
 SIZES = {"sd15": 512, "sdxl": 1024}
 PROMPT = "a photograph of an astronaut riding a horse on the moon, highly detailed"
 NEGATIVE = "blurry, low quality"
-
-
-def _time(fn) -> float:
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def ours_runner(path: str, family: str, steps: int, graphs: bool = True):
@@ -96,9 +88,9 @@ def main() -> None:
         ours(), eager(), theirs()  # warm-up: kernels, allocator, cuDNN autotune, graph capture
         ours_t, eager_t, theirs_t = [], [], []
         for _ in range(args.repeats):
-            ours_t.append(_time(ours))
-            eager_t.append(_time(eager))
-            theirs_t.append(_time(theirs))
+            ours_t.append(timed(ours))
+            eager_t.append(timed(eager))
+            theirs_t.append(timed(theirs))
         o, e, t = statistics.median(ours_t), statistics.median(eager_t), statistics.median(theirs_t)
         results[family] = {
             "size": SIZES[family], "ours_s_per_image": o, "diffusers_s_per_image": t,
