@@ -54,6 +54,9 @@ def env(tmp_path_factory, isolated_data_dir):
                   "ip_adapter": {"1.to_k_ip.weight": torch.randn(320, 768), "1.to_v_ip.weight": torch.randn(320, 768),
                                  "1.to_k_lora.down.weight": torch.randn(128, 320)}}
         save_ip_adapter(cn / "ip-adapter-faceid_sd15.bin", faceid)
+        huge = ip_adapter_state(sd1_unet, "plus", CLIP_HIDDEN, seed=9)
+        huge["image_proj"]["latents"] = torch.zeros(1, 4, 100_000)  # promises a Resampler of ~10^11 weights
+        save_ip_adapter(cn / "ip_huge.safetensors", huge)
         write_ip_adapter(cn / "ip_real_sd15.safetensors", "sd1")  # 768-wide context: an SD1.5 file
         write_controlnet(cn / "cn_a.safetensors", "sd1", "original", seed=1)
         encoders = {"tiny_vit": write_clip_vision(root / "models" / "clip_vision" / "tiny_vit.safetensors", seed=2),
@@ -385,6 +388,25 @@ def test_units_that_cannot_run_are_refused_by_name(env, checkpoint, values, mess
         txt2img(unit(**values))
     assert str(refused.value) == message
     assert unet_state(model.unet)[1:] == before[1:]
+
+
+def test_a_file_promising_a_huge_projection_is_refused_before_anything_is_allocated(env, monkeypatch):
+    import diffusers.loaders.unet as diffusers_unet
+
+    real = diffusers_unet.IPAdapterPlusImageProjection
+    built_on = []
+
+    class Spy(real):
+        def __init__(self, *args, **kwargs):
+            built_on.append(torch.get_default_device().type)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(diffusers_unet, "IPAdapterPlusImageProjection", Spy)
+    use("sd1.safetensors")
+    with pytest.raises(runtime.ControlUnitError, match=r"^ControlNet 0: IP-Adapter ip_huge: does not fit an "
+                       r"IP-Adapter: Error\(s\) in loading state_dict for"):
+        txt2img(unit("ip_huge", module="ip-adapter-auto"))
+    assert built_on == ["meta"]
 
 
 def test_encoder_choice_follows_the_preprocessor(env, monkeypatch):

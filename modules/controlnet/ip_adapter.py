@@ -46,6 +46,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -188,7 +189,12 @@ def build(unet: torch.nn.Module, flat: Mapping[str, torch.Tensor]) -> tuple[Adap
     spec = describe(image_proj_sd, layers)
     if any(not v.is_floating_point() for v in flat.values()):
         raise ValueError("a weight is not floating point")
-    # diffusers' own conversion, strict (every key and shape must fit the projection it builds)
+    # diffusers' own conversion, strict (every key and shape must fit the projection it builds). It sizes the
+    # projection from the file's shapes: tried on the meta device first, so a file whose shapes promise a huge
+    # module is refused before anything is allocated.
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "copying ... to a meta parameter is a no-op": the point here
+        unet._convert_ip_adapter_image_proj_to_diffusers(dict(image_proj_sd), low_cpu_mem_usage=False)
     image_proj = unet._convert_ip_adapter_image_proj_to_diffusers(dict(image_proj_sd), low_cpu_mem_usage=False)
     to_k, to_v = torch.nn.ModuleDict(), torch.nn.ModuleDict()
     for key, tensor in layers.items():
