@@ -10,15 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import generation_capture
 import numpy as np
 import pytest
 import torch
-from controlnet_files import controlnet_runner, write_controlnet
+from controlnet_files import write_controlnet
 from PIL import Image, ImageDraw
 
-from modules import devices, processing, shared
+from modules import devices
 from modules.controlnet import files, loading
-from modules.engine import generate, unet_graph
+from modules.engine import unet_graph
 from modules.models.loader import load_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -51,23 +52,8 @@ def square() -> np.ndarray:
 
 
 def latents_of(model, monkeypatch, graphs: bool, name: str, weight: float = 1.0) -> torch.Tensor:
-    captured = {}
-    real = generate.vae_decode
-
-    def decode(model_, latents):
-        captured["latents"] = latents.clone()
-        return real(model_, latents)
-
-    monkeypatch.setattr(generate, "vae_decode", decode)
-    shared.opts.data["cuda_graphs"] = graphs
-    p = processing.StableDiffusionProcessingTxt2Img(
-        prompt="a red circle", negative_prompt="blurry", steps=4, width=64, height=64, sampler_name="Euler",
-        seed=11, do_not_save_samples=True, do_not_save_grid=True)
-    p.sd_model = model
-    p.scripts, p.script_args = controlnet_runner([{"module": "none", "model": name, "weight": weight,
-                                                   "image": square(), "resize_mode": "Just Resize"}])
-    processing.process_images(p)
-    return captured["latents"]
+    return generation_capture.latents_of(model, monkeypatch, graphs, [
+        {"module": "none", "model": name, "weight": weight, "image": square(), "resize_mode": "Just Resize"}])
 
 
 def test_graphed_controlnet_equals_eager_and_never_goes_stale(gpu_model, monkeypatch):

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from controlnet_files import write_controlnet, write_t2i_adapter
+from generation_capture import capture_run
 from PIL import Image, ImageDraw
 
 from modules import processing, scripts, sd_models, shared
@@ -120,53 +121,11 @@ def test_same_latents_as_diffusers_controlnet_pipeline(data_dir, monkeypatch):
 
     _, references = data_dir
     model = use("sd1.safetensors")
-    captured: dict = {}
-    real_decode, real_make_noise = generate.vae_decode, generate.make_noise
-
-    def decode(model_, latents):
-        captured["latents"] = latents.clone()
-        return real_decode(model_, latents)
-
-    def make_noise(request, shape, uses_ensd):
-        source = real_make_noise(request, shape, uses_ensd)
-        first = source.first
-
-        def first_noise():
-            captured["noise"] = first().clone()
-            return captured["noise"]
-
-        source.first = first_noise
-        return source
-
-    contexts = []
-    real_unet_call = generate.unet_call
-
-    def spy(unet, inp, **kwargs):
-        contexts.append(inp.context.clone())
-        return real_unet_call(unet, inp, **kwargs)
-
-    monkeypatch.setattr(generate, "vae_decode", decode)
-    monkeypatch.setattr(generate, "make_noise", make_noise)
-    monkeypatch.setattr(generate, "unet_call", spy)
-    sigmas_seen = []
-    real_create = generate.create_sampler
-
-    def create_sampler(name, model_):
-        sampler = real_create(name, model_)
-        real_sample = sampler.sample
-
-        def sample(denoiser, x, sigmas, **kw):
-            sigmas_seen.append(sigmas.clone())
-            return real_sample(denoiser, x, sigmas, **kw)
-
-        sampler.sample = sample
-        return sampler
-
-    monkeypatch.setattr(generate, "create_sampler", create_sampler)
+    captured = capture_run(monkeypatch)
     ours = txt2img(unit(module="none", image=np.asarray(square())))
-    assert "latents" in captured and len(sigmas_seen) == 1
+    assert "latents" in captured and len(captured["sigmas"]) == 1
 
-    cond, uncond = contexts[0][:1], contexts[0][1:]
+    cond, uncond = captured["contexts"][0][:1], captured["contexts"][0][1:]
     pipe = StableDiffusionControlNetPipeline(
         vae=model.vae, text_encoder=model.text_encoders[0], tokenizer=model.tokenizers[0], unet=model.unet,
         controlnet=references["cn_a"].eval(), safety_checker=None, feature_extractor=None,
@@ -176,7 +135,7 @@ def test_same_latents_as_diffusers_controlnet_pipeline(data_dir, monkeypatch):
     pipe.set_progress_bar_config(disable=True)
     with torch.no_grad():
         theirs = pipe(prompt_embeds=cond, negative_prompt_embeds=uncond, image=square(), height=64, width=64,
-                      sigmas=sigmas_seen[0].tolist(), latents=captured["noise"].clone(), guidance_scale=7.0,
+                      sigmas=captured["sigmas"][0].tolist(), latents=captured["noise"].clone(), guidance_scale=7.0,
                       output_type="latent").images
     # Stated tolerance: float32 on the CPU, 4 Euler steps through a ControlNet and a UNet, latents of magnitude
     # up to ~6: 1e-4 relative + 1e-4 absolute (measured: 1.0e-4 absolute, 1.6e-5 relative at worst).

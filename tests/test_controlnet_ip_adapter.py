@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from controlnet_files import write_controlnet, write_ip_adapter
+from generation_capture import capture_run
 from ip_adapter_files import CLIP_HIDDEN, CLIP_PROJECTION, ip_adapter_state, save_ip_adapter, write_clip_vision
 from PIL import Image, ImageDraw
 from safetensors.torch import save_file
@@ -193,45 +194,7 @@ def test_negative_embeddings_follow_diffusers(env):
 @pytest.fixture
 def capture(monkeypatch):
     """The run's first noise, sigmas and text contexts, and the final latents."""
-    captured: dict = {"contexts": [], "sigmas": []}
-    real_decode, real_make_noise, real_create = generate.vae_decode, generate.make_noise, generate.create_sampler
-    real_unet_call = generate.unet_call
-
-    def decode(model_, latents):
-        captured["latents"] = latents.clone()
-        return real_decode(model_, latents)
-
-    def make_noise(request, shape, uses_ensd):
-        source = real_make_noise(request, shape, uses_ensd)
-        first = source.first
-
-        def first_noise():
-            captured["noise"] = first().clone()
-            return captured["noise"]
-
-        source.first = first_noise
-        return source
-
-    def create_sampler(name, model_):
-        sampler = real_create(name, model_)
-        real_sample = sampler.sample
-
-        def sample(denoiser, x, sigmas, **kw):
-            captured["sigmas"].append(sigmas.clone())
-            return real_sample(denoiser, x, sigmas, **kw)
-
-        sampler.sample = sample
-        return sampler
-
-    def spy(unet, inp, **kwargs):
-        captured["contexts"].append(inp.context.clone())
-        return real_unet_call(unet, inp, **kwargs)
-
-    monkeypatch.setattr(generate, "vae_decode", decode)
-    monkeypatch.setattr(generate, "make_noise", make_noise)
-    monkeypatch.setattr(generate, "create_sampler", create_sampler)
-    monkeypatch.setattr(generate, "unet_call", spy)
-    return captured
+    return capture_run(monkeypatch)
 
 
 @pytest.mark.parametrize("names", [("ip_base",), ("ip_plus",), ("ip_full",), ("ip_base", "ip_plus")])

@@ -14,14 +14,14 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 import torch
-from controlnet_files import controlnet_runner
+from generation_capture import latents_of
 from ip_adapter_files import CLIP_HIDDEN, CLIP_PROJECTION, ip_adapter_state, save_ip_adapter, write_clip_vision
 from PIL import Image, ImageDraw
 from tiny_models import build_unet
 
-from modules import devices, processing, shared
+from modules import devices
 from modules.controlnet import files, ip_adapter, loading
-from modules.engine import generate, unet_graph
+from modules.engine import unet_graph
 from modules.models.loader import load_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -58,23 +58,6 @@ def picture() -> np.ndarray:
     return np.asarray(image)
 
 
-def latents_of(model, monkeypatch, graphs: bool, units: list) -> torch.Tensor:
-    captured = {}
-    real = generate.vae_decode
-
-    def decode(model_, latents):
-        captured["latents"] = latents.clone()
-        return real(model_, latents)
-
-    monkeypatch.setattr(generate, "vae_decode", decode)
-    shared.opts.data["cuda_graphs"] = graphs
-    p = processing.StableDiffusionProcessingTxt2Img(
-        prompt="a red circle", negative_prompt="blurry", steps=4, width=64, height=64, sampler_name="Euler",
-        seed=11, do_not_save_samples=True, do_not_save_grid=True)
-    p.sd_model = model
-    p.scripts, p.script_args = controlnet_runner(units)
-    processing.process_images(p)
-    return captured["latents"]
 
 
 def unit(name: str = "ip_base", weight: float = 0.7, **kw) -> dict:
