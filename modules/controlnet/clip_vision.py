@@ -42,7 +42,10 @@ from modules.models.registry import natural_sort_key
 log = logging.getLogger(__name__)
 
 FOLDER = "clip_vision"
-MEMORY_GROUP = "controlnet"
+# Encoders are held apart from the ControlNet/adapter models (as the extension keeps them with its
+# preprocessors), so an IP-Adapter unit beside a ControlNet unit fits the default model cache of 2; one is kept.
+MEMORY_GROUP = "clip_vision"
+ENCODERS_KEPT = 1
 EXTENSIONS = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 # (hidden width, projection width) -> the encoder's usual name
 KNOWN = {(1280, 1024): "ViT-H/14", (1664, 1280): "ViT-bigG/14", (1024, 768): "ViT-L/14"}
@@ -315,6 +318,7 @@ def load(file: EncoderFile, device: torch.device, dtype: torch.dtype) -> LoadedE
         memory.owner.register(handle, memory.module_size_bytes(loaded.model), _unloader(real), device,
                               group=MEMORY_GROUP)
         memory.owner.touch(handle)
+    memory.owner.trim_group(MEMORY_GROUP, ENCODERS_KEPT)
     return loaded
 
 
