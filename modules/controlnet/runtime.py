@@ -80,6 +80,18 @@ class ActiveUnit:
     def is_adapter(self) -> bool:
         return self.control.kind == "t2i_adapter"
 
+    def control_embedding(self, height: int, width: int, device: torch.device) -> torch.Tensor:
+        """The ControlNet's embedding of the control picture ([1, C, h, w]): the same at every step, so computed
+        once per size instead of inside every ControlNet call (see `split_cond_embedding`)."""
+        key = (height, width)
+        if key not in self._features:
+            model = self.control.model
+            with torch.no_grad():
+                embedded = model._sd_cond_embedding(self.hint(height, width, device, self.control.dtype))
+            self._features.clear()
+            self._features[key] = [embedded.detach()]
+        return self._features[key][0]
+
     def adapter_features(self, height: int, width: int, device: torch.device) -> list[torch.Tensor]:
         """A T2I-Adapter's features do not depend on the latents: computed once per size."""
         key = (height, width)
@@ -190,6 +202,17 @@ def layer_scales(n: int, soft: bool) -> list[float]:
     return [SOFT_INJECTION_BASE ** float(n - 1 - i) for i in range(n)] if soft else [1.0] * n
 
 
+def split_cond_embedding(model: torch.nn.Module) -> None:
+    """Once per loaded ControlNet: its conditioning embedding (the small network over the control picture) moves to
+    `_sd_cond_embedding` and an identity takes its place, so the ControlNet takes the embedding as its
+    `controlnet_cond` (diffusers adds `controlnet_cond_embedding(controlnet_cond)` to the latents' first
+    features). At 1024x1024 that embedding runs convolutions over the full-size picture; computing it once per job
+    instead of once per step and per batch row is what this saves."""
+    if not hasattr(model, "_sd_cond_embedding"):
+        model._sd_cond_embedding = model.controlnet_cond_embedding
+        model.controlnet_cond_embedding = torch.nn.Identity()
+
+
 def _controlnet_forward(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
                         hint: torch.Tensor, layer_weights: torch.Tensor,
                         **kwargs: Any) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -291,7 +314,8 @@ class ControlNetHook:
         if unit.unit.low_vram:
             model.to(device)
         dtype = unit.control.dtype
-        hint = unit.hint(height, width, device, dtype).expand(inp.x.shape[0], -1, -1, -1)
+        split_cond_embedding(model)
+        hint = unit.control_embedding(height, width, device).expand(inp.x.shape[0], -1, -1, -1)
         kwargs: dict[str, Any] = {}
         if inp.added and "time_ids" in inp.added:  # SDXL: the same size and pooled-text conditioning
             kwargs["added_cond_kwargs"] = {k: inp.added[k].to(dtype) for k in ("text_embeds", "time_ids")}
