@@ -42,6 +42,18 @@ def test_a_replica_holding_the_checkpoint_and_its_loras_ranks_first():
     assert ranks("new.safetensors", []) == [[0, 1, 2, 3]]  # nobody has it: anyone
 
 
+def test_a_job_waits_for_a_busy_holder_at_most_as_long_as_a_switch_takes():
+    holdings = [Holding("a", "sd15.safetensors", load_s=3.0), Holding("b", "sdxl.safetensors", load_s=9.0)]
+    ranks, waiting = affinity.choose(holdings, "sd15.safetensors", [], waited_s=1.0)
+    assert ranks == [[0]] and waiting  # only the holder, while switching elsewhere would cost more than waiting
+    ranks, waiting = affinity.choose(holdings, "sd15.safetensors", [], waited_s=3.5)
+    assert ranks == [[0], [1]] and not waiting  # waited as long as a switch takes: any free replica now
+    ranks, waiting = affinity.choose(holdings, "new.safetensors", [], waited_s=0.0)
+    assert sorted(ranks[0]) == [0, 1] and not waiting  # nobody holds it: nothing to wait for
+    assert affinity.wait_s([Holding("c", "x")]) == affinity.DEFAULT_WAIT_S  # no load measured yet
+    assert affinity.wait_s([Holding("c", "x", load_s=500.0)]) == affinity.MAX_WAIT_S
+
+
 def test_the_newer_report_of_what_a_replica_holds_wins():
     affinity.forget()
     try:
@@ -50,6 +62,10 @@ def test_the_newer_report_of_what_a_replica_holds_wins():
         assert affinity.holding_of("a", Holding("a", "two", version=6).as_stats()).checkpoint == "two"
         affinity.note(Holding("a", "old", version=3))  # a late report of an older job changes nothing
         assert affinity.holding_of("a", None).checkpoint == "one"
+        # A job just sent there: the replica counts as holding its checkpoint at once, over its own older reports
+        affinity.expect("a", "three", ("style",))
+        assert affinity.holding_of("a", Holding("a", "one", version=5).as_stats()).checkpoint == "three"
+        assert affinity.holding_of("a", Holding("a", "three", version=6).as_stats()).version == 6
     finally:
         affinity.forget()
 

@@ -28,6 +28,7 @@ DEPLOYMENT = "EngineReplica"
 OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "DIFFUSERS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY",
                 "HF_DATASETS_OFFLINE")
 HEALTH_CHECK_PERIOD_S = 2.0  # a replica that stops answering is replaced within a few seconds
+ROUTER_MAX_BACKOFF_S = 0.05  # a job waiting for the replica that holds its model sees it free within this
 
 
 @dataclass
@@ -61,8 +62,10 @@ def plan(requested: int | None, cluster: dict[str, float], cpus_per_replica: flo
 
 
 def start(cmd_opts: argparse.Namespace, *, init_kwargs: dict[str, Any] | None = None,
-          cpus_per_replica: float | None = None, preload: bool = True) -> RayJobQueue:
-    """Start or join the cluster and deploy the replicas (returns once every replica is ready to take jobs)."""
+          cpus_per_replica: float | None = None, preload: bool = True, affinity_router: bool = True) -> RayJobQueue:
+    """Start or join the cluster and deploy the replicas (returns once every replica is ready to take jobs).
+    `affinity_router=False` leaves Serve's default router (power of two choices), for measuring what affinity
+    gives."""
     import ray
     from ray import serve
     from ray.serve.config import RequestRouterConfig
@@ -81,11 +84,13 @@ def start(cmd_opts: argparse.Namespace, *, init_kwargs: dict[str, Any] | None = 
     ctl = control.start(NAMESPACE)
     affinity.forget()
     setup = ReplicaSetup(cmd_opts, dict(shared.opts.data), NAMESPACE, preload)
+    routing = {"request_router_config": RequestRouterConfig(
+        request_router_class=AffinityRouter, request_routing_stats_period_s=affinity.STATS_PERIOD_S,
+        max_backoff_s=ROUTER_MAX_BACKOFF_S)
+    } if affinity_router else {}
     deployment = serve.deployment(
         EngineReplica, name=DEPLOYMENT, num_replicas=the_plan.replicas, max_ongoing_requests=1,
-        ray_actor_options=the_plan.actor_options, health_check_period_s=HEALTH_CHECK_PERIOD_S,
-        request_router_config=RequestRouterConfig(request_router_class=AffinityRouter,
-                                                  request_routing_stats_period_s=affinity.STATS_PERIOD_S))
+        ray_actor_options=the_plan.actor_options, health_check_period_s=HEALTH_CHECK_PERIOD_S, **routing)
     handle = serve.run(deployment.bind(setup), name=APP, route_prefix=None)
     print(f"Ray Serve: {the_plan.replicas} replica{'s' if the_plan.replicas != 1 else ''} "
           f"({'1 GPU each' if the_plan.gpus else 'on the CPU'}) ready in {time.perf_counter() - started:.1f}s"

@@ -15,6 +15,7 @@ import copy
 import logging
 import os
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,8 +51,9 @@ def replica_flags(cmd_opts: argparse.Namespace) -> argparse.Namespace:
     return ns
 
 
-def start_engine(setup: ReplicaSetup) -> None:
-    """Make this process an engine: flags, settings, model folders, extensions and scripts, first checkpoint."""
+def start_engine(setup: ReplicaSetup) -> float | None:
+    """Make this process an engine: flags, settings, model folders, extensions and scripts, first checkpoint.
+    Returns how long loading the checkpoint took (None when none was loaded)."""
     import webui
     from modules import devices
 
@@ -59,8 +61,10 @@ def start_engine(setup: ReplicaSetup) -> None:
     webui.initialize()
     shared.opts.data.update(setup.settings)
     devices.choose_device(shared.cmd_opts.use_cpu, None)
-    if setup.preload and not shared.cmd_opts.skip_load_model_at_start:
-        webui.load_first_model()
+    if not setup.preload or shared.cmd_opts.skip_load_model_at_start:
+        return None
+    started = time.perf_counter()
+    return time.perf_counter() - started if webui.load_first_model() else None
 
 
 def _entry(name: str) -> Callable[[Any], Any]:
@@ -100,8 +104,6 @@ class _Reporter:
         self._sent_preview = 0
 
     def report(self) -> Progress | None:
-        import time
-
         state = shared.state
         if state.job != self.task_id:
             return None  # not begun yet (or already ended)
@@ -128,7 +130,7 @@ class EngineReplica:
         from modules import script_callbacks
         from modules.serve import control
 
-        start_engine(setup)
+        self._load_s = start_engine(setup)  # what a switch costs here, until a switch measures it
         self._id = serve.get_replica_context().replica_id.unique_id
         self._node = ray.util.get_node_ip_address()
         self._node_id = ray.get_runtime_context().get_node_id()
@@ -155,7 +157,8 @@ class EngineReplica:
     def holding(self) -> Holding:
         info = getattr(shared.sd_model, "sd_checkpoint_info", None)
         with self._lock:
-            return Holding(self._id, getattr(info, "name", None), self._networks, self._version, self._loads)
+            return Holding(self._id, getattr(info, "name", None), self._networks, self._version, self._loads,
+                           self._load_s)
 
     def record_routing_stats(self) -> dict[str, Any]:
         """Polled by Serve for the affinity router (modules.serve.affinity)."""
@@ -172,7 +175,9 @@ class EngineReplica:
         if info is not None:
             current = getattr(shared.sd_model, "sd_checkpoint_info", None)
             if current is None or current.filename != info.filename:
+                started = time.perf_counter()
                 sd_models.load_model(info)  # with the VAE the settings choose
+                self._load_s = time.perf_counter() - started
             elif shared.opts.data.get("sd_vae") != self._vae_applied:
                 sd_models.reload_vae_weights()
             # The job's own checkpoint is the setting for its duration: an override then switches nothing, and

@@ -6,6 +6,9 @@ own: what replicas hold is read from `modules.serve.affinity`, which is imported
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
 
 from modules.serve import affinity
@@ -20,11 +23,19 @@ class AffinityRouter(RequestRouter):
                               pending_request: PendingRequest | None = None) -> list[list[RunningReplica]]:
         args = getattr(pending_request, "args", None) or ()
         work = args[0] if args and isinstance(args[0], Work) else None
-        if work is None:
+        if pending_request is None or work is None:
             return [list(candidate_replicas)]
         holdings = [affinity.holding_of(r.replica_id.unique_id, r.routing_stats) for r in candidate_replicas]
-        ranks = affinity.rank(holdings, work.checkpoint, work.networks)
+        ranks, waiting = affinity.choose(holdings, work.checkpoint, work.networks,
+                                         time.time() - pending_request.created_at)
+        if waiting:  # only holders offered: the router tries again after its short back-off
+            pending_request.routing_context.should_backoff = True
         return [[candidate_replicas[i] for i in ranked] for ranked in ranks]
+
+    def on_request_routed(self, pending_request: PendingRequest, replica_id: Any, result: Any) -> None:
+        args = getattr(pending_request, "args", None) or ()
+        if args and isinstance(args[0], Work):
+            affinity.expect(replica_id.unique_id, args[0].checkpoint, args[0].networks)
 
 
 __all__ = ["AffinityRouter"]

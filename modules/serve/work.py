@@ -29,17 +29,20 @@ class Holding:
     networks: tuple[str, ...] = ()  # LoRA names of its last job (their tensors are cached there)
     version: int = 0
     loads: int = 0  # checkpoint switches it made for jobs so far: what affinity saves
+    load_s: float | None = None  # how long its last checkpoint load took: what a switch costs there
 
     def as_stats(self) -> dict[str, Any]:
         return {"replica": self.replica, "checkpoint": self.checkpoint, "networks": list(self.networks),
-                "version": self.version, "loads": self.loads}
+                "version": self.version, "loads": self.loads, "load_s": self.load_s}
 
     @classmethod
     def from_stats(cls, stats: dict[str, Any] | None) -> Holding | None:
         if not stats or "replica" not in stats:
             return None
+        load_s = stats.get("load_s")
         return cls(str(stats["replica"]), stats.get("checkpoint"), tuple(stats.get("networks") or ()),
-                   int(stats.get("version") or 0), int(stats.get("loads") or 0))
+                   int(stats.get("version") or 0), int(stats.get("loads") or 0),
+                   float(load_s) if load_s is not None else None)
 
 
 @dataclass
