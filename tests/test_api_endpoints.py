@@ -22,13 +22,26 @@ from test_api_support import (
     serving,
 )
 
-from modules import infotext_utils, shared, upscalers
+from modules import infotext_utils, scripts, shared, upscalers
 from modules.api import models
 from modules.api.server import create_app, mount
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, isolated_data_dir):
+def no_scripts():
+    """A server with no scripts loaded (the lists below say so), whatever earlier test modules loaded."""
+    saved = list(scripts.scripts_data)
+    scripts.scripts_data.clear()
+    scripts.scripts_txt2img.initialize_scripts(is_img2img=False)
+    scripts.scripts_img2img.initialize_scripts(is_img2img=True)
+    yield
+    scripts.scripts_data[:] = saved
+    scripts.scripts_txt2img.initialize_scripts(is_img2img=False)
+    scripts.scripts_img2img.initialize_scripts(is_img2img=True)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, isolated_data_dir, no_scripts):
     with isolated_data_dir(tmp_path_factory.mktemp("api"), CHECKPOINTS, SETTINGS):
         with serving(create_app(auth=None)) as running:
             yield running
@@ -246,9 +259,9 @@ def test_unknown_script_is_422_with_a1111_message(http):
     body = assert_error_json(http.post("/sdapi/v1/txt2img", json={**FAST, "script_name": "X/Y/Z plot"}), 422,
                              "script_name")
     assert body["detail"] == "Script 'X/Y/Z plot' not found"
-    body = assert_error_json(http.post("/sdapi/v1/txt2img", json={**FAST, "alwayson_scripts": {"controlnet": {}}}),
+    body = assert_error_json(http.post("/sdapi/v1/txt2img", json={**FAST, "alwayson_scripts": {"animatediff": {}}}),
                              422, "alwayson_scripts")
-    assert body["detail"] == "always on script controlnet not found"
+    assert body["detail"] == "always on script animatediff not found"
 
 
 def test_unload_reload_and_refresh(http):
