@@ -52,7 +52,7 @@ def test_twenty_clients_and_a_replica_killed_mid_run(door, monkeypatch):
     barrier = threading.Barrier(CLIENTS)
 
     def one(i: int) -> tuple[int, dict]:
-        body = {**FAST, "steps": 8, "prompt": f"client number {i}", "seed": 1000 + i,
+        body = {**FAST, "steps": 24, "prompt": f"client number {i}", "seed": 1000 + i,
                 "force_task_id": f"task(ray-client-{i})"}
         with client(door.server) as c:
             barrier.wait()
@@ -226,3 +226,14 @@ def test_a_hires_fix_job_runs_both_passes_on_its_replica(http):
     assert r.status_code == 200, r.text
     assert decode(r.json()["images"][0]).size == (128, 128)
     assert float(params_of(r.json())[0]["Hires upscale"]) == 2
+
+
+def test_a_script_runs_on_the_replica_with_its_arguments_where_the_front_door_put_them(http):
+    """Prompt matrix over the API: the script's run (and the grid) on the replica, from A1111's script_args."""
+    r = http.post("/sdapi/v1/txt2img", json={**FAST, "prompt": "a cat|red|blue", "seed": 21,
+                                            "script_name": "prompt matrix",
+                                            "script_args": [False, False, "positive", "comma", 0]})
+    assert r.status_code == 200, r.text
+    info = params_of(r.json())[1]
+    assert info["all_prompts"] == ["a cat", "a cat, red", "a cat, blue", "a cat, red, blue"]
+    assert info["all_seeds"] == [21] * 4 and len(r.json()["images"]) == 5  # the grid first, then four pictures

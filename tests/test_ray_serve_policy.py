@@ -169,3 +169,26 @@ def test_the_global_interrupt_reaches_every_running_job():
     assert front.job == "b"
     front.show(None)
     assert front.job == "" and front.job_count == 0
+
+
+def test_front_door_parts_of_jobs_run_one_at_a_time():
+    """Code written for the single-process queue (one job at a time) stays safe: only replicas run in parallel."""
+    queue = _queue(slots=3)
+    inside, overlaps = [0], []
+    lock = threading.Lock()
+
+    def fn():
+        with lock:
+            inside[0] += 1
+            overlaps.append(inside[0])
+        time.sleep(0.05)
+        with lock:
+            inside[0] -= 1
+
+    try:
+        jobs = [queue.submit("txt2img", fn) for _ in range(6)]
+        for job in jobs:
+            job.wait(10)
+    finally:
+        queue.shutdown()
+    assert max(overlaps) == 1

@@ -56,6 +56,9 @@ def front_door(root: Any, isolated_data_dir: Any, *, replicas: int = 2, address:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(paths, "bundled_checkpoint", paths.BUNDLED_CHECKPOINT)  # conftest hides it; these use it
         with isolated_data_dir(root, CHECKPOINTS, SETTINGS):
+            import webui
+
+            webui.load_extensions()  # the scripts a server has (and its replicas): a request may use them
             ns = copy.copy(shared.cmd_opts)
             ns.ray, ns.ray_replicas, ns.ray_address = True, replicas, address
             saved_queue, saved_state = call_queue.queue, shared.state

@@ -10,6 +10,10 @@ A replica that dies mid-job (killed, out of host memory, its node lost) loses on
 again, once, to another replica (Ray restarts the dead one meanwhile); if that fails too, or the job had been
 interrupted, it fails with a message that says so. Other jobs are untouched: each has its own stream.
 
+The front-door parts of jobs run one at a time, under `call_queue.queue_lock` as every job does in the
+single-process server (code written for one job at a time, such as a script runner building its controls on
+first use, stays safe); a job lets go of it while its replica works, so the replicas run in parallel.
+
 Model and server management jobs (switching the checkpoint or VAE, reloading, restarting) run alone, after the
 jobs before them and before those after them, as in the single-process queue. They run here: the checkpoint
 setting they leave is what replicas load for the next jobs, and a model they loaded into this process is
@@ -18,10 +22,11 @@ dropped again, so the front door holds no weights.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from modules import call_queue, shared
@@ -180,11 +185,16 @@ class RayJobQueue(call_queue.JobQueue):
 
     def _run_one(self, job: call_queue.Job) -> None:
         status, oom = "done", False
+        self._run_lock.acquire()
+        self._local.holds_lock = True
         try:
             job.result = job.fn()
         except BaseException as e:  # the job's failure, never the worker's
             job.error, oom = call_queue._describe_failure(e, f"job {job.id}")
             status = "failed"
+        finally:
+            self._local.holds_lock = False
+            self._run_lock.release()
         if job.kind in MODEL_KINDS:
             _drop_front_door_model()
         if oom:
@@ -221,7 +231,8 @@ class RayJobQueue(call_queue.JobQueue):
                 if asked:  # asked for before this attempt was sent: it must not be lost
                     self._send_flag(work.dispatch_id, flag)
             try:
-                return self._follow(job, state, work)
+                with self._replica_working():
+                    return self._follow(job, state, work)
             except self._replica_lost as e:
                 reason = _first_line(e)
                 if state.interrupted:
@@ -238,6 +249,20 @@ class RayJobQueue(call_queue.JobQueue):
             finally:
                 self._forget_flags(work.dispatch_id)
         raise AssertionError("unreachable")
+
+    @contextlib.contextmanager
+    def _replica_working(self) -> Iterator[None]:
+        """While a replica works on this worker's job, other jobs' front-door parts may run."""
+        held = getattr(self._local, "holds_lock", False)
+        if held:
+            self._run_lock.release()
+            self._local.holds_lock = False
+        try:
+            yield
+        finally:
+            if held:
+                self._run_lock.acquire()
+                self._local.holds_lock = True
 
     def _flag(self, job: call_queue.Job, flag: str) -> None:
         dispatch_id = getattr(job, "dispatch_id", None)

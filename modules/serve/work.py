@@ -60,6 +60,7 @@ class Work:
     dispatch_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # this attempt's interrupt/skip address
     # Where each script's values sit in p.script_args, as the front door laid them out: (class, title, from, to).
     script_layout: tuple[tuple[str, str, int | None, int | None], ...] = ()
+    selected_script: str | None = None  # the title of the script the request selected (script_args[0] > 0)
 
 
 # --- events a replica streams back, in order: Started, Progress*, then Finished or Failed ---
@@ -145,8 +146,13 @@ def pack(entry: str, p: Any, task_id: str, settings: dict[str, Any], attempt: in
             setattr(q, name, None)
     q.scripts = None
     layout = tuple((type(x).__name__, x.title(), x.args_from, x.args_to) for x in runner.scripts) if runner else ()
+    selected = None
+    if runner is not None and p.script_args and int(p.script_args[0] or 0) > 0:
+        index = int(p.script_args[0])
+        if index <= len(runner.selectable_scripts):
+            selected = runner.selectable_scripts[index - 1].title()
     return Work(task_id, entry, q, runner is not None, dict(settings), checkpoint_name(p, settings), lora_names(p),
-                attempt, script_layout=layout)
+                attempt, script_layout=layout, selected_script=selected)
 
 
 def unpack(work: Work) -> Any:
@@ -169,6 +175,11 @@ def unpack(work: Work) -> Any:
                 raise ValueError(f"the script {title!r} is not installed on this replica's host; every host needs "
                                  "the same extensions")
             script.args_from, script.args_to = start, end
+        if work.selected_script is not None:  # the selection is a position in the tab's list: find it by title
+            titles = [x.title() for x in runner.selectable_scripts]
+            if work.selected_script not in titles:
+                raise ValueError(f"the script {work.selected_script!r} is not installed on this replica's host")
+            p.script_args = (titles.index(work.selected_script) + 1, *tuple(p.script_args)[1:])
         p.scripts = runner
     return p
 
