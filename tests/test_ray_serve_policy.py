@@ -192,3 +192,41 @@ def test_front_door_parts_of_jobs_run_one_at_a_time():
     finally:
         queue.shutdown()
     assert max(overlaps) == 1
+
+
+def test_ray_flag_without_ray_installed_says_how_to_install_it(monkeypatch):
+    import importlib.util
+
+    import webui
+    from modules import cmd_args
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    with pytest.raises(SystemExit) as stopped:
+        webui.start_ray(cmd_args.parse_args(["--ray"], {}))
+    assert "pip install -r requirements-ray.txt" in str(stopped.value)
+
+
+def test_ray_flags_parse():
+    from modules import cmd_args
+
+    ns = cmd_args.parse_args(["--ray", "--ray-replicas", "3", "--ray-address", "10.0.0.5:6379"], {})
+    assert (ns.ray, ns.ray_replicas, ns.ray_address) == (True, 3, "10.0.0.5:6379")
+    assert cmd_args.not_yet_effective(ns) == []
+    plain = cmd_args.parse_args([], {})
+    assert (plain.ray, plain.ray_replicas, plain.ray_address) == (False, None, None)
+
+
+def test_launch_installs_the_ray_requirements_only_with_ray(monkeypatch):
+    import launch
+    from modules import cmd_args
+
+    installed: list[str] = []
+    monkeypatch.setattr(launch, "is_installed", lambda name: True)
+    monkeypatch.setattr(launch, "missing_requirements",
+                        lambda path: ["ray[serve]==2.60.0 (not installed)"] if path == launch.ray_requirements_file else [])
+    monkeypatch.setattr(launch, "_install_requirements", installed.append)
+    launch.prepare_environment(cmd_args.parse_args([], {}))
+    assert installed == []
+    launch.prepare_environment(cmd_args.parse_args(["--ray"], {}))
+    assert installed == [launch.ray_requirements_file]
