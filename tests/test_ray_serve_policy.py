@@ -230,3 +230,75 @@ def test_launch_installs_the_ray_requirements_only_with_ray(monkeypatch):
     assert installed == []
     launch.prepare_environment(cmd_args.parse_args(["--ray"], {}))
     assert installed == [launch.ray_requirements_file]
+
+
+class _ReplicaDied(Exception):
+    """Stands for Ray's ActorDiedError (the Ray tests kill real replicas; here only the retry rule is tested)."""
+
+
+class _DyingReplicas:
+    """A deployment handle whose replicas die mid-job `deaths` times, then answer."""
+
+    def __init__(self, deaths: int):
+        self.deaths = deaths
+        self.calls: list[int] = []
+
+    def options(self, **kwargs):
+        return self
+
+    @property
+    def run(self):
+        return self
+
+    def remote(self, work):
+        from modules.serve.work import Finished, Holding, Started
+
+        self.calls.append(work.attempt)
+
+        def stream():
+            yield Started(f"replica-{len(self.calls)}", "node", 1)
+            if len(self.calls) <= self.deaths:
+                raise _ReplicaDied("The actor died unexpectedly before finishing this task.")
+            yield Finished(processing_result(work), [None], Holding(f"replica-{len(self.calls)}"))
+
+        return stream()
+
+
+def processing_result(work):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(images=[], seed=work.p.seed)
+
+
+def _dispatching(handle, monkeypatch) -> RayJobQueue:
+    queue = RayJobQueue(handle, send_flag=lambda dispatch_id, flag: None, slots=1, replica_lost=(_ReplicaDied,))
+    monkeypatch.setattr(call_queue, "queue", queue)  # the engine's entry points ask the process's queue
+    return queue
+
+
+def _engine_job(queue: RayJobQueue, seed: int):
+    from modules import processing
+
+    p = processing.StableDiffusionProcessingTxt2Img(prompt="x", seed=seed)
+    return queue.submit("txt2img", lambda: processing.process_images(p))
+
+
+def test_a_job_whose_replica_dies_runs_once_more_then_fails_saying_so(monkeypatch):
+    monkeypatch.setattr("modules.serve.work.checkpoint_name", lambda p, settings: None)
+    once = _DyingReplicas(deaths=1)
+    queue = _dispatching(once, monkeypatch)
+    try:
+        assert _engine_job(queue, 5).wait(10).seed == 5
+    finally:
+        queue.shutdown()
+    assert once.calls == [1, 2] and queue.retried == 1
+
+    twice = _DyingReplicas(deaths=2)
+    queue = _dispatching(twice, monkeypatch)
+    try:
+        with pytest.raises(call_queue.JobFailed) as failed:
+            _engine_job(queue, 6).wait(10)
+    finally:
+        queue.shutdown()
+    assert twice.calls == [1, 2]  # never a third time
+    assert "The replica running this job stopped" in failed.value.message and "Try again" in failed.value.message
