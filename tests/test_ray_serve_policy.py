@@ -302,3 +302,34 @@ def test_a_job_whose_replica_dies_runs_once_more_then_fails_saying_so(monkeypatc
         queue.shutdown()
     assert twice.calls == [1, 2]  # never a third time
     assert "The replica running this job stopped" in failed.value.message and "Try again" in failed.value.message
+
+
+def test_a_job_cancelled_before_it_reached_a_replica_is_sent_there_interrupted(monkeypatch):
+    monkeypatch.setattr("modules.serve.work.checkpoint_name", lambda p, settings: None)
+    sent: list[tuple[str, str]] = []
+    handle = _DyingReplicas(deaths=0)
+    queue = RayJobQueue(handle, send_flag=lambda dispatch_id, flag: sent.append((dispatch_id, flag)), slots=1,
+                        replica_lost=(_ReplicaDied,))
+    monkeypatch.setattr(call_queue, "queue", queue)
+    from modules import shared
+    from modules.shared_state import State
+
+    monkeypatch.setattr(shared, "state", State())  # the cancel also sets this process's flag
+    in_front_part, go_on = threading.Event(), threading.Event()
+
+    def fn():
+        from modules import processing
+
+        in_front_part.set()
+        go_on.wait(10)  # e.g. decoding uploads
+        return processing.process_images(processing.StableDiffusionProcessingTxt2Img(prompt="x", seed=3))
+
+    try:
+        job = queue.submit("txt2img", fn)
+        assert in_front_part.wait(10)
+        assert job.cancel()  # the client went away
+        go_on.set()
+        job.wait(10)
+    finally:
+        queue.shutdown()
+    assert [flag for _, flag in sent] == ["interrupt"] and sent[0][0] == job.dispatch_id

@@ -145,11 +145,18 @@ class RayJobQueue(call_queue.JobQueue):
             if job.status != "running" or job not in self._running_jobs:
                 return False
         state = getattr(job, "progress_state", None)
-        if state is not None:
-            state.interrupt()  # on its replica
-        else:  # still in its front-door part: the flag it would see is this process's
+        if state is None:  # still in its front-door part: here, and on the replica it may yet be sent to
             _interrupt_here()
+            state = self._state_of(job)
+        state.interrupt()
         return True
+
+    def _state_of(self, job: call_queue.Job) -> RemoteJobState:
+        with self._lock:
+            state = getattr(job, "progress_state", None)
+            if state is None:
+                state = job.progress_state = RemoteJobState(job.id, lambda flag: self._flag(job, flag))
+            return state
 
     def _may_start(self, job: call_queue.Job) -> bool:
         if any(j.kind in EXCLUSIVE_KINDS for j in self._running_jobs):
@@ -219,9 +226,7 @@ class RayJobQueue(call_queue.JobQueue):
     # --- one engine call on a replica ---------------------------------------------------------------------
 
     def _dispatch(self, job: call_queue.Job, entry: str, p: Any) -> Any:
-        state = getattr(job, "progress_state", None)
-        if state is None:
-            state = job.progress_state = RemoteJobState(job.id, lambda flag: self._flag(job, flag))
+        state = self._state_of(job)
         settings = dict(shared.opts.data)
         for attempt in range(1, self.attempts + 1):
             work = work_mod.pack(entry, p, job.id, settings, attempt)
