@@ -78,7 +78,8 @@ def start(cmd_opts: argparse.Namespace, *, init_kwargs: dict[str, Any] | None = 
     address = getattr(cmd_opts, "ray_address", None) or None
     joined = ray.is_initialized()
     if not joined:
-        ray.init(address=address, namespace=NAMESPACE, include_dashboard=False, **(init_kwargs or {}))
+        # "local": a new cluster of our own, even when another Ray runs on this machine (ray.init would join it)
+        ray.init(address=address or "local", namespace=NAMESPACE, include_dashboard=False, **(init_kwargs or {}))
     the_plan = plan(getattr(cmd_opts, "ray_replicas", None), ray.cluster_resources(), cpus_per_replica)
     serve.start(proxy_location="Disabled")
     ctl = control.start(NAMESPACE)
