@@ -71,9 +71,11 @@ def front_door(root: Any, isolated_data_dir: Any, *, replicas: int = 2, address:
                 with serving(create_app(queue, auth=None)) as server:
                     yield FrontDoor(queue, server, started_s)
             finally:
-                queue.shutdown(timeout=30)
+                # the process's own queue and state come back first: a shutdown that fails (a node already gone)
+                # must not leave every later test with a dead queue
                 call_queue.queue, shared.state = saved_queue, saved_state
                 affinity.forget()
+                queue.shutdown(timeout=30)
 
 
 def params_of(body: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:
