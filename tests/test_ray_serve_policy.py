@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from modules import call_queue, progress
+from modules import call_queue, progress, shared
 from modules.serve import affinity
 from modules.serve.cluster import plan
 from modules.serve.queue import RayJobQueue
@@ -124,7 +124,8 @@ def test_cancelling_a_queued_job_frees_its_place():
         queue.shutdown()
 
 
-def test_a_replica_report_is_what_progress_shows_for_that_task():
+def test_a_replica_report_is_what_progress_shows_for_that_task(monkeypatch):
+    monkeypatch.setitem(shared.opts.data, "live_previews_enable", True)  # whatever earlier tests left
     sent: list[str] = []
     state = RemoteJobState("task(x)", sent.append)
     job = call_queue.Job(_queue(), "txt2img", lambda: None, "task(x)")
