@@ -61,8 +61,8 @@ def serving(app: Any) -> Iterator[ServerThread]:
         server.stop()
 
 
-def client(server: ServerThread, **kwargs: Any) -> httpx.Client:
-    return httpx.Client(base_url=server.url, timeout=120, **kwargs)
+def client(server: ServerThread, timeout: float = 120, **kwargs: Any) -> httpx.Client:
+    return httpx.Client(base_url=server.url, timeout=timeout, **kwargs)
 
 
 def b64_png(image: Image.Image, **pnginfo: str) -> str:

@@ -20,6 +20,9 @@ from modules.serve import affinity
 
 CLIENTS = 20
 
+# a 2-core CI machine running a Ray cluster of several processes can be slow: wait long, never hang
+RAY_TIMEOUT = 600
+
 
 @pytest.fixture(scope="module")
 def door(tmp_path_factory, isolated_data_dir):
@@ -29,7 +32,7 @@ def door(tmp_path_factory, isolated_data_dir):
 
 @pytest.fixture
 def http(door):
-    with client(door.server) as c:
+    with client(door.server, timeout=RAY_TIMEOUT) as c:
         yield c
 
 
@@ -37,7 +40,7 @@ def _in_background(door, body: dict) -> tuple[threading.Thread, dict]:
     out: dict = {}
 
     def run() -> None:
-        with client(door.server) as c:
+        with client(door.server, timeout=RAY_TIMEOUT) as c:
             out["response"] = c.post("/sdapi/v1/txt2img", json=body)
 
     thread = threading.Thread(target=run, daemon=True)
@@ -54,7 +57,7 @@ def test_twenty_clients_and_a_replica_killed_mid_run(door, monkeypatch):
     def one(i: int) -> tuple[int, dict]:
         body = {**FAST, "steps": 24, "prompt": f"client number {i}", "seed": 1000 + i,
                 "force_task_id": f"task(ray-client-{i})"}
-        with client(door.server) as c:
+        with client(door.server, timeout=RAY_TIMEOUT) as c:
             barrier.wait()
             r = c.post("/sdapi/v1/txt2img", json=body)
         assert r.status_code == 200, r.text
@@ -165,7 +168,7 @@ def test_a_job_goes_to_the_replica_that_holds_its_checkpoint(door):
 
 
 def _post(door, body: dict):
-    with client(door.server) as c:
+    with client(door.server, timeout=RAY_TIMEOUT) as c:
         r = c.post("/sdapi/v1/txt2img", json=body)
     assert r.status_code == 200, r.text
     return r

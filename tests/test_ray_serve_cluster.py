@@ -16,6 +16,9 @@ from modules import shared
 
 CLIENTS = 6
 
+# a 2-core CI machine running a Ray cluster of several processes can be slow: wait long, never hang
+RAY_TIMEOUT = 600
+
 
 @pytest.fixture(scope="module")
 def two_nodes():
@@ -44,7 +47,7 @@ def _clients(door, seeds: list[int], steps: int) -> list[tuple[int, dict]]:
 
     def one(seed: int) -> tuple[int, dict]:
         body = {**FAST, "steps": steps, "prompt": f"picture {seed}", "seed": seed, "force_task_id": f"task(node-{seed})"}
-        with client(door.server) as c:
+        with client(door.server, timeout=RAY_TIMEOUT) as c:
             barrier.wait()
             r = c.post("/sdapi/v1/txt2img", json=body)
         assert r.status_code == 200, r.text
