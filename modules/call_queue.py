@@ -262,15 +262,19 @@ class JobQueue:
     def shutdown(self, timeout: float | None = 10.0) -> None:
         """Cancel queued jobs, let the running one finish, stop the worker. For tests and process exit."""
         with self._lock:
-            self._stopping = True
-            cancelled = list(self._pending)
-            self._pending.clear()
-            for job in cancelled:
-                self._finish(job, "cancelled")
-            self._wakeup.notify_all()
+            self._stop_taking_jobs()
             worker = self._worker
         if worker is not None and worker is not threading.current_thread():
             worker.join(timeout)
+
+    def _stop_taking_jobs(self) -> None:
+        """Refuse new jobs, cancel the waiting ones and wake the workers; caller holds self._lock."""
+        self._stopping = True
+        cancelled = list(self._pending)
+        self._pending.clear()
+        for job in cancelled:
+            self._finish(job, "cancelled")
+        self._wakeup.notify_all()
 
     # --- internals ---
 

@@ -110,12 +110,7 @@ class RayJobQueue(call_queue.JobQueue):
 
     def shutdown(self, timeout: float | None = 10.0) -> None:
         with self._lock:
-            self._stopping = True
-            cancelled = list(self._pending)
-            self._pending.clear()
-            for job in cancelled:
-                self._finish(job, "cancelled")
-            self._wakeup.notify_all()
+            self._stop_taking_jobs()
             workers = list(self._workers)
         for worker in workers:
             if worker is not threading.current_thread():
