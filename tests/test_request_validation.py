@@ -195,7 +195,7 @@ def _denoiser(calls: list[int]) -> CFGDenoiser:
         [row(100, torch.ones(2, 3))])]])
     conditioning = StepConditioning(cond=cond, uncond=[[row(100, torch.zeros(2, 3))]], cfg_scale=7.0)
 
-    def unet(x, sigma, context, added=None, image_cond=None):
+    def unet(x, sigma, context, added=None, image_cond=None, **_hook_info):
         calls.append(x.shape[0])
         return context.mean(dim=(1, 2)).view(-1, 1, 1, 1).expand_as(x).clone()
 
