@@ -37,6 +37,9 @@ options_templates.update(options_section(("sd", "Stable Diffusion", "sd"), {
     "upcast_attn": OptionInfo(False, "Upcast cross attention layer to float32"),
     "cuda_graphs": OptionInfo(True, "Replay the UNet as a CUDA graph").info(
         "faster on fast GPUs, where launching kernels limits speed; uses some extra VRAM per image size"),
+    "compile_unet": OptionInfo(False, "Compile the UNet with torch.compile").info(
+        "faster steps; each new image size compiles in the background (minutes the first time, seconds once cached "
+        "on disk) while jobs run uncompiled"),
     "model_precision": OptionInfo(
         "float16", "Half-precision type on CUDA", component_args={"choices": ["float16", "bfloat16"]}
     ).info("bfloat16 has float32's range: no overflow to NaN/black images, slightly less precision; needs a recent GPU"),
@@ -92,8 +95,14 @@ options_templates.update(options_section(("ui", "Live previews", "ui"), {
         10, "Live preview display period", component_args={"minimum": -1, "maximum": 32, "step": 1}
     ).info("in sampling steps - show new live preview image every N sampling steps; -1 = only show after completion of batch"),
     "show_progress_type": OptionInfo(
-        "Approx cheap", "Live preview method", component_args={"choices": ["Full", "Approx cheap"]}
-    ).info("Full = slow but accurate; Approx cheap = super fast but terrible otherwise"),
+        "Approx cheap", "Live preview method",
+        component_args={"choices": ["Full", "Approx NN", "Approx cheap", "TAESD"]},
+    ).info(
+        "Full = slow but accurate; Approx NN and TAESD = fast, need models/VAE-approx/model.pt "
+        "(SDXL: vaeapprox-sdxl.safetensors) and models/VAE-taesd/taesd_decoder.pth (SDXL: taesdxl_decoder.pth), "
+        "never downloaded: without the file the preview is Approx cheap; "
+        "Approx cheap = super fast but terrible otherwise"
+    ),
     "live_preview_refresh_period": OptionInfo(1000, "Progressbar and preview update period", minimum=0).info(
         "in milliseconds"
     ),
