@@ -105,6 +105,7 @@ def build_denoiser(model: StableDiffusionModel, request: BatchRequest, sampler: 
         conditioning.added_uncond = {"time_ids": sdxl_time_ids(model, request.width, request.height, True, batch)}
     unet = model.unet
     use_graphs = bool(request.settings.get("cuda_graphs", True))
+    compiled = bool(request.settings.get("compile_unet", False))
     unet_hooks = list(request.unet_hooks) if model is request.model else []
 
     def model_fn(x, t, context, added=None, image_cond=None, uncond_rows=None, step=0, total_steps=0):
@@ -115,7 +116,7 @@ def build_denoiser(model: StableDiffusionModel, request: BatchRequest, sampler: 
             context_ = UNetHookContext(inp, step, total_steps, uncond_rows)
             for hook in unet_hooks:
                 hook(context_)
-        return unet_call(unet, inp, use_graphs=use_graphs)
+        return unet_call(unet, inp, use_graphs=use_graphs, compiled=compiled)
 
     denoiser = sampler.make_denoiser(model_fn, model.alphas_cumprod, model.spec.prediction_type,
                                      is_sdxl=model.is_sdxl)

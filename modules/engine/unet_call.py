@@ -90,20 +90,27 @@ def unet_forward(unet: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, contex
     return unet(x, t, encoder_hidden_states=context, return_dict=False, **kwargs)[0]
 
 
-def unet_call(unet: torch.nn.Module, inp: UNetInput, use_graphs: bool = False) -> torch.Tensor:
+def unet_call(unet: torch.nn.Module, inp: UNetInput, use_graphs: bool = False, compiled: bool = False) -> torch.Tensor:
     """One UNet evaluation in the network's dtype; returns float32 model output of x's shape.
 
-    With `use_graphs` on a CUDA device the forward is a CUDA-graph replay (modules.engine.unet_graph)."""
+    With `use_graphs` on a CUDA device the forward is a CUDA-graph replay (modules.engine.unet_graph); with
+    `compiled` it is the torch.compile'd forward once that is ready for these inputs (modules.engine.unet_compile),
+    the plain one until then."""
     dtype = unet.dtype
     x = inp.x
     if inp.image_cond is not None:
         x = torch.cat([x, inp.image_cond.to(x.dtype)], dim=1)
     x, context = x.to(dtype), inp.context.to(dtype)
     kwargs = _forward_kwargs(inp, dtype)
+    forward = unet_forward
+    if compiled:
+        from modules.engine.unet_compile import forward_for
+
+        forward = forward_for(unet, unet_forward, (x, inp.t, context), kwargs)
     if use_graphs and x.is_cuda:
         from modules.engine.unet_graph import graphed_call
 
-        out = graphed_call(unet, unet_forward, (x, inp.t, context), kwargs)
+        out = graphed_call(unet, forward, (x, inp.t, context), kwargs)
     else:
-        out = unet_forward(unet, x, inp.t, context, **kwargs)
+        out = forward(unet, x, inp.t, context, **kwargs)
     return out.float()  # a copy: a replayed graph's output buffer is reused

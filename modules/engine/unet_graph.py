@@ -88,9 +88,16 @@ def _rebuild(tensors: list[torch.Tensor], constants: list[Any], spec: Any) -> tu
     return pytree.tree_unflatten(leaves, spec)
 
 
-def _key(tensors: list[torch.Tensor], constants: list[Any], spec: Any) -> tuple:
-    return (str(spec), tuple(repr(c) for c in constants),
+def _key(fn: Callable[..., Any], tensors: list[torch.Tensor], constants: list[Any], spec: Any) -> tuple:
+    # the forward itself is part of the key: a compiled forward replaces the plain one for the same inputs
+    return (id(fn), str(spec), tuple(repr(c) for c in constants),
             tuple((tuple(t.shape), t.dtype, t.device) for t in tensors))
+
+
+def _drop_other_forwards(graphs: OrderedDict[tuple, _Captured], key: tuple) -> None:
+    """Once a forward is captured for some inputs, graphs of another forward for the same inputs are dead weight."""
+    for old in [k for k in graphs if k[1:] == key[1:] and k[0] != key[0]]:
+        del graphs[old]
 
 
 def _capture(module: torch.nn.Module, fn: Callable[..., Any], tensors: list[torch.Tensor], constants: list[Any],
@@ -118,7 +125,7 @@ def graphed_call(module: torch.nn.Module, fn: Callable[..., Any], args: tuple, k
     if cache.broken:
         return fn(module, *args, **kwargs)
     tensors, constants, spec = _split(args, kwargs)
-    key = _key(tensors, constants, spec)
+    key = _key(fn, tensors, constants, spec)
     captured = cache.graphs.get(key)
     if captured is None:
         try:
@@ -130,6 +137,7 @@ def graphed_call(module: torch.nn.Module, fn: Callable[..., Any], args: tuple, k
             cache.graphs.clear()
             torch.cuda.synchronize()
             return fn(module, *args, **kwargs)
+        _drop_other_forwards(cache.graphs, key)
         cache.graphs[key] = captured
         while len(cache.graphs) > MAX_GRAPHS:
             cache.graphs.popitem(last=False)

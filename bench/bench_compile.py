@@ -1,0 +1,172 @@
+"""Compiled engine against diffusers' fastest recipe, every column in one process on one GPU (issue #18 point 1).
+
+For SD1.5 512x512 and SDXL 1024x1024 (random weights at real sizes, fp16, 30 steps, CFG 7, Euler, batch 1, end to
+end: prompt encoding, sampling, VAE decode):
+- ours with CUDA graphs (the default), ours eager (`cuda_graphs` off), ours compiled (`compile_unet` on, replayed
+  in our CUDA graphs; `--channels-last` also stores the UNet's weights channels-last);
+- diffusers eager (`StableDiffusion(XL)Pipeline`), and diffusers compiled as its speed guide says: channels_last,
+  fused QKV projections, `torch.compile(mode="reduce-overhead")` on the UNet and on the VAE decode.
+Compile times are the first call's wall time. The compiled image is compared with our eager image of the same
+seed (PSNR, dB). Medians of `--repeats` runs after warm-up, alternating.
+
+    python bench/bench_compile.py --workdir /tmp/bench --out bench/results/compile-h200.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.full_size import diffusers_pipeline, write_checkpoint_and_config  # noqa: E402
+from bench.timing import sync, timed  # noqa: E402
+
+SIZES = {"sd15": 512, "sdxl": 1024}
+PROMPT = "a photograph of an astronaut riding a horse on the moon, highly detailed"
+NEGATIVE = "blurry, low quality"
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
+
+
+def ours_runner(model, family: str, steps: int, graphs: bool, compiled: bool):
+    from modules import processing, shared
+
+    size = SIZES[family]
+
+    def run():
+        shared.opts.data["live_previews_enable"] = False
+        shared.opts.data["cuda_graphs"] = graphs
+        shared.opts.data["compile_unet"] = compiled
+        p = processing.StableDiffusionProcessingTxt2Img(
+            prompt=PROMPT, negative_prompt=NEGATIVE, steps=steps, cfg_scale=7.0, width=size, height=size,
+            sampler_name="Euler", seed=1234, do_not_save_samples=True, do_not_save_grid=True)
+        p.sd_model = model
+        return np.asarray(processing.process_images(p).images[0])
+
+    return run
+
+
+def diffusers_runner(pipe, family: str, steps: int):
+    size = SIZES[family]
+
+    def run():
+        generator = torch.Generator("cuda").manual_seed(1234)
+        pipe(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=steps, guidance_scale=7.0, width=size,
+             height=size, generator=generator)
+
+    return run
+
+
+def first_call(fn) -> float:
+    sync()
+    start = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - start
+
+
+def bench_family(family: str, args, results: dict) -> None:
+    from diffusers import EulerDiscreteScheduler
+
+    from modules import devices
+    from modules.engine import unet_compile
+    from modules.models.loader import load_model
+
+    path = os.path.join(args.workdir, f"{family}.safetensors")
+    config_dir = os.path.join(args.workdir, f"{family}-config")
+    if not os.path.exists(path):
+        write_checkpoint_and_config(family, path, config_dir)
+    row: dict = {"size": SIZES[family]}
+
+    model = load_model(path, devices.choose_precision(torch.device("cuda")))
+    if args.channels_last:
+        model.unet.to(memory_format=torch.channels_last)
+    runs = {"ours_graphs": ours_runner(model, family, args.steps, True, False),
+            "ours_eager": ours_runner(model, family, args.steps, False, False),
+            "ours_compiled": ours_runner(model, family, args.steps, True, True)}
+    unet_compile.WAIT_FOR_COMPILE = True
+    row["ours_compile_s"] = first_call(runs["ours_compiled"])
+    images = {name: run() for name, run in runs.items()}  # warm-up (graph capture) and the images
+    row["psnr_compiled_vs_eager"] = psnr(images["ours_compiled"], images["ours_eager"])
+    row["psnr_graphs_vs_eager"] = psnr(images["ours_graphs"], images["ours_eager"])
+
+    pipe = diffusers_pipeline(family, path, config_dir)
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    runs["diffusers_eager"] = diffusers_runner(pipe, family, args.steps)
+    runs["diffusers_eager"]()
+    if not args.no_diffusers_compiled:
+        # a second pipeline on the same files, compiled per diffusers' speed guide
+        fast = diffusers_pipeline(family, path, config_dir)
+        fast.scheduler = EulerDiscreteScheduler.from_config(fast.scheduler.config)
+        fast.set_progress_bar_config(disable=True)
+        fast.fuse_qkv_projections()
+        fast.unet.to(memory_format=torch.channels_last)
+        fast.vae.to(memory_format=torch.channels_last)
+        fast.unet = torch.compile(fast.unet, mode="reduce-overhead", fullgraph=True)
+        fast.vae.decode = torch.compile(fast.vae.decode, mode="reduce-overhead", fullgraph=True)
+        runs["diffusers_compiled"] = diffusers_runner(fast, family, args.steps)
+        row["diffusers_compile_s"] = first_call(runs["diffusers_compiled"])
+        runs["diffusers_compiled"]()
+
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(args.repeats):
+        for name, run in runs.items():
+            times[name].append(timed(run))
+    for name, values in times.items():
+        row[f"{name}_s"] = statistics.median(values)
+        row[f"{name}_it_s"] = args.steps / statistics.median(values)
+        row[f"{name}_all"] = values
+    if "diffusers_compiled_s" in row:
+        row["ratio_compiled"] = row["diffusers_compiled_s"] / row["ours_compiled_s"]
+    row["ratio_eager"] = row["diffusers_eager_s"] / row["ours_eager_s"]
+    row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    results[family] = row
+    print(family, json.dumps({k: v for k, v in row.items() if not k.endswith("_all")}), flush=True)
+    del runs, pipe, model
+    torch.cuda.empty_cache()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--workdir", default="/tmp/bench-models")
+    parser.add_argument("--out", default="bench-compile.json")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--families", default="sd15,sdxl")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--no-diffusers-compiled", action="store_true")
+    args = parser.parse_args()
+    assert torch.cuda.is_available(), "this benchmark needs a CUDA GPU"
+    os.makedirs(args.workdir, exist_ok=True)
+    import diffusers
+
+    results: dict = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
+                     "diffusers": diffusers.__version__, "steps": args.steps, "channels_last": args.channels_last}
+    for family in args.families.split(","):
+        bench_family(family, args, results)
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=1)
+    print("\n| model | ours graphs | ours eager | ours compiled | diffusers eager | diffusers compiled | compiled ratio |"
+          "\n|---|---|---|---|---|---|---|")
+    for family in args.families.split(","):
+        r = results[family]
+        cells = [f"{r[k + '_s']:.3f} ({r[k + '_it_s']:.0f})" if k + "_s" in r else "-"
+                 for k in ("ours_graphs", "ours_eager", "ours_compiled", "diffusers_eager", "diffusers_compiled")]
+        print(f"| {family} | " + " | ".join(cells) + f" | {r.get('ratio_compiled', float('nan')):.2f} |")
+
+
+if __name__ == "__main__":
+    main()
