@@ -100,7 +100,7 @@ def _classify(e: BaseException) -> tuple[str, str]:
     if is_cpu_out_of_memory(e):
         return CPU_OOM_MESSAGE, "oom"
     if is_out_of_memory(e):
-        return OOM_MESSAGE, "oom"
+        return getattr(e, "user_message", None) or OOM_MESSAGE, "oom"  # the OOM retry's own words, if it failed
     if isinstance(e, KeyError) and len(e.args) == 1 and isinstance(e.args[0], str):
         return _one_line(e.args[0]) or "KeyError", "input"  # str(KeyError) would quote the key
     if isinstance(e, ValueError | KeyError) or _is_instance_of_loaded(

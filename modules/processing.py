@@ -501,7 +501,9 @@ def process_images(p: StableDiffusionProcessing) -> Processed:
         p.scripts.before_process(p)
     saved = _apply_override_settings(p)
     try:
-        return process_images_inner(p)
+        from modules.models import offload  # out of GPU memory: free, retry once at a lower --medvram level
+
+        return offload.run_job(lambda: process_images_inner(p), lambda: p.sd_model or shared.sd_model)
     finally:
         _close_unet_hooks(p)
         if owns_job:

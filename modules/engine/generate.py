@@ -104,7 +104,8 @@ def build_denoiser(model: StableDiffusionModel, request: BatchRequest, sampler: 
         conditioning.added_cond = {"time_ids": sdxl_time_ids(model, request.width, request.height, False, batch)}
         conditioning.added_uncond = {"time_ids": sdxl_time_ids(model, request.width, request.height, True, batch)}
     unet = model.unet
-    use_graphs = bool(request.settings.get("cuda_graphs", True))
+    # no graphs over offloaded weights (--medvram/--lowvram): they move every job, a graph reads fixed addresses
+    use_graphs = bool(request.settings.get("cuda_graphs", True)) and getattr(model, "offload", None) is None
     compiled = bool(request.settings.get("compile_unet", False))
     unet_hooks = list(request.unet_hooks) if model is request.model else []
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from modules import devices
 from modules.devices import Precision
+from modules.models import offload
 from modules.models.checkpoint_files import ModelFileMissingError
 from modules.models.loader import check_loadable, load_model
 from modules.models.sd_model import StableDiffusionModel
@@ -63,7 +64,7 @@ class ModelManager:
             cached = self._loaded.get(key)
             if cached is not None:
                 self._park(self.current, precision)
-                devices.move_modules(cached.modules(), precision.device)
+                offload.place(cached, precision.device)
                 model = cached
             else:
                 # A missing, wrong or broken file is refused here, from its header, before anything changes.
@@ -73,7 +74,8 @@ class ModelManager:
                     if self.current is not None else None
                 self._make_room(precision)
                 try:
-                    model = load_model(key, precision, checkpoint_info=checkpoint_info)
+                    # into RAM first under --medvram/--lowvram; _activate places it
+                    model = load_model(key, offload.loading_precision(precision), checkpoint_info=checkpoint_info)
                 except BaseException:
                     self._recover(previous, precision)
                     raise
@@ -96,9 +98,9 @@ class ModelManager:
             if model is None:
                 require_on_disk(checkpoint_info)
                 check_loadable(key, precision)
-                model = load_model(key, precision, checkpoint_info=checkpoint_info)
+                model = load_model(key, offload.loading_precision(precision), checkpoint_info=checkpoint_info)
                 self._loaded[key] = model
-            devices.move_modules(model.modules(), precision.device)
+            offload.place(model, precision.device)
             if self.current is not None:
                 self._loaded.move_to_end(key)
                 self._loaded.move_to_end(self._key(self.current))
@@ -119,6 +121,7 @@ class ModelManager:
             devices.torch_gc()
 
     def _activate(self, model: StableDiffusionModel, key: str) -> None:
+        offload.place(model, self._precision().device)  # --medvram/--lowvram, or plainly on the device
         self._loaded[key] = model
         self._loaded.move_to_end(key)
         self.current = model
@@ -133,6 +136,7 @@ class ModelManager:
     def _park(self, model: StableDiffusionModel | None, precision: Precision) -> None:
         """Move a model that stays cached off the GPU if the policy says only the current one lives there."""
         if model is not None and self._policy().keep_in_cpu and precision.device.type != "cpu":
+            offload.remove(model)
             devices.move_modules(model.modules(), devices.cpu)
 
     def _make_room(self, precision: Precision) -> None:
@@ -158,9 +162,9 @@ class ModelManager:
         try:
             if key in self._loaded:
                 model = self._loaded[key]
-                devices.move_modules(model.modules(), precision.device)
+                offload.place(model, precision.device)
             else:
-                model = load_model(key, precision, checkpoint_info=info)
+                model = load_model(key, offload.loading_precision(precision), checkpoint_info=info)
                 apply_vae(model, vae_file)
             self._activate(model, key)
         except Exception:  # the previous file vanished meanwhile: nothing is loaded, and the caller's error stands

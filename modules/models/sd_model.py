@@ -23,6 +23,7 @@ class StableDiffusionModel:
     baked_vae_state: dict[str, torch.Tensor] | None = field(default=None, repr=False)  # to undo an external VAE
     attention: str = "sdpa"
     patcher: Any = field(default=None, repr=False)  # models.patcher.ModelPatcher, made on first use
+    offload: Any = field(default=None, repr=False)  # models.offload.OffloadState under --medvram/--lowvram
 
     # --- A1111 attribute names that extensions read -------------------------------------------------------------
     @property
@@ -72,6 +73,8 @@ class StableDiffusionModel:
 
     @property
     def device(self) -> torch.device:
+        if self.offload is not None:  # offloaded weights wait in RAM; the work still runs on the device
+            return self.offload.device
         return next(self.unet.parameters()).device
 
     def modules(self) -> list[torch.nn.Module]:

@@ -1,0 +1,345 @@
+"""Low-VRAM placement of a loaded model: A1111's --medvram, --medvram-sdxl and --lowvram.
+
+- "none": every component sits on the device.
+- "medvram": text encoders, UNet and VAE wait in RAM; the one about to run moves to the device whole and the
+  others of the model leave it (an accelerate hook: on forward, and on VAE encode/decode through diffusers'
+  `apply_forward_hook`). Like diffusers' `enable_model_cpu_offload`, but any component may come first (img2img
+  encodes before the text encoders run), so each hook sends all its siblings back, not just the previous one.
+- "lowvram": the text encoders and VAE as in medvram; the UNet never sits whole on the device: diffusers' group
+  offloading moves each layer ("leaf_level") or block just before it runs, prefetched on a side stream on CUDA.
+
+`place` installs a mode (removing the previous one first), `remove` restores plain modules, `settle` sends
+every resident piece back to RAM (after a job, and before weights are patched: see `settle`). The memory owner
+records an offloaded model by what it keeps resident at most, and its unload function settles the model.
+`run_job` is the out-of-memory guard of a generation job: free memory, retry once at a lower mode, else fail
+with a message a person can act on.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
+
+import torch
+from accelerate.hooks import ModelHook, add_hook_to_module, remove_hook_from_module
+from accelerate.utils import send_to_device
+
+from modules import devices
+from modules.models import memory
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+MODES = ("none", "medvram", "lowvram")
+LOWER = {"none": "medvram", "medvram": "lowvram", "lowvram": "lowvram"}  # the retry after an out-of-memory error
+UNET_OFFLOAD_TYPE = "leaf_level"  # "block_level" moves fewer, larger pieces (SDXL's biggest block is ~2.4 GB)
+_GROUP_HOOKS = ("group_offloading", "layer_execution_tracker", "lazy_prefetch_group_offloading")
+CPU = torch.device("cpu")
+
+
+@dataclass
+class OffloadState:
+    """What `place` installed on a model (kept as `model.offload`; None means plain placement)."""
+
+    mode: str
+    device: torch.device
+    whole: list[torch.nn.Module]  # components moved whole, one at a time
+    grouped: list[torch.nn.Module] = field(default_factory=list)  # components under diffusers group offloading
+    unet_offload_type: str = UNET_OFFLOAD_TYPE
+    torch_hooks: list[Any] = field(default_factory=list)  # RemovableHandles
+
+    @property
+    def handle(self) -> str:
+        return f"offload:{id(self.whole[0]) if self.whole else id(self)}"
+
+
+class JobOutOfMemoryError(torch.OutOfMemoryError):
+    """A job ran out of GPU memory even after the retry; `user_message` is what the UI and API show."""
+
+    def __init__(self, user_message: str):
+        super().__init__(user_message)
+        self.user_message = user_message
+
+
+# --- which mode ---------------------------------------------------------------------------------------------
+
+
+def requested_mode(model, cmd_opts: Any = None) -> str:
+    """The mode the command line asks for this model (--medvram-sdxl only for SDXL models)."""
+    if cmd_opts is None:
+        from modules import shared
+
+        cmd_opts = shared.cmd_opts
+    if getattr(cmd_opts, "lowvram", False):
+        return "lowvram"
+    if getattr(cmd_opts, "medvram", False):
+        return "medvram"
+    if getattr(cmd_opts, "medvram_sdxl", False) and model.is_sdxl:
+        return "medvram"
+    return "none"
+
+
+def any_requested(cmd_opts: Any = None) -> bool:
+    if cmd_opts is None:
+        from modules import shared
+
+        cmd_opts = shared.cmd_opts
+    return any(getattr(cmd_opts, name, False) for name in ("lowvram", "medvram", "medvram_sdxl"))
+
+
+def loading_precision(precision: devices.Precision) -> devices.Precision:
+    """Where a checkpoint loads: into RAM when an offload flag is set (the whole model may not fit the card);
+    `place` then puts it where its mode says."""
+    return replace(precision, device=CPU) if any_requested() and precision.device.type != "cpu" else precision
+
+
+def mode_of(model) -> str:
+    state = getattr(model, "offload", None)
+    return state.mode if state is not None else "none"
+
+
+# --- installing and removing ----------------------------------------------------------------------------------
+
+
+class _OneAtATime(ModelHook):
+    """Before a component runs: its siblings leave the device, it comes in whole (unless group offloaded)."""
+
+    def __init__(self, state: OffloadState):
+        self.state = state
+
+    def pre_forward(self, module: torch.nn.Module, *args, **kwargs):
+        _bring(self.state, module)
+        device = self.state.device
+        return send_to_device(args, device), send_to_device(kwargs, device)
+
+
+def _resident(module: torch.nn.Module, device: torch.device) -> bool:
+    first = next(module.parameters(), None)
+    return first is not None and first.device.type == device.type and device.type != "cpu"
+
+
+def _bring(state: OffloadState, module: torch.nn.Module) -> None:
+    for other in state.whole:
+        if other is not module and _resident(other, state.device):
+            devices.move_modules([other], CPU)
+    for grouped in state.grouped:
+        if grouped is not module:
+            _offload_groups(grouped)
+    if any(module is m for m in state.whole) and not _resident(module, state.device):
+        devices.move_modules([module], state.device)
+
+
+def _group_hooks(module: torch.nn.Module) -> list[Any]:
+    found = []
+    for sub in module.modules():
+        registry = getattr(sub, "_diffusers_hook", None)
+        hook = registry.get_hook("group_offloading") if registry is not None else None
+        if hook is not None:
+            found.append(hook)
+    return found
+
+
+def _offload_groups(module: torch.nn.Module) -> None:
+    """Send every group that is on the device back (after an interrupted or failed forward some stay there)."""
+    seen: set[int] = set()
+    for hook in _group_hooks(module):
+        group = hook.group
+        if id(group) in seen:
+            continue
+        seen.add(id(group))
+        tensors = [p for m in group.modules for p in m.parameters()] + list(group.parameters)
+        if tensors and tensors[0].device.type != "cpu":
+            group.offload_()
+
+
+def _components(model) -> list[torch.nn.Module]:
+    return [*model.text_encoders, model.unet, model.vae]
+
+
+def _install(model, device: torch.device, mode: str, unet_offload_type: str) -> OffloadState:
+    from diffusers.hooks import apply_group_offloading
+
+    components = _components(model)
+    grouped = [model.unet] if mode == "lowvram" else []
+    state = OffloadState(mode, device, [m for m in components if m not in grouped], grouped,
+                         unet_offload_type=unet_offload_type)
+    devices.move_modules(components, CPU)
+    for module in state.whole:
+        add_hook_to_module(module, _OneAtATime(state))
+    for module in grouped:
+        on_cuda = device.type == "cuda"
+        apply_group_offloading(module, onload_device=device, offload_device=CPU, offload_type=unet_offload_type,
+                               num_blocks_per_group=1 if unet_offload_type == "block_level" else None,
+                               use_stream=on_cuda, record_stream=on_cuda)
+        # siblings leave before the UNet runs (a torch hook: diffusers refuses accelerate offload hooks here)
+        state.torch_hooks.append(module.register_forward_pre_hook(lambda m, args, s=state: _bring(s, m)))
+    return state
+
+
+def remove(model) -> None:
+    """Take the offloading off `model`: plain modules again, every weight in RAM (the caller places them)."""
+    state = getattr(model, "offload", None)
+    if state is None:
+        return
+    from diffusers.hooks import HookRegistry
+
+    settle(model)
+    for handle in state.torch_hooks:
+        handle.remove()
+    for module in state.whole:
+        remove_hook_from_module(module)
+        forward = module.__dict__.get("forward")
+        if getattr(forward, "__func__", None) is type(module).forward:  # accelerate leaves the class's forward
+            del module.__dict__["forward"]  # bound as an attribute: plain again
+    for module in state.grouped:
+        registry = HookRegistry.check_if_exists_or_initialize(module)
+        for name in _GROUP_HOOKS:
+            registry.remove_hook(name, recurse=True)
+    model.offload = None
+    memory.owner.unregister(state.handle)
+
+
+def place(model, device: torch.device | str, mode: str | None = None,
+          unet_offload_type: str = UNET_OFFLOAD_TYPE) -> str:
+    """Put `model` on `device` in `mode` (None: what the command line asks); returns the mode installed.
+
+    Idempotent: a model already placed so is left alone. Weights only move between RAM and the device, so the
+    values (and LoRA patches, which are written into the weights) are unchanged."""
+    device = torch.device(device)
+    mode = requested_mode(model) if mode is None else mode
+    if mode not in MODES:
+        raise ValueError(f"unknown offload mode {mode!r}; expected one of {MODES}")
+    state = getattr(model, "offload", None)
+    if state is not None and state.mode == mode and state.device == device \
+            and state.unet_offload_type == unet_offload_type:
+        return mode
+    remove(model)
+    _forget_graphs(model)
+    if mode == "none":
+        devices.move_modules(model.modules(), device)
+        return mode
+    model.offload = _install(model, device, mode, unet_offload_type)
+    _register(model)
+    devices.torch_gc()
+    return mode
+
+
+def settle(model) -> None:
+    """Every resident piece of an offloaded model back to RAM. After each job (the last component would stay on
+    the device otherwise), and it keeps the grouped UNet in one known state: with streams, diffusers restores a
+    group from its pinned RAM copy, so weights must only be patched while their groups are offloaded."""
+    state = getattr(model, "offload", None)
+    if state is None:
+        return
+    for module in state.whole:
+        if _resident(module, state.device):
+            devices.move_modules([module], CPU)
+    for module in state.grouped:
+        _offload_groups(module)
+
+
+def resident_bytes(model) -> int:
+    """The most an offloaded model keeps on the device at once (weights): its largest whole component, or for a
+    grouped UNet the weights outside its groups. Plain placement: everything."""
+    state = getattr(model, "offload", None)
+    if state is None:
+        return model.parameter_bytes()
+    sizes = [memory.module_size_bytes(m) for m in state.whole]
+    return max(sizes, default=0)
+
+
+def _register(model) -> None:
+    state = model.offload
+    ref = weakref.ref(model)  # the owner's record must not keep a dropped model alive
+
+    def unload() -> None:
+        alive = ref()
+        if alive is not None:
+            settle(alive)
+
+    memory.owner.register(state.handle, resident_bytes(model), unload, state.device, group="offload")
+    weakref.finalize(model, memory.owner.unregister, state.handle)
+
+
+def _forget_graphs(model) -> None:
+    # Recorded CUDA graphs read the weights where they were; offloaded weights move every job.
+    model.unet.__dict__.pop("_sd_graph_cache", None)
+
+
+# --- out of memory during a job -------------------------------------------------------------------------------
+
+FAILED_MESSAGE = ("Out of GPU memory, even after freeing memory and retrying with {mode} offloading: try a smaller "
+                  "size or batch{hint}")
+
+
+def run_job(fn: Callable[[], T], current_model: Callable[[], Any]) -> T:
+    """`fn()`, the whole job. On a CUDA out-of-memory error: free memory (other networks the memory owner
+    knows, the CUDA cache), retry once with the model at the next lower mode (none -> medvram -> lowvram), put
+    its mode back, and if the retry runs out too, raise `JobOutOfMemoryError` with a clear message."""
+    try:
+        return fn()
+    except (torch.OutOfMemoryError, RuntimeError) as e:
+        if not memory.is_oom(e):
+            raise
+        log.warning("out of GPU memory: %s", str(e).splitlines()[0] if str(e) else type(e).__name__)
+    finally:
+        _settle_current(current_model)
+    # outside the except block, so the failed attempt's frames (and their tensors) can be collected
+    model = current_model()
+    before = mode_of(model) if model is not None else "none"
+    lower = LOWER[before]
+    device = _device_of(model)
+    keep = [model.offload.handle] if model is not None and getattr(model, "offload", None) is not None else []
+    memory.owner.free_device(device, keep=keep)
+    gc.collect()
+    devices.torch_gc()
+    if model is not None:
+        log.warning("retrying the job once with %s offloading", lower)
+        place(model, device, lower)
+    try:
+        return fn()
+    except (torch.OutOfMemoryError, RuntimeError) as e:
+        if not memory.is_oom(e):
+            raise
+    finally:
+        if model is not None:
+            _restore_mode(model, device, before, lower)
+    hint = "" if lower == "lowvram" else ", or start with --lowvram"
+    raise JobOutOfMemoryError(FAILED_MESSAGE.format(mode=lower, hint=hint))
+
+
+def _device_of(model) -> torch.device:
+    state = getattr(model, "offload", None)
+    if state is not None:
+        return state.device
+    return model.device if model is not None else devices.device
+
+
+def _settle_current(current_model: Callable[[], Any]) -> None:
+    try:
+        model = current_model()
+        if model is not None:
+            settle(model)
+    except Exception:  # tidying up must not hide the job's own outcome
+        log.exception("could not move offloaded weights back to RAM")
+
+
+def _restore_mode(model, device: torch.device, mode: str, lower: str) -> None:
+    """After the retry the configured mode comes back; if the device cannot take it now, the lower one stays."""
+    settle(model)
+    gc.collect()
+    devices.torch_gc()
+    try:
+        place(model, device, mode)
+        return
+    except (torch.OutOfMemoryError, RuntimeError) as e:
+        if not memory.is_oom(e):
+            raise
+    log.warning("kept %s offloading: the model does not fit back at %s", lower, mode)
+    gc.collect()
+    devices.torch_gc()
+    place(model, device, lower)
