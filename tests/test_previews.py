@@ -86,7 +86,12 @@ def test_latents_to_preview_first_image_grid_and_full_fallback():
     assert fallback.tobytes() == first.tobytes()
 
 
-def test_preview_from_settings_picks_model_type_and_mode(monkeypatch):
+def test_preview_from_settings_picks_model_type_and_mode(monkeypatch, tmp_path):
+    from modules import paths
+    from modules.engine import preview_models
+
+    monkeypatch.setattr(paths, "models_path", str(tmp_path))  # no preview network files
+    preview_models.clear_cache()
     latents = torch.randn(1, 4, 2, 2, generator=torch.Generator().manual_seed(2))
     monkeypatch.setitem(shared.opts.data, "show_progress_grid", False)
     monkeypatch.setitem(shared.opts.data, "show_progress_type", "Approx cheap")
@@ -97,7 +102,7 @@ def test_preview_from_settings_picks_model_type_and_mode(monkeypatch):
     decoded = types.SimpleNamespace(is_sdxl=False, decode_first_stage=lambda b: -torch.ones(1, 3, 16, 16))
     monkeypatch.setitem(shared.opts.data, "show_progress_type", "Full")
     assert np.asarray(previews.preview_from_settings(latents, model=decoded)).max() == 0
-    # A setting value from A1111 we do not offer ("Approx NN") falls back to the cheap preview.
+    # "Approx NN" without its weights file falls back to the cheap preview.
     monkeypatch.setitem(shared.opts.data, "show_progress_type", "Approx NN")
     got = previews.preview_from_settings(latents, model=decoded)
     assert got.tobytes() == previews.latent_to_preview(latents[0]).tobytes()
