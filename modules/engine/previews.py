@@ -145,8 +145,8 @@ def _vae_decoder(model: Any) -> DecodeFunction | None:
     shift = getattr(config, "shift_factor", None) or 0.0
 
     def decode(latents: torch.Tensor) -> torch.Tensor:
-        param = next(vae.parameters())
-        scaled = (latents / factor + shift).to(param.device, param.dtype)
+        # on the latents' device, as the job's own decode: an offloaded VAE's hook brings it there
+        scaled = (latents / factor + shift).to(vae.dtype)
         return vae.decode(scaled, return_dict=False)[0].float()
 
     return decode
