@@ -210,6 +210,9 @@ class JobQueue:
         self._worker: threading.Thread | None = None
         self._stopping = False
         self._run_lock = lock if lock is not None else queue_lock
+        # Jobs of a batch turn (setting queue_batch_jobs), each with the thread its function runs on.
+        self._members: dict[Job, _Member] = {}
+        self._member_local = threading.local()
 
     # --- submitting and looking up ---
 
@@ -250,14 +253,23 @@ class JobQueue:
             return list(self._recent)
 
     def in_worker(self) -> bool:
-        """True on the worker thread, i.e. inside a running job."""
+        """True on the worker thread, i.e. inside a running job (also the thread of a job of a batch turn)."""
+        if getattr(self._member_local, "member", None) is not None:
+            return True
         return self._worker is not None and threading.current_thread() is self._worker
 
     def offload(self, entry: str, p: Any) -> Any | None:
         """Where the running job's generation goes: `scripts.process_request` and `processing.process_images`
         (`entry`, by name) ask before they run `p`. None: here, in this process, as always. A queue whose jobs run
-        on other machines (--ray: modules/serve sends them to Ray replicas) runs it there and returns the result."""
-        return None
+        on other machines (--ray: modules/serve sends them to Ray replicas) runs it there and returns the result.
+
+        In a batch turn (setting queue_batch_jobs) a job's first request stops here until the worker has run it,
+        with others or alone (see `_run_turn`)."""
+        member = getattr(self._member_local, "member", None)
+        if member is None or member.intercepted:
+            return None
+        member.intercepted = True  # only the job's own request: a script's inner process_images runs as usual
+        return member.park(p)
 
     def shutdown(self, timeout: float | None = 10.0) -> None:
         """Cancel queued jobs, let the running one finish, stop the worker. For tests and process exit."""
@@ -304,15 +316,24 @@ class JobQueue:
             return index + len(self._running())
 
     def _running(self) -> list[Job]:
-        """The jobs running now; caller holds self._lock. At most one here; a queue that runs several at once
-        (modules/serve) says which."""
-        return [self._current] if self._current is not None else []
+        """The jobs running now; caller holds self._lock. One here, or the jobs of a batch turn; a queue that runs
+        several at once (modules/serve) says which."""
+        current = [self._current] if self._current is not None else []
+        return current + [job for job in self._members if job is not self._current]
 
     def _cancel(self, job: Job) -> bool:
         with self._lock:
             if job.status == "queued" and job in self._pending:
                 self._pending.remove(job)
                 self._finish(job, "cancelled")
+                return True
+            member = self._members.get(job)
+            if job.status == "running" and member is not None:
+                # A job of a batch turn: the others of a batch it stops run again alone (`_run_merged`); one
+                # still waiting for its turn is stopped as it starts (`_run_alone`).
+                member.cancel_asked = True
+                if member.phase in ("merged", "alone"):
+                    shared.state.interrupt()
                 return True
             if job.status == "running" and job is self._current:
                 # Under the lock the worker cannot move on to the next job, so the flag hits this one.
@@ -351,7 +372,11 @@ class JobQueue:
                     self._current = job
                     # State changes under our lock so cancel() never interrupts the wrong job.
                     _safe_state_call("begin", job=job.id)
-                self._run_one(job)
+                    turn = self._may_batch(job)
+                if turn:
+                    self._run_turn(job)
+                else:
+                    self._run_one(job)
 
     def _run_one(self, job: Job) -> None:
         status, oom = "done", False
@@ -366,6 +391,218 @@ class JobQueue:
             _safe_state_call("end")
             self._current = None
             self._finish(job, status)
+
+
+    # --- batch turns (setting queue_batch_jobs, modules.job_batching) ---
+
+    def _may_batch(self, job: Job) -> bool:
+        """Worth a batch turn: the setting is on and the next waiting job is of the same batchable kind. Caller
+        holds self._lock. Reads only settings, so the queue still imports no torch."""
+        from modules import job_batching
+
+        return (job_batching.enabled() and job_batching.max_batch() > 1 and job.kind in job_batching.BATCH_KINDS
+                and bool(self._pending) and self._pending[0].kind == job.kind)
+
+    def _run_turn(self, leader: Job) -> None:
+        """Run `leader` and the compatible jobs waiting right behind it as one batch.
+
+        Each job's function runs on a thread of its own up to its request (`offload`), where it waits. Waiting
+        jobs are taken in order while they are compatible with the leader; the first that is not (or that makes
+        no request) ends the batch and runs alone right after it, where it would have run anyway. Each job then
+        gets its own `Processed` back in its function, which finishes as if it had run alone."""
+        from modules import job_batching
+
+        lead = self._start_member(leader)
+        members = [lead] if lead.p is not None else []
+        after: list[_Member] = []  # started, but not in the batch: run alone after it, in order
+        if lead.p is not None and self._why_alone(lead.p) is None:
+            while len(members) < job_batching.max_batch():
+                job = self._take_same_kind(leader.kind)
+                if job is None:
+                    break
+                member = self._start_member(job)
+                if member.p is None:
+                    continue  # its function finished without a request: it is done
+                if self._why_alone(member.p) is None and job_batching.compatible(lead.p, member.p):
+                    members.append(member)
+                else:
+                    after.append(member)
+                    break
+        batch = [m for m in members if not m.cancel_asked]
+        after = [m for m in members if m.cancel_asked] + after  # cancelled while starting: stopped alone
+        if len(batch) > 1:
+            self._run_merged(batch)
+        else:
+            after = batch + after
+        for member in after:
+            self._run_alone(member)
+        with self._lock:
+            _safe_state_call("end")
+            self._current = None
+
+    @staticmethod
+    def _why_alone(p: Any) -> str | None:
+        from modules import job_batching
+
+        try:
+            reason = job_batching.why_alone(p)
+        except Exception:  # a request the rule cannot read runs alone
+            log.exception("could not tell whether a job may be batched")
+            reason = "unreadable"
+        if reason is not None:
+            log.debug("job runs alone: %s", reason)
+        return reason
+
+    def _take_same_kind(self, kind: str) -> Job | None:
+        """The next waiting job when it is of `kind`, marked running (its function starts now); else None."""
+        with self._lock:
+            if self._stopping or not self._pending or self._pending[0].kind != kind:
+                return None
+            job = self._pending.popleft()
+            job.status = "running"
+            job.started = time.time()
+            return job
+
+    def _start_member(self, job: Job) -> _Member:
+        """Start the job's function on its own thread; back when it waits at its request or has finished."""
+        member = _Member(self, job)
+        with self._lock:
+            self._members[job] = member
+        member.start()
+        if member.finished:
+            self._close(member)
+        return member
+
+    def _run_merged(self, batch: list[_Member]) -> None:
+        from modules import job_batching
+
+        with self._lock:
+            for member in batch:
+                member.phase = "merged"
+        failure: BaseException | None = None
+        oom = False
+        try:
+            merged = job_batching.merge([m.p for m in batch])
+            log.info("running %d jobs as one batch: %s", len(batch), ", ".join(m.job.id for m in batch))
+            processed = job_batching.run(merged)
+        except BaseException as e:
+            oom = is_out_of_memory(e)
+            failure = None if oom else e
+        if oom:  # a batch may not fit where each job alone does (outside the except: its tensors are freed)
+            log.warning("a batch of %d jobs ran out of memory; running them one by one", len(batch))
+            free_gpu_memory()
+            for member in batch:
+                self._run_alone(member)
+            return
+        if failure is not None:
+            for member in batch:  # the error every job of the batch would have met
+                member.resume("error", failure)
+                self._close(member)
+            return
+        state = shared.state
+        stopped = bool(getattr(state, "interrupted", False) or getattr(state, "stopping_generation", False))
+        with self._lock:
+            asked = [m for m in batch if m.cancel_asked]
+        # Stopping one job by its id stops the batch: the others run again alone. A stop for everyone (no id)
+        # stops them all, as it stops the one running job.
+        again = [m for m in batch if not m.cancel_asked] if stopped and asked else []
+        for index, member in enumerate(batch):
+            if member in again:
+                continue
+            try:
+                result = job_batching.member_result(merged, processed, index, member.p)
+            except BaseException as e:
+                member.resume("error", e)
+            else:
+                member.resume("result", result)
+            self._close(member)
+        for member in again:
+            self._run_alone(member)
+
+    def _run_alone(self, member: _Member) -> None:
+        """A started job's request, run by its own function as if there were no batching."""
+        if member.finished:
+            return
+        with self._lock:
+            self._current = member.job
+            member.phase = "alone"
+            _safe_state_call("end")
+            _safe_state_call("begin", job=member.job.id)
+            if member.cancel_asked:
+                shared.state.interrupt()
+        member.resume("alone")
+        self._close(member)
+
+    def _close(self, member: _Member) -> None:
+        """Record a member's outcome once its function has returned (or raised)."""
+        job, status, oom = member.job, "done", False
+        job.result = member.result
+        if member.error is not None:
+            job.error, oom = _describe_failure(member.error, f"job {job.id}")
+            status = "failed"
+        member.error = member.result = None
+        if oom:
+            free_gpu_memory()
+        with self._lock:
+            member.phase = "done"
+            self._members.pop(job, None)
+            if self._current is job:
+                self._current = next(iter(self._members), None)
+            self._finish(job, status)
+
+
+class _Member:
+    """A job of a batch turn: its function runs on its own thread and waits at its request (`park`, reached
+    through `JobQueue.offload`) until the worker answers with a result, an error, or "run it alone"."""
+
+    def __init__(self, owner: JobQueue, job: Job):
+        self.job = job
+        self.p: Any = None
+        self.intercepted = False
+        self.cancel_asked = False
+        self.phase = "starting"  # starting -> merged | alone -> done; changed under the queue's lock
+        self.finished = False
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self._queue = owner
+        self._stopped = threading.Event()  # set when the function waits at its request or has returned
+        self._resume = threading.Event()
+        self._answer: tuple[str, Any] = ("alone", None)
+        self._thread = threading.Thread(target=self._body, name=f"job-queue-{job.id}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        self._stopped.wait()
+
+    def _body(self) -> None:
+        self._queue._member_local.member = self
+        try:
+            fn = self.job.fn
+            self.result = fn() if fn is not None else None
+        except BaseException as e:  # the job's failure, recorded by the worker
+            self.error = e
+        finally:
+            self._queue._member_local.member = None
+            self.finished = True
+            self._stopped.set()
+
+    def park(self, p: Any) -> Any:
+        """On the job's thread: hand `p` over and wait. Returns the job's `Processed`, None to run it here."""
+        self.p = p
+        self._stopped.set()
+        self._resume.wait()
+        how, value = self._answer
+        self._answer = ("alone", None)  # drop the reference: the caller holds it now
+        if how == "error":
+            raise value
+        return value
+
+    def resume(self, how: str, value: Any = None) -> None:
+        """On the worker: answer the waiting function ("result", "error" or "alone") and wait until it returns."""
+        self._answer = (how, value)
+        self._stopped.clear()
+        self._resume.set()
+        self._stopped.wait()
 
 
 def _safe_state_call(name: str, **kwargs: Any) -> None:

@@ -158,6 +158,14 @@ options_templates.update(options_section(("api", "API", "system"), {
         minimum=1, restrict_api=True,
     ).info("the server holds 2 to 3 times this in memory; a request that would pass it is refused (429) while "
            "others wait"),
+    "queue_batch_jobs": OptionInfo(
+        False, "Queue: run compatible waiting jobs together as one batch (faster for servers)", restrict_api=True,
+    ).info("txt2img jobs of one image with the same model, size, sampler, steps, CFG, settings and LoRA tags, no "
+           "scripts, hires fix or saving (API requests by default); each still gets its own images, seeds and "
+           "infotext"),
+    "queue_batch_max": OptionInfo(
+        8, "Queue: most jobs run together as one batch", minimum=1, restrict_api=True,
+    ),
 }))
 
 # Saving pictures and grids (modules.images, modules.processing), with A1111's keys, defaults and sections.
