@@ -18,7 +18,7 @@ import torch
 from PIL import Image, ImageOps
 
 from modules import extra_networks, hires, images, infotext_utils, paths, rng, shared
-from modules.engine import generate, inpainting, previews
+from modules.engine import generate, inpainting, previews, token_merging
 from modules.engine.generate import BatchRequest
 from modules.engine.sampling.common import InterruptedException
 from modules.engine.sampling.registry import find_sampler_config, get_sampler_and_scheduler
@@ -439,6 +439,8 @@ def create_infotext(p: StableDiffusionProcessing, all_prompts, all_seeds, all_su
         if p.seed_resize_from_w > 0 and p.seed_resize_from_h > 0 else None,
         "Denoising strength": p.denoising_strength if p.kind == "img2img" else None,
         "Clip skip": p.clip_skip if p.clip_skip > 1 else None,
+        "Token merging ratio": token_merging.ratio_for(p) or None,
+        "Token merging ratio hr": (token_merging.ratio_for(p, hires=True) or None) if _hires(p) else None,
         "RNG": _opt("randn_source", "GPU") if _opt("randn_source", "GPU") != "GPU" else None,
         "Tiling": "Tiling" if p.tiling else None,  # a flag: a key equal to its value is written bare
     }
@@ -667,7 +669,7 @@ def _run_batch(p: StableDiffusionProcessing, n: int, model, refiner, state, outp
     decode_model = model
     if hr and not stopped:
         latents, stopped = hires.sample_hr_pass(p, request, latents, p.hr_model, refiner,
-                                                lambda r: _sample(r, p, state), state)
+                                                lambda r: _sample(r, p, state, hires_pass=True), state)
         decode_model = p.hr_model or model
     if latents is None:
         if state is not None:
@@ -725,11 +727,13 @@ def _write_ti_hashes(p: StableDiffusionProcessing, model, texts: list[str]) -> N
         p.extra_generation_params["TI hashes"] = value
 
 
-def _sample(request: BatchRequest, p: StableDiffusionProcessing, state) -> tuple[torch.Tensor | None, bool]:
+def _sample(request: BatchRequest, p: StableDiffusionProcessing, state,
+            hires_pass: bool = False) -> tuple[torch.Tensor | None, bool]:
     """(latents, stopped). As A1111, an interrupted or skipped batch keeps its latest estimate as a picture."""
     try:
-        return generate.sample_batch(request, callback=_progress_callback(state, p),
-                                     should_stop=_stop_check(state)), False
+        with token_merging.for_pass(p, request.model, hires_pass):  # this pass only, removed even on failure
+            return generate.sample_batch(request, callback=_progress_callback(state, p),
+                                         should_stop=_stop_check(state)), False
     except InterruptedException as stop:
         if state is not None and state.skipped and not state.interrupted:
             state.skipped = False

@@ -175,19 +175,16 @@ def check_prompts(req: Any) -> None:
 # --- fields that must take effect or be refused ---------------------------------------------------------------
 
 # Features that do not exist here: refused when a request asks for them, never silently left out.
-_TOME = "token merging (ToMe) is not available in this version"
 _UNAVAILABLE = {
     "latent_mask": "latent_mask is not supported in this version",
-    "token_merging_ratio": _TOME,
-    "token_merging_ratio_hr": _TOME,
 }
 # A1111 settings of features that do not exist here: (the value that leaves them off, why any other is refused).
 # Other unknown settings in override_settings are dropped: clients send many that change nothing here.
-UNAVAILABLE_SETTINGS = {
-    "token_merging_ratio": (0, _TOME), "token_merging_ratio_img2img": (0, _TOME), "token_merging_ratio_hr": (0, _TOME),
-}
-# Request fields that override a sampler setting of the same name (see sampler.REQUEST_OVERRIDES), plus eta.
+UNAVAILABLE_SETTINGS: dict[str, tuple[Any, str]] = {}
+# Request fields that override a sampler setting of the same name (see sampler.REQUEST_OVERRIDES), plus eta;
+# and token merging's ratios, bounded like their settings (0 to 0.9)
 _SAMPLER_NUMBERS = ("eta", "s_churn", "s_tmin", "s_tmax", "s_noise", "s_min_uncond")
+_SETTING_NUMBERS = (*_SAMPLER_NUMBERS, "token_merging_ratio", "token_merging_ratio_hr")
 
 
 def _asked_for(value: Any) -> bool:
@@ -213,7 +210,7 @@ def _setting_range(field: str) -> tuple[float, float | None]:
 
 
 def check_sampler_params(req: Any) -> None:
-    for field in _SAMPLER_NUMBERS:
+    for field in _SETTING_NUMBERS:
         value = _value(req, field)
         if value is None:
             continue

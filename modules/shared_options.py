@@ -56,10 +56,26 @@ options_templates.update(options_section(("vae", "VAE", "sd"), {
         "you can set per-model VAE either by editing user metadata for checkpoints, "
         "or by making the VAE have same name as checkpoint"
     ),
+    # modules/engine/vae_tiling.py; A1111 has no such setting and no infotext key (the picture barely changes)
+    "tiled_vae_decode": OptionInfo(False, "Decode large images in tiles (less VRAM)").info(
+        "images larger than one tile are decoded and encoded tile by tile with blended seams; much less VRAM "
+        "for large images, pictures differ slightly"),
+    "tiled_vae_tile_size": OptionInfo(
+        512, "VAE tile size", component_args={"minimum": 64, "maximum": 4096, "step": 64}).info("in pixels"),
 }))
 
 options_templates.update(options_section(("optimizations", "Optimizations", "sd"), {
     "cross_attention_optimization": OptionInfo("Automatic", "Cross attention optimization"),
+    # A1111's token merging settings (modules/engine/token_merging.py)
+    "token_merging_ratio": OptionInfo(
+        0.0, "Token merging ratio", component_args={"minimum": 0.0, "maximum": 0.9, "step": 0.1},
+        infotext="Token merging ratio").info("0=disable, higher=faster"),
+    "token_merging_ratio_img2img": OptionInfo(
+        0.0, "Token merging ratio for img2img", component_args={"minimum": 0.0, "maximum": 0.9, "step": 0.1},
+    ).info("only applies if non-zero and overrides above"),
+    "token_merging_ratio_hr": OptionInfo(
+        0.0, "Token merging ratio for high-res pass", component_args={"minimum": 0.0, "maximum": 0.9, "step": 0.1},
+        infotext="Token merging ratio hr").info("only applies if non-zero and overrides above"),
 }))
 
 # Noise (modules.rng) and live previews (modules.shared_state, modules.engine.previews).

@@ -78,8 +78,9 @@ def request(**fields: Any) -> SimpleNamespace:
     ({"enable_hr": True, "hr_scale": 0}, "hr_scale"),
     ({"firstpass_image": Image.new("RGB", (8, 8))}, "firstpass_image"),
     ({"latent_mask": Image.new("L", (8, 8))}, "latent_mask"),
-    ({"token_merging_ratio": 0.5}, "token_merging_ratio"),
-    ({"token_merging_ratio_hr": 0.3}, "token_merging_ratio_hr"),
+    ({"token_merging_ratio": 0.95}, "token_merging_ratio"),  # token merging: 0 to 0.9, as its settings
+    ({"token_merging_ratio_hr": -0.3}, "token_merging_ratio_hr"),
+    ({"token_merging_ratio": "half"}, "token_merging_ratio"),
     ({"s_churn": -1.0}, "s_churn"),
     ({"s_noise": math.nan}, "s_noise"),
     ({"s_min_uncond": "lots"}, "s_min_uncond"),
@@ -90,8 +91,8 @@ def request(**fields: Any) -> SimpleNamespace:
     ({"sampler_name": "Nope"}, "sampler_name"),
     ({"sampler_name": None, "sampler_index": 999}, "sampler_index"),
     ({"scheduler": "Nope"}, "scheduler"),
-    ({"override_settings": {"token_merging_ratio": 0.5}}, "override_settings.token_merging_ratio"),
-    ({"override_settings": {"token_merging_ratio_img2img": "0.2"}}, "override_settings.token_merging_ratio_img2img"),
+    ({"override_settings": {"token_merging_ratio": 0.95}}, "override_settings.token_merging_ratio"),
+    ({"override_settings": {"token_merging_ratio_img2img": "-0.2"}}, "override_settings.token_merging_ratio_img2img"),
     ({"override_settings": {"samples_format": "exe"}}, "override_settings.samples_format"),
     ({"override_settings": {"s_noise": 5}}, "override_settings.s_noise"),
 ])
@@ -104,9 +105,10 @@ def test_a_refused_request_names_its_field(fields, field):
 
 def test_what_leaves_a_feature_off_passes():
     names = request_validation.validate(request(
-        enable_hr=False, restore_faces=None, token_merging_ratio=0, token_merging_ratio_hr=0.0, firstpass_image=None,
+        enable_hr=False, restore_faces=None, token_merging_ratio=0.5, token_merging_ratio_hr=0.9, firstpass_image=None,
         s_churn=0.5, s_tmin=0, s_tmax=0, s_noise=1, s_min_uncond=2.0, eta=None, ddim_discretize="quad",
-        override_settings={"token_merging_ratio": 0, "no_such_setting": 1, "s_churn": 1.5}))
+        override_settings={"token_merging_ratio": "0.3", "token_merging_ratio_img2img": 0.2, "no_such_setting": 1,
+                           "s_churn": 1.5}))
     assert names == ("Euler", None)
     assert request_validation.validate(request(sampler_name=None, sampler_index=1)) == (registry.samplers[1].name, None)
 
@@ -139,8 +141,8 @@ def test_hide_ui_dir_config_freezes_folders_and_file_names(monkeypatch):
 
 
 def test_processing_refuses_with_the_same_check():
-    p = processing.StableDiffusionProcessingTxt2Img(prompt="x", width=64, height=64, steps=1, token_merging_ratio=0.5)
-    with pytest.raises(ValueError, match="token_merging_ratio: token merging"):
+    p = processing.StableDiffusionProcessingTxt2Img(prompt="x", width=64, height=64, steps=1, token_merging_ratio=1)
+    with pytest.raises(ValueError, match="token_merging_ratio: 1 is more than 0.9"):
         processing.process_images(p)
     p = processing.StableDiffusionProcessingTxt2Img(prompt="x", width=64, height=64, steps=1, s_churn=-1)
     with pytest.raises(ValueError, match="s_churn: -1 is not a number of 0 or more"):
@@ -328,8 +330,9 @@ def test_ddim_discretize_changes_ddim_img2img_only(http):
 
 
 @pytest.mark.parametrize("fields, field", [
-    ({"override_settings": {"token_merging_ratio": 0.5}}, "override_settings.token_merging_ratio"),
-    ({"override_settings": {"token_merging_ratio_hr": 0.5}}, "override_settings.token_merging_ratio_hr"),
+    ({"override_settings": {"token_merging_ratio": 0.95}}, "override_settings.token_merging_ratio"),
+    ({"override_settings": {"token_merging_ratio_hr": -1}}, "override_settings.token_merging_ratio_hr"),
+    ({"token_merging_ratio": 2}, "token_merging_ratio"),
     ({"s_churn": -0.1}, "s_churn"),
     ({"firstpass_image": b64_png(Image.new("RGB", (8, 8)))}, "firstpass_image"),
     ({"override_settings": {"outdir_txt2img_samples": "elsewhere"}}, "override_settings.outdir_txt2img_samples"),

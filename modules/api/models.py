@@ -55,6 +55,8 @@ class GenerationRequest(_Model):
     override_settings_restore_afterwards: bool | None = True
     refiner_checkpoint: str | None = None
     refiner_switch_at: float | None = Field(None, ge=0, le=1)
+    token_merging_ratio: float | None = Field(0, description="ToMe for the first pass (0 to 0.9; 0: the settings)")
+    token_merging_ratio_hr: float | None = Field(0, description="ToMe for the hires pass (0: the settings)")
     disable_extra_networks: bool | None = False
     firstpass_image: str | None = None
     comments: dict[str, Any] | None = None

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from modules import prompt_parser
+from modules.engine import vae_tiling
 from modules.engine.cfg_denoiser import CFGDenoiser, StepConditioning
 from modules.engine.conditioning import PromptEncoder
 from modules.engine.sampling.registry import create_sampler
@@ -187,11 +188,15 @@ def sample_batch(request: BatchRequest, callback: Callable[[dict[str, Any]], Non
     return run(refiner_cfg, sigmas[switch:].to(refiner.device), x.to(refiner.device), switch)
 
 
-def vae_decode(model: StableDiffusionModel, latents: torch.Tensor) -> torch.Tensor:
-    """Latents -> images in [0, 1], float32 [B, 3, H, W]. Retries in float32 if half precision made NaNs."""
+def vae_decode(model: StableDiffusionModel, latents: torch.Tensor, tile_size: int | None = None) -> torch.Tensor:
+    """Latents -> images in [0, 1], float32 [B, 3, H, W]. Retries in float32 if half precision made NaNs.
+
+    `tile_size`: decode in tiles of that many pixels when the picture is larger (None: the settings
+    tiled_vae_decode / tiled_vae_tile_size decide; 0: never)."""
     vae = model.vae
     scaled = latents / vae.config.scaling_factor
-    with torch.no_grad():
+    factor = vae_tiling.scale_factor(vae)
+    with torch.no_grad(), vae_tiling.tiled(vae, latents.shape[-2] * factor, latents.shape[-1] * factor, tile_size):
         images = vae.decode(scaled.to(vae.dtype), return_dict=False)[0].float()
         if vae.dtype != torch.float32 and not torch.isfinite(images).all():
             vae.to(torch.float32)  # A1111's automatic --no-half-vae fallback, kept for this model
@@ -199,10 +204,11 @@ def vae_decode(model: StableDiffusionModel, latents: torch.Tensor) -> torch.Tens
     return ((images + 1) / 2).clamp(0, 1)
 
 
-def vae_encode(model: StableDiffusionModel, images: torch.Tensor) -> torch.Tensor:
-    """Images in [0, 1] [B, 3, H, W] -> scaled latents (the distribution's mean, as A1111 does)."""
+def vae_encode(model: StableDiffusionModel, images: torch.Tensor, tile_size: int | None = None) -> torch.Tensor:
+    """Images in [0, 1] [B, 3, H, W] -> scaled latents (the distribution's mean, as A1111 does); `tile_size` as
+    for `vae_decode`."""
     vae = model.vae
-    with torch.no_grad():
+    with torch.no_grad(), vae_tiling.tiled(vae, images.shape[-2], images.shape[-1], tile_size):
         dist = vae.encode((images * 2 - 1).to(model.device, vae.dtype)).latent_dist
     return dist.mean.float() * vae.config.scaling_factor
 
