@@ -98,6 +98,10 @@ EFFECTIVE_FLAGS: set[str] = {
     "--download",
     "--allow-private-downloads",
     "--download-max-gb",
+    # low VRAM: offloading installed when a model loads (modules/models/offload.py)
+    "--medvram",
+    "--medvram-sdxl",
+    "--lowvram",
 }
 
 # Values that must never be shown back (API /cmd-flags, logs, sysinfo): credentials and TLS material.

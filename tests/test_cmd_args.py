@@ -146,8 +146,10 @@ def test_help_lists_flags_and_marks_not_yet_effective(capsys, monkeypatch):
     out = capsys.readouterr().out
     for flag in ("--listen", "--data-dir", "--ckpt", "--api-auth", "--exit", "--precision"):
         assert flag in out
+    channelslast_help = out[out.index("--opt-channelslast"):]
+    assert "(not yet effective)" in channelslast_help[:channelslast_help.index("\n  -")]
     medvram_help = out[out.index("--medvram"):out.index("--medvram-sdxl")]
-    assert "(not yet effective)" in medvram_help
+    assert "not yet effective" not in medvram_help  # offloading (modules/models/offload.py)
     data_dir_help = out[out.index("--data-dir DATA_DIR"):out.index("--models-dir")]
     assert "not yet effective" not in data_dir_help
 
@@ -162,8 +164,9 @@ def test_help_texts_end_with_marker_exactly_for_non_effective_flags():
 
 def test_not_yet_effective_reports_set_flags_only(tmp_path):
     assert cmd_args.not_yet_effective(parse()) == []
-    ns = parse("--medvram", "--lowvram", "--no-half", "--data-dir", str(tmp_path), "--opt-channelslast", "--listen")
-    assert sorted(cmd_args.not_yet_effective(ns)) == ["--lowvram", "--medvram", "--opt-channelslast"]
+    ns = parse("--medvram", "--lowvram", "--no-half", "--data-dir", str(tmp_path), "--opt-channelslast", "--listen",
+               "--upcast-sampling")
+    assert sorted(cmd_args.not_yet_effective(ns)) == ["--opt-channelslast", "--upcast-sampling"]
 
 
 def test_path_defaults_follow_data_and_models_dir(tmp_path):

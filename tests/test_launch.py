@@ -148,14 +148,14 @@ def test_run_pip_builds_a_pip_command(monkeypatch, no_commands):
 def test_main_parses_configures_and_starts_webui(clean_env, no_commands, tmp_path, capsys):
     started = []
     clean_env.setitem(sys.modules, "webui", types.SimpleNamespace(start=lambda: started.append(True)))
-    clean_env.setenv("COMMANDLINE_ARGS", "--medvram")
+    clean_env.setenv("COMMANDLINE_ARGS", "--opt-channelslast")
     assert launch.main(["--skip-install", "--data-dir", str(tmp_path)]) == 0
     assert started == [True]
-    assert launch.args.medvram and launch.args.data_dir == str(tmp_path)
+    assert launch.args.opt_channelslast and launch.args.data_dir == str(tmp_path)
     assert shared.cmd_opts is launch.args
     assert paths.data_path == str(tmp_path)
     assert shared.config_filename == os.path.join(str(tmp_path), "config.json")
-    assert "note: --medvram is accepted but not yet effective" in capsys.readouterr().out
+    assert "note: --opt-channelslast is accepted but not yet effective" in capsys.readouterr().out
 
 
 def test_main_exit_stops_before_webui(clean_env, no_commands, tmp_path):
@@ -176,9 +176,9 @@ def test_launch_exit_subprocess(tmp_path):
 
 
 def test_launch_notes_not_yet_effective_flags(tmp_path):
-    result = _launch("--exit", "--skip-install", "--medvram", "--data-dir", str(tmp_path))
+    result = _launch("--exit", "--skip-install", "--opt-channelslast", "--data-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr
-    assert "note: --medvram is accepted but not yet effective" in result.stdout
+    assert "note: --opt-channelslast is accepted but not yet effective" in result.stdout
 
 
 def test_launch_unknown_flag_subprocess():

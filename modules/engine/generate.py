@@ -107,7 +107,7 @@ def build_denoiser(model: StableDiffusionModel, request: BatchRequest, sampler: 
     unet = model.unet
     # no graphs over offloaded weights (--medvram/--lowvram): they move every job, a graph reads fixed addresses
     use_graphs = bool(request.settings.get("cuda_graphs", True)) and getattr(model, "offload", None) is None
-    compiled = bool(request.settings.get("compile_unet", False))
+    compiled = bool(request.settings.get("compile_unet", False)) and getattr(model, "offload", None) is None
     unet_hooks = list(request.unet_hooks) if model is request.model else []
 
     def model_fn(x, t, context, added=None, image_cond=None, uncond_rows=None, step=0, total_steps=0):

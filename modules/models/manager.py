@@ -59,6 +59,7 @@ class ModelManager:
             key = checkpoint_info.filename
             if self.current is not None and self._key(self.current) == key:
                 apply_vae(self.current, vae_path)
+                offload.place(self.current, self._precision().device)  # offload flags changed since (tests, UI)
                 return self.current
             precision = self._precision()
             cached = self._loaded.get(key)

@@ -192,15 +192,22 @@ def remove(model) -> None:
         handle.remove()
     for module in state.whole:
         remove_hook_from_module(module)
-        forward = module.__dict__.get("forward")
-        if getattr(forward, "__func__", None) is type(module).forward:  # accelerate leaves the class's forward
-            del module.__dict__["forward"]  # bound as an attribute: plain again
+        _unbind_forward(module)
     for module in state.grouped:
         registry = HookRegistry.check_if_exists_or_initialize(module)
         for name in _GROUP_HOOKS:
             registry.remove_hook(name, recurse=True)
+        for sub in module.modules():
+            _unbind_forward(sub)
     model.offload = None
     memory.owner.unregister(state.handle)
+
+
+def _unbind_forward(module: torch.nn.Module) -> None:
+    # Removing a hook leaves the class's own forward bound as an instance attribute: drop it, plain again.
+    forward = module.__dict__.get("forward")
+    if getattr(forward, "__func__", None) is type(module).forward:
+        del module.__dict__["forward"]
 
 
 def place(model, device: torch.device | str, mode: str | None = None,

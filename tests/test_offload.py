@@ -1,0 +1,336 @@
+"""--medvram, --medvram-sdxl and --lowvram on tiny models (CPU), and the out-of-memory retry of a job.
+
+On the CPU no memory can be saved, so these check the structure (which hooks and groups sit on which component,
+and that they come off again) and the result: pictures bit for bit equal to plain placement, LoRA included.
+tests/test_offload_cuda.py checks memory on a GPU.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from lora_files import kohya_lora, write
+
+from modules import call_queue, processing, sd_models, shared
+from modules.engine import generate
+from modules.models import memory, offload
+from modules.networks import files, networks
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory, isolated_data_dir):
+    checkpoints = {"sd1.safetensors": {"family": "sd1", "seed": 3}, "xl.safetensors": {"family": "sdxl", "seed": 5}}
+    settings = {"live_previews_enable": False, "sd_checkpoints_limit": 2, "lora_in_memory_limit": 4}
+    with isolated_data_dir(tmp_path_factory.mktemp("data"), checkpoints, settings) as root:
+        yield root
+
+
+@pytest.fixture
+def flags(data_dir, monkeypatch):
+    """Set offload flags for one test; every loaded model is placed plainly again afterwards."""
+    def set_flags(*names: str) -> None:
+        for name in ("medvram", "medvram_sdxl", "lowvram"):
+            monkeypatch.setattr(shared.cmd_opts, name, name in names)
+    set_flags()
+    yield set_flags
+    set_flags()
+    for model in (shared.sd_model,):
+        if model is not None:
+            networks.unload(model)
+            offload.place(model, model.device, "none")
+
+
+def use(name: str):
+    return sd_models.load_model(sd_models.get_closet_checkpoint_match(name))
+
+
+def generate_image(prompt: str = "a red circle", **kw) -> np.ndarray:
+    args = {"prompt": prompt, "negative_prompt": "blurry", "steps": 3, "width": 64, "height": 64,
+            "sampler_name": "Euler", "seed": 11, "cfg_scale": 7.0, "do_not_save_samples": True,
+            "do_not_save_grid": True}
+    args.update(kw)
+    result = processing.process_images(processing.StableDiffusionProcessingTxt2Img(**args))
+    return np.asarray(result.images[0].convert("RGB"), dtype=np.int16)
+
+
+def img2img_image(init: np.ndarray) -> np.ndarray:
+    from PIL import Image
+
+    p = processing.StableDiffusionProcessingImg2Img(
+        init_images=[Image.fromarray(init.astype(np.uint8))], prompt="a blue square", steps=3, width=64, height=64,
+        sampler_name="Euler", seed=12, denoising_strength=0.6, do_not_save_samples=True, do_not_save_grid=True)
+    return np.asarray(processing.process_images(p).images[0].convert("RGB"), dtype=np.int16)
+
+
+def accelerate_hooked(module: torch.nn.Module) -> bool:
+    return isinstance(getattr(module, "_hf_hook", None), offload._OneAtATime)
+
+
+def grouped_layers(module: torch.nn.Module) -> int:
+    return len(offload._group_hooks(module))
+
+
+def assert_plain(model) -> None:
+    assert model.offload is None
+    for component in model.modules():
+        for sub in component.modules():
+            assert not hasattr(sub, "_hf_hook") and "forward" not in sub.__dict__
+            registry = getattr(sub, "_diffusers_hook", None)
+            assert registry is None or registry.get_hook("group_offloading") is None
+        assert not component._forward_pre_hooks
+
+
+# --- which hooks on which components -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("flag_names", "checkpoint", "expected"), [
+    ((), "sd1", "none"),
+    (("medvram",), "sd1", "medvram"),
+    (("medvram",), "xl", "medvram"),
+    (("medvram_sdxl",), "sd1", "none"),
+    (("medvram_sdxl",), "xl", "medvram"),
+    (("lowvram",), "sd1", "lowvram"),
+    (("lowvram",), "xl", "lowvram"),
+    (("lowvram", "medvram"), "xl", "lowvram"),
+])
+def test_each_flag_installs_its_hooks(flags, flag_names, checkpoint, expected):
+    flags(*flag_names)
+    model = use(checkpoint)
+    assert offload.mode_of(model) == expected
+    if expected == "none":
+        assert_plain(model)
+        return
+    state = model.offload
+    for component in [*model.text_encoders, model.vae]:
+        assert accelerate_hooked(component)
+    assert model.device == state.device
+    handle = [h for h in memory.owner.handles(group="offload") if h.name == state.handle]
+    assert len(handle) == 1 and handle[0].size_bytes == offload.resident_bytes(model)
+    if expected == "medvram":
+        assert accelerate_hooked(model.unet) and grouped_layers(model.unet) == 0
+        assert handle[0].size_bytes == max(memory.module_size_bytes(m) for m in model.modules())
+    else:
+        leaves = [m for m in model.unet.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+        assert not hasattr(model.unet, "_hf_hook") and grouped_layers(model.unet) > len(leaves)
+        assert handle[0].size_bytes < model.parameter_bytes()
+
+
+def test_medvram_keeps_one_component_at_a_time(flags):
+    """With a fake device the hooks' moves show: only the component that runs is 'on the device'."""
+    flags("medvram")
+    model = use("sd1")
+    state = model.offload
+    moves: list[tuple[str, str]] = []
+    names = {id(m): n for n, m in (("te", model.text_encoders[0]), ("unet", model.unet), ("vae", model.vae))}
+    resident: set[int] = set()
+
+    def fake_move(modules, target):
+        for m in modules:
+            (resident.discard if target.type == "cpu" else resident.add)(id(m))
+            moves.append((names[id(m)], target.type))
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(offload.devices, "move_modules", fake_move)
+        mp.setattr(offload, "_resident", lambda m, device: id(m) in resident)
+        state.device = torch.device("meta")  # never touched: the fake move only records
+        try:
+            for component in ("te", "unet", "vae", "te"):
+                module = next(m for m in model.modules() if names[id(m)] == component)
+                offload._bring(state, module)
+                assert resident == {id(module)}
+            offload.settle(model)
+            assert resident == set()
+        finally:
+            state.device = torch.device("cpu")
+    assert moves[:4] == [("te", "meta"), ("te", "cpu"), ("unet", "meta"), ("unet", "cpu")]
+
+
+# --- same pictures ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("checkpoint", ["sd1", "xl"])
+def test_pictures_are_bit_identical_in_every_mode(flags, checkpoint):
+    use(checkpoint)
+    plain = generate_image()
+    plain_i2i = img2img_image(plain)
+    for mode in ("medvram", "lowvram"):
+        flags(mode)
+        model = use(checkpoint)
+        assert offload.mode_of(model) == mode
+        np.testing.assert_array_equal(generate_image(), plain)
+        np.testing.assert_array_equal(img2img_image(plain), plain_i2i)  # VAE encode goes through the hook too
+    flags()
+    np.testing.assert_array_equal(generate_image(), plain)
+
+
+def test_lora_on_offloaded_weights_gives_the_same_picture(flags):
+    lora_dir = shared.cmd_opts.lora_dir
+    model = use("sd1")
+    write(Path(lora_dir) / "offl.safetensors", kohya_lora(model, seed=7))
+    files.list_available_networks()
+    try:
+        plain = generate_image()
+        with_lora = generate_image("a red circle <lora:offl:0.8>")
+        assert np.abs(with_lora - plain).max() > 0  # the LoRA does change the picture
+        for mode in ("medvram", "lowvram"):
+            flags(mode)
+            use("sd1")
+            np.testing.assert_array_equal(generate_image("a red circle <lora:offl:0.8>"), with_lora)
+            np.testing.assert_array_equal(generate_image(), plain)  # patches come off the offloaded weights exactly
+            np.testing.assert_array_equal(generate_image("a red circle <lora:offl:0.8>"), with_lora)
+        # patched while offloaded, then placed plainly: the weights keep the patch, and removing it restores them
+        flags()
+        use("sd1")
+        np.testing.assert_array_equal(generate_image("a red circle <lora:offl:0.8>"), with_lora)
+        np.testing.assert_array_equal(generate_image(), plain)
+    finally:
+        networks.unload(shared.sd_model)
+        (Path(lora_dir) / "offl.safetensors").unlink()
+        networks.networks_in_memory.clear()
+        files.list_available_networks()
+
+
+# --- switching removes hooks ----------------------------------------------------------------------------------
+
+
+def test_switching_flags_and_models_removes_hooks(flags):
+    flags("lowvram")
+    low = use("sd1")
+    assert offload.mode_of(low) == "lowvram"
+    handle = low.offload.handle
+    flags()
+    assert use("sd1") is low
+    assert_plain(low)
+    assert handle not in memory.owner
+    flags("medvram_sdxl")
+    xl = use("xl")
+    assert offload.mode_of(xl) == "medvram"
+    assert offload.mode_of(use("sd1")) == "none"
+    assert offload.mode_of(use("xl")) == "medvram"  # back from the cache, placed again
+    flags()
+    use("sd1")
+    assert use("xl") is xl
+    assert_plain(xl)
+
+
+def test_place_validates_and_is_idempotent(flags):
+    model = use("sd1")
+    with pytest.raises(ValueError, match="unknown offload mode"):
+        offload.place(model, "cpu", "ultravram")
+    offload.place(model, "cpu", "medvram")
+    state = model.offload
+    offload.place(model, "cpu", "medvram")
+    assert model.offload is state
+    offload.place(model, "cpu", "none")
+    assert_plain(model)
+
+
+# --- CUDA graphs ----------------------------------------------------------------------------------------------
+
+
+def test_cuda_graphs_are_off_for_offloaded_models(flags, monkeypatch):
+    seen: list[bool] = []
+    real = generate.unet_call
+
+    def recording(unet, inp, use_graphs=False, **kw):
+        seen.append(use_graphs and kw.get("compiled", False))
+        return real(unet, inp, use_graphs=use_graphs)  # nothing compiles on this CPU run
+
+    monkeypatch.setattr(generate, "unet_call", recording)
+    monkeypatch.setitem(shared.opts.data, "cuda_graphs", True)
+    monkeypatch.setitem(shared.opts.data, "compile_unet", True)  # a compiled forward also replays in graphs
+    use("sd1")
+    generate_image()
+    assert seen and all(seen)
+    for mode in ("medvram", "lowvram"):
+        seen.clear()
+        flags(mode)
+        use("sd1")
+        generate_image()
+        assert seen and not any(seen)
+
+
+# --- out of memory during a job -------------------------------------------------------------------------------
+
+
+def _failing_unet(monkeypatch, failures: int, modes: list[str]) -> None:
+    """The first `failures` UNet calls raise CUDA's out-of-memory error; every call records the model's mode."""
+    real = generate.unet_call
+    count = {"n": 0}
+
+    def flaky(unet, inp, use_graphs=False, **kw):
+        modes.append(offload.mode_of(shared.sd_model))
+        count["n"] += 1
+        if count["n"] <= failures:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
+        return real(unet, inp, use_graphs=use_graphs, **kw)
+
+    monkeypatch.setattr(generate, "unet_call", flaky)
+
+
+def test_oom_frees_memory_and_retries_once_at_a_lower_setting(flags, monkeypatch):
+    use("sd1")
+    plain = generate_image()
+    unloaded: list[str] = []
+    memory.owner.register("test:other-network", 10, lambda: unloaded.append("other"), "cpu")
+    modes: list[str] = []
+    _failing_unet(monkeypatch, 1, modes)
+    np.testing.assert_array_equal(generate_image(), plain)
+    assert modes[0] == "none" and set(modes[1:]) == {"medvram"}
+    assert unloaded == ["other"]  # the memory owner freed the device
+    assert offload.mode_of(shared.sd_model) == "none"  # the lower setting was for that retry only
+
+    flags("medvram")
+    use("sd1")
+    modes.clear()
+    _failing_unet(monkeypatch, 1, modes)
+    np.testing.assert_array_equal(generate_image(), plain)
+    assert modes[0] == "medvram" and set(modes[1:]) == {"lowvram"}
+    assert offload.mode_of(shared.sd_model) == "medvram"
+
+
+def test_oom_twice_fails_the_job_with_a_clear_message_and_the_next_job_works(flags, monkeypatch):
+    use("sd1")
+    plain = generate_image()
+    modes: list[str] = []
+    _failing_unet(monkeypatch, 2, modes)
+    with pytest.raises(offload.JobOutOfMemoryError) as info:
+        generate_image()
+    message = call_queue.error_message(info.value)
+    assert message == ("Out of GPU memory, even after freeing memory and retrying with medvram offloading: try a "
+                       "smaller size or batch, or start with --lowvram")
+    assert call_queue.is_out_of_memory(info.value)
+    assert modes == ["none", "medvram"]
+    assert offload.mode_of(shared.sd_model) == "none"
+    np.testing.assert_array_equal(generate_image(), plain)  # the failing patch is spent: the next job works
+
+
+def test_other_errors_are_not_retried(flags, monkeypatch):
+    use("sd1")
+    calls: list[int] = []
+
+    def broken(unet, inp, use_graphs=False, **kw):
+        calls.append(1)
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr(generate, "unet_call", broken)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        generate_image()
+    assert calls == [1]
+
+
+def test_oom_in_the_queue_reaches_the_client_and_the_queue_keeps_serving(flags, monkeypatch):
+    use("sd1")
+    plain = generate_image()
+    q = call_queue.JobQueue()
+    monkeypatch.setattr(call_queue, "queue", q)
+    try:
+        _failing_unet(monkeypatch, 2, [])
+        with pytest.raises(call_queue.JobFailed, match="even after freeing memory and retrying with medvram"):
+            q.submit("txt2img", generate_image).wait(120)
+        np.testing.assert_array_equal(q.submit("txt2img", generate_image).wait(120), plain)
+    finally:
+        q.shutdown(timeout=10)
