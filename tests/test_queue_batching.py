@@ -27,8 +27,9 @@ BASE = {**FAST, "steps": 3}
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, isolated_data_dir):
-    with isolated_data_dir(tmp_path_factory.mktemp("api-batching"), CHECKPOINTS, SETTINGS):
+    with isolated_data_dir(tmp_path_factory.mktemp("api-batching"), CHECKPOINTS, SETTINGS) as root:
         with serving(create_app(auth=None)) as running:
+            running.root = root
             yield running
 
 
@@ -140,6 +141,23 @@ def test_compatible_waiting_requests_run_as_one_batch_as_if_alone(server, runs, 
     assert runs == [1, 1, 1, 1]
     images = [r.json()["images"][0] for r in batched]
     assert len(set(images[:3])) == 3 and images[3] == images[0]  # a variation seed without strength changes nothing
+
+
+def test_each_job_names_only_its_own_embeddings(server, runs, batching):
+    import torch
+    from safetensors.torch import save_file
+
+    folder = server.root / "embeddings"
+    folder.mkdir(exist_ok=True)
+    save_file({"emb_params": torch.randn(2, 64)}, str(folder / "shiny.safetensors"))
+    with client(server) as c:
+        assert c.post("/sdapi/v1/refresh-embeddings").status_code == 200
+    bodies = [{**BASE, "prompt": "a shiny circle", "seed": 7}, {**BASE, "prompt": "a circle", "seed": 8}]
+    batched = _post_all(server, bodies)
+    assert runs == [2]
+    assert "TI hashes: shiny: " in batched[0].json()["info"] and "TI hashes" not in batched[1].json()["info"]
+    for body, response in zip(bodies, batched, strict=True):
+        _assert_as_alone(response, _alone(server, body))
 
 
 def test_incompatible_requests_are_not_merged(server, runs, batching):

@@ -41,7 +41,8 @@ def test_compiled_graphs_equal_eager_and_follow_in_place_weights_without_recompi
     first = unet_call(unet, inp, use_graphs=True, compiled=True)  # not compiled yet: answered at once
     torch.testing.assert_close(first, eager, rtol=2e-3, atol=2e-3)
     _wait(unet)
-    assert not unet._sd_compiler.failed and unet._sd_compiler.ready
+    assert not unet._sd_compiler.failed and unet._sd_compiler.ready, "the background compilation failed"
+    assert not unet._sd_graph_cache.broken, "graph capture broke while the compiler ran"
     frames = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     for seed in (1, 2):
         inp = _input(unet, seed)
