@@ -1,0 +1,139 @@
+"""--medvram / --lowvram on a CUDA GPU (skipped without one): tiny fp16 models, the whole job through
+`process_images`. Each mode gives the picture of plain placement (within fp16 tolerance), LoRA included (patches
+written into offloaded, pinned weights), and its peak allocated memory is lower than without offloading.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+from collections.abc import Iterator
+from pathlib import Path
+
+import lora_files
+import numpy as np
+import pytest
+import torch
+
+from modules import devices, processing, shared
+from modules.models import offload
+from modules.models.loader import load_model
+from modules.networks import files as network_files
+from modules.networks import networks
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+CUDA = torch.device("cuda")
+TOLERANCE = 2  # of 255: the same kernels on the same weights; fp16 leaves room for a rounding step
+
+
+@pytest.fixture(scope="module")
+def models(isolated_data_dir, tmp_path_factory) -> Iterator[dict]:
+    root = tmp_path_factory.mktemp("offload-cuda")
+    checkpoints = {"sd1.safetensors": {"family": "sd1", "seed": 3}, "xl.safetensors": {"family": "sdxl", "seed": 5}}
+    with isolated_data_dir(root, checkpoints, {"live_previews_enable": False, "lora_in_memory_limit": 2}):
+        cpu_precision = dataclasses.replace(devices.choose_precision(CUDA), device=torch.device("cpu"))
+        loaded = {name: load_model(str(root / "models" / "Stable-diffusion" / f"{name}.safetensors"), cpu_precision)
+                  for name in ("sd1", "xl")}
+        tensors = lora_files.kohya_lora(loaded["sd1"], 11, alpha=0.1)
+        lora_files.write(Path(shared.cmd_opts.lora_dir) / "lora_a.safetensors", tensors)
+        network_files.list_available_networks()
+        try:
+            yield loaded
+        finally:
+            for model in loaded.values():
+                networks.unload(model)
+                offload.place(model, "cpu", "none")
+            networks.networks_in_memory.clear()
+            loaded.clear()
+            gc.collect()
+            torch.cuda.empty_cache()
+
+
+def _generate(model, prompt: str = "a red circle") -> np.ndarray:
+    p = processing.StableDiffusionProcessingTxt2Img(
+        prompt=prompt, negative_prompt="blurry", steps=6, cfg_scale=7.0, width=64, height=64, sampler_name="Euler",
+        seed=7, do_not_save_samples=True, do_not_save_grid=True)
+    p.sd_model = model
+    return np.asarray(processing.process_images(p).images[0].convert("RGB"), dtype=np.int16)
+
+
+def _peak(model, mode: str, prompt: str = "a red circle") -> tuple[np.ndarray, int]:
+    offload.place(model, "cpu", "none")
+    gc.collect()
+    torch.cuda.empty_cache()
+    offload.place(model, CUDA, mode)
+    _generate(model, prompt)  # warm-up (streams, cuDNN, CUDA graphs for "none")
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    image = _generate(model, prompt)
+    torch.cuda.synchronize()
+    return image, torch.cuda.max_memory_allocated()
+
+
+@pytest.mark.parametrize("name", ["sd1", "xl"])
+def test_each_mode_gives_the_same_picture_with_less_memory(models, name):
+    model = models[name]
+    plain, plain_peak = _peak(model, "none")
+    for mode in ("medvram", "lowvram"):
+        image, peak = _peak(model, mode)
+        assert model.offload is not None and model.device.type == "cuda"
+        assert np.abs(image - plain).max() <= TOLERANCE, mode
+        assert peak < plain_peak, f"{mode}: peak {peak} bytes, without offloading {plain_peak}"
+        # between jobs nothing of the model stays on the device
+        assert all(p.device.type == "cpu" for m in model.modules() for p in m.parameters()), mode
+    offload.place(model, CUDA, "none")
+    assert np.abs(_generate(model) - plain).max() <= TOLERANCE
+
+
+def test_lora_on_offloaded_weights_on_the_gpu(models):
+    model = models["sd1"]
+    offload.place(model, CUDA, "none")
+    plain = _generate(model)
+    with_lora = _generate(model, "a red circle <lora:lora_a:1>")
+    assert np.abs(with_lora - plain).max() > TOLERANCE
+    networks.unload(model)
+    for mode in ("medvram", "lowvram"):
+        offload.place(model, CUDA, mode)
+        assert np.abs(_generate(model, "a red circle <lora:lora_a:1>") - with_lora).max() <= TOLERANCE, mode
+        assert np.abs(_generate(model) - plain).max() <= TOLERANCE, mode  # restored exactly, from pinned RAM
+        assert np.abs(_generate(model, "a red circle <lora:lora_a:1>") - with_lora).max() <= TOLERANCE, mode
+        networks.unload(model)
+    offload.place(model, CUDA, "none")
+    assert np.abs(_generate(model) - plain).max() <= TOLERANCE
+
+
+def test_an_interrupted_forward_leaves_no_stale_weights(models, monkeypatch):
+    """An OOM in the middle of a grouped UNet leaves groups on the device; the job's end sends them back, so a
+    LoRA applied next is written where diffusers keeps the weights (pinned RAM) and is not lost."""
+    model = models["sd1"]
+    offload.place(model, CUDA, "none")
+    with_lora = _generate(model, "a red circle <lora:lora_a:1>")
+    networks.unload(model)
+    offload.place(model, CUDA, "lowvram")
+    layer = model.unet.up_blocks[-1]
+    calls = {"n": 0}
+
+    def fail_once(module, args):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (test)")
+
+    handle = layer.register_forward_pre_hook(fail_once)
+    try:
+        monkeypatch.setattr(offload, "run_job", lambda fn, current: _settling(fn, current))
+        with pytest.raises(torch.OutOfMemoryError):
+            _generate(model)
+    finally:
+        handle.remove()
+    monkeypatch.undo()
+    assert np.abs(_generate(model, "a red circle <lora:lora_a:1>") - with_lora).max() <= TOLERANCE
+    networks.unload(model)
+    offload.place(model, CUDA, "none")
+
+
+def _settling(fn, current):
+    try:
+        return fn()
+    finally:
+        offload.settle(current())
