@@ -102,6 +102,12 @@ def _alone(server, body: dict):
         return c.post("/sdapi/v1/txt2img", json=body)
 
 
+def _as_run(body: dict, response) -> dict:
+    """The request with the seed and variation seed it ran with (random ones are fixed as a job starts)."""
+    info = json.loads(response.json()["info"])
+    return {**body, "seed": info["seed"], "subseed": info["subseed"]}
+
+
 def _info(response) -> dict:
     info = json.loads(response.json()["info"])
     info.pop("job_timestamp")  # when the request was made: differs between any two runs
@@ -134,10 +140,7 @@ def test_compatible_waiting_requests_run_as_one_batch_as_if_alone(server, runs, 
         assert seed != -1 and (body["seed"] == -1 or seed == body["seed"])
     runs.clear()
     for body, response in zip(bodies, batched, strict=True):
-        fixed = {**body, "seed": json.loads(response.json()["info"])["seed"]}
-        if "subseed" not in body:
-            fixed["subseed"] = json.loads(response.json()["info"])["subseed"]
-        _assert_as_alone(response, _alone(server, fixed))
+        _assert_as_alone(response, _alone(server, _as_run(body, response)))
     assert runs == [1, 1, 1, 1]
     images = [r.json()["images"][0] for r in batched]
     assert len(set(images[:3])) == 3 and images[3] == images[0]  # a variation seed without strength changes nothing
@@ -155,9 +158,10 @@ def test_each_job_names_only_its_own_embeddings(server, runs, batching):
     bodies = [{**BASE, "prompt": "a shiny circle", "seed": 7}, {**BASE, "prompt": "a circle", "seed": 8}]
     batched = _post_all(server, bodies)
     assert runs == [2]
-    assert "TI hashes: shiny: " in batched[0].json()["info"] and "TI hashes" not in batched[1].json()["info"]
+    extra = [json.loads(r.json()["info"])["extra_generation_params"] for r in batched]
+    assert extra[0]["TI hashes"].startswith("shiny: ") and "TI hashes" not in extra[1]
     for body, response in zip(bodies, batched, strict=True):
-        _assert_as_alone(response, _alone(server, body))
+        _assert_as_alone(response, _alone(server, _as_run(body, response)))
 
 
 def test_incompatible_requests_are_not_merged(server, runs, batching):
