@@ -224,8 +224,9 @@ def place(model, device: torch.device | str, mode: str | None = None,
     if state is not None and state.mode == mode and state.device == device \
             and state.unet_offload_type == unet_offload_type:
         return mode
-    remove(model)
-    _forget_graphs(model)
+    if state is not None or mode != "none":  # plain to plain keeps the UNet's graphs (they check addresses)
+        remove(model)
+        _forget_graphs(model)
     if mode == "none":
         devices.move_modules(model.modules(), device)
         return mode
@@ -290,7 +291,7 @@ def run_job(fn: Callable[[], T], current_model: Callable[[], Any]) -> T:
     try:
         return fn()
     except (torch.OutOfMemoryError, RuntimeError) as e:
-        if not memory.is_oom(e):
+        if not memory.is_oom(e) or isinstance(e, JobOutOfMemoryError):  # a nested job already retried
             raise
         log.warning("out of GPU memory: %s", str(e).splitlines()[0] if str(e) else type(e).__name__)
     finally:
