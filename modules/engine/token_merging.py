@@ -4,13 +4,13 @@ token_merging_ratio_img2img, token_merging_ratio_hr (the hires pass), and the re
 Like A1111 this uses the `tomesd` package with A1111's arguments: before each self-attention of the UNet's
 transformer blocks at full latent resolution (max_downsample=1), `ratio` of the tokens are merged into their most
 similar neighbours (bipartite soft matching, one destination token per 2×2 cell, no randomness) and unmerged after
-it. Cross-attention and the feed-forward layers are left alone. SDXL has no attention at full resolution, so as
-in A1111 the setting changes nothing there.
+it. Cross-attention and the feed-forward layers are left alone. SDXL (base and refiner) has no attention at full
+resolution, so as in A1111 the setting changes nothing there; the refiner's UNet is not patched (nor in A1111).
 
 The patch changes the code the UNet's forward runs: it is applied for one sampling pass only, removed in a
 `finally` (a failed job never leaves the shared model patched), attributes it added are deleted, and the UNet's
 structure version is bumped both ways so that CUDA graphs and compiled forwards captured with the other code are
-not replayed.
+not replayed (so a job with ToMe captures its CUDA graphs afresh: a few UNet evaluations' worth of time).
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def is_patched(unet: torch.nn.Module) -> bool:
 @contextlib.contextmanager
 def merged(unet: torch.nn.Module, ratio: float, **arguments: Any) -> Iterator[bool]:
     """Within the block the UNet runs ToMe with `ratio` (0: untouched); yields whether it is patched.
-    `arguments` override A1111's tomesd arguments (the benchmark tries max_downsample=2 on SDXL)."""
+    `arguments` override A1111's tomesd arguments (A1111_ARGUMENTS)."""
     ratio = float(ratio or 0)
     if ratio <= 0:
         yield False
