@@ -77,7 +77,7 @@ def first_call(fn) -> float:
     return time.perf_counter() - start
 
 
-def bench_family(family: str, args, results: dict) -> None:
+def bench_family(family: str, args, results: dict, save) -> None:
     from diffusers import EulerDiscreteScheduler
 
     from modules import devices
@@ -101,6 +101,8 @@ def bench_family(family: str, args, results: dict) -> None:
     images = {name: run() for name, run in runs.items()}  # warm-up (graph capture) and the images
     row["psnr_compiled_vs_eager"] = psnr(images["ours_compiled"], images["ours_eager"])
     row["psnr_graphs_vs_eager"] = psnr(images["ours_graphs"], images["ours_eager"])
+    results[family] = row
+    save()
 
     pipe = diffusers_pipeline(family, path, config_dir)
     pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
@@ -120,11 +122,14 @@ def bench_family(family: str, args, results: dict) -> None:
         runs["diffusers_compiled"] = diffusers_runner(fast, family, args.steps)
         row["diffusers_compile_s"] = first_call(runs["diffusers_compiled"])
         runs["diffusers_compiled"]()
+        save()
 
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(args.repeats):
         for name, run in runs.items():
             times[name].append(timed(run))
+        row.update({f"{name}_all": values for name, values in times.items()})
+        save()
     for name, values in times.items():
         row[f"{name}_s"] = statistics.median(values)
         row[f"{name}_it_s"] = args.steps / statistics.median(values)
@@ -155,10 +160,13 @@ def main() -> None:
 
     results: dict = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
                      "diffusers": diffusers.__version__, "steps": args.steps, "channels_last": args.channels_last}
-    for family in args.families.split(","):
-        bench_family(family, args, results)
+    def save() -> None:  # after every stage, so a run cut short still leaves its figures
         with open(args.out, "w") as f:
             json.dump(results, f, indent=1)
+
+    for family in args.families.split(","):
+        bench_family(family, args, results, save)
+        save()
     print("\n| model | ours graphs | ours eager | ours compiled | diffusers eager | diffusers compiled | compiled ratio |"
           "\n|---|---|---|---|---|---|---|")
     for family in args.families.split(","):

@@ -37,7 +37,6 @@ RECOMPILE_LIMIT = 64
 INDUCTOR_OPTIONS = {
     # 1x1 convolutions as matrix products let inductor fuse their epilogues (diffusers' speed guide uses this)
     "conv_1x1_as_mm": True,
-    "coordinate_descent_tuning": True,
     "epilogue_fusion": False,
 }
 
