@@ -82,11 +82,12 @@ def sample_lcm(
 ) -> Tensor:
     """Denoise, then add fresh noise at the next sigma (none after the last step)."""
     extra_args = extra_args or {}
+    levels = sigmas.tolist()  # compared on the host: comparing a device tensor waits for the GPU every step
     noise_sampler = noise_sampler or default_noise_sampler(x)
     for i in range(len(sigmas) - 1):
         denoised = model(x, batch_sigma(x, sigmas[i]), **extra_args)
         report(callback, x, i, sigmas[i], sigmas[i], denoised)
         x = denoised
-        if sigmas[i + 1] > 0:
+        if levels[i + 1] > 0:
             x = x + sigmas[i + 1] * noise_sampler(sigmas[i], sigmas[i + 1])
     return x

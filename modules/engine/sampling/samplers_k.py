@@ -34,8 +34,10 @@ def _sigma(t: Tensor) -> Tensor:
     return (-t).exp()
 
 
-def _churn_gamma(sigma: Tensor, n_steps: int, s_churn: float, s_tmin: float, s_tmax: float) -> float:
+def _churn_gamma(sigma: float, n_steps: int, s_churn: float, s_tmin: float, s_tmax: float) -> float:
     """Karras et al.'s stochastic "churn": how far to raise the noise level before a step."""
+    if s_churn <= 0:
+        return 0.0
     return min(s_churn / n_steps, 2**0.5 - 1) if s_tmin <= sigma <= s_tmax else 0.0
 
 
@@ -70,10 +72,11 @@ def sample_euler(
 ) -> Tensor:
     """Euler steps on the probability-flow ODE (Karras et al. 2022, Algorithm 2 without the Heun correction)."""
     extra_args = extra_args or {}
+    levels = sigmas.tolist()  # compared on the host: comparing a device tensor waits for the GPU every step
     noise_sampler = noise_sampler or default_noise_sampler(x)
     n = len(sigmas) - 1
     for i in range(n):
-        gamma = _churn_gamma(sigmas[i], n, s_churn, s_tmin, s_tmax)
+        gamma = _churn_gamma(levels[i], n, s_churn, s_tmin, s_tmax)
         x, sigma_hat = _raise_noise(x, sigmas[i], gamma, s_churn, s_noise, noise_sampler)
         denoised = model(x, batch_sigma(x, sigma_hat), **extra_args)
         report(callback, x, i, sigmas[i], sigma_hat, denoised)
@@ -95,13 +98,14 @@ def sample_euler_ancestral(
 ) -> Tensor:
     """Euler step down to sigma_down, then fresh noise up to sigma_next (eta=1: the DDPM posterior noise)."""
     extra_args = extra_args or {}
+    levels = sigmas.tolist()  # compared on the host: comparing a device tensor waits for the GPU every step
     noise_sampler = noise_sampler or default_noise_sampler(x)
     for i in range(len(sigmas) - 1):
         denoised = model(x, batch_sigma(x, sigmas[i]), **extra_args)
         sigma_down, sigma_up = get_ancestral_step(sigmas[i], sigmas[i + 1], eta)
         report(callback, x, i, sigmas[i], sigmas[i], denoised)
         x = x + to_d(x, sigmas[i], denoised) * (sigma_down - sigmas[i])
-        if sigmas[i + 1] > 0:
+        if levels[i + 1] > 0:
             x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
     return x
 
@@ -122,16 +126,17 @@ def sample_heun(
 ) -> Tensor:
     """Karras et al. 2022, Algorithm 2: Heun's 2nd-order method, Euler on the last step (sigma_next = 0)."""
     extra_args = extra_args or {}
+    levels = sigmas.tolist()  # compared on the host: comparing a device tensor waits for the GPU every step
     noise_sampler = noise_sampler or default_noise_sampler(x)
     n = len(sigmas) - 1
     for i in range(n):
-        gamma = _churn_gamma(sigmas[i], n, s_churn, s_tmin, s_tmax)
+        gamma = _churn_gamma(levels[i], n, s_churn, s_tmin, s_tmax)
         x, sigma_hat = _raise_noise(x, sigmas[i], gamma, s_churn, s_noise, noise_sampler)
         denoised = model(x, batch_sigma(x, sigma_hat), **extra_args)
         d = to_d(x, sigma_hat, denoised)
         report(callback, x, i, sigmas[i], sigma_hat, denoised)
         dt = sigmas[i + 1] - sigma_hat
-        if sigmas[i + 1] == 0:
+        if levels[i + 1] == 0:
             x = x + d * dt
             continue
         x_2 = x + d * dt
@@ -156,10 +161,11 @@ def sample_dpm_2(
 ) -> Tensor:
     """Midpoint method with the midpoint taken in log-sigma (DPM-Solver-2 form)."""
     extra_args = extra_args or {}
+    levels = sigmas.tolist()  # compared on the host: comparing a device tensor waits for the GPU every step
     noise_sampler = noise_sampler or default_noise_sampler(x)
     n = len(sigmas) - 1
     for i in range(n):
-        gamma = _churn_gamma(sigmas[i], n, s_churn, s_tmin, s_tmax)
+        gamma = _churn_gamma(levels[i], n, s_churn, s_tmin, s_tmax)
         x, sigma_hat = _raise_noise(x, sigmas[i], gamma, s_churn, s_noise, noise_sampler)
         denoised = model(x, batch_sigma(x, sigma_hat), **extra_args)
         d = to_d(x, sigma_hat, denoised)
@@ -255,6 +261,7 @@ def sample_dpmpp_2s_ancestral(
 ) -> Tensor:
     """DPM-Solver++(2S) single-step 2nd order to sigma_down, then ancestral noise to sigma_next."""
     extra_args = extra_args or {}
+    levels = sigmas.tolist()  # compared on the host: comparing a device tensor waits for the GPU every step
     noise_sampler = noise_sampler or default_noise_sampler(x)
     for i in range(len(sigmas) - 1):
         denoised = model(x, batch_sigma(x, sigmas[i]), **extra_args)
@@ -270,7 +277,7 @@ def sample_dpmpp_2s_ancestral(
             x_2 = (_sigma(s) / _sigma(t)) * x - (-h / 2).expm1() * denoised
             denoised_2 = model(x_2, batch_sigma(x, _sigma(s)), **extra_args)
             x = (_sigma(t_next) / _sigma(t)) * x - (-h).expm1() * denoised_2
-        if sigmas[i + 1] > 0:
+        if levels[i + 1] > 0:
             x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
     return x
 
@@ -320,12 +327,13 @@ def sample_dpmpp_sde(
     """DPM-Solver++ (stochastic, single-step 2nd order): an ancestral sub-step to t + r*h, then the full
     step from the same start using both denoised estimates. Two model calls per step."""
     extra_args = extra_args or {}
+    levels = sigmas.tolist()  # compared on the host: comparing a device tensor waits for the GPU every step
     noise_sampler = noise_sampler or default_noise_sampler(x)
     fac = 1 / (2 * r)
     for i in range(len(sigmas) - 1):
         denoised = model(x, batch_sigma(x, sigmas[i]), **extra_args)
         report(callback, x, i, sigmas[i], sigmas[i], denoised)
-        if sigmas[i + 1] == 0:
+        if levels[i + 1] == 0:
             x = x + to_d(x, sigmas[i], denoised) * (sigmas[i + 1] - sigmas[i])
             continue
         t, t_next = _t(sigmas[i]), _t(sigmas[i + 1])
@@ -363,12 +371,13 @@ def sample_dpmpp_2m_sde(
     if solver_type not in ("heun", "midpoint"):
         raise ValueError("solver_type must be 'heun' or 'midpoint'")
     extra_args = extra_args or {}
+    levels = sigmas.tolist()  # compared on the host: comparing a device tensor waits for the GPU every step
     noise_sampler = noise_sampler or default_noise_sampler(x)
     old_denoised, h_last = None, None
     for i in range(len(sigmas) - 1):
         denoised = model(x, batch_sigma(x, sigmas[i]), **extra_args)
         report(callback, x, i, sigmas[i], sigmas[i], denoised)
-        if sigmas[i + 1] == 0:
+        if levels[i + 1] == 0:
             x = denoised
         else:
             h = _t(sigmas[i + 1]) - _t(sigmas[i])
@@ -403,13 +412,14 @@ def sample_dpmpp_3m_sde(
 ) -> Tensor:
     """DPM-Solver++(3M) SDE: like 2M SDE with a 3rd-order correction from the two previous denoised."""
     extra_args = extra_args or {}
+    levels = sigmas.tolist()  # compared on the host: comparing a device tensor waits for the GPU every step
     noise_sampler = noise_sampler or default_noise_sampler(x)
     denoised_1 = denoised_2 = None
     h_1 = h_2 = None
     for i in range(len(sigmas) - 1):
         denoised = model(x, batch_sigma(x, sigmas[i]), **extra_args)
         report(callback, x, i, sigmas[i], sigmas[i], denoised)
-        if sigmas[i + 1] == 0:
+        if levels[i + 1] == 0:
             x = denoised
         else:
             h = _t(sigmas[i + 1]) - _t(sigmas[i])

@@ -52,13 +52,14 @@ def sample_ddim(
 ) -> Tensor:
     """DDIM (Song et al. 2021). With eta > 0, fresh noise of DDIM's sigma_t(eta) is added each step."""
     extra_args = extra_args or {}
+    levels = sigmas.tolist()  # compared on the host: comparing a device tensor waits for the GPU every step
     noise_sampler = noise_sampler or default_noise_sampler(x)
     for i in range(len(sigmas) - 1):
         denoised = model(x, batch_sigma(x, sigmas[i]), **extra_args)
         report(callback, x, i, sigmas[i], sigmas[i], denoised)
         sigma_down, sigma_up = get_ancestral_step(sigmas[i], sigmas[i + 1], eta)
         x = denoised + to_d(x, sigmas[i], denoised) * sigma_down
-        if eta and sigmas[i + 1] > 0:
+        if eta and levels[i + 1] > 0:
             x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * sigma_up
     return x
 
