@@ -37,7 +37,7 @@ options_templates.update(options_section(("sd", "Stable Diffusion", "sd"), {
     "upcast_attn": OptionInfo(False, "Upcast cross attention layer to float32"),
     "cuda_graphs": OptionInfo(True, "Replay the UNet as a CUDA graph").info(
         "faster on fast GPUs, where launching kernels limits speed; uses some extra VRAM per image size"),
-    "compile_unet": OptionInfo(False, "Compile the UNet with torch.compile").info(
+    "compile_unet": OptionInfo(False, "Compile the UNet and the VAE decoder with torch.compile").info(
         "faster steps; each new image size compiles in the background (minutes the first time, seconds once cached "
         "on disk) while jobs run uncompiled"),
     "model_precision": OptionInfo(

@@ -38,6 +38,7 @@ def backend(monkeypatch):
     monkeypatch.setattr(unet_compile, "BACKEND", counting)
     torch._dynamo.reset()
     yield counting
+    assert unet_compile.wait_for_background(600)
     torch._dynamo.reset()
 
 
@@ -111,6 +112,7 @@ def test_a_compiler_failure_leaves_the_plain_forward_running(monkeypatch, caplog
     assert unet._sd_compiler.failed
     assert "keeps running uncompiled" in caplog.text
     torch.testing.assert_close(unet_call(unet, inp, compiled=True), plain)
+    assert unet_compile.wait_for_background(600)
     torch._dynamo.reset()
 
 
@@ -146,3 +148,19 @@ def test_a_job_with_compile_unet_on_gives_the_same_picture(data_dir, backend, mo
     compiled = _txt2img(5)
     assert backend.compiles >= 1
     assert np.abs(compiled - plain).max() <= 1
+
+
+def test_the_vae_decoder_is_compiled_too_and_tiles_use_the_plain_decoder(data_dir, backend, monkeypatch):
+    from modules.engine import generate
+
+    model = sd_models.load_model(sd_models.get_closet_checkpoint_match("sd1.safetensors"))
+    latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(2))
+    plain = generate.vae_decode(model, latents)
+    monkeypatch.setitem(shared.opts.data, "compile_unet", True)
+    monkeypatch.setattr(unet_compile, "WAIT_FOR_COMPILE", True)
+    compiled = generate.vae_decode(model, latents)
+    assert backend.compiles >= 1 and model.vae._sd_compiler.ready
+    torch.testing.assert_close(compiled, plain, rtol=1e-5, atol=1e-5)
+    compiles = backend.compiles
+    generate.vae_decode(model, latents, tile_size=64)  # 128 px picture in 64 px tiles: diffusers' tiled path
+    assert backend.compiles == compiles and len(model.vae._sd_compiler.ready) == 1

@@ -196,12 +196,36 @@ def vae_decode(model: StableDiffusionModel, latents: torch.Tensor, tile_size: in
     vae = model.vae
     scaled = latents / vae.config.scaling_factor
     factor = vae_tiling.scale_factor(vae)
-    with torch.no_grad(), vae_tiling.tiled(vae, latents.shape[-2] * factor, latents.shape[-1] * factor, tile_size):
-        images = vae.decode(scaled.to(vae.dtype), return_dict=False)[0].float()
+    with torch.no_grad(), vae_tiling.tiled(vae, latents.shape[-2] * factor, latents.shape[-1] * factor,
+                                           tile_size) as tiles:
+        # not over offloaded weights (--medvram/--lowvram hooks move them), nor tiles (another forward)
+        compiled = not tiles and getattr(model, "offload", None) is None and _compile_setting()
+        decode = _decoder(vae, scaled.to(vae.dtype), compiled=compiled)
+        images = decode(vae, scaled.to(vae.dtype)).float()
         if vae.dtype != torch.float32 and not torch.isfinite(images).all():
             vae.to(torch.float32)  # A1111's automatic --no-half-vae fallback, kept for this model
             images = vae.decode(scaled.float(), return_dict=False)[0].float()
     return ((images + 1) / 2).clamp(0, 1)
+
+
+def _decode_forward(vae: torch.nn.Module, latents: torch.Tensor) -> torch.Tensor:
+    return vae.decode(latents, return_dict=False)[0]
+
+
+def _compile_setting() -> bool:
+    from modules import shared  # the decode has no request to carry settings (previews, hires, scripts call it)
+
+    return bool(getattr(getattr(shared, "opts", None), "compile_unet", False))
+
+
+def _decoder(vae: torch.nn.Module, latents: torch.Tensor, compiled: bool):
+    """The VAE decode forward: compiled (modules.engine.unet_compile, in the background like the UNet's) once it
+    is ready for this size, the plain one until then and whenever tiles are used."""
+    if not compiled:
+        return _decode_forward
+    from modules.engine.unet_compile import forward_for
+
+    return forward_for(vae, _decode_forward, (latents,), {})
 
 
 def vae_encode(model: StableDiffusionModel, images: torch.Tensor, tile_size: int | None = None) -> torch.Tensor:

@@ -143,7 +143,23 @@ def _compile_in_background(module: torch.nn.Module, state: _ModuleCompiler, key:
         if on_done is not None:
             on_done(key, ok)
 
-    threading.Thread(target=work, name="unet-compile", daemon=True).start()
+    thread = threading.Thread(target=work, name="unet-compile", daemon=True)
+    _threads.add(thread)
+    thread.start()
+
+
+_threads: set[threading.Thread] = set()
+
+
+def wait_for_background(timeout: float | None = None) -> bool:
+    """Until every background compilation has finished; False if some still run after `timeout` seconds.
+    (Resetting dynamo or leaving the interpreter while one runs crashes the process.)"""
+    for thread in list(_threads):
+        thread.join(timeout)
+        if thread.is_alive():
+            return False
+        _threads.discard(thread)
+    return True
 
 
 class _nothing:
