@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The GPU measurements still owed to the speed work, in order of what they decide, each under its own time limit
+# so one call of a few minutes brings back whatever finished. Results go to $OUT (default: bench/results/new).
+#   bash bench/gpu_runs.sh [stage ...]     stages: tests compile-sd15 compile-sdxl profile batching lowvram tome
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out="${OUT:-bench/results/new}"
+work="${BENCH_WORKDIR:-/tmp/bench}"
+mkdir -p "$out" "$work"
+stages=("$@")
+[ ${#stages[@]} -eq 0 ] && stages=(tests compile-sd15 profile compile-sdxl batching lowvram tome)
+
+run() {  # name, seconds, command...
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name (up to ${limit}s)"
+    timeout "$limit" "$@" > "$out/$name.log" 2>&1
+    echo "   exit $? ; last lines:"
+    grep -v "it/s\]" "$out/$name.log" | tail -4
+}
+
+for stage in "${stages[@]}"; do
+    case $stage in
+        tests) run cuda-tests 420 python -m pytest -q -p no:logging tests/test_unet_compile_cuda.py \
+            tests/test_unet_graph.py tests/test_offload_cuda.py tests/test_controlnet_cuda.py tests/test_lora_cuda.py ;;
+        compile-sd15) run compile-sd15 560 python bench/bench_compile.py --workdir "$work" --families sd15 \
+            --channels-last --repeats 5 --out "$out/compile-sd15.json" ;;
+        compile-sdxl) run compile-sdxl 560 python bench/bench_compile.py --workdir "$work" --families sdxl \
+            --channels-last --repeats 3 --out "$out/compile-sdxl.json" ;;
+        profile) run profile 300 python bench/profile_step.py --workdir "$work" --out-dir "$out" ;;
+        batching) run batching 400 python bench/bench_batching.py --workdir "$work" --out "$out/batching.json" ;;
+        lowvram) run lowvram 560 python bench/bench_lowvram.py --workdir "$work" --out "$out/lowvram.json" ;;
+        tome) run tome 560 python bench/bench_tome_tiled_vae.py --workdir "$work" --out "$out/tome-tiled-vae.json" ;;
+        *) echo "unknown stage $stage" ;;
+    esac
+done
