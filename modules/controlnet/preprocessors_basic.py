@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from modules.controlnet.preprocessor_images import hwc3, resize_image_with_pad, resize_short_side
-from modules.controlnet.preprocessors import Preprocessor, Slider, register
+from modules.controlnet.preprocessor_registry import Preprocessor, Slider, register
 
 SHUFFLE_GRID = 256  # the extension's noise disk cell size in pixels
 LINE_TYPES = ("Lineart", "Scribble/Sketch", "MLSD")  # besides Canny, where the extension also offers invert

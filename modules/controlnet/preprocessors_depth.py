@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from modules.controlnet.preprocessor_images import hwc3, resize_short_side
-from modules.controlnet.preprocessors import MissingWeights, Preprocessor, register
+from modules.controlnet.preprocessor_registry import MissingWeights, Preprocessor, register
 
 MIDAS_ESTIMATOR = "midas_dpt_hybrid"  # the extension's depth_midas network (dpt_hybrid-midas-501f0c75.pt)
 # the extension ships the large Depth Anything V2; smaller ones serve people who only have those

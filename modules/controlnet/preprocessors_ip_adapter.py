@@ -6,7 +6,7 @@ happens when the unit runs (modules/controlnet/ip_adapter.py), with the encoder 
 
 from __future__ import annotations
 
-from modules.controlnet.preprocessors import Preprocessor, register
+from modules.controlnet.preprocessor_registry import Preprocessor, register
 from modules.controlnet.preprocessors_basic import identity
 
 CONTROL_TYPE = "IP-Adapter"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 
 from modules.controlnet.nets import edges, mlsd, normal, pose, segmentation
-from modules.controlnet.preprocessors import Preprocessor, Slider, register
+from modules.controlnet.preprocessor_registry import Preprocessor, Slider, register
 
 
 def _register_all() -> None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from modules.controlnet.preprocessors import weights_path
+from modules.controlnet.preprocessor_registry import weights_path
 from modules.models import memory
 from modules.models.checkpoint_files import ModelFileError, read_state_dict
 

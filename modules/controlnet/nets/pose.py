@@ -16,7 +16,7 @@ import torch
 
 from modules.controlnet.nets import loading
 from modules.controlnet.preprocessor_images import hwc3, resize_image_with_pad
-from modules.controlnet.preprocessors import weights_path
+from modules.controlnet.preprocessor_registry import weights_path
 
 BODY = ("openpose", "body_pose_model.pth")
 HAND = ("openpose", "hand_pose_model.pth")

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from modules.controlnet.nets import loading
 from modules.controlnet.preprocessor_images import hwc3, resize_image_with_pad
-from modules.controlnet.preprocessors import Preprocessor, weights_path
+from modules.controlnet.preprocessor_registry import Preprocessor, weights_path
 from modules.models.checkpoint_files import ModelFileError
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")

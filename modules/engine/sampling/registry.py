@@ -26,13 +26,12 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-from collections import namedtuple
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from . import samplers_k as k
 from .lcm import sample_lcm
-from .sampler import DPMSolverSampler, KSampler, LCMSampler, TimestepSampler, UniPCSampler
+from .sampler import DPMSolverSampler, KSampler, LCMSampler, SamplerData, TimestepSampler, UniPCSampler
 from .samplers_dpm_solver import sample_dpm_adaptive, sample_dpm_fast
 from .samplers_restart import sample_restart
 from .samplers_timestep import sample_ddim, sample_plms
@@ -41,7 +40,6 @@ from .unipc import sample_unipc
 
 log = logging.getLogger(__name__)
 
-SamplerData = namedtuple("SamplerData", ["name", "constructor", "aliases", "options"])
 
 # A1111's `sampler_extra_params`: the settings each k-diffusion function receives from the request.
 sampler_extra_params: dict[str, list[str]] = {

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from collections import namedtuple
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,10 +27,9 @@ from .noise import brownian_tree_noise_sampler, default_noise_sampler, generator
 from .samplers_timestep import a1111_timesteps, timestep_grid_sigmas
 from .unipc import unipc_sigmas
 
-if TYPE_CHECKING:
-    from .registry import SamplerData
-
 Tensor = torch.Tensor
+# what a registry entry is (modules.engine.sampling.registry holds the list): A1111's namedtuple
+SamplerData = namedtuple("SamplerData", ["name", "constructor", "aliases", "options"])
 SamplerFn = Callable[..., Tensor]
 
 
