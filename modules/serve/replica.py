@@ -54,17 +54,16 @@ def replica_flags(cmd_opts: argparse.Namespace) -> argparse.Namespace:
 def start_engine(setup: ReplicaSetup) -> float | None:
     """Make this process an engine: flags, settings, model folders, extensions and scripts, first checkpoint.
     Returns how long loading the checkpoint took (None when none was loaded)."""
-    import webui
-    from modules import devices
+    from modules import devices, initialize
 
     shared.set_cmd_opts(replica_flags(setup.cmd_opts))
-    webui.initialize()
+    initialize.initialize()
     shared.opts.data.update(setup.settings)
     devices.choose_device(shared.cmd_opts.use_cpu, None)
     if not setup.preload or shared.cmd_opts.skip_load_model_at_start:
         return None
     started = time.perf_counter()
-    return time.perf_counter() - started if webui.load_first_model() else None
+    return time.perf_counter() - started if initialize.load_first_model() else None
 
 
 def _entry(name: str) -> Callable[[Any], Any]:
