@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # The GPU measurements still owed to the speed work, in order of what they decide, each under its own time limit
 # so one call of a few minutes brings back whatever finished. Results go to $OUT (default: bench/results/new).
-#   bash bench/gpu_runs.sh [stage ...]     stages: tests compile-sd15 compile-sdxl profile batching lowvram tome
+#   bash bench/gpu_runs.sh [stage ...]     stages: tests compile-sd15 compile-sdxl profile batching lowvram tome fp8
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-bench/results/new}"
 work="${BENCH_WORKDIR:-/tmp/bench}"
 mkdir -p "$out" "$work"
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(tests compile-sd15 profile compile-sdxl batching lowvram tome)
+[ ${#stages[@]} -eq 0 ] && stages=(tests compile-sd15 profile compile-sdxl batching lowvram tome fp8)
 
 run() {  # name, seconds, command...
     local name=$1 limit=$2
@@ -31,6 +31,7 @@ for stage in "${stages[@]}"; do
         batching) run batching 400 python bench/bench_batching.py --workdir "$work" --out "$out/batching.json" ;;
         lowvram) run lowvram 560 python bench/bench_lowvram.py --workdir "$work" --out "$out/lowvram.json" ;;
         tome) run tome 560 python bench/bench_tome_tiled_vae.py --workdir "$work" --out "$out/tome-tiled-vae.json" ;;
+        fp8) run fp8 420 python bench/bench_fp8.py --workdir "$work" --out "$out/fp8.json" ;;
         *) echo "unknown stage $stage" ;;
     esac
 done

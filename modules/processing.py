@@ -23,6 +23,7 @@ from modules.engine.generate import BatchRequest
 from modules.engine.sampling.common import InterruptedException
 from modules.engine.sampling.registry import find_sampler_config, get_sampler_and_scheduler
 from modules.engine.sampling.schedules import schedulers
+from modules.models import fp8_storage
 from modules.networks import extra_network_lora
 from modules.script_args import PostprocessBatchListArgs, PostprocessImageArgs
 
@@ -439,6 +440,7 @@ def create_infotext(p: StableDiffusionProcessing, all_prompts, all_seeds, all_su
         if p.seed_resize_from_w > 0 and p.seed_resize_from_h > 0 else None,
         "Denoising strength": p.denoising_strength if p.kind == "img2img" else None,
         "Clip skip": p.clip_skip if p.clip_skip > 1 else None,
+        "FP8 weight": fp8_storage.infotext_value(model),
         "Token merging ratio": token_merging.ratio_for(p) or None,
         "Token merging ratio hr": (token_merging.ratio_for(p, hires=True) or None) if _hires(p) else None,
         "RNG": _opt("randn_source", "GPU") if _opt("randn_source", "GPU") != "GPU" else None,
@@ -611,6 +613,8 @@ def _prepare(p: StableDiffusionProcessing):
     _validate(p)
     _resolve_sampler(p)
     extra_network_lora.ensure_registered()
+    if p.sd_model is None or p.sd_model is shared.sd_model:
+        p.sd_model = sd_models.apply_weight_storage()  # "FP8 weight" changed since the model loaded
     if p.sd_model is None:
         p.sd_model = shared.sd_model or sd_models.load_model()
     model = p.sd_model

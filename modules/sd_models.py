@@ -234,6 +234,17 @@ def reload_model_weights(sd_model=None, info: CheckpointInfo | None = None, forc
     return load_model(info)
 
 
+def apply_weight_storage() -> StableDiffusionModel | None:
+    """The "FP8 weight" setting on the current model: converts it to 8-bit weights, or loads it again from its
+    file when the setting no longer wants them. Returns the current model."""
+    from modules.models import fp8_storage
+
+    model = manager.current
+    if model is None or fp8_storage.is_fp8(model) == fp8_storage.wanted(model):
+        return model
+    return load_model(model.checkpoint_info)
+
+
 def reload_vae_weights(sd_model=None, vae_file: str | None = None) -> None:
     """Re-apply the VAE choice from settings (or `vae_file`) to the current model."""
     model = manager.current

@@ -66,6 +66,11 @@ options_templates.update(options_section(("vae", "VAE", "sd"), {
 
 options_templates.update(options_section(("optimizations", "Optimizations", "sd"), {
     "cross_attention_optimization": OptionInfo("Automatic", "Cross attention optimization"),
+    "fp8_storage": OptionInfo(
+        "Disable", "FP8 weight", component_args={"choices": ["Disable", "Enable for SDXL", "Enable"]},
+        infotext="FP8 weight").info(
+        "store the UNet's Linear/Conv weights in 8 bits: half the memory, slightly different pictures; "
+        "turning it off reloads the checkpoint"),
     # A1111's token merging settings (modules/engine/token_merging.py)
     "token_merging_ratio": OptionInfo(
         0.0, "Token merging ratio", component_args={"minimum": 0.0, "maximum": 0.9, "step": 0.1},

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from modules import devices
 from modules.devices import Precision
-from modules.models import offload
+from modules.models import fp8_storage, offload
 from modules.models.checkpoint_files import ModelFileMissingError
 from modules.models.loader import check_loadable, load_model
 from modules.models.sd_model import StableDiffusionModel
@@ -57,7 +57,9 @@ class ModelManager:
         """Make `checkpoint_info` the current model (with `vae_path`, None = its own VAE) and return it."""
         with self.lock:
             key = checkpoint_info.filename
+            self._drop_unwanted_fp8(key)
             if self.current is not None and self._key(self.current) == key:
+                fp8_storage.settle(self.current)
                 apply_vae(self.current, vae_path)
                 offload.place(self.current, self._precision().device)  # offload flags changed since (tests, UI)
                 return self.current
@@ -94,6 +96,7 @@ class ModelManager:
         """
         with self.lock:
             key = checkpoint_info.filename
+            self._drop_unwanted_fp8(key)
             precision = self._precision()
             model = self._loaded.get(key)
             if model is None:
@@ -101,6 +104,7 @@ class ModelManager:
                 check_loadable(key, precision)
                 model = load_model(key, offload.loading_precision(precision), checkpoint_info=checkpoint_info)
                 self._loaded[key] = model
+            fp8_storage.settle(model)
             offload.place(model, precision.device)
             if self.current is not None:
                 self._loaded.move_to_end(key)
@@ -121,7 +125,18 @@ class ModelManager:
             self.current = None
             devices.torch_gc()
 
+    def _drop_unwanted_fp8(self, key: str) -> None:
+        """A cached model with 8-bit weights the "FP8 weight" setting no longer wants is loaded again from its file."""
+        model = self._loaded.get(key)
+        if model is None or fp8_storage.settle(model):
+            return
+        del self._loaded[key]
+        if self.current is model:
+            self.current = None
+        devices.torch_gc()
+
     def _activate(self, model: StableDiffusionModel, key: str) -> None:
+        fp8_storage.settle(model)  # "FP8 weight": 8-bit UNet weights, before placing (half the bytes to move)
         offload.place(model, self._precision().device)  # --medvram/--lowvram, or plainly on the device
         self._loaded[key] = model
         self._loaded.move_to_end(key)

@@ -23,6 +23,7 @@ class StableDiffusionModel:
     baked_vae_state: dict[str, torch.Tensor] | None = field(default=None, repr=False)  # to undo an external VAE
     attention: str = "sdpa"
     patcher: Any = field(default=None, repr=False)  # models.patcher.ModelPatcher, made on first use
+    fp8_storage: bool = False  # the UNet's weights are stored in 8 bits (models.fp8_storage)
     offload: Any = field(default=None, repr=False)  # models.offload.OffloadState under --medvram/--lowvram
 
     # --- A1111 attribute names that extensions read -------------------------------------------------------------

@@ -1,0 +1,85 @@
+"""A1111's "FP8 weight" (`fp8_storage`) on a GPU: SDXL 1024x1024 (and SD1.5 512x512) txt2img with the UNet's
+weights in 8 bits against 16 bits, same process, same seed: s/image, the UNet's weight bytes, peak memory, and
+PSNR/SSIM of the 8-bit picture against the 16-bit one (random weights at real sizes: the PSNR says how far 8-bit
+storage moves a picture, not how good a trained model's picture looks).
+
+    python bench/bench_fp8.py --workdir /tmp/bench --out bench/results/fp8-h200.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.full_size import write_checkpoint_and_config  # noqa: E402
+from bench.timing import timed  # noqa: E402
+
+SIZES = {"sd15": 512, "sdxl": 1024}
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--workdir", default="/tmp/bench-models")
+    parser.add_argument("--out", default="bench-fp8.json")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--families", default="sdxl,sd15")
+    args = parser.parse_args()
+    assert torch.cuda.is_available(), "this benchmark needs a CUDA GPU"
+    from skimage.metrics import structural_similarity
+
+    from modules import devices, processing, shared
+    from modules.models import fp8_storage
+    from modules.models.loader import load_model
+
+    results: dict = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "steps": args.steps}
+    for family in args.families.split(","):
+        path = os.path.join(args.workdir, f"{family}.safetensors")
+        if not os.path.exists(path):
+            write_checkpoint_and_config(family, path, os.path.join(args.workdir, f"{family}-config"))
+        shared.opts.data["live_previews_enable"] = False
+        row: dict = {"size": SIZES[family]}
+        images = {}
+        for mode in ("16-bit", "8-bit"):
+            model = load_model(path, devices.choose_precision(torch.device("cuda")))
+            if mode == "8-bit":
+                fp8_storage.convert(model)
+            row[f"{mode}_unet_gib"] = sum(p.numel() * p.element_size() for p in model.unet.parameters()) / 2**30
+
+            def run(model=model, size=SIZES[family]):
+                p = processing.StableDiffusionProcessingTxt2Img(
+                    prompt="a lighthouse on a cliff at dusk", negative_prompt="blurry", steps=args.steps,
+                    cfg_scale=7.0, width=size, height=size, sampler_name="Euler", seed=1234,
+                    do_not_save_samples=True, do_not_save_grid=True)
+                p.sd_model = model
+                return np.asarray(processing.process_images(p).images[0])
+
+            images[mode] = run()
+            torch.cuda.reset_peak_memory_stats()
+            row[f"{mode}_s"] = statistics.median(timed(run) for _ in range(args.repeats))
+            row[f"{mode}_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            del model
+            torch.cuda.empty_cache()
+        row["psnr"] = psnr(images["8-bit"], images["16-bit"])
+        row["ssim"] = float(structural_similarity(images["8-bit"], images["16-bit"], channel_axis=2))
+        results[family] = row
+        print(family, json.dumps(row), flush=True)
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
