@@ -440,7 +440,7 @@ def create_infotext(p: StableDiffusionProcessing, all_prompts, all_seeds, all_su
         if p.seed_resize_from_w > 0 and p.seed_resize_from_h > 0 else None,
         "Denoising strength": p.denoising_strength if p.kind == "img2img" else None,
         "Clip skip": p.clip_skip if p.clip_skip > 1 else None,
-        "FP8 weight": fp8_storage.infotext_value(model),
+        **fp8_storage.infotext_values(model),
         "Token merging ratio": token_merging.ratio_for(p) or None,
         "Token merging ratio hr": (token_merging.ratio_for(p, hires=True) or None) if _hires(p) else None,
         "RNG": _opt("randn_source", "GPU") if _opt("randn_source", "GPU") != "GPU" else None,

@@ -240,7 +240,7 @@ def apply_weight_storage() -> StableDiffusionModel | None:
     from modules.models import fp8_storage
 
     model = manager.current
-    if model is None or fp8_storage.is_fp8(model) == fp8_storage.wanted(model):
+    if model is None or fp8_storage.settle(model):  # converted in place, or already as the settings ask
         return model
     return load_model(model.checkpoint_info)
 

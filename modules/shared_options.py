@@ -71,6 +71,9 @@ options_templates.update(options_section(("optimizations", "Optimizations", "sd"
         infotext="FP8 weight").info(
         "store the UNet's Linear/Conv weights in 8 bits: half the memory, slightly different pictures; "
         "turning it off reloads the checkpoint"),
+    "cache_fp16_weight": OptionInfo(False, "Cache FP16 weight for LoRA", infotext="Cache FP16 weight for LoRA").info(
+        "with FP8 weight: keep the 16-bit weights in RAM so LoRA is added to them (better LoRA quality, more RAM); "
+        "changing it reloads the checkpoint"),
     # A1111's token merging settings (modules/engine/token_merging.py)
     "token_merging_ratio": OptionInfo(
         0.0, "Token merging ratio", component_args={"minimum": 0.0, "maximum": 0.9, "step": 0.1},

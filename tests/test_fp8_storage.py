@@ -122,6 +122,33 @@ def test_lora_on_8_bit_weights_takes_effect_and_is_removed_exactly(fp8, data_dir
         files.list_available_networks()
 
 
+def test_cache_fp16_weight_adds_lora_to_the_16_bit_values(fp8, data_dir, monkeypatch):
+    model = use("sd1.safetensors")
+    lora_dir = data_dir / "models" / "Lora"
+    lora_dir.mkdir(parents=True, exist_ok=True)
+    write(lora_dir / "style.safetensors", kohya_lora(model, seed=1))
+    files.list_available_networks()
+    prompt = "a red circle <lora:style:1>"
+    try:
+        full = pixels(txt2img(prompt))  # LoRA on the file's weights
+        fp8("Enable")
+        txt2img()  # converted without the LoRA: its originals are now the 8-bit values
+        rounded_twice = pixels(txt2img(prompt))
+        monkeypatch.setitem(shared.opts.data, "cache_fp16_weight", True)
+        plain = txt2img()  # the changed choice reloads and converts again, keeping the 16-bit values
+        assert infotext_utils.parse_generation_parameters(plain.infotexts[0])["Cache FP16 weight for LoRA"] == "True"
+        weights = {k: v.clone() for k, v in shared.sd_model.unet.state_dict().items()}
+        rounded_once = pixels(txt2img(prompt))
+        assert psnr(rounded_once, full) > psnr(rounded_twice, full)
+        assert np.array_equal(pixels(txt2img()), pixels(plain))
+        after = shared.sd_model.unet.state_dict()
+        assert all(torch.equal(after[k].float(), v.float()) for k, v in weights.items())
+    finally:
+        networks.unload(shared.sd_model)
+        (lora_dir / "style.safetensors").unlink()
+        files.list_available_networks()
+
+
 def test_override_settings_over_the_api_take_effect_for_one_request(fp8, data_dir):
     from fastapi.testclient import TestClient
 

@@ -56,13 +56,30 @@ def _layers(unet: torch.nn.Module) -> list[torch.nn.Module]:
             if type(m) in _SWAPS and not name.startswith(KEEP_PREFIXES)]
 
 
+def cache_full_precision() -> bool:
+    """A1111's "Cache FP16 weight for LoRA": keep the 16-bit values in RAM so LoRA merges start from them."""
+    from modules import shared
+
+    return bool(getattr(getattr(shared, "opts", None), "cache_fp16_weight", False))
+
+
+def _ram_copy(weight: torch.Tensor) -> torch.Tensor:
+    copy = weight.detach().to("cpu", copy=True)
+    return copy.pin_memory() if weight.is_cuda else copy
+
+
 def convert(model: Any) -> int:
-    """Store the UNet's Linear/Conv2d weights in 8 bits; returns how many layers. Biases stay as they are."""
+    """Store the UNet's Linear/Conv2d weights in 8 bits; returns how many layers. Biases stay as they are. With
+    `cache_fp16_weight` each weight's 16-bit values stay in RAM (`_sd_full_precision`), where the model patcher
+    takes its originals from: a LoRA is then added to them and rounded once."""
     from modules.engine.unet_graph import bump_structure_version
 
     layers = _layers(model.unet)
+    keep = cache_full_precision()
     with torch.no_grad():
         for layer in layers:
+            if keep:
+                layer.weight._sd_full_precision = _ram_copy(layer.weight.data)
             layer.weight.data = layer.weight.data.to(STORAGE_DTYPE)
             layer.__class__ = _SWAPS[type(layer)]
     model.fp8_storage = True
@@ -75,14 +92,19 @@ def convert(model: Any) -> int:
 
 def settle(model: Any) -> bool:
     """Convert `model` if the setting wants 8-bit weights and it has 16-bit ones. Returns False when the model has
-    8-bit weights the setting no longer wants: only a reload from the file brings 16 bits back."""
+    8-bit weights the setting no longer wants (or was converted with the other "Cache FP16 weight for LoRA"
+    choice): only a reload from the file brings 16 bits back."""
     if is_fp8(model):
-        return wanted(model)
+        cached = any(hasattr(p, "_sd_full_precision") for p in model.unet.parameters())
+        return wanted(model) and cached == cache_full_precision()
     if wanted(model):
         convert(model)
     return True
 
 
-def infotext_value(model: Any) -> str | None:
-    """What A1111 writes as "FP8 weight": the setting, while it is in effect."""
-    return setting() if is_fp8(model) else None
+def infotext_values(model: Any) -> dict[str, Any]:
+    """What A1111 writes while 8-bit weights are in effect: "FP8 weight" and "Cache FP16 weight for LoRA"."""
+    if not is_fp8(model):
+        return {"FP8 weight": None, "Cache FP16 weight for LoRA": None}
+    cached = any(hasattr(p, "_sd_full_precision") for p in model.unet.parameters())
+    return {"FP8 weight": setting(), "Cache FP16 weight for LoRA": cached}

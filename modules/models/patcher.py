@@ -120,7 +120,9 @@ class ModelPatcher:
     def _apply(self, key: str, patches: list[WeightPatch]) -> None:
         param = self.parameter(key)
         if key not in self._backups:
-            self._backups[key] = self._backup(param.data)
+            # 8-bit stored weights may keep their 16-bit values in RAM (models.fp8_storage): start from those
+            full = getattr(param, "_sd_full_precision", None)
+            self._backups[key] = full if full is not None else self._backup(param.data)
         # One float32 working copy: every delta is computed from the original values first, then added into it.
         total = self._backups[key].to(device=param.device, dtype=torch.float32, copy=True)
         reading = [p for p in patches if p.accumulate is None]
