@@ -28,7 +28,7 @@ import numpy as np
 
 from modules import sd_models, sd_samplers, sd_schedulers, shared
 from modules.engine.sampling.schedules import find_scheduler
-from modules.models import vae_registry
+from modules.models import fp8_storage, vae_registry
 
 ApplyFn = Callable[[Any, Any, list[Any]], None]
 ConfirmFn = Callable[[Any, list[Any]], None]
@@ -390,9 +390,9 @@ def _style_choices() -> list[str]:
     return list(_style_database().styles)
 
 
-# A1111's axes, in A1111's order, for the features this program has. Left out: Image CFG Scale (instruct-pix2pix cannot generate here), Face restore, Token merging,
-# Extra noise, Cond. Image Mask Weight, Negative Guidance minimum sigma, SGM noise multiplier, FP8 mode
-# (none of them is implemented, so such an axis would draw identical cells).
+# A1111's axes, in A1111's order, for the features this program has. Left out: Image CFG Scale (instruct-pix2pix
+# cannot generate here), Face restore, Extra noise, Cond. Image Mask Weight, Negative Guidance minimum sigma, SGM
+# noise multiplier (none of them is implemented, so such an axis would draw identical cells).
 axis_options: list[AxisOption] = [
     AxisOption("Nothing", str, do_nothing, format_value=format_nothing),
     AxisOption("Seed", int, apply_field("seed")),
@@ -432,6 +432,10 @@ axis_options: list[AxisOption] = [
                choices=lambda: [vae_registry.AUTOMATIC, vae_registry.NONE, *vae_registry.vae_dict]),
     AxisOption("Styles", str, apply_styles, confirm=confirm_styles, choices=_style_choices),
     AxisOption("UniPC Order", int, apply_uni_pc_order, confirm=confirm_setting("uni_pc_order"), cost=0.5),
+    AxisOption("Token merging ratio", float, apply_override("token_merging_ratio"),
+               confirm=confirm_range(0, 0.9, "Token merging ratio")),
+    AxisOption("Token merging ratio high-res", float, apply_override("token_merging_ratio_hr"),
+               confirm=confirm_range(0, 0.9, "Token merging ratio high-res")),
     AxisOption("Always discard next-to-last sigma", str,
                apply_override("always_discard_next_to_last_sigma", boolean=True), choices=boolean_choice(reverse=True)),
     AxisOption("Refiner checkpoint", str, apply_refiner, format_value=format_remove_path,
@@ -439,6 +443,8 @@ axis_options: list[AxisOption] = [
     AxisOption("Refiner switch at", float, apply_field("refiner_switch_at")),
     AxisOption("RNG source", str, apply_override("randn_source"), confirm=confirm_setting("randn_source"),
                choices=lambda: ["GPU", "CPU", "NV"]),
+    AxisOption("FP8 mode", str, apply_override("fp8_storage"), confirm=confirm_setting("fp8_storage"), cost=0.9,
+               choices=lambda: list(fp8_storage.CHOICES)),
     AxisOption("Size", str, apply_size, confirm=confirm_size),
 ]
 

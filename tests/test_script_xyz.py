@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from script_test_support import default_args, load_builtin, pixels, tiny_data_dir, txt2img
 
-from modules import grid_labels, images, processing, shared, xyz_axes
+from modules import grid_labels, images, infotext_utils, processing, shared, xyz_axes
 
 
 @pytest.fixture(scope="module")
@@ -265,3 +265,26 @@ def test_hires_axes_are_refused_by_name_before_generating(data_dir, xyz, monkeyp
     for axis, values in (("Hires steps", "1, 2"), ("Hires upscaler", "Latent"), ("Denoising", "0.5")):
         with pytest.raises(ValueError, match=f"{axis}: turn on Hires. fix"):
             xyz.run(request(), *xyz_args(xyz, (axis, values)))
+
+
+def test_token_merging_and_fp8_axes_change_the_cells_and_are_put_back(data_dir, xyz):
+    fp8_before = shared.opts.data.get("fp8_storage", "Disable")
+    result = xyz.run(request(steps=1), *xyz_args(xyz, ("Token merging ratio", "0, 0.5"), ("FP8 mode", "Disable, Enable"),
+                                                 include_lone_images=True))
+    texts = result.infotexts[1:]
+    assert "Token merging ratio" not in texts[0] and "Token merging ratio: 0.5" in texts[1]
+    assert "FP8 weight" not in texts[0] and "FP8 weight: Enable" in texts[2]
+    cells = [pixels(image) for image in result.images[1:]]
+    assert not np.array_equal(cells[0], cells[1]) and not np.array_equal(cells[0], cells[2])
+    assert shared.opts.data.get("fp8_storage", "Disable") == fp8_before
+    seed = int(infotext_utils.parse_generation_parameters(texts[0])["Seed"])
+    plain = processing.process_images(request(steps=1, seed=seed))
+    assert not shared.sd_model.fp8_storage  # the next job goes back to the file's weights
+    assert np.array_equal(pixels(plain.images[0]), cells[0])
+
+
+def test_token_merging_and_fp8_values_are_refused_by_name(data_dir, xyz):
+    for axis, values, message in (("Token merging ratio", "0, 1.5", "Token merging ratio value \"1.5\" out of range"),
+                                  ("FP8 mode", "Disable, Sometimes", "fp8_storage: 'Sometimes' is not one of")):
+        with pytest.raises(ValueError, match=message):
+            xyz.run(request(steps=1), *xyz_args(xyz, (axis, values)))
