@@ -91,6 +91,7 @@ class StableDiffusionProcessing:
     refiner_checkpoint: str | None = None
     refiner_switch_at: float | None = None
     token_merging_ratio: float = 0
+    saved_samples: int = 0  # pictures this job wrote to the outputs folder so far
     token_merging_ratio_hr: float = 0
     disable_extra_networks: bool = False
     firstpass_image: Any = None
@@ -507,7 +508,8 @@ def process_images(p: StableDiffusionProcessing) -> Processed:
     try:
         from modules.models import offload  # out of GPU memory: free, retry once at a lower --medvram level
 
-        return offload.run_job(lambda: process_images_inner(p), lambda: p.sd_model or shared.sd_model)
+        return offload.run_job(lambda: process_images_inner(p), lambda: p.sd_model or shared.sd_model,
+                               may_retry=lambda: p.saved_samples == 0)
     finally:
         _close_unet_hooks(p)
         if owns_job:
@@ -771,6 +773,7 @@ def _keep(p: StableDiffusionProcessing, n: int, i: int, image: Image.Image, outp
     if not p.do_not_save_samples and _opt("samples_save", True):
         images.save_image(image, p.outpath_samples or _outdir(p.kind, True), "", p.seeds[i], p.prompts[i],
                           _opt("samples_format", "png"), info=text, p=p)
+        p.saved_samples += 1  # a job that saved pictures is not run again after running out of memory
     image.info["parameters"] = text
     outputs.images.append(image)
     outputs.infotexts.append(text)

@@ -308,6 +308,27 @@ def test_oom_twice_fails_the_job_with_a_clear_message_and_the_next_job_works(fla
     np.testing.assert_array_equal(generate_image(), plain)  # the failing patch is spent: the next job works
 
 
+def test_a_job_that_saved_pictures_is_not_run_again(flags, monkeypatch, data_dir, tmp_path):
+    use("sd1")
+    modes: list[str] = []
+    _failing_unet(monkeypatch, 0, modes)
+    real = generate.unet_call
+    calls = {"n": 0}
+
+    def fails_in_the_second_batch(unet, inp, use_graphs=False, **kw):
+        calls["n"] += 1
+        if calls["n"] == 4:  # 3 steps per batch: the first call of the second batch
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
+        return real(unet, inp, use_graphs=use_graphs, **kw)
+
+    monkeypatch.setattr(generate, "unet_call", fails_in_the_second_batch)
+    with pytest.raises(offload.JobOutOfMemoryError) as info:
+        generate_image(n_iter=2, do_not_save_samples=False, outpath_samples=str(tmp_path))
+    assert "were saved" in call_queue.error_message(info.value) and "not run again" in str(info.value)
+    assert len(list(tmp_path.rglob("*.png"))) == 1  # the first batch's picture, once
+    assert calls["n"] == 4  # no second attempt
+
+
 def test_other_errors_are_not_retried(flags, monkeypatch):
     use("sd1")
     calls: list[int] = []

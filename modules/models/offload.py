@@ -284,16 +284,23 @@ FAILED_MESSAGE = ("Out of GPU memory, even after freeing memory and retrying wit
                   "size or batch{hint}")
 
 
-def run_job(fn: Callable[[], T], current_model: Callable[[], Any]) -> T:
+PARTIAL_MESSAGE = ("Out of GPU memory after some pictures of this job were saved (they are in the outputs folder); "
+                   "it was not run again, so they are not saved twice: try a smaller size or batch, or --medvram")
+
+
+def run_job(fn: Callable[[], T], current_model: Callable[[], Any], may_retry: Callable[[], bool] = lambda: True) -> T:
     """`fn()`, the whole job. On a CUDA out-of-memory error: free memory (other networks the memory owner
     knows, the CUDA cache), retry once with the model at the next lower mode (none -> medvram -> lowvram), put
-    its mode back, and if the retry runs out too, raise `JobOutOfMemoryError` with a clear message."""
+    its mode back, and if the retry runs out too, raise `JobOutOfMemoryError` with a clear message. A job that
+    `may_retry()` says must not run twice (it already saved pictures) fails with that message at once."""
     try:
         return fn()
     except (torch.OutOfMemoryError, RuntimeError) as e:
         if not memory.is_oom(e) or isinstance(e, JobOutOfMemoryError):  # a nested job already retried
             raise
         log.warning("out of GPU memory: %s", str(e).splitlines()[0] if str(e) else type(e).__name__)
+        if not may_retry():
+            raise JobOutOfMemoryError(PARTIAL_MESSAGE) from None
     finally:
         _settle_current(current_model)
     # outside the except block, so the failed attempt's frames (and their tensors) can be collected
