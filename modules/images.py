@@ -329,6 +329,7 @@ def save_image(
     max_bytes = _name_max(path) - len(extension.encode()) - 1 - 8
     name_of = lambda stem: os.path.join(path, f"{clean_path_component(stem, max_bytes)}.{extension}")  # noqa: E731
 
+    reserved: str | None = None  # a numbered name this call took (see _reserve)
     if forced_filename is None:
         if short_filename or seed is None:
             file_decoration = ""
@@ -351,13 +352,46 @@ def save_image(
             for i in range(500):
                 number = f"{basecount + i:05}" if basename == "" else f"{basename}-{basecount + i:04}"
                 fullfn = name_of(number + file_decoration)
-                if not os.path.exists(fullfn):
+                if not os.path.exists(fullfn) and _reserve(fullfn):
+                    reserved = fullfn
                     break
         else:
             fullfn = name_of(file_decoration)
     else:
         fullfn = name_of(forced_filename)
 
+    try:
+        return _save_named(image, path, root, fullfn, reserved, info, existing_info, pnginfo_section_name, p, opt,
+                           settings)
+    finally:
+        _release(reserved)
+
+
+def _reserve(filename: str) -> bool:
+    """Take a numbered name by creating it empty, exclusively: another process saving to the same folder (a second
+    server, Ray replicas) that counted the same number gets the next one instead of overwriting this picture."""
+    try:
+        os.close(os.open(filename, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    except FileExistsError:
+        return False
+    except OSError:
+        return True  # a folder that cannot take the placeholder: name it as before
+    return True
+
+
+def _release(reserved: str | None) -> None:
+    """Remove a reservation nothing was written to (the save failed, or a callback chose another name)."""
+    if reserved is not None:
+        try:
+            if os.path.getsize(reserved) == 0:
+                os.remove(reserved)
+        except OSError:
+            pass
+
+
+def _save_named(image: Image.Image, path: str, root: str, fullfn: str, reserved: str | None, info: str | None,
+                existing_info: Mapping[str, Any] | None, pnginfo_section_name: str, p: Any, opt: Any,
+                settings: Any) -> tuple[str, str | None]:
     if not _inside(root, fullfn) or os.path.dirname(os.path.abspath(fullfn)) != os.path.abspath(path):
         raise ValueError(f"refusing to save outside the output folder: {fullfn!r}")
 
@@ -375,7 +409,7 @@ def save_image(
     final = fullfn
     if opt("save_images_replace_action", "Replace") != "Replace":
         n = 0
-        while os.path.exists(final):
+        while os.path.exists(final) and final != reserved:
             n += 1
             final = f"{without_ext}-{n}{ext}"
         without_ext = os.path.splitext(final)[0]

@@ -459,6 +459,34 @@ def test_save_image_formats_and_replace_action(tmp_path):
     assert (os.path.basename(a), os.path.basename(b)) == ("same.png", "same-1.png")
 
 
+def test_numbered_names_are_taken_exclusively_so_a_second_process_never_overwrites(tmp_path, monkeypatch):
+    # Another process (a second server, a Ray replica) saved 00000-1.png after this one counted the folder:
+    # simulated by a name check that answers "free" for a name that is taken.
+    theirs = tmp_path / "00000-1.png"
+    theirs.write_bytes(b"their picture")
+    monkeypatch.setattr(images, "get_next_sequence_number", lambda path, basename: 0)
+    real_exists = os.path.exists
+    monkeypatch.setattr(images.os.path, "exists", lambda name: False if name == str(theirs) else real_exists(name))
+    fn, _ = images.save_image(make_image(), str(tmp_path), "", seed=1, info=INFO, save_to_dirs=False)
+    assert os.path.basename(fn) == "00001-1.png"
+    assert theirs.read_bytes() == b"their picture"
+    monkeypatch.setattr(images.os.path, "exists", real_exists)
+
+    # a callback that picks another name, or a failing save, leaves no empty placeholder behind
+    from modules import script_callbacks
+
+    script_callbacks.on_before_image_saved(lambda params: setattr(params, "filename", str(tmp_path / "other.png")))
+    try:
+        fn, _ = images.save_image(make_image(), str(tmp_path), "", seed=2, save_to_dirs=False)
+    finally:
+        script_callbacks.remove_current_script_callbacks()
+    assert os.path.basename(fn) == "other.png" and not (tmp_path / "00002-2.png").exists()
+    monkeypatch.setattr(images, "save_image_with_geninfo", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        images.save_image(make_image(), str(tmp_path), "", seed=3, save_to_dirs=False)
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["00000-1.png", "00001-1.png", "other.png"]
+
+
 def test_save_image_runs_extension_callbacks(tmp_path):
     from modules import script_callbacks
 
