@@ -304,6 +304,23 @@ def test_a_job_whose_replica_dies_runs_once_more_then_fails_saying_so(monkeypatc
     assert twice.calls == [1, 2]  # never a third time
     assert "The replica running this job stopped" in failed.value.message and "Try again" in failed.value.message
 
+    # through the API: the service failed, not the request, so 503 (a client may send it again), not 500
+    import asyncio
+
+    from modules import processing
+    from modules.api import jobs
+    from modules.api.errors import ApiError
+
+    again = _DyingReplicas(deaths=2)
+    queue = _dispatching(again, monkeypatch)
+    p = processing.StableDiffusionProcessingTxt2Img(prompt="x", seed=7)
+    try:
+        with pytest.raises(ApiError) as refused:
+            asyncio.run(jobs.run(queue, "txt2img", lambda: processing.process_images(p)))
+    finally:
+        queue.shutdown()
+    assert refused.value.status_code == 503 and "Try again" in str(refused.value.detail)
+
 
 def test_a_job_cancelled_before_it_reached_a_replica_is_sent_there_interrupted(monkeypatch):
     monkeypatch.setattr("modules.serve.work.checkpoint_name", lambda p, settings: None)

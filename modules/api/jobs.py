@@ -41,6 +41,9 @@ def status_for(e: BaseException) -> int:
 
     if call_queue.is_out_of_memory(e) or isinstance(e, NoCheckpointError):
         return 503
+    declared = getattr(e, "http_status", None)  # errors of upper layers that know their status (a lost replica)
+    if isinstance(declared, int) and 400 <= declared < 600:
+        return declared
     # RecursionError: a prompt nested thousands of levels deep exhausts the parser's stack
     if isinstance(e, ValueError | KeyError | ModelFileError | RecursionError):
         return 422

@@ -45,6 +45,8 @@ RESTARTED = "Its replica stopped; running it again on another..."
 class ReplicaLost(RuntimeError):
     """The replica running a job died and the job could not be finished elsewhere."""
 
+    http_status = 503  # the service, not the request, failed: a client may send it again
+
 
 class ReplicaError(RuntimeError):
     """A failure on a replica whose exception could not travel; its message is the replica's."""
