@@ -447,6 +447,20 @@ def test_sd_default_schedule():
     assert model.sigma_to_t(torch.tensor(5.0), quantize=True) == model.sigma_to_t(torch.tensor(5.0)).round()
 
 
+def test_sigma_to_t_equals_k_diffusions_cumulative_search_for_every_kind_of_sigma():
+    """The search for the nearest training levels gives exactly k-diffusion's result (cumsum over all levels)."""
+    model = DiscreteSchedule()
+    log_sigmas = model.log_sigmas
+    sigma = torch.cat([model.sigmas, model.sigmas * 1.0001, model.sigmas * 0.9999,
+                       torch.tensor([1e-5, 1e3]), torch.rand(500, generator=torch.Generator().manual_seed(0)) * 15])
+    log_sigma = sigma.log()
+    low = (log_sigma - log_sigmas[:, None]).ge(0).cumsum(dim=0).argmax(dim=0).clamp(max=log_sigmas.shape[0] - 2)
+    w = ((log_sigmas[low] - log_sigma) / (log_sigmas[low] - log_sigmas[low + 1])).clamp(0, 1)
+    expected = (1 - w) * low + w * (low + 1)
+    assert torch.equal(model.sigma_to_t(sigma), expected)
+    assert torch.equal(model.sigma_to_t(sigma.view(2, -1)), expected.view(2, -1))
+
+
 def test_eps_denoiser_formula():
     calls = []
 
