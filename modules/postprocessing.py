@@ -9,6 +9,7 @@ postprocessing infotext (`Postprocess upscale by: 2, Postprocess upscaler: Neare
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -89,7 +90,7 @@ def _display_name(item: Any) -> str:
     return os.path.basename(str(name)) or "image"
 
 
-def read_image(path: str, shown_name: str) -> Image.Image:
+def read_image(path: str | io.BytesIO, shown_name: str) -> Image.Image:
     """A picture from a file; ValueError naming only the file (never a server path) when it is not one."""
     try:
         with Image.open(path) as opened:
@@ -103,9 +104,36 @@ def read_image(path: str, shown_name: str) -> Image.Image:
     return image
 
 
+@dataclass
+class EncodedUpload:
+    """An uploaded file's bytes, read in the front door so the job can run on a Ray replica on another host."""
+
+    data: bytes
+    name: str
+
+
+def _portable(item: Any) -> Any:
+    """Items as they can travel: pictures and a folder's listed files as they are, uploads as their bytes."""
+    if isinstance(item, Image.Image | batch_folders.BatchImage | EncodedUpload):
+        return item
+    path = item if isinstance(item, str) else getattr(item, "path", None) or getattr(item, "name", None)
+    name = _display_name(item)
+    if not path:
+        raise ValueError(f"Could not read the uploaded image '{name}'.")
+    try:
+        with open(str(path), "rb") as f:
+            return EncodedUpload(f.read(), name)
+    except OSError as e:
+        from modules.ui import uploads
+
+        raise ValueError(uploads.UnreadableUpload(name, uploads.reason(e)).message) from None
+
+
 def _uploaded(item: Any) -> tuple[Image.Image, str | None]:
     if isinstance(item, Image.Image):
         return item, None
+    if isinstance(item, EncodedUpload):
+        return read_image(io.BytesIO(item.data), item.name), item.name
     path = item if isinstance(item, str) else getattr(item, "path", None) or getattr(item, "name", None)
     name = _display_name(item)
     if not path:
@@ -138,13 +166,48 @@ def _inputs(extras_mode: int, image: Any, image_folder: Sequence[Any] | None, in
 # --- the run ------------------------------------------------------------------------------------------------
 
 
+@dataclass
+class ExtrasRequest:
+    """One Extras run as it travels to a Ray replica (modules.serve): the items, the scripts' arguments, where
+    results go, and whether "Upscale" runs first (the front door's `upscale_order`)."""
+
+    items: list[Any]
+    args: list[Any]  # the scripts' flat argument list, as this process's runner lays it out
+    script_args: dict[str, dict[str, Any]]  # the same by script and argument name, for another process's layout
+    origin_pid: int = 0
+    outpath: str | None = None
+    save_output: bool = True
+    show_results: bool = True
+    upscale_first: bool = False
+
+
 def postprocess(items: Iterable[Any], args: list[Any], *, outpath: str | None = None, save_output: bool = True,
                 show_results: bool = True) -> ExtrasResult:
-    """Run the postprocessing scripts over each item and save the results (A1111's loop)."""
+    """Run the postprocessing scripts over each item and save the results (A1111's loop); under --ray on a
+    replica, like generation jobs."""
+    from modules import call_queue
+
+    runner = scripts_postprocessing.runner()
+    request = ExtrasRequest([_portable(item) for item in items], list(args), runner.named_args(list(args)),
+                            os.getpid(), outpath, save_output, show_results, runner.first == "Upscale")
+    offloaded = call_queue.queue.offload("postprocess", request)
+    return offloaded if offloaded is not None else run_request(request)
+
+
+def run_request(request: ExtrasRequest) -> ExtrasResult:
+    """The run itself, in the process that holds the upscalers."""
+    args = request.args if request.origin_pid == os.getpid() else \
+        scripts_postprocessing.runner().create_args_for_run(request.script_args)
+    with upscale_order(request.upscale_first):
+        return _postprocess(request.items, args, outpath=request.outpath, save_output=request.save_output,
+                            show_results=request.show_results)
+
+
+def _postprocess(items: list[Any], args: list[Any], *, outpath: str | None, save_output: bool,
+                 show_results: bool) -> ExtrasResult:
     runner = scripts_postprocessing.runner()
     result = ExtrasResult()
     skipped: list[str] = []
-    items = list(items)
     shared.state.job_count = len(items)
     outpath = outpath or outdir()
     for item in items:

@@ -199,6 +199,13 @@ class ScriptPostprocessingRunner:
                 args[(script.args_from or 0) + i] = given[key] if key in given else getattr(component, "value", None)
         return args
 
+    def named_args(self, args: list[Any]) -> dict[str, dict[str, Any]]:
+        """The inverse of `create_args_for_run`: {script name: {argument: value}} from a flat list, so the values
+        can travel to another process whose scripts sit at other positions (a Ray replica)."""
+        self._ui_defaults()
+        return {script.name: dict(zip(script.controls or {}, args[script.args_from:script.args_to], strict=False))
+                for script in self.scripts_in_preferred_order() if script.name}
+
     def run(self, pp: PostprocessedImage, args: list[Any]) -> None:
         """Every script's `process_firstpass`, then every `process`, in the preferred order (A1111's)."""
         scripts = []

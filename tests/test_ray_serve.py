@@ -12,7 +12,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from test_api_support import client, decode
+from test_api_support import b64_png, client, decode
 from test_ray_serve_support import FAST, OTHER, front_door, params_of, running_replicas, wait_for
 
 from modules import call_queue, processing, scripts, shared
@@ -240,3 +240,20 @@ def test_a_script_runs_on_the_replica_with_its_arguments_where_the_front_door_pu
     info = params_of(r.json())[1]
     assert info["all_prompts"] == ["a cat", "a cat, red", "a cat, blue", "a cat, red, blue"]
     assert info["all_seeds"] == [21] * 4 and len(r.json()["images"]) == 5  # the grid first, then four pictures
+
+
+def test_an_extras_job_runs_on_a_replica(http, monkeypatch):
+    from PIL import Image
+
+    from modules import postprocessing
+
+    def not_here(request):
+        raise AssertionError("Extras ran in the front door")
+
+    monkeypatch.setattr(postprocessing, "run_request", not_here)  # the replicas' processes keep the real one
+    body = {"image": b64_png(Image.new("RGB", (24, 16), (200, 30, 60))), "upscaling_resize": 2, "upscaler_1": "Nearest"}
+    r = http.post("/sdapi/v1/extra-single-image", json=body)
+    assert r.status_code == 200, r.text
+    result = decode(r.json()["image"])
+    assert result.size == (48, 32) and result.getpixel((5, 5))[:3] == (200, 30, 60)
+    assert "Postprocess upscaler: Nearest" in r.json()["html_info"]

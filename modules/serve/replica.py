@@ -21,7 +21,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modules import call_queue, shared
-from modules.serve.work import ENTRIES, Failed, Finished, Holding, Progress, Started, Work, resolve_checkpoint, unpack
+from modules.serve.work import (
+    ENTRIES,
+    MODEL_FREE_ENTRIES,
+    Failed,
+    Finished,
+    Holding,
+    Progress,
+    Started,
+    Work,
+    resolve_checkpoint,
+    unpack,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +78,10 @@ def start_engine(setup: ReplicaSetup) -> float | None:
 
 
 def _entry(name: str) -> Callable[[Any], Any]:
-    from modules import processing, scripts
+    from modules import postprocessing, processing, scripts
 
-    return {"process_request": scripts.process_request, "process_images": processing.process_images}[name]
+    return {"process_request": scripts.process_request, "process_images": processing.process_images,
+            "postprocess": postprocessing.run_request}[name]
 
 
 def failure(e: BaseException, holding: Holding | None) -> Failed:
@@ -169,6 +181,8 @@ class EngineReplica:
         from modules import sd_models
 
         shared.opts.data.update(work.settings)
+        if work.entry in MODEL_FREE_ENTRIES:
+            return unpack(work)
         info = resolve_checkpoint(work.checkpoint) if work.checkpoint else resolve_checkpoint(
             work.settings.get("sd_model_checkpoint"))
         if info is not None:

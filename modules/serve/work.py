@@ -14,7 +14,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-ENTRIES = ("process_request", "process_images")
+ENTRIES = ("process_request", "process_images", "postprocess")
+MODEL_FREE_ENTRIES = ("postprocess",)  # Extras: upscalers and face restorers only, whatever checkpoint is loaded
 # Attributes of a request object that hold loaded networks of the process that made it.
 _PROCESS_LOCAL = ("sd_model", "hr_model")
 
@@ -151,6 +152,8 @@ def pack(entry: str, p: Any, task_id: str, settings: dict[str, Any], attempt: in
         index = int(p.script_args[0])
         if index <= len(runner.selectable_scripts):
             selected = runner.selectable_scripts[index - 1].title()
+    if entry in MODEL_FREE_ENTRIES:
+        return Work(task_id, entry, q, False, dict(settings), None, (), attempt)
     return Work(task_id, entry, q, runner is not None, dict(settings), checkpoint_name(p, settings), lora_names(p),
                 attempt, script_layout=layout, selected_script=selected)
 
@@ -184,5 +187,5 @@ def unpack(work: Work) -> Any:
     return p
 
 
-__all__ = ["ENTRIES", "Failed", "Finished", "Holding", "Progress", "Started", "Work", "checkpoint_name", "lora_names",
+__all__ = ["ENTRIES", "MODEL_FREE_ENTRIES", "Failed", "Finished", "Holding", "Progress", "Started", "Work", "checkpoint_name", "lora_names",
            "pack", "resolve_checkpoint", "unpack"]
