@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
@@ -28,16 +27,12 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.full_size import diffusers_pipeline, write_checkpoint_and_config  # noqa: E402
+from bench.quality import quality  # noqa: E402
 from bench.timing import sync, timed  # noqa: E402
 
 SIZES = {"sd15": 512, "sdxl": 1024}
 PROMPT = "a photograph of an astronaut riding a horse on the moon, highly detailed"
 NEGATIVE = "blurry, low quality"
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return math.inf if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
 
 
 def ours_runner(model, family: str, steps: int, graphs: bool, compiled: bool):
@@ -81,7 +76,6 @@ def bench_family(family: str, args, results: dict, save) -> None:
     from diffusers import EulerDiscreteScheduler
 
     from modules import devices
-    from modules.engine import unet_compile
     from modules.models.loader import load_model
 
     path = os.path.join(args.workdir, f"{family}.safetensors")
@@ -96,11 +90,10 @@ def bench_family(family: str, args, results: dict, save) -> None:
     runs = {"ours_graphs": ours_runner(model, family, args.steps, True, False),
             "ours_eager": ours_runner(model, family, args.steps, False, False),
             "ours_compiled": ours_runner(model, family, args.steps, True, True)}
-    unet_compile.WAIT_FOR_COMPILE = True
     row["ours_compile_s"] = first_call(runs["ours_compiled"])
     images = {name: run() for name, run in runs.items()}  # warm-up (graph capture) and the images
-    row["psnr_compiled_vs_eager"] = psnr(images["ours_compiled"], images["ours_eager"])
-    row["psnr_graphs_vs_eager"] = psnr(images["ours_graphs"], images["ours_eager"])
+    row["compiled_vs_eager"] = quality(images["ours_compiled"], images["ours_eager"])
+    row["graphs_vs_eager"] = quality(images["ours_graphs"], images["ours_eager"])
     results[family] = row
     save()
 

@@ -20,14 +20,10 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.full_size import write_checkpoint_and_config  # noqa: E402
+from bench.quality import quality  # noqa: E402
 from bench.timing import timed  # noqa: E402
 
 SIZES = {"sd15": 512, "sdxl": 1024}
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 def main() -> None:
@@ -39,8 +35,6 @@ def main() -> None:
     parser.add_argument("--families", default="sdxl,sd15")
     args = parser.parse_args()
     assert torch.cuda.is_available(), "this benchmark needs a CUDA GPU"
-    from skimage.metrics import structural_similarity
-
     from modules import devices, processing, shared
     from modules.models import fp8_storage
     from modules.models.loader import load_model
@@ -73,8 +67,7 @@ def main() -> None:
             row[f"{mode}_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
             del model
             torch.cuda.empty_cache()
-        row["psnr"] = psnr(images["8-bit"], images["16-bit"])
-        row["ssim"] = float(structural_similarity(images["8-bit"], images["16-bit"], channel_axis=2))
+        row.update(quality(images["8-bit"], images["16-bit"]))
         results[family] = row
         print(family, json.dumps(row), flush=True)
         with open(args.out, "w") as f:

@@ -41,6 +41,7 @@ from PIL import Image
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from bench.quality import quality  # noqa: E402
 from bench.timing import timed  # noqa: E402
 
 METHODS = ("Full", "Approx NN", "Approx cheap", "TAESD")
@@ -151,14 +152,6 @@ def network_call(method: str, decode: Callable | None, latents: torch.Tensor, is
     return lambda: decode(latents[:1])
 
 
-def quality(reference: Image.Image, image: Image.Image) -> dict[str, float]:
-    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
-
-    a, b = np.asarray(reference), np.asarray(image)
-    return {"psnr_db": round(float(peak_signal_noise_ratio(a, b, data_range=255)), 2),
-            "ssim": round(float(structural_similarity(a, b, channel_axis=2, data_range=255)), 4)}
-
-
 def bench_family(family: str, args: argparse.Namespace, real: dict, device: torch.device) -> dict:
     from modules.engine import preview_models, previews
 
@@ -193,7 +186,7 @@ def bench_family(family: str, args: argparse.Namespace, real: dict, device: torc
         reference = previews.latents_to_preview(encoded, is_sdxl, "Full", found["Full"])
         scored = ["Approx cheap"] + [m for m in preview_models.NETWORK_METHODS if real[(m, is_sdxl)]]
         result["quality_vs_full"] = {
-            m: quality(reference, previews.latents_to_preview(encoded, is_sdxl, m, found[m])) for m in scored}
+            m: quality(previews.latents_to_preview(encoded, is_sdxl, m, found[m]), reference) for m in scored}
         result["quality_picture"] = args.image or "synthetic"
     else:
         result["quality_vs_full"] = "not measured: needs real weights (--vae-sd15/--vae-sdxl and the preview files)"

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import statistics
 import sys
@@ -30,25 +29,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from bench.quality import quality  # noqa: E402
 from bench.timing import sync, timed  # noqa: E402
 
 PROMPT = "a photograph of an astronaut riding a horse on the moon, highly detailed"
 NEGATIVE = "blurry, low quality"
 RATIOS = (0.0, 0.3, 0.5)
-
-
-def quality(picture: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
-    """PSNR (dB; None when identical) and SSIM of uint8 HxWx3 pictures."""
-    identical = bool(np.array_equal(picture, reference))
-    psnr = math.inf if identical else peak_signal_noise_ratio(reference, picture, data_range=255)
-    ssim = structural_similarity(reference, picture, channel_axis=2, data_range=255)
-    return {"psnr_db": None if math.isinf(psnr) else round(float(psnr), 2), "ssim": round(float(ssim), 4),
-            "identical": identical}
 
 
 def peak_gib() -> float | None:

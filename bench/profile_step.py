@@ -67,7 +67,6 @@ def main() -> None:
     parser.add_argument("--modes", default="graphs,compiled,eager")
     args = parser.parse_args()
     from modules import devices
-    from modules.engine import unet_compile
     from modules.models.loader import load_model
 
     os.makedirs(args.out_dir, exist_ok=True)
@@ -76,7 +75,6 @@ def main() -> None:
         write_checkpoint_and_config("sd15", path, os.path.join(args.workdir, "sd15-config"))
     model = load_model(path, devices.choose_precision(torch.device("cuda")))
     model.unet.to(memory_format=torch.channels_last)
-    unet_compile.WAIT_FOR_COMPILE = True
     modes = {"graphs": (True, False), "compiled": (True, True), "eager": (False, False)}
     for name in args.modes.split(","):
         run = job(model, *modes[name], args.steps)

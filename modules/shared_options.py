@@ -38,8 +38,8 @@ options_templates.update(options_section(("sd", "Stable Diffusion", "sd"), {
     "cuda_graphs": OptionInfo(True, "Replay the UNet as a CUDA graph").info(
         "faster on fast GPUs, where launching kernels limits speed; uses some extra VRAM per image size"),
     "compile_unet": OptionInfo(False, "Compile the UNet and the VAE decoder with torch.compile").info(
-        "faster steps; each new image size compiles in the background (minutes the first time, seconds once cached "
-        "on disk) while jobs run uncompiled"),
+        "faster steps; the first job at each new image size waits while it compiles (a minute or more the first "
+        "time, less once cached on disk)"),
     "model_precision": OptionInfo(
         "float16", "Half-precision type on CUDA", component_args={"choices": ["float16", "bfloat16"]}
     ).info("bfloat16 has float32's range: no overflow to NaN/black images, slightly less precision; needs a recent GPU"),

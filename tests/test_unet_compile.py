@@ -1,11 +1,9 @@
-"""The compiled UNet (setting `compile_unet`): compiled in the background while jobs run uncompiled, equal to the
-plain forward, never recompiled by weight (LoRA) or value changes, once per new input structure, and a compiler
-failure never fails a job. On the CPU with a counting backend over dynamo's tracing ("aot_eager" semantics), so
+"""The compiled UNet (setting `compile_unet`): compiled once per input structure in the job that first needs it,
+equal to the plain forward, never recompiled by weight (LoRA) or value changes, and a compiler failure never fails
+a job. On the CPU with a counting backend over dynamo's tracing ("aot_eager" semantics), so
 the machinery is tested without generating kernels; tests/test_unet_compile_cuda.py runs inductor on a GPU."""
 
 from __future__ import annotations
-
-import threading
 
 import numpy as np
 import pytest
@@ -38,7 +36,6 @@ def backend(monkeypatch):
     monkeypatch.setattr(unet_compile, "BACKEND", counting)
     torch._dynamo.reset()
     yield counting
-    assert unet_compile.wait_for_background(600)
     torch._dynamo.reset()
 
 
@@ -50,33 +47,21 @@ def _inputs(unet, batch=2, size=8, seed=0):
     return UNetInput(x, t, ctx)
 
 
-def _wait_ready(unet, inp: UNetInput, timeout: float = 120.0) -> None:
-    """Until the background compilation started for `inp` has finished (or failed)."""
-    state = unet._sd_compiler
-    for _ in range(int(timeout * 10)):
-        with state.lock:
-            if not state.pending:
-                return
-        threading.Event().wait(0.1)
-    raise AssertionError("background compilation did not finish")
-
-
-def test_first_call_runs_uncompiled_then_the_compiled_forward_gives_the_same_output(backend):
+def test_the_first_call_compiles_and_the_compiled_forward_gives_the_same_output(backend):
     unet = build_family("sd1").unet.eval()
     inp = _inputs(unet)
     plain = unet_call(unet, inp)
-    first = unet_call(unet, inp, compiled=True)  # answered at once by the plain forward
-    torch.testing.assert_close(first, plain)
-    _wait_ready(unet, inp)
-    assert backend.compiles >= 1
-    assert unet._sd_compiler.ready, "the compiled forward is ready for these inputs"
-    compiled = unet_call(unet, inp, compiled=True)
-    torch.testing.assert_close(compiled, plain, rtol=1e-5, atol=1e-5)
+    first = unet_call(unet, inp, compiled=True)
+    assert backend.compiles >= 1 and unet._sd_compiler.ready
+    torch.testing.assert_close(first, plain, rtol=1e-5, atol=1e-5)
+    compiles = backend.compiles
+    torch.testing.assert_close(unet_call(unet, inp, compiled=True), plain, rtol=1e-5, atol=1e-5)
+    assert backend.compiles == compiles
 
 
 def test_weights_changed_in_place_and_new_values_do_not_recompile_a_new_size_compiles_once(backend):
     unet = build_family("sd1").unet.eval()
-    unet_compile.forward_for(unet, _forward(), *_call_args(_inputs(unet)), wait=True)
+    unet_compile.forward_for(unet, _forward(), *_call_args(_inputs(unet)))
     compiles = backend.compiles
     # a LoRA patch writes into the existing storage: the compiled forward must see it without recompiling
     weight = unet.conv_in.weight
@@ -86,7 +71,7 @@ def test_weights_changed_in_place_and_new_values_do_not_recompile_a_new_size_com
     torch.testing.assert_close(unet_call(unet, inp, compiled=True), unet_call(unet, inp), rtol=1e-5, atol=1e-5)
     assert backend.compiles == compiles
     bigger = _inputs(unet, size=16)
-    unet_compile.forward_for(unet, _forward(), *_call_args(bigger), wait=True)
+    unet_compile.forward_for(unet, _forward(), *_call_args(bigger))
     assert backend.compiles == compiles + 1
     unet_call(unet, _inputs(unet, size=16, seed=9), compiled=True)
     assert backend.compiles == compiles + 1
@@ -94,11 +79,11 @@ def test_weights_changed_in_place_and_new_values_do_not_recompile_a_new_size_com
 
 def test_a_changed_forward_structure_starts_a_fresh_compile(backend):
     unet = build_family("sd1").unet.eval()
-    unet_compile.forward_for(unet, _forward(), *_call_args(_inputs(unet)), wait=True)
+    unet_compile.forward_for(unet, _forward(), *_call_args(_inputs(unet)))
     before = unet._sd_compiler
     bump_structure_version(unet)  # e.g. IP-Adapter swapped the attention processors
-    assert unet_compile.forward_for(unet, _forward(), *_call_args(_inputs(unet)), wait=False) is _forward()
-    assert unet._sd_compiler is not before
+    unet_compile.forward_for(unet, _forward(), *_call_args(_inputs(unet)))
+    assert unet._sd_compiler is not before and unet._sd_compiler.ready
 
 
 def test_a_compiler_failure_leaves_the_plain_forward_running(monkeypatch, caplog):
@@ -107,12 +92,10 @@ def test_a_compiler_failure_leaves_the_plain_forward_running(monkeypatch, caplog
     unet = build_family("sd1").unet.eval()
     inp = _inputs(unet)
     plain = unet_call(unet, inp)
-    unet_call(unet, inp, compiled=True)
-    _wait_ready(unet, inp)
+    torch.testing.assert_close(unet_call(unet, inp, compiled=True), plain)  # the job goes on uncompiled
     assert unet._sd_compiler.failed
     assert "keeps running uncompiled" in caplog.text
     torch.testing.assert_close(unet_call(unet, inp, compiled=True), plain)
-    assert unet_compile.wait_for_background(600)
     torch._dynamo.reset()
 
 
@@ -144,7 +127,6 @@ def test_a_job_with_compile_unet_on_gives_the_same_picture(data_dir, backend, mo
     sd_models.load_model(sd_models.get_closet_checkpoint_match("sd1.safetensors"))
     plain = _txt2img(5)
     monkeypatch.setitem(shared.opts.data, "compile_unet", True)
-    monkeypatch.setattr(unet_compile, "WAIT_FOR_COMPILE", True)
     compiled = _txt2img(5)
     assert backend.compiles >= 1
     assert np.abs(compiled - plain).max() <= 1
@@ -157,7 +139,6 @@ def test_the_vae_decoder_is_compiled_too_and_tiles_use_the_plain_decoder(data_di
     latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(2))
     plain = generate.vae_decode(model, latents)
     monkeypatch.setitem(shared.opts.data, "compile_unet", True)
-    monkeypatch.setattr(unet_compile, "WAIT_FOR_COMPILE", True)
     compiled = generate.vae_decode(model, latents)
     assert backend.compiles >= 1 and model.vae._sd_compiler.ready
     torch.testing.assert_close(compiled, plain, rtol=1e-5, atol=1e-5)

@@ -219,8 +219,8 @@ def _compile_setting() -> bool:
 
 
 def _decoder(vae: torch.nn.Module, latents: torch.Tensor, compiled: bool):
-    """The VAE decode forward: compiled (modules.engine.unet_compile, in the background like the UNet's) once it
-    is ready for this size, the plain one until then and whenever tiles are used."""
+    """The VAE decode forward: compiled like the UNet's (modules.engine.unet_compile) when the setting asks,
+    the plain one otherwise and whenever tiles are used."""
     if not compiled:
         return _decode_forward
     from modules.engine.unet_compile import forward_for

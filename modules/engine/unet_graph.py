@@ -111,7 +111,7 @@ def _capture(module: torch.nn.Module, fn: Callable[..., Any], tensors: list[torc
             fn(module, *args, **kwargs)
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    # thread-local: a compiler working on another thread (modules.engine.unet_compile) may allocate or
+    # thread-local: another thread's CUDA work (a preview, an API call outside the queue) may allocate or
     # synchronise meanwhile, which the default global mode would count as breaking this capture
     with torch.cuda.graph(graph, capture_error_mode="thread_local"), torch.no_grad():
         out = fn(module, *args, **kwargs)
