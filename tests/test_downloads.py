@@ -414,7 +414,7 @@ def test_download_box_shows_progress_with_size_then_the_result(data_dir, server,
     monkeypatch.setattr(shared.cmd_opts, "allow_private_downloads", True)  # the server is on loopback
 
     data = tiny_safetensors(21, floats=50_000)
-    server.files["/slow.safetensors"] = Entry(data, pause_s=1.2)  # longer than the progress stream's poll
+    server.files["/slow.safetensors"] = Entry(data, pause_s=2.0)  # well over the progress stream's poll, even on a busy machine
     outputs = list(ui_downloads.run(server.url("/slow.safetensors"), "", "", "Checkpoint", "ESRGAN", "", "", False,
                                     _Request()))
     size = downloads.format_size(len(data))
