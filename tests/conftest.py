@@ -90,6 +90,7 @@ def _isolated_data_dir(
     from modules.networks import files as network_files
 
     saved = dict(shared.opts.data)
+    saved_cmd_opts = shared.cmd_opts  # a data dir opened inside another one gives the outer one back, not defaults
     # cmd_args.parse_args: path flags (--lora-dir, --embeddings-dir, ...) follow --data-dir, as in a real start
     shared.set_cmd_opts(cmd_args.parse_args(["--data-dir", str(root)], environ={}))
     try:
@@ -108,7 +109,7 @@ def _isolated_data_dir(
         sd_models.unload_model_weights()
         shared.opts.data.clear()
         shared.opts.data.update(saved)
-        shared.set_cmd_opts(shared.parser.parse_args([]))
+        shared.set_cmd_opts(saved_cmd_opts)
         registry.list_models()
         vae_registry.refresh_vae_list()  # the model and VAE lists are process-wide: leave none of ours behind
         network_files.list_available_networks()
