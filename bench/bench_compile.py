@@ -21,47 +21,14 @@ import statistics
 import sys
 import time
 
-import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.full_size import diffusers_pipeline, write_checkpoint_and_config  # noqa: E402
+from bench.jobs import SIZES, ours, theirs  # noqa: E402
 from bench.quality import quality  # noqa: E402
 from bench.timing import sync, timed  # noqa: E402
-
-SIZES = {"sd15": 512, "sdxl": 1024}
-PROMPT = "a photograph of an astronaut riding a horse on the moon, highly detailed"
-NEGATIVE = "blurry, low quality"
-
-
-def ours_runner(model, family: str, steps: int, graphs: bool, compiled: bool):
-    from modules import processing, shared
-
-    size = SIZES[family]
-
-    def run():
-        shared.opts.data["live_previews_enable"] = False
-        shared.opts.data["cuda_graphs"] = graphs
-        shared.opts.data["compile_unet"] = compiled
-        p = processing.StableDiffusionProcessingTxt2Img(
-            prompt=PROMPT, negative_prompt=NEGATIVE, steps=steps, cfg_scale=7.0, width=size, height=size,
-            sampler_name="Euler", seed=1234, do_not_save_samples=True, do_not_save_grid=True)
-        p.sd_model = model
-        return np.asarray(processing.process_images(p).images[0])
-
-    return run
-
-
-def diffusers_runner(pipe, family: str, steps: int):
-    size = SIZES[family]
-
-    def run():
-        generator = torch.Generator("cuda").manual_seed(1234)
-        pipe(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=steps, guidance_scale=7.0, width=size,
-             height=size, generator=generator)
-
-    return run
 
 
 def first_call(fn) -> float:
@@ -87,9 +54,10 @@ def bench_family(family: str, args, results: dict, save) -> None:
     model = load_model(path, devices.choose_precision(torch.device("cuda")))
     if args.channels_last:
         model.unet.to(memory_format=torch.channels_last)
-    runs = {"ours_graphs": ours_runner(model, family, args.steps, True, False),
-            "ours_eager": ours_runner(model, family, args.steps, False, False),
-            "ours_compiled": ours_runner(model, family, args.steps, True, True)}
+    size = SIZES[family]
+    runs = {"ours_graphs": ours(model, size, args.steps, {"cuda_graphs": True, "compile_unet": False}),
+            "ours_eager": ours(model, size, args.steps, {"cuda_graphs": False, "compile_unet": False}),
+            "ours_compiled": ours(model, size, args.steps, {"cuda_graphs": True, "compile_unet": True})}
     row["ours_compile_s"] = first_call(runs["ours_compiled"])
     images = {name: run() for name, run in runs.items()}  # warm-up (graph capture) and the images
     row["compiled_vs_eager"] = quality(images["ours_compiled"], images["ours_eager"])
@@ -100,7 +68,7 @@ def bench_family(family: str, args, results: dict, save) -> None:
     pipe = diffusers_pipeline(family, path, config_dir)
     pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
-    runs["diffusers_eager"] = diffusers_runner(pipe, family, args.steps)
+    runs["diffusers_eager"] = theirs(pipe, size, args.steps)
     runs["diffusers_eager"]()
     if not args.no_diffusers_compiled:
         # a second pipeline on the same files, compiled per diffusers' speed guide
@@ -112,7 +80,7 @@ def bench_family(family: str, args, results: dict, save) -> None:
         fast.vae.to(memory_format=torch.channels_last)
         fast.unet = torch.compile(fast.unet, mode="reduce-overhead", fullgraph=True)
         fast.vae.decode = torch.compile(fast.vae.decode, mode="reduce-overhead", fullgraph=True)
-        runs["diffusers_compiled"] = diffusers_runner(fast, family, args.steps)
+        runs["diffusers_compiled"] = theirs(fast, size, args.steps)
         row["diffusers_compile_s"] = first_call(runs["diffusers_compiled"])
         runs["diffusers_compiled"]()
         save()

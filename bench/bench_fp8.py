@@ -14,16 +14,14 @@ import os
 import statistics
 import sys
 
-import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.full_size import write_checkpoint_and_config  # noqa: E402
+from bench.jobs import SIZES, ours  # noqa: E402
 from bench.quality import quality  # noqa: E402
 from bench.timing import timed  # noqa: E402
-
-SIZES = {"sd15": 512, "sdxl": 1024}
 
 
 def main() -> None:
@@ -35,7 +33,7 @@ def main() -> None:
     parser.add_argument("--families", default="sdxl,sd15")
     args = parser.parse_args()
     assert torch.cuda.is_available(), "this benchmark needs a CUDA GPU"
-    from modules import devices, processing, shared
+    from modules import devices, shared
     from modules.models import fp8_storage
     from modules.models.loader import load_model
 
@@ -53,14 +51,7 @@ def main() -> None:
                 fp8_storage.convert(model)
             row[f"{mode}_unet_gib"] = sum(p.numel() * p.element_size() for p in model.unet.parameters()) / 2**30
 
-            def run(model=model, size=SIZES[family]):
-                p = processing.StableDiffusionProcessingTxt2Img(
-                    prompt="a lighthouse on a cliff at dusk", negative_prompt="blurry", steps=args.steps,
-                    cfg_scale=7.0, width=size, height=size, sampler_name="Euler", seed=1234,
-                    do_not_save_samples=True, do_not_save_grid=True)
-                p.sd_model = model
-                return np.asarray(processing.process_images(p).images[0])
-
+            run = ours(model, SIZES[family], args.steps)
             images[mode] = run()
             torch.cuda.reset_peak_memory_stats()
             row[f"{mode}_s"] = statistics.median(timed(run) for _ in range(args.repeats))

@@ -27,12 +27,11 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from bench.jobs import ours  # noqa: E402
 from bench.timing import timed  # noqa: E402
 
 CASES = {"sdxl": {"size": 1024, "cap_gib": 4.0}, "sd15": {"size": 512, "cap_gib": 2.0}}
 MODES = (("none", "leaf_level"), ("medvram", "leaf_level"), ("lowvram", "leaf_level"), ("lowvram", "block_level"))
-PROMPT = "a photograph of an astronaut riding a horse on the moon, highly detailed"
-NEGATIVE = "blurry, low quality"
 
 
 def checkpoint(family: str, workdir: str, small: bool) -> str:
@@ -61,18 +60,7 @@ def load(path: str, device: torch.device):
 
 
 def runner(model, size: int, steps: int):
-    from modules import processing, shared
-
-    shared.opts.data["live_previews_enable"] = False
-
-    def run():
-        p = processing.StableDiffusionProcessingTxt2Img(
-            prompt=PROMPT, negative_prompt=NEGATIVE, steps=steps, cfg_scale=7.0, width=size, height=size,
-            sampler_name="Euler", seed=1234, do_not_save_samples=True, do_not_save_grid=True)
-        p.sd_model = model
-        processing.process_images(p)
-
-    return run
+    return ours(model, size, steps)
 
 
 def _reset(cuda: bool) -> None:
@@ -155,7 +143,7 @@ def main() -> None:
         device = torch.device("cuda")
     from modules.models import offload
 
-    offload.run_job = lambda fn, current_model: fn()  # measure each mode as itself: no retry at a lower one
+    offload.run_job = lambda fn, current_model, **_: fn()  # measure each mode as itself: no retry at a lower one
     os.makedirs(args.workdir, exist_ok=True)
     results: dict = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
                      "torch": torch.__version__, "small": args.small}

@@ -23,30 +23,16 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.full_size import diffusers_pipeline, write_checkpoint_and_config  # noqa: E402
+from bench.jobs import SIZES, ours, theirs  # noqa: E402
 from bench.timing import timed  # noqa: E402
-
-SIZES = {"sd15": 512, "sdxl": 1024}
-PROMPT = "a photograph of an astronaut riding a horse on the moon, highly detailed"
-NEGATIVE = "blurry, low quality"
 
 
 def ours_runner(path: str, family: str, steps: int, graphs: bool = True):
-    from modules import devices, processing, shared
+    from modules import devices
     from modules.models.loader import load_model
 
-    shared.opts.data["live_previews_enable"] = False
     model = load_model(path, devices.choose_precision(torch.device("cuda")))
-    size = SIZES[family]
-
-    def run():
-        shared.opts.data["cuda_graphs"] = graphs
-        p = processing.StableDiffusionProcessingTxt2Img(
-            prompt=PROMPT, negative_prompt=NEGATIVE, steps=steps, cfg_scale=7.0, width=size, height=size,
-            sampler_name="Euler", seed=1234, do_not_save_samples=True, do_not_save_grid=True)
-        p.sd_model = model
-        processing.process_images(p)
-
-    return run
+    return ours(model, SIZES[family], steps, {"cuda_graphs": graphs})
 
 
 def diffusers_runner(path: str, config_dir: str, family: str, steps: int):
@@ -56,14 +42,7 @@ def diffusers_runner(path: str, config_dir: str, family: str, steps: int):
     # pipe.to() moves only the torch modules, so swapping the scheduler after it changes nothing
     pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
-    size = SIZES[family]
-
-    def run():
-        generator = torch.Generator("cuda").manual_seed(1234)
-        pipe(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=steps, guidance_scale=7.0, width=size,
-             height=size, generator=generator)
-
-    return run
+    return theirs(pipe, SIZES[family], steps)
 
 
 def main() -> None:

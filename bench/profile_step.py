@@ -19,23 +19,12 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.full_size import write_checkpoint_and_config  # noqa: E402
+from bench.jobs import ours  # noqa: E402
 from bench.timing import timed  # noqa: E402
-
-PROMPT = "a photograph of an astronaut riding a horse on the moon, highly detailed"
 
 
 def job(model, graphs: bool, compiled: bool, steps: int):
-    from modules import processing, shared
-
-    def run():
-        shared.opts.data.update(live_previews_enable=False, cuda_graphs=graphs, compile_unet=compiled)
-        p = processing.StableDiffusionProcessingTxt2Img(
-            prompt=PROMPT, negative_prompt="blurry", steps=steps, cfg_scale=7.0, width=512, height=512,
-            sampler_name="Euler", seed=1234, do_not_save_samples=True, do_not_save_grid=True)
-        p.sd_model = model
-        processing.process_images(p)
-
-    return run
+    return ours(model, 512, steps, {"cuda_graphs": graphs, "compile_unet": compiled})
 
 
 def sync_sites(run) -> collections.Counter:

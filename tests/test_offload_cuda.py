@@ -121,7 +121,7 @@ def test_an_interrupted_forward_leaves_no_stale_weights(models, monkeypatch):
 
     handle = layer.register_forward_pre_hook(fail_once)
     try:
-        monkeypatch.setattr(offload, "run_job", lambda fn, current: _settling(fn, current))
+        monkeypatch.setattr(offload, "run_job", lambda fn, current, **_: _settling(fn, current))
         with pytest.raises(torch.OutOfMemoryError):
             _generate(model)
     finally:
