@@ -8,7 +8,6 @@ import pytest
 import torch
 from tiny_models import build_family
 
-from modules.engine import unet_compile
 from modules.engine.unet_call import UNetInput, unet_call
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -45,4 +44,3 @@ def test_compiled_graphs_equal_eager_and_follow_in_place_weights_without_recompi
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == frames, "a weight change recompiled"
     keys = list(unet._sd_graph_cache.graphs)
     assert len(keys) == 1 and keys[0][0] == id(unet._sd_compiler.compiled), "the compiled forward is replayed"
-    unet_compile.forget(unet)

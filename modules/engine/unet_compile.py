@@ -116,14 +116,3 @@ def forward_for(module: torch.nn.Module, forward: Forward, args: tuple, kwargs: 
             return forward
         state.ready.add(key)
     return state.compiled
-
-
-def is_ready(module: torch.nn.Module, args: tuple, kwargs: dict) -> bool:
-    state: _ModuleCompiler | None = getattr(module, "_sd_compiler", None)
-    return state is not None and input_key(args, kwargs) in state.ready
-
-
-def forget(module: torch.nn.Module) -> None:
-    """Drop a module's compiled forwards (e.g. the model is unloaded)."""
-    if hasattr(module, "_sd_compiler"):
-        del module._sd_compiler
