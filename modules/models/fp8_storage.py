@@ -83,6 +83,7 @@ def convert(model: Any) -> int:
             layer.weight.data = layer.weight.data.to(STORAGE_DTYPE)
             layer.__class__ = _SWAPS[type(layer)]
     model.fp8_storage = True
+    model.fp8_keeps_16_bit = keep
     patcher = getattr(model, "patcher", None)
     if patcher is not None:
         patcher.storages_replaced()  # graphs recorded over the 16-bit storages are stale
@@ -95,8 +96,7 @@ def settle(model: Any) -> bool:
     8-bit weights the setting no longer wants (or was converted with the other "Cache FP16 weight for LoRA"
     choice): only a reload from the file brings 16 bits back."""
     if is_fp8(model):
-        cached = any(hasattr(p, "_sd_full_precision") for p in model.unet.parameters())
-        return wanted(model) and cached == cache_full_precision()
+        return wanted(model) and bool(getattr(model, "fp8_keeps_16_bit", False)) == cache_full_precision()
     if wanted(model):
         convert(model)
     return True
@@ -106,5 +106,4 @@ def infotext_values(model: Any) -> dict[str, Any]:
     """What A1111 writes while 8-bit weights are in effect: "FP8 weight" and "Cache FP16 weight for LoRA"."""
     if not is_fp8(model):
         return {"FP8 weight": None, "Cache FP16 weight for LoRA": None}
-    cached = any(hasattr(p, "_sd_full_precision") for p in model.unet.parameters())
-    return {"FP8 weight": setting(), "Cache FP16 weight for LoRA": cached}
+    return {"FP8 weight": setting(), "Cache FP16 weight for LoRA": bool(getattr(model, "fp8_keeps_16_bit", False))}

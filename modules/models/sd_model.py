@@ -24,6 +24,7 @@ class StableDiffusionModel:
     attention: str = "sdpa"
     patcher: Any = field(default=None, repr=False)  # models.patcher.ModelPatcher, made on first use
     fp8_storage: bool = False  # the UNet's weights are stored in 8 bits (models.fp8_storage)
+    fp8_keeps_16_bit: bool = False  # ... with their 16-bit values kept in RAM for LoRA ("Cache FP16 weight for LoRA")
     offload: Any = field(default=None, repr=False)  # models.offload.OffloadState under --medvram/--lowvram
 
     # --- A1111 attribute names that extensions read -------------------------------------------------------------
