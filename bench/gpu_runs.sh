@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU measurements still owed to the speed work, in order of what they decide, each under its own time limit
 # so one call of a few minutes brings back whatever finished. Results go to $OUT (default: bench/results/new).
-#   bash bench/gpu_runs.sh [stage ...]     stages: tests compile-sd15 compile-sdxl profile batching lowvram tome fp8
+#   bash bench/gpu_runs.sh [stage ...]     stages: tests compile-sd15 compile-sdxl restart profile batching lowvram
+#                                          tome fp8 (restart needs a compile stage before it, to fill the cache)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-bench/results/new}"
@@ -27,7 +28,9 @@ for stage in "${stages[@]}"; do
             --channels-last --repeats 5 --out "$out/compile-sd15.json" ;;
         compile-sdxl) run compile-sdxl 560 python bench/bench_compile.py --workdir "$work" --families sdxl \
             --channels-last --repeats 3 --out "$out/compile-sdxl.json" ;;
-        profile) run profile 300 python bench/profile_step.py --workdir "$work" --out-dir "$out" ;;
+        restart) run restart 400 python bench/bench_restart.py --workdir "$work" --families "${RESTART_FAMILIES:-sd15}" \
+            --out "$out/restart.json" ;;
+        profile) run profile 300 python bench/profile_step.py --workdir "$work" --out-dir "$out" --modes "${PROFILE_MODES:-graphs,compiled,eager}" ;;
         batching) run batching 400 python bench/bench_batching.py --workdir "$work" --out "$out/batching.json" ;;
         lowvram) run lowvram 560 python bench/bench_lowvram.py --workdir "$work" --out "$out/lowvram.json" ;;
         tome) run tome 560 python bench/bench_tome_tiled_vae.py --workdir "$work" --out "$out/tome-tiled-vae.json" ;;

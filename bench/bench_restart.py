@@ -1,0 +1,90 @@
+"""Restart to first image with the compiled engine (issue #18 point 2): a fresh process, started after an earlier
+run left inductor's disk cache (`<data dir>/cache/torch_compile`) filled for this model and size, is timed from
+its start to its first picture and to its second, with `compile_unet` on and, for comparison, off.
+
+Run it after `bench_compile.py` (which fills the cache) on the same `--workdir`; `--fill` runs one compiled
+child first, so that the cache is filled by this script alone.
+
+    python bench/bench_restart.py --workdir /tmp/bench --families sd15,sdxl --out bench/results/restart-h200.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def child(args: argparse.Namespace) -> None:
+    """The restarted server's work: imports, load the checkpoint, two jobs; prints seconds since `--t0`."""
+    import torch
+
+    from bench.full_size import write_checkpoint_and_config
+    from bench.jobs import SIZES, ours
+    from modules import devices
+    from modules.models.loader import load_model
+
+    marks = {"imported": time.time() - args.t0}
+    path = os.path.join(args.workdir, f"{args.family}.safetensors")
+    if not os.path.exists(path):
+        write_checkpoint_and_config(args.family, path, os.path.join(args.workdir, f"{args.family}-config"))
+    model = load_model(path, devices.choose_precision(torch.device("cuda")))
+    model.unet.to(memory_format=torch.channels_last)
+    torch.cuda.synchronize()
+    marks["loaded"] = time.time() - args.t0
+    run = ours(model, SIZES[args.family], 30, {"cuda_graphs": True, "compile_unet": args.compiled})
+    run()
+    torch.cuda.synchronize()
+    marks["first_image"] = time.time() - args.t0
+    run()
+    torch.cuda.synchronize()
+    marks["second_image"] = time.time() - args.t0
+    print("MARKS " + json.dumps(marks), flush=True)
+
+
+def restart(args: argparse.Namespace, family: str, compiled: bool) -> dict:
+    argv = [sys.executable, os.path.abspath(__file__), "--child", "--family", family, "--workdir", args.workdir,
+            "--t0", repr(time.time())] + (["--compiled"] if compiled else [])
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=900)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("MARKS ")]
+    if not lines:
+        return {"error": (done.stderr or done.stdout)[-2000:]}
+    return json.loads(lines[-1][6:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--workdir", default="/tmp/bench-models")
+    parser.add_argument("--out", default="bench-restart.json")
+    parser.add_argument("--families", default="sd15")
+    parser.add_argument("--fill", action="store_true", help="run one compiled child first to fill the cache")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--family", default="sd15", help=argparse.SUPPRESS)
+    parser.add_argument("--compiled", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--t0", type=float, default=0.0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args)
+        return
+    from modules.engine.unet_compile import compile_cache_dir
+
+    results: dict = {"cache_dir": compile_cache_dir()}
+    for family in args.families.split(","):
+        row: dict = {}
+        if args.fill:
+            row["filling_run"] = restart(args, family, True)
+        row["compiled_restart"] = restart(args, family, True)
+        row["graphs_restart"] = restart(args, family, False)
+        results[family] = row
+        print(family, json.dumps(row), flush=True)
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
