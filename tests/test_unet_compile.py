@@ -1,7 +1,9 @@
-"""The compiled UNet (setting `compile_unet`): compiled once per input structure in the job that first needs it,
-equal to the plain forward, never recompiled by weight (LoRA) or value changes, and a compiler failure never fails
-a job. On the CPU with a counting backend over dynamo's tracing ("aot_eager" semantics), so
-the machinery is tested without generating kernels; tests/test_unet_compile_cuda.py runs inductor on a GPU."""
+"""The compiled UNet (setting `compile_unet`): compiled once per input structure, equal to the plain forward, never
+recompiled by weight (LoRA) or value changes, and a compiler failure never fails a job. On the CPU with a counting
+backend over dynamo's tracing ("aot_eager" semantics), so the machinery is tested without generating kernels; a
+callable backend cannot go to a compile process, so here the job that first needs a structure compiles it in its
+thread (tests/test_unet_compile_worker.py covers compile processes); tests/test_unet_compile_cuda.py runs inductor
+on a GPU."""
 
 from __future__ import annotations
 

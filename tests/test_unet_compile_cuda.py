@@ -1,6 +1,7 @@
 """The compiled UNet on a GPU with inductor, replayed in our CUDA graphs: equal to eager within fp16 (fused kernels
 round differently: 4.4e-3 measured on the tiny model, 1e-2 allowed), never stale after in-place weight changes
-(LoRA), and no recompile for them (CUDA only)."""
+(LoRA), and no recompile for them; and a compile process fills the inductor caches that the job's own compile then
+hits (CUDA only)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 import torch
 from tiny_models import build_family
 
+from modules.engine import unet_compile
 from modules.engine.unet_call import UNetInput, unet_call
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -21,7 +23,8 @@ def _input(unet, seed: int, size: int = 16) -> UNetInput:
 
 
 @torch.no_grad()
-def test_compiled_graphs_equal_eager_and_follow_in_place_weights_without_recompiling():
+def test_compiled_graphs_equal_eager_and_follow_in_place_weights_without_recompiling(monkeypatch):
+    monkeypatch.setattr(unet_compile, "IN_WORKER", False)  # the first call compiles, in this thread
     torch._dynamo.reset()
     unet = build_family("sd1").unet.cuda().half().eval()
     inp = _input(unet, 0)
@@ -44,3 +47,27 @@ def test_compiled_graphs_equal_eager_and_follow_in_place_weights_without_recompi
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == frames, "a weight change recompiled"
     keys = list(unet._sd_graph_cache.graphs)
     assert len(keys) == 1 and keys[0][0] == id(unet._sd_compiler.compiled), "the compiled forward is replayed"
+
+
+@torch.no_grad()
+def test_a_compile_process_fills_the_caches_the_jobs_compile_then_hits(monkeypatch, tmp_path):
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setattr(unet_compile, "IN_WORKER", True)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "torch_compile"))  # cold: only the child fills it
+    torch._dynamo.reset()
+    unet = build_family("sd1").unet.cuda().half().eval()
+    inp = _input(unet, 0)
+    eager = unet_call(unet, inp)
+    plain = unet_call(unet, inp, use_graphs=True, compiled=True)  # the plain forward, replayed in a graph
+    torch.testing.assert_close(plain, eager, rtol=1e-2, atol=1e-2)
+    (job,) = unet._sd_compiler.jobs.values()
+    assert unet_compile.wait_for_workers(600)
+    assert job.status == "done", job.error
+    counters.clear()
+    compiled = unet_call(unet, inp, use_graphs=True, compiled=True)  # compiles here, from the child's caches
+    assert unet._sd_compiler.ready and not unet._sd_compiler.failed
+    hits = counters["inductor"]["fxgraph_cache_hit"] + counters["aot_autograd"]["autograd_cache_hit"]
+    assert hits >= 1 and counters["inductor"]["fxgraph_cache_miss"] == 0, dict(counters)
+    torch.testing.assert_close(compiled, eager, rtol=1e-2, atol=1e-2)
+    torch._dynamo.reset()
