@@ -3,7 +3,8 @@
 SDXL at 1024x1024 under a 4 GiB cap and SD1.5 at 512x512 under 2 GiB (`torch.cuda.set_per_process_memory_fraction`),
 random weights at real sizes (bench/full_size.py), fp16, 30 steps, CFG 7, Euler, batch 1, through
 `process_images`. For each offload mode (none, medvram, lowvram with leaf-level groups, lowvram with block-level
-groups) it reports seconds per image, the ratio of its speed to the uncapped run without offloading (default
+groups; then medvram with the UNet's weights in 8 bits (A1111's "FP8 weight", modules/models/fp8_storage.py) and
+the VAE decoding in tiles (`tiled_vae_decode`), the combination a small card needs for SDXL) it reports seconds per image, the ratio of its speed to the uncapped run without offloading (default
 settings, CUDA graphs on), and peak allocated memory. A mode that does not fit the cap is reported as "oom";
 the job's out-of-memory retry is switched off here so that each mode is measured as itself.
 
@@ -31,7 +32,10 @@ from bench.jobs import ours  # noqa: E402
 from bench.timing import timed  # noqa: E402
 
 CASES = {"sdxl": {"size": 1024, "cap_gib": 4.0}, "sd15": {"size": 512, "cap_gib": 2.0}}
-MODES = (("none", "leaf_level"), ("medvram", "leaf_level"), ("lowvram", "leaf_level"), ("lowvram", "block_level"))
+# (name, offload mode, lowvram group level, UNet weights in 8 bits + tiled VAE decode); the 8-bit ones run last
+MODES = (("none", "none", "leaf_level", False), ("medvram", "medvram", "leaf_level", False),
+         ("lowvram_leaf", "lowvram", "leaf_level", False), ("lowvram_block", "lowvram", "block_level", False),
+         ("medvram_fp8_tiled", "medvram", "leaf_level", True))
 
 
 def checkpoint(family: str, workdir: str, small: bool) -> str:
@@ -59,8 +63,8 @@ def load(path: str, device: torch.device):
     return load_model(path, dataclasses.replace(precision, device=torch.device("cpu")))
 
 
-def runner(model, size: int, steps: int):
-    return ours(model, size, steps)
+def runner(model, size: int, steps: int, tiled_vae: bool = False):
+    return ours(model, size, steps, {"tiled_vae_decode": tiled_vae})
 
 
 def _reset(cuda: bool) -> None:
@@ -86,7 +90,7 @@ def measure(run, repeats: int, cuda: bool) -> dict:
 
 
 def bench_family(family: str, args, device: torch.device) -> dict:
-    from modules.models import offload
+    from modules.models import fp8_storage, offload
 
     cuda = device.type == "cuda"
     case = CASES[family]
@@ -100,9 +104,13 @@ def bench_family(family: str, args, device: torch.device) -> dict:
     out["uncapped_none"] = base = measure(run, args.repeats, cuda)
     print(family, "uncapped none", json.dumps(base), flush=True)
     total = torch.cuda.get_device_properties(device).total_memory if cuda else 0
-    for mode, unet_type in MODES:
-        name = mode if mode != "lowvram" else f"lowvram_{unet_type.split('_')[0]}"
+    for name, mode, unet_type, small_weights in MODES:
+        if args.modes and name not in args.modes.split(","):
+            continue
         offload.place(model, torch.device("cpu"), "none")  # nothing of the model on the device while capping
+        if small_weights and not fp8_storage.is_fp8(model):
+            fp8_storage.convert(model)  # for good: the modes after this one would run on 8-bit weights too
+        run = runner(model, size, steps, tiled_vae=small_weights)
         _reset(cuda)
         if cuda and not args.small:
             torch.cuda.set_per_process_memory_fraction(min(1.0, case["cap_gib"] * 2**30 / total), device)
@@ -133,6 +141,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--families", default="sdxl,sd15")
+    parser.add_argument("--modes", default="", help="only these capped modes, by name (default: all)")
     parser.add_argument("--small", action="store_true", help="tiny models on the CPU, no caps (a smoke run)")
     args = parser.parse_args()
     if args.small:
@@ -140,7 +149,7 @@ def main() -> None:
         device = torch.device("cpu")
     else:
         assert torch.cuda.is_available(), "this benchmark needs a CUDA GPU (or --small)"
-        device = torch.device("cuda")
+        device = torch.device("cuda", torch.cuda.current_device())
     from modules.models import offload
 
     offload.run_job = lambda fn, current_model, **_: fn()  # measure each mode as itself: no retry at a lower one
