@@ -4,12 +4,13 @@
 On CUDA: SD1.5 at 512x512 with random weights at the real size (bench/full_size.py), fp16, 30 steps, CFG 7, Euler.
 
 - ours, batch 8: `process_images` on one `StableDiffusionProcessingTxt2Img` with batch_size=8 (CUDA graphs on, the
-  default, and off);
+  default, and off; on CUDA also `compile_unet`; there the UNet's weights are channels-last for all three);
 - diffusers, batch 8: `StableDiffusionPipeline.from_single_file` on the same file, num_images_per_prompt=8 (eager);
 - queue, 8 jobs: 8 single-image jobs with different prompts and seeds wait behind a held worker, then run, with
   `queue_batch_jobs` on (one batch of 8) and off (8 runs); timed from the release to the last result.
 
-Each is warmed up, then timed `--repeats` times, alternating; medians. `--small` runs the same on the CPU with the
+Each is warmed up, then timed `--repeats` rounds; a round runs every case twice in turn and times the second run;
+medians. `--small` runs the same on the CPU with the
 test suite's tiny model (64x64, 4 steps, batch 4): a smoke test of the script, not a measurement.
 
     python bench/bench_batching.py --workdir /tmp/bench --out bench-batching.json
@@ -53,11 +54,11 @@ def _request(config: dict, model: Any, batch: int, index: int = 0) -> Any:
     return p
 
 
-def ours_batch(config: dict, model: Any, graphs: bool) -> Callable[[], None]:
+def ours_batch(config: dict, model: Any, graphs: bool, compiled: bool = False) -> Callable[[], None]:
     from modules import processing, shared
 
     def run() -> None:
-        shared.opts.data["cuda_graphs"] = graphs
+        shared.opts.data.update({"cuda_graphs": graphs, "compile_unet": compiled})
         processed = processing.process_images(_request(config, model, config["batch"]))
         assert len(processed.images) == config["batch"], len(processed.images)
 
@@ -84,7 +85,7 @@ def queue_jobs(config: dict, model: Any, batching: bool) -> Callable[[], float]:
     def run() -> float:
         shared.opts.data["queue_batch_jobs"] = batching
         shared.opts.data["queue_batch_max"] = config["batch"]
-        shared.opts.data["cuda_graphs"] = True
+        shared.opts.data.update({"cuda_graphs": True, "compile_unet": False})
         release, running = threading.Event(), threading.Event()
 
         def hold() -> None:
@@ -176,6 +177,14 @@ def main() -> None:
     cases: dict[str, Callable[[], Any]] = {
         "ours_batch": ours_batch(config, model, graphs=True),
         "ours_batch_eager": ours_batch(config, model, graphs=False),
+    }
+    if config["device"] == "cuda":
+        from modules.engine import unet_compile
+
+        unet_compile.IN_WORKER = False  # the warm-up compiles; every timed run is compiled
+        model.unet.to(memory_format=torch.channels_last)  # as bench_compile.py runs the compiled engine
+        cases["ours_batch_compiled"] = ours_batch(config, model, graphs=True, compiled=True)
+    cases |= {
         "diffusers_batch": diffusers_batch(config, pipe),
         "queue_batching_on": queue_jobs(config, model, batching=True),
         "queue_batching_off": queue_jobs(config, model, batching=False),
@@ -185,6 +194,9 @@ def main() -> None:
         fn() if name.startswith("queue") else timed(fn)
     for _ in range(args.repeats):
         for name, fn in cases.items():
+            # an untimed run first: switching graphs / compiled / eager re-captures CUDA graphs, which a server
+            # that stays in one mode does not pay per job
+            fn()
             times[name].append(fn() if name.startswith("queue") else timed(fn))
     results: dict[str, Any] = {
         "device": torch.cuda.get_device_name(0) if config["device"] == "cuda" else "cpu",
