@@ -9,6 +9,7 @@ storage moves a picture, not how good a trained model's picture looks).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import statistics
@@ -56,7 +57,9 @@ def main() -> None:
             torch.cuda.reset_peak_memory_stats()
             row[f"{mode}_s"] = statistics.median(timed(run) for _ in range(args.repeats))
             row[f"{mode}_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
-            del model
+            row[f"{mode}_resident_gib"] = torch.cuda.memory_allocated() / 2**30  # what stays between jobs
+            del model, run  # the job closure holds the model too; the next mode must not count it
+            gc.collect()
             torch.cuda.empty_cache()
         row.update(quality(images["8-bit"], images["16-bit"]))
         results[family] = row
