@@ -120,7 +120,7 @@ def test_lora_switches_replay_one_graph_and_match_eager_bit_for_bit(gpu_model, m
         for x, y in (("a", "none"), ("b", "none"), ("a", "b")):
             assert (eager[x].latents - eager[y].latents).abs().max() > 1e-2, f"{x} and {y} give the same latents"
 
-        model.unet.__dict__.pop("_sd_graph_cache", None)
+        unet_graph.drop_graphs(model.unet)
         graphed: dict[str, Result] = {}
         for name, prompt in (("none", NONE), ("a", A), ("b", B), ("none again", NONE)):
             graphed[name] = _generate(model, prompt, True, monkeypatch)
@@ -139,7 +139,7 @@ def test_lora_switches_replay_one_graph_and_match_eager_bit_for_bit(gpu_model, m
         problems += _differences(graphed["none again"], graphed["none"], "graphed, no LoRA after A and B")
 
         # A graph captured while a LoRA is on replays the other weights just as well.
-        model.unet.__dict__.pop("_sd_graph_cache", None)
+        unet_graph.drop_graphs(model.unet)
         captures.clear()
         for name, prompt in (("b", B), ("none", NONE), ("a", A)):
             problems += _differences(_generate(model, prompt, True, monkeypatch), eager[name],

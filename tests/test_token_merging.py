@@ -95,7 +95,8 @@ def test_half_the_tokens_merged_changes_the_picture_and_is_taken_off_after(data_
     assert not np.array_equal(px(plain), px(merged))
     assert "Token merging ratio: 0.5" in merged.infotexts[0] and "Token merging ratio hr" not in merged.infotexts[0]
     assert unpatched(model.unet)
-    assert unet_graph.structure_version(model.unet) == version + 2  # applied, removed: graphs re-captured each time
+    # applied and removed without touching the structure version: the plain graphs stay valid
+    assert unet_graph.structure_version(model.unet) == version and unet_graph.current_variant(model.unet) is None
     merges.clear()
     assert np.array_equal(px(txt2img()), px(plain)) and merges == []
 
@@ -225,3 +226,49 @@ def test_the_api_field_takes_effect(http, merges):
     assert "Token merging ratio: 0.5" in info and "Token merging" not in plain_info
     assert merges and not np.array_equal(plain, merged)
     assert np.array_equal(run()[0], plain)  # the next request runs the unpatched UNet
+
+
+def test_a_patched_pass_runs_under_its_own_graph_variant_and_never_compiled(monkeypatch):
+    import sys
+    from pathlib import Path
+
+    from modules.engine import unet_compile
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tiny_models import build_unet
+
+    unet = build_unet("sd1", seed=3)
+    compiles: list[int] = []
+    monkeypatch.setattr(unet_compile, "BACKEND", lambda gm, inputs: compiles.append(1) or gm.forward)
+    monkeypatch.setattr(unet_compile, "IN_WORKER", False)
+    variants = []
+    for ratio in (0.5, 0.5, 0.3):
+        with token_merging.merged(unet, ratio) as patched:
+            assert patched
+            variants.append(unet_graph.current_variant(unet))
+
+            def forward(module, x):
+                return x
+
+            assert unet_compile.forward_for(unet, forward, (torch.zeros(1),), {}) is forward
+        assert unet_graph.current_variant(unet) is None and "_sd_graph_variant" not in vars(unet)
+    assert variants[0] == variants[1] != variants[2] and variants[0][:2] == ("tome", 0.5)
+    assert compiles == []
+
+
+def test_graph_sets_are_kept_per_variant():
+    unet = torch.nn.Linear(2, 2)
+    plain = unet_graph._cache_for(unet)
+    with unet_graph.graph_variant(unet, ("tome", 0.5)):
+        tome = unet_graph._cache_for(unet)
+        assert tome is not plain and unet._sd_graph_cache is tome
+    assert unet_graph._cache_for(unet) is plain  # the plain graphs survived the patched pass
+    with unet_graph.graph_variant(unet, ("tome", 0.5)):
+        assert unet_graph._cache_for(unet) is tome  # and the next pass with the same patch finds its graphs
+    with unet_graph.graph_variant(unet, ("tome", 0.3)):
+        unet_graph._cache_for(unet)
+    assert len(unet._sd_graph_caches) == unet_graph.MAX_VARIANTS
+    fresh = unet_graph._cache_for(unet)
+    assert fresh is not plain  # the least recently used set (the plain one, here) was let go
+    unet_graph.bump_structure_version(unet)
+    assert unet_graph._cache_for(unet) is not fresh  # a real code change still drops them

@@ -8,9 +8,11 @@ it. Cross-attention and the feed-forward layers are left alone. SDXL (base and r
 resolution, so as in A1111 the setting changes nothing there; the refiner's UNet is not patched (nor in A1111).
 
 The patch changes the code the UNet's forward runs: it is applied for one sampling pass only, removed in a
-`finally` (a failed job never leaves the shared model patched), attributes it added are deleted, and the UNet's
-structure version is bumped both ways so that CUDA graphs and compiled forwards captured with the other code are
-not replayed (so a job with ToMe captures its CUDA graphs afresh: a few UNet evaluations' worth of time).
+`finally` (a failed job never leaves the shared model patched), and attributes it added are deleted. While it is
+on, the UNet runs under a CUDA graph variant named by the ratio and arguments (modules.engine.unet_graph), so the
+next job with the same ToMe replays the graphs this one captured, and the plain graphs stay valid. The compiled
+forward (`compile_unet`) is not used under ToMe: tomesd makes new block classes on every patch, on which the
+compiler's guards would fail and recompile inside the job.
 """
 
 from __future__ import annotations
@@ -91,16 +93,16 @@ def merged(unet: torch.nn.Module, ratio: float, **arguments: Any) -> Iterator[bo
     blocks = _transformer_blocks(unet)
     _check_blocks(blocks)
     added = {id(m): [a for a in TOMESD_ATTRIBUTES if a not in vars(m)] for m in (unet, *blocks)}
+    settings = {**A1111_ARGUMENTS, **arguments}
     try:
-        tomesd.apply_patch(unet, ratio=ratio, **{**A1111_ARGUMENTS, **arguments})
-        unet_graph.bump_structure_version(unet)
-        yield True
+        tomesd.apply_patch(unet, ratio=ratio, **settings)
+        with unet_graph.graph_variant(unet, ("tome", ratio, tuple(sorted(settings.items())))):
+            yield True
     finally:
         tomesd.remove_patch(unet)
         for module in (unet, *blocks):  # tomesd leaves its state and flags behind: remove them exactly
             for name in added[id(module)]:
                 vars(module).pop(name, None)
-        unet_graph.bump_structure_version(unet)
 
 
 @contextlib.contextmanager

@@ -308,6 +308,10 @@ def forward_for(module: torch.nn.Module, forward: Forward, args: tuple, kwargs: 
     is working on it, see the module docstring) and for good when compiling failed (logged once; the module keeps
     running uncompiled). With `IN_WORKER` off or a backend outside `WORKER_BACKENDS`, compiles now, in this
     thread."""
+    from modules.engine.unet_graph import current_variant
+
+    if current_variant(module) is not None:  # a per-job patch (token merging): see modules.engine.token_merging
+        return forward
     state: _ModuleCompiler | None = getattr(module, "_sd_compiler", None)
     if state is None or state.version != _module_version(module) or state.backend != BACKEND:
         state = _make_compiler(module, forward, BACKEND)

@@ -10,13 +10,18 @@ and the non-tensor arguments), a few at most. They are dropped when the weights 
 in RAM), when the model patcher replaced a weight storage, when the forward's code changed
 (`bump_structure_version`), when convolutions change padding (tiling), or when
 capture fails, in which case this module simply runs eagerly from then on.
+
+A patch that comes and goes with each job (token merging) does not bump the version: it runs under a graph
+*variant* (`graph_variant`), a name for the code it installs, and each variant keeps its own graphs. A job with the
+same patch then replays the graphs the last one captured, and the unpatched graphs survive it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +32,8 @@ log = logging.getLogger(__name__)
 # e.g. the cond+uncond batch, a separate pass for prompts of different lengths, each with and without
 # ControlNet residuals (outside a unit's guidance window)
 MAX_GRAPHS = 4
+# graph sets kept per module: the plain forward and one patched variant (token merging on and off)
+MAX_VARIANTS = 2
 
 
 @dataclass
@@ -51,6 +58,44 @@ def structure_version(module: torch.nn.Module) -> int:
 
 def bump_structure_version(module: torch.nn.Module) -> None:
     module._sd_structure_version = structure_version(module) + 1
+
+
+def current_variant(module: torch.nn.Module) -> Hashable:
+    return getattr(module, "_sd_graph_variant", None)
+
+
+@contextlib.contextmanager
+def graph_variant(module: torch.nn.Module, variant: Hashable) -> Iterator[None]:
+    """Within the block `module` runs the code named `variant` (it must name everything the patch bakes into the
+    kernels, e.g. token merging's ratio and arguments), and its calls replay that variant's graphs."""
+    previous = current_variant(module)
+    module._sd_graph_variant = variant
+    try:
+        yield
+    finally:
+        if previous is None:
+            module.__dict__.pop("_sd_graph_variant", None)
+        else:
+            module._sd_graph_variant = previous
+
+
+def drop_graphs(module: torch.nn.Module) -> None:
+    """Forget every captured graph of `module` (all variants)."""
+    module.__dict__.pop("_sd_graph_caches", None)
+    module.__dict__.pop("_sd_graph_cache", None)
+
+
+def _cache_for(module: torch.nn.Module) -> _GraphCache:
+    caches: OrderedDict[Hashable, _GraphCache] = module.__dict__.setdefault("_sd_graph_caches", OrderedDict())
+    variant = current_variant(module)
+    cache = caches.get(variant)
+    if cache is None or not cache.still_valid(module):
+        cache = caches[variant] = _GraphCache(module)
+    caches.move_to_end(variant)
+    while len(caches) > MAX_VARIANTS:
+        caches.popitem(last=False)
+    module._sd_graph_cache = cache  # the set in use, for tools and tests that look at it
+    return cache
 
 
 def _first_parameter(module: torch.nn.Module) -> torch.Tensor:
@@ -120,10 +165,7 @@ def _capture(module: torch.nn.Module, fn: Callable[..., Any], tensors: list[torc
 
 def graphed_call(module: torch.nn.Module, fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
     """`fn(module, *args, **kwargs)` by graph replay. The result's tensors are overwritten by the next replay."""
-    cache: _GraphCache | None = getattr(module, "_sd_graph_cache", None)
-    if cache is None or not cache.still_valid(module):
-        cache = _GraphCache(module)
-        module._sd_graph_cache = cache
+    cache = _cache_for(module)
     if cache.broken:
         return fn(module, *args, **kwargs)
     tensors, constants, spec = _split(args, kwargs)

@@ -1,0 +1,37 @@
+"""Token merging under CUDA graphs (CUDA only): a pass with ToMe replays the graphs the last pass with the same
+ratio captured, gives the eager ToMe result, and leaves the plain graphs valid."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny_models import build_family
+
+from modules.engine import token_merging, unet_graph
+from modules.engine.unet_call import UNetInput, unet_call
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def test_tome_graphs_are_captured_once_and_replayed_exactly(monkeypatch):
+    unet = build_family("sd1").unet.cuda().eval()
+    captures: list[object] = []
+    capture = unet_graph._capture
+    monkeypatch.setattr(unet_graph, "_capture", lambda *a: captures.append(unet_graph.current_variant(unet))
+                        or capture(*a))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, unet.config.in_channels, 8, 8, generator=g).cuda()
+    t = torch.full((2,), 500.0).cuda()
+    ctx = torch.randn(2, 77, unet.config.cross_attention_dim, generator=g).cuda()
+
+    plain = unet_call(unet, UNetInput(x, t, ctx), use_graphs=True).clone()
+    for seed in (1, 2):  # two jobs with the same ratio, new inputs each
+        x2 = x + seed
+        with token_merging.merged(unet, 0.5):
+            eager = unet_call(unet, UNetInput(x2, t, ctx))
+            graphed = unet_call(unet, UNetInput(x2, t, ctx), use_graphs=True).clone()
+        torch.testing.assert_close(graphed, eager, rtol=1e-4, atol=1e-4)
+        assert not torch.allclose(graphed, unet_call(unet, UNetInput(x2, t, ctx)))  # ToMe changed the output
+    assert len(captures) == 2 and captures[0] is None and captures[1][:2] == ("tome", 0.5)
+    torch.testing.assert_close(unet_call(unet, UNetInput(x, t, ctx), use_graphs=True), plain, rtol=0, atol=0)
+    assert len(captures) == 2  # the plain graphs were still there
