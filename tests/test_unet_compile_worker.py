@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 import torch
 from compile_worker_helpers import TinyNet, tiny_forward, vanishing_class
+from test_unet_compile import _txt2img
+from test_unet_compile import data_dir as data_dir  # a module-scoped fixture: this file gets its own data dir
 
-from modules import processing, sd_models, shared
+from modules import sd_models, shared
 from modules.engine import unet_compile
 
 WAIT_S = 60
@@ -137,18 +139,6 @@ def test_at_exit_the_running_child_is_stopped_and_no_other_starts(worker, monkey
     assert "keep running uncompiled" not in caplog.text  # exiting is not a failure worth a warning
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory, isolated_data_dir):
-    checkpoints = {"sd1.safetensors": {"family": "sd1", "seed": 3}}
-    with isolated_data_dir(tmp_path_factory.mktemp("data"), checkpoints, {"live_previews_enable": False}) as root:
-        yield root
-
-
-def _txt2img(seed: int) -> np.ndarray:
-    p = processing.StableDiffusionProcessingTxt2Img(
-        prompt="a red circle", negative_prompt="blurry", steps=3, width=64, height=64, sampler_name="Euler",
-        seed=seed, cfg_scale=7.0, do_not_save_samples=True, do_not_save_grid=True)
-    return np.asarray(processing.process_images(p).images[0], dtype=np.int16)
 
 
 def test_a_job_runs_uncompiled_while_the_unet_and_decoder_compile_and_the_next_runs_compiled(data_dir, worker,
