@@ -749,7 +749,7 @@ def _sample(request: BatchRequest, p: StableDiffusionProcessing, state,
 
 def _decode(p: StableDiffusionProcessing, n: int, model, latents: torch.Tensor) -> list[Image.Image]:
     """VAE decode, then scripts' `postprocess_batch` (the [0, 1] tensor) and `postprocess_batch_list`."""
-    decoded = generate.vae_decode(model, latents)
+    decoded = generate.vae_decode(model, latents, notice=p.comment)
     if p.scripts is None:
         return generate.to_pil(decoded)
     p.scripts.postprocess_batch(p, decoded, batch_number=n)

@@ -159,3 +159,38 @@ def test_the_float32_fallback_still_works_while_tiling(model, monkeypatch, tiles
     assert torch.isfinite(images).all() and images.shape == (1, 3, 192, 192)
     assert precisions == [torch.float16] * 4 + [torch.float32] * 4  # 2×2 tiles, then again in float32
     assert model.vae.use_tiling is False and len(tiles) == 2
+
+
+def _out_of_memory_when_whole(model, monkeypatch, whole_latent: int) -> list[tuple[int, int]]:
+    """The decoder runs out of memory on a latent of `whole_latent` cells a side, and decodes smaller ones."""
+    seen: list[tuple[int, int]] = []
+    forward = model.vae.decoder.forward
+
+    def limited(z, *args, **kwargs):
+        seen.append(tuple(z.shape[-2:]))
+        if z.shape[-1] >= whole_latent:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB")
+        return forward(z, *args, **kwargs)
+
+    monkeypatch.setattr(model.vae.decoder, "forward", limited)
+    return seen
+
+
+def test_a_whole_decode_out_of_memory_is_done_again_in_tiles_and_says_so(model, monkeypatch, caplog):
+    tiled = txt2img(override_settings=TILED)  # the same job, tiled from the start
+    seen = _out_of_memory_when_whole(model, monkeypatch, 24)
+    result = txt2img(override_settings={"tiled_vae_decode": False, "tiled_vae_tile_size": TILE})
+    assert seen[0] == (24, 24) and len(seen) == 5  # the whole latent, then 2×2 tiles
+    assert np.array_equal(px(result), px(tiled))
+    sentence = f"VAE decode ran out of GPU memory; decoded in tiles of {TILE} pixels instead"
+    assert sentence in result.comments and sentence in caplog.text
+    assert vae_tiling.tiling_state(model.vae)["use_tiling"] is False
+
+
+def test_out_of_memory_while_already_tiling_or_with_tiles_refused_is_not_hidden(model, monkeypatch):
+    _out_of_memory_when_whole(model, monkeypatch, 1)  # even a tile is too much
+    latents = torch.randn(1, 4, 24, 24)
+    with pytest.raises(torch.OutOfMemoryError):
+        generate.vae_decode(model, latents, tile_size=TILE)
+    with pytest.raises(torch.OutOfMemoryError):
+        generate.vae_decode(model, latents, tile_size=0)  # 0: never tiles, so no second try either

@@ -6,6 +6,7 @@ txt2img, img2img and inpainting all come through `sample_batch`; they differ onl
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,8 @@ from modules.engine.sampling.registry import create_sampler
 from modules.engine.sampling.sampler import ScheduleSettings
 from modules.engine.unet_call import UNetHook, UNetHookContext, UNetInput, unet_call
 from modules.models.sd_model import StableDiffusionModel
+
+log = logging.getLogger(__name__)
 
 REFINER_AESTHETIC = {"positive": 6.0, "negative": 2.5}  # A1111's sdxl_refiner_*_aesthetic_score defaults
 
@@ -188,11 +191,36 @@ def sample_batch(request: BatchRequest, callback: Callable[[dict[str, Any]], Non
     return run(refiner_cfg, sigmas[switch:].to(refiner.device), x.to(refiner.device), switch)
 
 
-def vae_decode(model: StableDiffusionModel, latents: torch.Tensor, tile_size: int | None = None) -> torch.Tensor:
+def vae_decode(model: StableDiffusionModel, latents: torch.Tensor, tile_size: int | None = None,
+               notice: Callable[[str], None] | None = None) -> torch.Tensor:
     """Latents -> images in [0, 1], float32 [B, 3, H, W]. Retries in float32 if half precision made NaNs.
 
     `tile_size`: decode in tiles of that many pixels when the picture is larger (None: the settings
-    tiled_vae_decode / tiled_vae_tile_size decide; 0: never)."""
+    tiled_vae_decode / tiled_vae_tile_size decide; 0: never). A whole decode that runs out of GPU memory is done
+    again in tiles (as ComfyUI and Forge do) instead of failing the job after its sampling; `notice` gets the
+    sentence that says so, for the person's result."""
+    try:
+        return _vae_decode(model, latents, tile_size)
+    except (torch.OutOfMemoryError, RuntimeError) as e:
+        from modules.models import memory
+
+        factor = vae_tiling.scale_factor(model.vae)
+        height, width = latents.shape[-2] * factor, latents.shape[-1] * factor
+        tile = vae_tiling.fallback_tile_size()
+        if (not memory.is_oom(e) or tile_size == 0 or vae_tiling.would_tile(model.vae, height, width, tile_size)
+                or not vae_tiling.would_tile(model.vae, height, width, tile)):
+            raise  # tiles asked not to be used, already used, or of no help at this size
+    # outside the handler: the failed decode's frames, and the activations they hold, are let go
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    text = f"VAE decode ran out of GPU memory; decoded in tiles of {tile} pixels instead"
+    log.warning(text)
+    if notice is not None:
+        notice(text)
+    return _vae_decode(model, latents, tile)
+
+
+def _vae_decode(model: StableDiffusionModel, latents: torch.Tensor, tile_size: int | None) -> torch.Tensor:
     vae = model.vae
     scaled = latents / vae.config.scaling_factor
     factor = vae_tiling.scale_factor(vae)

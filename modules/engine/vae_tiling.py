@@ -17,6 +17,7 @@ from diffusers import AutoencoderKL
 
 # AutoencoderKL's tiling state (diffusers 0.2x-0.4x): all of it is saved and restored
 TILING_ATTRIBUTES = ("use_tiling", "tile_sample_min_size", "tile_latent_min_size", "tile_overlap_factor")
+FALLBACK_TILE_SIZE = 512
 
 
 def configured_tile_size() -> int:
@@ -29,6 +30,14 @@ def configured_tile_size() -> int:
     return int(getattr(opts, "tiled_vae_tile_size", 512))
 
 
+def fallback_tile_size() -> int:
+    """The tile a whole decode that ran out of memory is done again with: the "VAE tile size" setting, also when
+    tiled decoding is off."""
+    from modules import shared
+
+    return int(getattr(getattr(shared, "opts", None), "tiled_vae_tile_size", 0) or FALLBACK_TILE_SIZE)
+
+
 def scale_factor(vae: Any) -> int:
     """Pixels per latent cell: 8 for the four-level SD VAEs."""
     return 2 ** (len(vae.config.block_out_channels) - 1)
@@ -38,14 +47,20 @@ def tiling_state(vae: Any) -> dict[str, Any]:
     return {name: getattr(vae, name) for name in TILING_ATTRIBUTES if hasattr(vae, name)}
 
 
+def would_tile(vae: Any, height: int, width: int, tile_size: int | None = None) -> bool:
+    """Whether `tiled` with these arguments splits a picture of `height` × `width` pixels."""
+    tile = configured_tile_size() if tile_size is None else int(tile_size)
+    return tile > 0 and isinstance(vae, AutoencoderKL) and (height > tile or width > tile)
+
+
 @contextlib.contextmanager
 def tiled(vae: Any, height: int, width: int, tile_size: int | None = None) -> Iterator[bool]:
     """Within the block `vae` decodes and encodes in tiles of `tile_size` pixels (None: the settings decide; 0:
     never) when a picture of `height` × `width` pixels is larger than one tile. Yields whether it tiles."""
-    tile = configured_tile_size() if tile_size is None else int(tile_size)
-    if tile <= 0 or not isinstance(vae, AutoencoderKL) or (height <= tile and width <= tile):
+    if not would_tile(vae, height, width, tile_size):
         yield False
         return
+    tile = configured_tile_size() if tile_size is None else int(tile_size)
     factor = scale_factor(vae)
     tile = max(factor, tile - tile % factor)  # whole latent cells, so pixel and latent tiles line up
     saved = tiling_state(vae)
