@@ -4,7 +4,7 @@
 On CUDA: SD1.5 at 512x512 with random weights at the real size (bench/full_size.py), fp16, 30 steps, CFG 7, Euler.
 
 - ours, batch 8: `process_images` on one `StableDiffusionProcessingTxt2Img` with batch_size=8 (CUDA graphs on, the
-  default, and off; on CUDA also `compile_unet`; there the UNet's weights are channels-last for all three);
+  default, and off; on CUDA also `compile_unet`, on a second copy of the model);
 - diffusers, batch 8: `StableDiffusionPipeline.from_single_file` on the same file, num_images_per_prompt=8 (eager);
 - queue, 8 jobs: 8 single-image jobs with different prompts and seeds wait behind a held worker, then run, with
   `queue_batch_jobs` on (one batch of 8) and off (8 runs); timed from the release to the last result.
@@ -150,8 +150,8 @@ def load(small: bool, workdir: str) -> tuple[dict, Any, Any]:
         from bench.full_size import diffusers_pipeline, write_checkpoint_and_config
 
         assert torch.cuda.is_available(), "this benchmark needs a CUDA GPU (or --small for the CPU smoke test)"
-        config = {"device": "cuda", "size": 512, "steps": 30, "batch": 8}
         path = os.path.join(workdir, "sd15.safetensors")
+        config = {"device": "cuda", "size": 512, "steps": 30, "batch": 8, "path": path}
         config_dir = os.path.join(workdir, "sd15-config")
         if not os.path.exists(path):
             write_checkpoint_and_config("sd15", path, config_dir)
@@ -179,11 +179,14 @@ def main() -> None:
         "ours_batch_eager": ours_batch(config, model, graphs=False),
     }
     if config["device"] == "cuda":
+        from modules import devices
         from modules.engine import unet_compile
+        from modules.models.loader import load_model
 
         unet_compile.IN_WORKER = False  # the warm-up compiles; every timed run is compiled
-        model.unet.to(memory_format=torch.channels_last)  # as bench_compile.py runs the compiled engine
-        cases["ours_batch_compiled"] = ours_batch(config, model, graphs=True, compiled=True)
+        # a model of its own: compiling stores the weights channels-last, which the other rows must not inherit
+        compiled_model = load_model(config["path"], devices.choose_precision(torch.device("cuda")))
+        cases["ours_batch_compiled"] = ours_batch(config, compiled_model, graphs=True, compiled=True)
     cases |= {
         "diffusers_batch": diffusers_batch(config, pipe),
         "queue_batching_on": queue_jobs(config, model, batching=True),

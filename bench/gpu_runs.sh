@@ -25,9 +25,9 @@ for stage in "${stages[@]}"; do
         tests) run cuda-tests 420 python -m pytest -q -p no:logging tests/test_unet_compile_cuda.py \
             tests/test_unet_graph.py tests/test_token_merging_cuda.py tests/test_offload_cuda.py tests/test_controlnet_cuda.py tests/test_lora_cuda.py ;;
         compile-sd15) run compile-sd15 560 python bench/bench_compile.py --workdir "$work" --families sd15 \
-            --channels-last --repeats "${REPEATS:-5}" --out "$out/compile-sd15.json" ;;
+            --repeats "${REPEATS:-5}" --out "$out/compile-sd15.json" ;;
         compile-sdxl) run compile-sdxl 560 python bench/bench_compile.py --workdir "$work" --families sdxl \
-            --channels-last --repeats "${REPEATS:-3}" --out "$out/compile-sdxl.json" ;;
+            --repeats "${REPEATS:-3}" --out "$out/compile-sdxl.json" ;;
         restart) run restart 400 python bench/bench_restart.py --workdir "$work" --families "${RESTART_FAMILIES:-sd15}" \
             --out "$out/restart.json" ;;
         profile) run profile 300 python bench/profile_step.py --workdir "$work" --out-dir "$out" --modes "${PROFILE_MODES:-graphs,compiled,eager}" ;;

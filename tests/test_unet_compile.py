@@ -125,13 +125,26 @@ def _txt2img(seed: int) -> np.ndarray:
     return np.asarray(processing.process_images(p).images[0], dtype=np.int16)
 
 
+def _conv_weights(module: torch.nn.Module) -> list[torch.Tensor]:
+    return [m.weight for m in module.modules() if isinstance(m, torch.nn.Conv2d)]
+
+
 def test_a_job_with_compile_unet_on_gives_the_same_picture(data_dir, backend, monkeypatch):
-    sd_models.load_model(sd_models.get_closet_checkpoint_match("sd1.safetensors"))
+    model = sd_models.load_model(sd_models.get_closet_checkpoint_match("sd1.safetensors"))
     plain = _txt2img(5)
+    from modules.models.patcher import patcher_for
+
+    storages = patcher_for(model).storage_version  # the patcher LoRA would use
     monkeypatch.setitem(shared.opts.data, "compile_unet", True)
     compiled = _txt2img(5)
     assert backend.compiles >= 1
     assert np.abs(compiled - plain).max() <= 1
+    # compiled over channels-last weights, as diffusers' speed guide does; the patcher knows its storages changed
+    for module in (model.unet, model.vae):
+        assert all(w.is_contiguous(memory_format=torch.channels_last) for w in _conv_weights(module))
+    assert model.unet._sd_patcher.storage_version == storages + 1
+    monkeypatch.setitem(shared.opts.data, "compile_unet", False)
+    assert np.abs(_txt2img(5) - plain).max() <= 1  # and the layout stays, harmless, once compiling is off
 
 
 def test_the_vae_decoder_is_compiled_too_and_tiles_use_the_plain_decoder(data_dir, backend, monkeypatch):

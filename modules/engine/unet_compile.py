@@ -89,6 +89,20 @@ def _options(backend: Any) -> dict[str, Any] | None:
     return INDUCTOR_OPTIONS if backend == "inductor" else None
 
 
+def use_channels_last(module: torch.nn.Module) -> None:
+    """Store the module's 4-D weights channels-last, once, before it is first compiled: inductor's convolutions
+    are faster on that layout (diffusers' speed guide does the same) and the compiled graph is specialised on it.
+    The weights keep their values; the patcher is told that its storages changed (graphs recorded over the old
+    ones are stale). The layout stays when compiling is turned off again."""
+    if getattr(module, "_sd_channels_last", False):
+        return
+    module.to(memory_format=torch.channels_last)
+    module._sd_channels_last = True
+    patcher = getattr(module, "_sd_patcher", None)
+    if patcher is not None:
+        patcher.storages_replaced()
+
+
 def input_key(args: tuple, kwargs: dict) -> tuple:
     """What makes the compiler specialise: the structure, and each tensor's shape, dtype and device."""
     leaves, spec = pytree.tree_flatten((args, kwargs))
@@ -312,6 +326,7 @@ def forward_for(module: torch.nn.Module, forward: Forward, args: tuple, kwargs: 
 
     if current_variant(module) is not None:  # a per-job patch (token merging): see modules.engine.token_merging
         return forward
+    use_channels_last(module)
     state: _ModuleCompiler | None = getattr(module, "_sd_compiler", None)
     if state is None or state.version != _module_version(module) or state.backend != BACKEND:
         state = _make_compiler(module, forward, BACKEND)
