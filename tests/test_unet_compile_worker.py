@@ -94,6 +94,21 @@ def test_a_module_that_cannot_be_pickled_by_name_compiles_in_the_job(worker, cap
         torch.testing.assert_close(forward(net, x), tiny_forward(net, x))
 
 
+def test_a_gpu_without_room_for_a_second_copy_compiles_in_the_job(worker, monkeypatch, caplog):
+    net = TinyNet().eval()
+    weights = sum(p.numel() * p.element_size() for p in net.parameters())
+    free = {"bytes": weights + unet_compile.WORKER_MARGIN_BYTES - 1}  # one byte short
+    monkeypatch.setattr(unet_compile, "_free_device_bytes", lambda device: free["bytes"])
+    x = _x()
+    with caplog.at_level(logging.WARNING, logger=unet_compile.__name__):
+        forward = unet_compile.forward_for(net, tiny_forward, (x,), {})
+    assert forward is net._sd_compiler.compiled and not net._sd_compiler.jobs
+    assert "not in a separate process" in caplog.text and "GiB free on the GPU" in caplog.text
+    free["bytes"] += 1  # room enough: the next module goes to a compile process
+    other = TinyNet().eval()
+    assert unet_compile.forward_for(other, tiny_forward, (x,), {}) is tiny_forward and other._sd_compiler.jobs
+
+
 def test_with_in_worker_off_the_first_call_compiles_in_the_job(worker, monkeypatch):
     monkeypatch.setattr(unet_compile, "IN_WORKER", False)
     net = TinyNet().eval()

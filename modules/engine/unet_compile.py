@@ -240,11 +240,41 @@ def _describe(module: torch.nn.Module, args: tuple) -> str:
     return f"{type(module).__name__} for inputs {shapes}"
 
 
+# what a compile process needs on the GPU besides its copy of the weights: CUDA context, inductor's workspace
+WORKER_MARGIN_BYTES = 3 * 2**30
+
+
+def _free_device_bytes(device: torch.device) -> int | None:
+    """Free memory on `device` (None where that cannot be asked: the CPU)."""
+    if device.type != "cuda":
+        return None
+    free, _total = torch.cuda.mem_get_info(device)
+    return int(free)
+
+
+def _room_for_worker(module: torch.nn.Module) -> str | None:
+    """Why a compile process would not fit beside this one on the GPU (it holds a second copy of the weights and
+    its own workspace, and would take the memory the next jobs need), or None when it fits."""
+    first = next(module.parameters())
+    free = _free_device_bytes(first.device)
+    if free is None:
+        return None
+    weights = sum(p.numel() * p.element_size() for p in module.parameters())
+    if free >= weights + WORKER_MARGIN_BYTES:
+        return None
+    return f"{free / 2**30:.1f} GiB free on the GPU, a compile process needs about {(weights + WORKER_MARGIN_BYTES) / 2**30:.1f}"
+
+
 def _start_worker(module: torch.nn.Module, forward: Forward, args: tuple, kwargs: dict,
                   backend: str) -> WorkerJob | None:
-    """Queue a compile process for these inputs; None when the module or the forward cannot be handed to one
-    (logged; the caller then compiles in its own thread)."""
+    """Queue a compile process for these inputs; None when the module or the forward cannot be handed to one, or
+    when it would not fit on the GPU (logged; the caller then compiles in its own thread)."""
     from modules.engine.compile_worker import dump_spec
+
+    too_small = _room_for_worker(module)
+    if too_small is not None:
+        log.warning("compiling %s in the job, not in a separate process: %s", type(module).__name__, too_small)
+        return None
 
     fd, path = tempfile.mkstemp(prefix="sd-compile-", suffix=".spec")
     try:
