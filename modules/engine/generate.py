@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from modules import prompt_parser
-from modules.engine import vae_tiling
+from modules.engine import cond_cache, vae_tiling
 from modules.engine.cfg_denoiser import CFGDenoiser, StepConditioning
 from modules.engine.conditioning import PromptEncoder
 from modules.engine.sampling.registry import create_sampler
@@ -95,13 +95,17 @@ def build_denoiser(model: StableDiffusionModel, request: BatchRequest, sampler: 
     batch = len(request.prompts)
     encoder = PromptEncoder(model, clip_skip=request.clip_skip, emphasis=request.emphasis,
                             comma_backtrack=int(request.settings.get("comma_padding_backtrack", 20)))
+    # Same prompts, model, weights, embeddings and settings as the last job in this pass: its conditioning again
+    # (A1111's cached_c / cached_uc). One slot per kind of pass, so the hires pass and the refiner keep their own.
+    slot = ("base" if model is request.model else "refiner") + ("" if request.init_latent is None else "/img2img")
+    cache = cond_cache.PassConditioning(slot, model, encoder, request.steps, request.width, request.height)
     with torch.no_grad():
-        cond = prompt_parser.get_multicond_learned_conditioning(
+        cond = cache.positive(request.prompts, lambda: prompt_parser.get_multicond_learned_conditioning(
             encoder.encode, prompt_parser.SdConditioning(request.prompts, width=request.width, height=request.height),
-            request.steps)
-        uncond = prompt_parser.get_learned_conditioning(
+            request.steps))
+        uncond = cache.negative(request.negative_prompts, lambda: prompt_parser.get_learned_conditioning(
             encoder.encode, prompt_parser.SdConditioning(request.negative_prompts, is_negative_prompt=True,
-                                                         width=request.width, height=request.height), request.steps)
+                                                         width=request.width, height=request.height), request.steps))
     conditioning = StepConditioning(cond=cond, uncond=uncond, cfg_scale=request.cfg_scale,
                                     image_cond=request.image_cond if model is request.model else None)
     if model.is_sdxl:
