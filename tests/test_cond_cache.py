@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import torch
 from lora_files import TE_LAYERS, kohya_lora, module_of, write
+from test_offload import generate_image as generate
+from test_offload import use
 
-from modules import processing, sd_models, shared, textual_inversion
+from modules import shared, textual_inversion
 from modules.engine import cond_cache, hooks
 from modules.engine.conditioning import PromptEncoder
 from modules.models import offload
@@ -45,17 +47,6 @@ def runs(data_dir, monkeypatch) -> list[int]:
     cond_cache.clear()
 
 
-def use(name: str):
-    return sd_models.load_model(sd_models.get_closet_checkpoint_match(name))
-
-
-def generate(prompt: str = "a red circle", **kw) -> np.ndarray:
-    args = {"prompt": prompt, "negative_prompt": "blurry", "steps": 3, "width": 64, "height": 64,
-            "sampler_name": "Euler", "seed": 11, "cfg_scale": 7.0, "do_not_save_samples": True,
-            "do_not_save_grid": True}
-    args.update(kw)
-    result = processing.process_images(processing.StableDiffusionProcessingTxt2Img(**args))
-    return np.asarray(result.images[0].convert("RGB"), dtype=np.int16)
 
 
 def uncached(prompt: str = "a red circle", **kw) -> np.ndarray:
