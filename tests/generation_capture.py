@@ -19,9 +19,9 @@ def capture_run(monkeypatch: Any) -> dict[str, Any]:
     real_decode, real_make_noise, real_create = generate.vae_decode, generate.make_noise, generate.create_sampler
     real_unet_call = generate.unet_call
 
-    def decode(model_, latents):
+    def decode(model_, latents, **kwargs):
         captured["latents"] = latents.clone()
-        return real_decode(model_, latents)
+        return real_decode(model_, latents, **kwargs)
 
     def make_noise(request, shape, uses_ensd):
         source = real_make_noise(request, shape, uses_ensd)
