@@ -82,7 +82,7 @@ def main() -> None:
     if args.child:
         child(args)
         return
-    from modules.engine.unet_compile import compile_cache_dir
+    from modules.engine.compile_cache import compile_cache_dir
 
     results: dict = {"cache_dir": compile_cache_dir()}
     for family in args.families.split(","):

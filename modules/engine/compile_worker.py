@@ -171,14 +171,14 @@ def _exit_with_parent(parent: int) -> None:
 
 
 def run(spec_path: str) -> None:
-    from modules.engine.unet_compile import _use_disk_cache
+    from modules.engine.compile_cache import use_disk_cache
 
     with open(spec_path, "rb") as f:
         header = pickle.load(f)
         _exit_with_parent(header["parent"])
         # the parent's import path: classes and forwards are pickled by reference (tests' helpers live in tests/)
         sys.path[:0] = [p for p in header["sys_path"] if p not in sys.path]
-        _use_disk_cache()
+        use_disk_cache()
         _apply_settings(header["settings"])
         payload = _SpecUnpickler(f).load()
     module, forward = payload["module"], payload["forward"]

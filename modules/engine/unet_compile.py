@@ -43,6 +43,8 @@ from typing import Any
 import torch
 from torch.utils import _pytree as pytree
 
+from modules.engine.compile_cache import compile_cache_dir, use_disk_cache
+
 log = logging.getLogger(__name__)
 
 Forward = Callable[..., Any]
@@ -55,34 +57,12 @@ WORKER_BACKENDS: frozenset[str] = frozenset({"inductor"})
 # a child compiling for longer than this is stopped and its structure runs uncompiled (SDXL on a slow GPU with
 # cold caches takes minutes, not an hour)
 WORKER_TIMEOUT_S = 3600.0
-# each recurring shape (512², 768², 1024², batch 1-8) and each optional-input set compiles once
-RECOMPILE_LIMIT = 64
 INDUCTOR_OPTIONS = {
     # 1x1 convolutions as matrix products let inductor fuse their epilogues (diffusers' speed guide uses this)
     "conv_1x1_as_mm": True,
     "epilogue_fusion": False,
 }
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def compile_cache_dir() -> str:
-    """Where inductor keeps compiled artifacts: `<data dir>/cache/torch_compile` unless TORCHINDUCTOR_CACHE_DIR
-    is already set."""
-    from modules import paths
-
-    return os.environ.get("TORCHINDUCTOR_CACHE_DIR") or os.path.join(paths.data_path, "cache", "torch_compile")
-
-
-def _use_disk_cache() -> None:
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", compile_cache_dir())
-    os.makedirs(os.environ["TORCHINDUCTOR_CACHE_DIR"], exist_ok=True)
-    import torch._dynamo
-    import torch._inductor.config as inductor_config
-
-    inductor_config.fx_graph_cache = True
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, RECOMPILE_LIMIT)
-    torch._dynamo.config.accumulated_cache_size_limit = max(
-        torch._dynamo.config.accumulated_cache_size_limit, RECOMPILE_LIMIT * 4)
 
 
 def _options(backend: Any) -> dict[str, Any] | None:
@@ -319,7 +299,7 @@ def _module_version(module: torch.nn.Module) -> tuple:
 
 
 def _make_compiler(module: torch.nn.Module, forward: Forward, backend: Any) -> _ModuleCompiler:
-    _use_disk_cache()
+    use_disk_cache()
     compiled = torch.compile(forward, backend=backend, dynamic=False, fullgraph=False, options=_options(backend))
     return _ModuleCompiler(compiled=compiled, version=_module_version(module), backend=backend)
 
