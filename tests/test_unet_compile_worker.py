@@ -18,7 +18,7 @@ from test_unet_compile import _txt2img
 from test_unet_compile import data_dir as data_dir  # a module-scoped fixture: this file gets its own data dir
 
 from modules import sd_models, shared
-from modules.engine import unet_compile
+from modules.engine import compile_processes, unet_compile
 
 WAIT_S = 60
 
@@ -97,8 +97,8 @@ def test_a_module_that_cannot_be_pickled_by_name_compiles_in_the_job(worker, cap
 def test_a_gpu_without_room_for_a_second_copy_compiles_in_the_job(worker, monkeypatch, caplog):
     net = TinyNet().eval()
     weights = sum(p.numel() * p.element_size() for p in net.parameters())
-    free = {"bytes": weights + unet_compile.WORKER_MARGIN_BYTES - 1}  # one byte short
-    monkeypatch.setattr(unet_compile, "_free_device_bytes", lambda device: free["bytes"])
+    free = {"bytes": weights + compile_processes.WORKER_MARGIN_BYTES - 1}  # one byte short
+    monkeypatch.setattr(compile_processes, "_free_device_bytes", lambda device: free["bytes"])
     x = _x()
     with caplog.at_level(logging.WARNING, logger=unet_compile.__name__):
         forward = unet_compile.forward_for(net, tiny_forward, (x,), {})
@@ -124,7 +124,7 @@ def test_a_backend_without_disk_caches_compiles_in_the_job(worker, monkeypatch):
 
 
 def test_a_child_past_its_time_is_stopped_and_its_structure_stays_uncompiled(worker, monkeypatch, caplog):
-    monkeypatch.setattr(unet_compile, "WORKER_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(compile_processes, "WORKER_TIMEOUT_S", 0.2)
     net = TinyNet().eval()
     with caplog.at_level(logging.WARNING, logger=unet_compile.__name__):
         unet_compile.forward_for(net, tiny_forward, (_x(),), {})
@@ -135,8 +135,8 @@ def test_a_child_past_its_time_is_stopped_and_its_structure_stays_uncompiled(wor
 
 
 def test_at_exit_the_running_child_is_stopped_and_no_other_starts(worker, monkeypatch, caplog):
-    queue = unet_compile._WorkerQueue()
-    monkeypatch.setattr(unet_compile, "_workers", queue)
+    queue = compile_processes._WorkerQueue()
+    monkeypatch.setattr(compile_processes, "_workers", queue)
     nets = [TinyNet().eval(), TinyNet().eval()]
     with caplog.at_level(logging.WARNING, logger=unet_compile.__name__):
         for net in nets:
