@@ -82,9 +82,11 @@ def main() -> None:
     if args.child:
         child(args)
         return
+    from modules import paths
     from modules.engine.compile_cache import compile_cache_dir
 
-    results: dict = {"cache_dir": compile_cache_dir()}
+    # relative to the data folder: the file goes into the repo, the machine's paths do not
+    results: dict = {"cache_dir": os.path.relpath(compile_cache_dir(), paths.data_path)}
     for family in args.families.split(","):
         row: dict = {}
         if args.fill:
