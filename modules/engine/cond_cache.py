@@ -148,7 +148,7 @@ def _offload_hook(module: torch.nn.Module) -> bool:
     """--medvram/--lowvram's accelerate hook (it replaces `forward`): it moves weights, their values stay."""
     from modules.models import offload
 
-    return isinstance(getattr(module, "_hf_hook", None), offload._OneAtATime)
+    return offload.has_offload_hook(module)
 
 
 def _modules_state(modules: Iterable[torch.nn.Module]) -> tuple | None:

@@ -117,6 +117,12 @@ class _OneAtATime(ModelHook):
         return send_to_device(args, device), send_to_device(kwargs, device)
 
 
+def has_offload_hook(module: torch.nn.Module) -> bool:
+    """Whether `module` carries the offload hook (which replaces its `forward`; it moves weights, never changes
+    what the module computes)."""
+    return isinstance(getattr(module, "_hf_hook", None), _OneAtATime)
+
+
 def _resident(module: torch.nn.Module, device: torch.device) -> bool:
     first = next(module.parameters(), None)
     return first is not None and first.device.type == device.type and device.type != "cpu"
