@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import statistics
 import sys
@@ -22,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.full_size import write_checkpoint_and_config  # noqa: E402
 from bench.jobs import SIZES, ours  # noqa: E402
 from bench.quality import quality  # noqa: E402
+from bench.report import record  # noqa: E402
 from bench.timing import timed  # noqa: E402
 
 
@@ -62,10 +62,7 @@ def main() -> None:
             gc.collect()
             torch.cuda.empty_cache()
         row.update(quality(images["8-bit"], images["16-bit"]))
-        results[family] = row
-        print(family, json.dumps(row), flush=True)
-        with open(args.out, "w") as f:
-            json.dump(results, f, indent=1)
+        record(results, family, row, args.out)
 
 
 if __name__ == "__main__":

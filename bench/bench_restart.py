@@ -21,6 +21,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.report import record  # noqa: E402
+
 
 def child(args: argparse.Namespace) -> None:
     """The restarted server's work: imports, load the checkpoint, two jobs; prints seconds since `--t0`."""
@@ -93,10 +95,7 @@ def main() -> None:
             row["filling_run"] = restart(args, family, True)
         row["compiled_restart"] = restart(args, family, True)
         row["graphs_restart"] = restart(args, family, False)
-        results[family] = row
-        print(family, json.dumps(row), flush=True)
-        with open(args.out, "w") as f:
-            json.dump(results, f, indent=1)
+        record(results, family, row, args.out)
 
 
 if __name__ == "__main__":
