@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.full_size import diffusers_pipeline, write_checkpoint_and_config  # noqa: E402
+from bench.full_size import diffusers_fast_pipeline, diffusers_pipeline, write_checkpoint_and_config  # noqa: E402
 from bench.jobs import SIZES, ours, theirs  # noqa: E402
 from bench.quality import quality  # noqa: E402
 from bench.timing import sync, timed  # noqa: E402
@@ -75,15 +75,7 @@ def bench_family(family: str, args, results: dict, save) -> None:
     runs["diffusers_eager"] = theirs(pipe, size, args.steps)
     runs["diffusers_eager"]()
     if not args.no_diffusers_compiled:
-        # a second pipeline on the same files, compiled per diffusers' speed guide
-        fast = diffusers_pipeline(family, path, config_dir)
-        fast.scheduler = EulerDiscreteScheduler.from_config(fast.scheduler.config)
-        fast.set_progress_bar_config(disable=True)
-        fast.fuse_qkv_projections()
-        fast.unet.to(memory_format=torch.channels_last)
-        fast.vae.to(memory_format=torch.channels_last)
-        fast.unet = torch.compile(fast.unet, mode="reduce-overhead", fullgraph=True)
-        fast.vae.decode = torch.compile(fast.vae.decode, mode="reduce-overhead", fullgraph=True)
+        fast = diffusers_fast_pipeline(family, path, config_dir)  # a second pipeline on the same files
         runs["diffusers_compiled"] = theirs(fast, size, args.steps)
         row["diffusers_compile_s"] = first_call(runs["diffusers_compiled"])
         runs["diffusers_compiled"]()

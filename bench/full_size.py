@@ -116,3 +116,19 @@ def diffusers_pipeline(family: str, path: str, config_dir: str):
     extra = {"safety_checker": None, "requires_safety_checker": False} if family == "sd15" else {}
     pipe = cls.from_single_file(path, config=config_dir, local_files_only=True, torch_dtype=torch.float16, **extra)
     return pipe.to("cuda")
+
+
+def diffusers_fast_pipeline(family: str, path: str, config_dir: str):
+    """The same pipeline set up as diffusers' speed guide says: Euler, channels_last, fused QKV projections,
+    `torch.compile(mode="reduce-overhead")` on the UNet and on the VAE decode (compiles on its first call)."""
+    from diffusers import EulerDiscreteScheduler
+
+    fast = diffusers_pipeline(family, path, config_dir)
+    fast.scheduler = EulerDiscreteScheduler.from_config(fast.scheduler.config)
+    fast.set_progress_bar_config(disable=True)
+    fast.fuse_qkv_projections()
+    fast.unet.to(memory_format=torch.channels_last)
+    fast.vae.to(memory_format=torch.channels_last)
+    fast.unet = torch.compile(fast.unet, mode="reduce-overhead", fullgraph=True)
+    fast.vae.decode = torch.compile(fast.vae.decode, mode="reduce-overhead", fullgraph=True)
+    return fast

@@ -1,5 +1,5 @@
-"""Where one txt2img job's time goes (issue #18 point 4): a torch.profiler table of one SD1.5 512² job (30 steps,
-CFG 7, Euler) in each engine mode, the job split into prompt encoding / sampling / decode, and every CUDA
+"""Where one txt2img job's time goes (issue #18 point 4): a torch.profiler table of one job (SD1.5 512² or, with
+`--family sdxl`, SDXL 1024²; 30 steps, CFG 7, Euler) in each engine mode, the job split into prompt encoding / sampling / decode, and every CUDA
 synchronisation the sampling loop makes, with the line of our code that made it.
 
     python bench/profile_step.py --workdir /tmp/bench --out-dir /tmp/profile
@@ -18,13 +18,13 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.full_size import write_checkpoint_and_config  # noqa: E402
-from bench.jobs import ours  # noqa: E402
+from bench.full_size import diffusers_fast_pipeline, diffusers_pipeline, write_checkpoint_and_config  # noqa: E402
+from bench.jobs import SIZES, ours, theirs  # noqa: E402
 from bench.timing import timed  # noqa: E402
 
 
-def job(model, graphs: bool, compiled: bool, steps: int):
-    return ours(model, 512, steps, {"cuda_graphs": graphs, "compile_unet": compiled})
+def job(model, size: int, graphs: bool, compiled: bool, steps: int):
+    return ours(model, size, steps, {"cuda_graphs": graphs, "compile_unet": compiled})
 
 
 def sync_sites(run) -> collections.Counter:
@@ -54,6 +54,7 @@ def main() -> None:
     parser.add_argument("--out-dir", default="profile")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--modes", default="graphs,compiled,eager")
+    parser.add_argument("--family", default="sd15", choices=sorted(SIZES))
     args = parser.parse_args()
     from modules import devices
     from modules.engine import unet_compile
@@ -62,14 +63,26 @@ def main() -> None:
     unet_compile.IN_WORKER = False  # compile in the first job: its time is the compiler's, later runs are compiled
 
     os.makedirs(args.out_dir, exist_ok=True)
-    path = os.path.join(args.workdir, "sd15.safetensors")
+    path = os.path.join(args.workdir, f"{args.family}.safetensors")
     if not os.path.exists(path):
-        write_checkpoint_and_config("sd15", path, os.path.join(args.workdir, "sd15-config"))
+        write_checkpoint_and_config(args.family, path, os.path.join(args.workdir, f"{args.family}-config"))
     model = load_model(path, devices.choose_precision(torch.device("cuda")))
-    model.unet.to(memory_format=torch.channels_last)
+    size = SIZES[args.family]
     modes = {"graphs": (True, False), "compiled": (True, True), "eager": (False, False)}
     for name in args.modes.split(","):
-        run = job(model, *modes[name], args.steps)
+        if name.startswith("diffusers"):  # diffusers_eager, diffusers_compiled: the baselines, for comparison
+            from diffusers import EulerDiscreteScheduler
+
+            config_dir = os.path.join(args.workdir, f"{args.family}-config")
+            if name == "diffusers_compiled":
+                pipe = diffusers_fast_pipeline(args.family, path, config_dir)
+            else:
+                pipe = diffusers_pipeline(args.family, path, config_dir)
+                pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+                pipe.set_progress_bar_config(disable=True)
+            run = theirs(pipe, size, args.steps)
+        else:
+            run = job(model, size, *modes[name], args.steps)
         run(), run()
         seconds = sorted(timed(run) for _ in range(3))[1]
         sites = sync_sites(run)
@@ -78,7 +91,7 @@ def main() -> None:
             run()
         table_cpu = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=45)
         table_gpu = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=25)
-        with open(os.path.join(args.out_dir, f"profile-{name}.txt"), "w") as f:
+        with open(os.path.join(args.out_dir, f"profile-{args.family}-{name}.txt"), "w") as f:
             f.write(f"{name}: {seconds:.3f} s per job\n\nsynchronising calls (count, our stack):\n")
             f.writelines(f"{n:5d}  {site}\n" for site, n in sites.most_common(30))
             f.write("\n" + table_cpu + "\n\n" + table_gpu + "\n")

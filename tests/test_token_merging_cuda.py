@@ -25,13 +25,21 @@ def test_tome_graphs_are_captured_once_and_replayed_exactly(monkeypatch):
     ctx = torch.randn(2, 77, unet.config.cross_attention_dim, generator=g).cuda()
 
     plain = unet_call(unet, UNetInput(x, t, ctx), use_graphs=True).clone()
+    previous = None
     for seed in (1, 2):  # two jobs with the same ratio, new inputs each
         x2 = x + seed
         with token_merging.merged(unet, 0.5):
             eager = unet_call(unet, UNetInput(x2, t, ctx))
             graphed = unet_call(unet, UNetInput(x2, t, ctx), use_graphs=True).clone()
-        torch.testing.assert_close(graphed, eager, rtol=1e-4, atol=1e-4)
-        assert not torch.allclose(graphed, unet_call(unet, UNetInput(x2, t, ctx)))  # ToMe changed the output
+        unmerged = unet_call(unet, UNetInput(x2, t, ctx))
+        # ToMe's scatter-mean adds with atomics on CUDA, so runs differ in the last bits (seen: 9e-4 at most in this
+        # test); the replay must be this input's ToMe result up to that, far closer than ToMe's own effect
+        # and than the previous job's result (a stale replay)
+        off = (graphed - eager).abs().max().item()
+        assert off <= 0.02 * (unmerged - eager).abs().max().item(), off
+        if previous is not None:
+            assert off <= 0.02 * (previous - eager).abs().max().item(), off
+        previous = graphed
     assert len(captures) == 2 and captures[0] is None and captures[1][:2] == ("tome", 0.5)
     torch.testing.assert_close(unet_call(unet, UNetInput(x, t, ctx), use_graphs=True), plain, rtol=0, atol=0)
     assert len(captures) == 2  # the plain graphs were still there
