@@ -148,6 +148,57 @@ def test_medvram_keeps_one_component_at_a_time(flags):
     assert moves[:4] == [("te", "meta"), ("te", "cpu"), ("unet", "meta"), ("unet", "cpu")]
 
 
+def test_medvram_keeps_what_fits_and_evicts_when_the_device_is_full(flags, monkeypatch):
+    """With room on the device (as CUDA reports it, under a per-process cap) a component comes in next to the
+    resident ones and they stay after the job; when the room runs out its siblings leave first. A failed job
+    sends everything back to RAM."""
+    flags("medvram")
+    model = use("sd1")
+    state = model.offload
+    te, unet, vae = model.text_encoders[0], model.unet, model.vae
+    resident: set[int] = set()
+    room = {"bytes": 10 * 2**30}
+
+    def fake_move(modules, target):
+        for m in modules:
+            (resident.discard if target.type == "cpu" else resident.add)(id(m))
+
+    monkeypatch.setattr(offload.devices, "move_modules", fake_move)
+    monkeypatch.setattr(offload, "_resident", lambda m, device: id(m) in resident)
+    monkeypatch.setattr(offload.memory, "available_bytes", lambda device: room["bytes"])
+    state.device = torch.device("meta")
+    try:
+        offload._bring(state, unet)
+        offload._bring(state, vae)
+        assert resident == {id(unet), id(vae)}  # room enough: the UNet stayed while the VAE came in
+        offload.run_job(lambda: None, lambda: model)
+        assert resident == {id(unet), id(vae)}  # and both stay after a job that succeeded
+        room["bytes"] = offload.WORKING_ROOM  # now the text encoder's weights do not fit beside them
+        offload._bring(state, te)
+        assert resident == {id(te)}
+        offload._bring(state, unet)
+        with pytest.raises(ValueError):
+            offload.run_job(lambda: (_ for _ in ()).throw(ValueError("bad")), lambda: model)
+        assert resident == set()  # a failed job leaves nothing on the device
+    finally:
+        state.device = torch.device("cpu")
+
+
+def test_available_bytes_respects_the_per_process_cap(monkeypatch):
+    from modules.models import memory
+
+    gib = 2**30
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (100 * gib, 140 * gib))
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 3 * gib)
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 4 * gib)
+    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda device: 1.0)
+    assert memory.available_bytes(torch.device("cuda")) == 101 * gib  # free + cached but unused
+    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda device: 4 / 140)
+    assert memory.available_bytes(torch.device("cuda")) == 1 * gib  # a 4 GiB cap with 3 GiB allocated
+    assert memory.available_bytes(torch.device("cpu")) is None
+
+
 # --- same pictures ----------------------------------------------------------------------------------------------
 
 

@@ -55,6 +55,20 @@ def system_free_bytes(device: torch.device) -> int | None:
     return None
 
 
+def available_bytes(device: torch.device) -> int | None:
+    """What this process may still allocate on a CUDA device: the card's free memory plus what PyTorch holds
+    cached but unused, within `torch.cuda.set_per_process_memory_fraction`'s cap when one is set. None elsewhere."""
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    free, total = torch.cuda.mem_get_info(device)
+    allocated = torch.cuda.memory_allocated(device)
+    room = free + torch.cuda.memory_reserved(device) - allocated
+    fraction = torch.cuda.get_per_process_memory_fraction(device)
+    if fraction < 1.0:
+        room = min(room, int(fraction * total) - allocated)
+    return int(room)
+
+
 def module_size_bytes(module: torch.nn.Module) -> int:
     """Bytes held by a module's parameters and buffers."""
     tensors = list(module.parameters()) + list(module.buffers())

@@ -1,15 +1,19 @@
 """Low-VRAM placement of a loaded model: A1111's --medvram, --medvram-sdxl and --lowvram.
 
 - "none": every component sits on the device.
-- "medvram": text encoders, UNet and VAE wait in RAM; the one about to run moves to the device whole and the
-  others of the model leave it (an accelerate hook: on forward, and on VAE encode/decode through diffusers'
-  `apply_forward_hook`). Like diffusers' `enable_model_cpu_offload`, but any component may come first (img2img
-  encodes before the text encoders run), so each hook sends all its siblings back, not just the previous one.
+- "medvram": text encoders, UNet and VAE wait in RAM; the one about to run moves to the device whole (an
+  accelerate hook: on forward, and on VAE encode/decode through diffusers' `apply_forward_hook`). The others of
+  the model leave it only when the device has no room for the newcomer plus `WORKING_ROOM` for its activations
+  (on CUDA, within a per-process cap); what fits stays, across jobs too, so a card that holds the UNet and the
+  VAE (an 8-bit SDXL UNet under 4 GiB) stops moving 2-5 GB per job. Like diffusers' `enable_model_cpu_offload`,
+  but any component may come first (img2img encodes before the text encoders run), so an eviction sends all
+  its siblings back, not just the previous one.
 - "lowvram": the text encoders and VAE as in medvram; the UNet never sits whole on the device: diffusers' group
   offloading moves each layer ("leaf_level") or block just before it runs, prefetched on a side stream on CUDA.
 
 `place` installs a mode (removing the previous one first), `remove` restores plain modules, `settle` sends
-every resident piece back to RAM (after a job, and before weights are patched: see `settle`). The memory owner
+every resident piece back to RAM (when the memory owner asks, after a failed job, and before weights of a grouped
+UNet are patched: see `settle`); after a job that succeeded only the grouped UNet's pieces go back. The memory owner
 records an offloaded model by what it keeps resident at most, and its unload function settles the model.
 `run_job` is the out-of-memory guard of a generation job: free memory, retry once at a lower mode, else fail
 with a message a person can act on.
@@ -39,6 +43,8 @@ LOWER = {"none": "medvram", "medvram": "lowvram", "lowvram": "lowvram"}  # the r
 UNET_OFFLOAD_TYPE = "leaf_level"  # "block_level" moves fewer, larger pieces (SDXL's biggest block is ~2.4 GB)
 _GROUP_HOOKS = ("group_offloading", "layer_execution_tracker", "lazy_prefetch_group_offloading")
 CPU = torch.device("cpu")
+# medvram keeps a resident sibling only while the device has this much room beyond the weights coming in
+WORKING_ROOM = 1024**3
 
 
 @dataclass
@@ -128,9 +134,20 @@ def _resident(module: torch.nn.Module, device: torch.device) -> bool:
     return first is not None and first.device.type == device.type and device.type != "cpu"
 
 
+def _has_room_for(state: OffloadState, module: torch.nn.Module) -> bool:
+    """Whether `module` can come in next to what is resident, with `WORKING_ROOM` to spare (CUDA only: other
+    devices cannot tell, so they keep one component at a time)."""
+    room = memory.available_bytes(state.device)
+    if room is None:
+        return False
+    coming = 0 if _resident(module, state.device) else memory.module_size_bytes(module)
+    return room >= coming + WORKING_ROOM
+
+
 def _bring(state: OffloadState, module: torch.nn.Module) -> None:
+    keep_siblings = _has_room_for(state, module)
     for other in state.whole:
-        if other is not module and _resident(other, state.device):
+        if other is not module and _resident(other, state.device) and not keep_siblings:
             devices.move_modules([other], CPU)
     for grouped in state.grouped:
         if grouped is not module:
@@ -242,6 +259,16 @@ def place(model, device: torch.device | str, mode: str | None = None,
     return mode
 
 
+def settle_after_job(model) -> None:
+    """After a job that succeeded: the grouped UNet's pieces back to RAM (patching needs them there), whole
+    components stay where they are; the next component's hook makes room when it must."""
+    state = getattr(model, "offload", None)
+    if state is None:
+        return
+    for module in state.grouped:
+        _offload_groups(module)
+
+
 def settle(model) -> None:
     """Every resident piece of an offloaded model back to RAM. After each job (the last component would stay on
     the device otherwise), and it keeps the grouped UNet in one known state: with streams, diffusers restores a
@@ -300,15 +327,18 @@ def run_job(fn: Callable[[], T], current_model: Callable[[], Any], may_retry: Ca
     its mode back, and if the retry runs out too, raise `JobOutOfMemoryError` with a clear message. A job that
     `may_retry()` says must not run twice (it already saved pictures) fails with that message at once."""
     try:
-        return fn()
-    except (torch.OutOfMemoryError, RuntimeError) as e:
-        if not memory.is_oom(e) or isinstance(e, JobOutOfMemoryError):  # a nested job already retried
+        result = fn()
+    except BaseException as e:
+        _settle_current(current_model, settle)
+        if not isinstance(e, (torch.OutOfMemoryError, RuntimeError)) or not memory.is_oom(e) \
+                or isinstance(e, JobOutOfMemoryError):  # a nested job already retried
             raise
         log.warning("out of GPU memory: %s", str(e).splitlines()[0] if str(e) else type(e).__name__)
         if not may_retry():
             raise JobOutOfMemoryError(PARTIAL_MESSAGE) from None
-    finally:
-        _settle_current(current_model)
+    else:
+        _settle_current(current_model, settle_after_job)
+        return result
     # outside the except block, so the failed attempt's frames (and their tensors) can be collected
     model = current_model()
     before = mode_of(model) if model is not None else "none"
@@ -340,11 +370,11 @@ def _device_of(model) -> torch.device:
     return model.device if model is not None else devices.device
 
 
-def _settle_current(current_model: Callable[[], Any]) -> None:
+def _settle_current(current_model: Callable[[], Any], how: Callable[[Any], None]) -> None:
     try:
         model = current_model()
         if model is not None:
-            settle(model)
+            how(model)
     except Exception:  # tidying up must not hide the job's own outcome
         log.exception("could not move offloaded weights back to RAM")
 
