@@ -305,6 +305,20 @@ def test_cuda_graphs_are_off_for_offloaded_models(flags, monkeypatch):
         assert seen and not any(seen)
 
 
+def test_offloading_drops_every_graph_set_and_its_memory(flags, monkeypatch):
+    """Graphs captured while the model sat on the device (the plain set and a token-merging variant's) hold memory
+    pools; placing the model in an offload mode (the flag, or the out-of-memory retry) must let them go."""
+    from modules.engine import unet_graph
+
+    model = use("sd1")
+    with unet_graph.graph_variant(model.unet, ("tome", 0.5)):
+        unet_graph._cache_for(model.unet)
+    unet_graph._cache_for(model.unet)
+    assert len(model.unet.__dict__["_sd_graph_caches"]) == 2
+    offload.place(model, torch.device("cpu"), "medvram")
+    assert "_sd_graph_caches" not in model.unet.__dict__ and "_sd_graph_cache" not in model.unet.__dict__
+
+
 # --- out of memory during a job -------------------------------------------------------------------------------
 
 

@@ -307,8 +307,11 @@ def _register(model) -> None:
 
 
 def _forget_graphs(model) -> None:
-    # Recorded CUDA graphs read the weights where they were; offloaded weights move every job.
-    model.unet.__dict__.pop("_sd_graph_cache", None)
+    # Recorded CUDA graphs read the weights where they were; offloaded weights move every job. Every variant's
+    # graphs go (token merging keeps its own set): their memory pools would hold GPU memory the offloading frees.
+    from modules.engine.unet_graph import drop_graphs
+
+    drop_graphs(model.unet)
 
 
 # --- out of memory during a job -------------------------------------------------------------------------------
