@@ -14,7 +14,7 @@ import pytest
 import torch
 from lora_files import kohya_lora, write
 
-from modules import call_queue, processing, sd_models, shared
+from modules import call_queue, devices, processing, sd_models, shared
 from modules.engine import generate, unet_compile
 from modules.models import memory, offload
 from modules.networks import files, networks
@@ -317,6 +317,24 @@ def test_offloading_drops_every_graph_set_and_its_memory(flags, monkeypatch):
     assert len(model.unet.__dict__["_sd_graph_caches"]) == 2
     offload.place(model, torch.device("cpu"), "medvram")
     assert "_sd_graph_caches" not in model.unet.__dict__ and "_sd_graph_cache" not in model.unet.__dict__
+
+
+def test_a_model_parked_in_ram_leaves_no_graphs_on_the_gpu(flags, monkeypatch):
+    """Switching checkpoints with two cached (A1111's sd_checkpoints_limit 2, keep in CPU): the model that waits
+    in RAM lets its graphs (and their GPU memory pools) go."""
+    import dataclasses
+
+    from modules.engine import unet_graph
+    from modules.models.manager import CachePolicy, ModelManager
+
+    model = use("sd1")
+    unet_graph._cache_for(model.unet)
+    moved: list[torch.device] = []
+    monkeypatch.setattr(devices, "move_modules", lambda modules, target: moved.append(target))
+    manager = ModelManager(lambda: devices.choose_precision(torch.device("cpu")), lambda: CachePolicy(2, True))
+    on_gpu = dataclasses.replace(devices.choose_precision(torch.device("cpu")), device=torch.device("cuda"))
+    manager._park(model, on_gpu)
+    assert moved == [devices.cpu] and "_sd_graph_caches" not in model.unet.__dict__
 
 
 # --- out of memory during a job -------------------------------------------------------------------------------

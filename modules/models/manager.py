@@ -153,6 +153,7 @@ class ModelManager:
         """Move a model that stays cached off the GPU if the policy says only the current one lives there."""
         if model is not None and self._policy().keep_in_cpu and precision.device.type != "cpu":
             offload.remove(model)
+            offload.forget_graphs(model)  # their memory pools would stay on the GPU while the model waits in RAM
             devices.move_modules(model.modules(), devices.cpu)
 
     def _make_room(self, precision: Precision) -> None:

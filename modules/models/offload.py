@@ -249,7 +249,7 @@ def place(model, device: torch.device | str, mode: str | None = None,
         return mode
     if state is not None or mode != "none":  # plain to plain keeps the UNet's graphs (they check addresses)
         remove(model)
-        _forget_graphs(model)
+        forget_graphs(model)
     if mode == "none":
         devices.move_modules(model.modules(), device)
         return mode
@@ -306,7 +306,7 @@ def _register(model) -> None:
     weakref.finalize(model, memory.owner.unregister, state.handle)
 
 
-def _forget_graphs(model) -> None:
+def forget_graphs(model) -> None:
     # Recorded CUDA graphs read the weights where they were; offloaded weights move every job. Every variant's
     # graphs go (token merging keeps its own set): their memory pools would hold GPU memory the offloading frees.
     from modules.engine.unet_graph import drop_graphs
