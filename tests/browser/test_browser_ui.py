@@ -89,7 +89,8 @@ def test_interrupt_stops_a_long_job_and_a_second_tab_waits_in_the_queue(page, pl
 
     page.click("#txt2img_generate")
     page.wait_for_selector("#txt2img_progress .progressDiv")
-    page.wait_for_selector("#txt2img_progress .livePreview img")  # live preview while sampling
+    # live preview while sampling; asked of the page itself, since each new preview replaces the element
+    page.wait_for_function("() => !!document.querySelector('#txt2img_progress .livePreview img')", timeout=90_000)
     assert "ETA" in page.inner_text("#txt2img_progress")
 
     other.click("#txt2img_generate")
