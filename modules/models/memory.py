@@ -63,8 +63,7 @@ def available_bytes(device: torch.device) -> int | None:
     free, total = torch.cuda.mem_get_info(device)
     allocated = torch.cuda.memory_allocated(device)
     room = free + torch.cuda.memory_reserved(device) - allocated
-    fraction_of = getattr(torch.cuda, "get_per_process_memory_fraction", None)  # newer torch releases only
-    fraction = fraction_of(device) if fraction_of is not None else 1.0
+    fraction = torch.cuda.get_per_process_memory_fraction(device)
     if fraction < 1.0:
         room = min(room, int(fraction * total) - allocated)
     return int(room)

@@ -270,9 +270,10 @@ def settle_after_job(model) -> None:
 
 
 def settle(model) -> None:
-    """Every resident piece of an offloaded model back to RAM. After each job (the last component would stay on
-    the device otherwise), and it keeps the grouped UNet in one known state: with streams, diffusers restores a
-    group from its pinned RAM copy, so weights must only be patched while their groups are offloaded."""
+    """Every resident piece of an offloaded model back to RAM: when the memory owner unloads it, after a failed
+    job, and before the mode changes. Like `settle_after_job` it keeps the grouped UNet in one known state: with
+    streams, diffusers restores a group from its pinned RAM copy, so weights must only be patched while their
+    groups are offloaded."""
     state = getattr(model, "offload", None)
     if state is None:
         return
