@@ -6,7 +6,10 @@ milliseconds per step. SD1.5 512x512 or SDXL 1024x1024, random weights at real s
 - default: the engine's inductor options (`unet_compile.INDUCTOR_OPTIONS`);
 - coordinate: plus inductor's coordinate-descent tuning of its own kernels' launch settings;
 - fused_qkv: default, with each attention's q/k/v projections as one matrix product (diffusers' speed guide);
-- autotune: plus `max_autotune` (inductor times Triton templates against cuBLAS/cuDNN for each GEMM/conv).
+- autotune: plus `max_autotune` (inductor times Triton templates against cuBLAS/cuDNN for each GEMM/conv);
+- cudnn_attention: default, with torch's flash and memory-efficient attention kernels off, so that attention runs
+  on cuDNN's (Hopper has its own cuDNN kernels; head size 40 of SD1.5 is padded to 64 by flash attention);
+- cudnn_fused: cudnn_attention and fused_qkv together; eager_cudnn: cuDNN attention without the compiler.
 
 Each setting's compile time is printed; results are written after each setting, so a cut-off run keeps them.
 
@@ -71,7 +74,8 @@ def step_ms(graph) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--family", default="sd15", choices=["sd15", "sdxl"])
-    parser.add_argument("--settings", default="eager,default,coordinate,fused_qkv,autotune")
+    parser.add_argument("--settings",
+                        default="eager,eager_cudnn,default,cudnn_attention,fused_qkv,cudnn_fused,coordinate,autotune")
     parser.add_argument("--out", default="compile-options.json")
     args = parser.parse_args()
     from modules.engine.unet_compile import INDUCTOR_OPTIONS
@@ -82,19 +86,24 @@ def main() -> None:
     reference = None
     for setting in args.settings.split(","):
         torch._dynamo.reset()
-        if setting == "fused_qkv":
+        fused, cudnn = setting in ("fused_qkv", "cudnn_fused"), "cudnn" in setting
+        if fused:
             unet.fuse_qkv_projections()
+        # kernels are chosen when traced or captured: the flags must be set before compiling
+        torch.backends.cuda.enable_flash_sdp(not cudnn)
+        torch.backends.cuda.enable_mem_efficient_sdp(not cudnn)
+        torch.backends.cuda.enable_cudnn_sdp(True)
         options = dict(INDUCTOR_OPTIONS, **(COORDINATE if setting == "coordinate" else {}),
                        **({"max_autotune": True} if setting == "autotune" else {}))
         with torch.inference_mode():
-            fn = unet if setting == "eager" else torch.compile(unet, dynamic=False, options=options)
+            fn = unet if setting.startswith("eager") else torch.compile(unet, dynamic=False, options=options)
             start = time.perf_counter()
             fn(*call_args, **call_kwargs)
             torch.cuda.synchronize()
             compile_s = time.perf_counter() - start
             graph, out = graphed(fn, call_args, call_kwargs)
             ms = step_ms(graph)
-        if setting == "fused_qkv":
+        if fused:
             unet.unfuse_qkv_projections()
         image = out[0].float()
         if reference is None:
