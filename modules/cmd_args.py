@@ -35,6 +35,9 @@ EFFECTIVE_FLAGS: set[str] = {
     "--skip-install",
     "--xformers",
     "--opt-sdp-attention",
+    "--opt-sdp-no-mem-attention",  # modules/attention_optimization.py
+    "--disable-opt-split-attention",
+    "--force-enable-xformers",
     "--exit",
     "--skip-load-model-at-start",
     "--no-hashing",

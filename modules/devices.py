@@ -139,16 +139,3 @@ def move_modules(modules: list[torch.nn.Module], target: torch.device) -> None:
 def autocast(disable: bool = False):
     """Weights are already in the compute dtype, so no autocast is needed; kept for extensions that call it."""
     return contextlib.nullcontext()
-
-
-def attention_backend(xformers_flag: bool, setting: str = "Automatic") -> str:
-    """Which attention implementation to use: 'sdpa' (default), 'xformers' when asked for and installed."""
-    wants_xformers = xformers_flag or setting.lower() == "xformers"
-    if wants_xformers:
-        try:
-            import xformers.ops  # noqa: F401
-
-            return "xformers"
-        except ImportError:
-            return "sdpa"
-    return "sdpa"

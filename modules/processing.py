@@ -620,6 +620,7 @@ def _prepare(p: StableDiffusionProcessing):
     if p.sd_model is None:
         p.sd_model = shared.sd_model or sd_models.load_model()
     model = p.sd_model
+    sd_models.apply_attention(model)  # "Cross attention optimization" as it is now (override_settings included)
     if model.spec.variant == "instruct-pix2pix":
         raise ValueError(f"{model.spec.display_name} models are recognised but cannot generate in this version")
     if model.spec.variant == "depth" and p.kind != "img2img":

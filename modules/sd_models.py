@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 
-from modules import devices, shared
+from modules import attention_optimization, devices, shared
 from modules.models import registry, vae_registry
 from modules.models.checkpoint_files import ModelFileError
 from modules.models.manager import CachePolicy, ModelManager
@@ -89,15 +89,27 @@ def _vae_path_for(info: CheckpointInfo) -> str | None:
     return vae_registry.resolve_vae(info.filename, choice, getattr(shared.cmd_opts, "vae_path", None)).path
 
 
-def _apply_attention(model: StableDiffusionModel) -> None:
-    backend = devices.attention_backend(
-        bool(getattr(shared.cmd_opts, "xformers", False)),
-        str(getattr(shared.opts, "cross_attention_optimization", "Automatic")),
-    )
-    if backend == "xformers" and model.attention != "xformers":
-        model.unet.enable_xformers_memory_efficient_attention()
-        model.vae.enable_xformers_memory_efficient_attention()
-    model.attention = backend  # diffusers' default processors already use torch SDPA
+def apply_attention(model: StableDiffusionModel | None = None) -> None:
+    """Put the "Cross attention optimization" setting into effect (modules.attention_optimization): SDPA's kernels
+    process-wide, and xformers' processors on the UNet and VAE of `model` (default: the current one) when that is
+    the choice. Runs after each load and whenever the setting changes."""
+    choice = attention_optimization.resolve(str(shared.opts.cross_attention_optimization), shared.cmd_opts)
+    attention_optimization.apply(choice)
+    model = model if model is not None else shared.sd_model
+    if model is None:
+        return
+    wanted = "xformers" if choice == attention_optimization.XFORMERS else "sdpa"
+    if wanted == model.attention:
+        return
+    for network in (model.unet, model.vae):
+        if wanted == "xformers":
+            network.enable_xformers_memory_efficient_attention()
+        else:  # diffusers' default processors, which call torch's SDPA
+            network.disable_xformers_memory_efficient_attention()
+    from modules.engine.unet_graph import bump_structure_version
+
+    bump_structure_version(model.unet)  # graphs and compiled forwards recorded the old processors
+    model.attention = wanted
 
 
 def load_model(checkpoint_info: CheckpointInfo | None = None) -> StableDiffusionModel:
@@ -120,7 +132,7 @@ def _load(info: CheckpointInfo, vae_path: str | None) -> StableDiffusionModel:
         raise
     finally:
         shared.sd_model = manager.current  # after a failure: whatever the manager kept or brought back
-    _apply_attention(model)
+    apply_attention(model)
     _hash(info)  # after the load: a corrupt file is refused from its header without reading gigabytes first
     shared.sd_model = model
     shared.opts.data["sd_model_checkpoint"] = info.title

@@ -64,8 +64,19 @@ options_templates.update(options_section(("vae", "VAE", "sd"), {
         512, "VAE tile size", component_args={"minimum": 64, "maximum": 4096, "step": 64}).info("in pixels"),
 }))
 
+def _attention_choices() -> list[str]:
+    from modules import attention_optimization
+
+    return attention_optimization.choices()
+
+
 options_templates.update(options_section(("optimizations", "Optimizations", "sd"), {
-    "cross_attention_optimization": OptionInfo("Automatic", "Cross attention optimization"),
+    # modules/attention_optimization.py; applied by modules/sd_models.py
+    "cross_attention_optimization": OptionInfo(
+        "Automatic", "Cross attention optimization", choices=_attention_choices,
+        component_args=lambda: {"choices": _attention_choices()}).info(
+        "which kernels attention runs on; Automatic follows --xformers, --opt-sdp-no-mem-attention and "
+        "--disable-opt-split-attention, otherwise sdp"),
     "fp8_storage": OptionInfo(
         "Disable", "FP8 weight", component_args={"choices": ["Disable", "Enable for SDXL", "Enable"]},
         infotext="FP8 weight").info(

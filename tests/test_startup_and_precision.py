@@ -125,11 +125,3 @@ def test_a_bad_device_id_is_refused_by_value(monkeypatch, value, message):
     with pytest.raises(ValueError, match=message) as error:
         devices.choose_device([], value)
     assert "--device-id" in str(error.value)
-
-
-def test_xformers_falls_back_to_sdpa_when_missing():
-    assert devices.attention_backend(False) == "sdpa"
-    try:
-        import xformers  # noqa: F401
-    except ImportError:
-        assert devices.attention_backend(True) == "sdpa"

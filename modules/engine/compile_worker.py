@@ -16,6 +16,7 @@ the payload are written as their metadata only (`dump_spec`), so a spec is small
 from __future__ import annotations
 
 import copyreg
+import dataclasses
 import io
 import os
 import pickle
@@ -28,6 +29,8 @@ from collections.abc import Callable
 from typing import Any, BinaryIO
 
 import torch
+
+from modules import attention_optimization
 
 # this project's bookkeeping on modules (compiled state, CUDA graphs, patcher, adapters): never read by a forward,
 # and some of it (graphs, compiled code) cannot be pickled
@@ -113,6 +116,8 @@ def _process_settings() -> dict[str, Any]:
         "deterministic": (torch.are_deterministic_algorithms_enabled(),
                           torch.is_deterministic_algorithms_warn_only_enabled()),
         "cuda_device": torch.cuda.current_device() if torch.cuda.is_initialized() else None,
+        # the setting "Cross attention optimization"; a plain tuple, as the header holds plain values
+        "sdp_kernels": dataclasses.astuple(attention_optimization.current_kernels()),
     }
 
 
@@ -143,6 +148,7 @@ def _apply_settings(settings: dict[str, Any]) -> None:
     if (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()) != \
             settings["deterministic"]:
         torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+    attention_optimization.set_kernels(attention_optimization.SdpKernels(*settings["sdp_kernels"]))
     if settings["cuda_device"] is not None:
         torch.cuda.set_device(settings["cuda_device"])
 

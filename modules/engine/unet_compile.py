@@ -98,13 +98,15 @@ class _ModuleCompiler:
 
 
 def _module_version(module: torch.nn.Module) -> tuple:
-    """A changed structure (attention processors swapped, patcher storages replaced, weights moved or cast)
-    gets a fresh compiled forward rather than dynamo's guards failing inside a job."""
+    """A changed structure (attention processors swapped or switched to other kernels, patcher storages replaced,
+    weights moved or cast) gets a fresh compiled forward rather than dynamo's guards failing inside a job."""
+    from modules import attention_optimization
     from modules.engine.unet_graph import structure_version
 
     patcher = getattr(module, "_sd_patcher", None)
     first = next(module.parameters())
-    return (structure_version(module), getattr(patcher, "storage_version", 0), first.device, first.dtype)
+    return (structure_version(module), getattr(patcher, "storage_version", 0), first.device, first.dtype,
+            attention_optimization.version())
 
 
 def _make_compiler(module: torch.nn.Module, forward: Forward, backend: Any) -> _ModuleCompiler:

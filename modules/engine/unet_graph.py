@@ -8,8 +8,8 @@ copied into the graph's fixed buffer before each replay; the outputs are reused 
 Graphs are kept per module and per input structure (which optional inputs are present, their shapes and dtypes,
 and the non-tensor arguments), a few at most. They are dropped when the weights move (another device, or parked
 in RAM), when the model patcher replaced a weight storage, when the forward's code changed
-(`bump_structure_version`), when convolutions change padding (tiling), or when
-capture fails, in which case this module simply runs eagerly from then on.
+(`bump_structure_version`), when attention switches kernels (modules.attention_optimization), when convolutions
+change padding (tiling), or when capture fails, in which case this module simply runs eagerly from then on.
 
 A patch that comes and goes with each job (token merging) does not bump the version: it runs under a graph
 *variant* (`graph_variant`), a name for the code it installs, and each variant keeps its own graphs. A job with the
@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 from torch.utils import _pytree as pytree
+
+from modules import attention_optimization
 
 log = logging.getLogger(__name__)
 # e.g. the cond+uncond batch, a separate pass for prompts of different lengths, each with and without
@@ -111,11 +113,13 @@ class _GraphCache:
         self.padding_probe = next((m for m in module.modules() if isinstance(m, torch.nn.Conv2d)), None)
         self.padding_mode = getattr(self.padding_probe, "padding_mode", None)
         self.broken = False
+        self.attention_version = attention_optimization.version()
 
     def still_valid(self, module: torch.nn.Module) -> bool:
         return (_first_parameter(module).data_ptr() == self.weights_at
                 and self.storage_version == _storage_version(module)
                 and self.structure_version == structure_version(module)
+                and self.attention_version == attention_optimization.version()
                 and getattr(self.padding_probe, "padding_mode", None) == self.padding_mode)
 
 

@@ -1,0 +1,106 @@
+"""A1111's "Cross attention optimization" setting: which kernels every attention layer runs on.
+
+diffusers' attention layers call torch's scaled dot product attention (SDPA), which picks a kernel among those
+enabled process-wide: flash, memory-efficient, cuDNN, and the plain math one. The setting's choices, with A1111's
+names, map onto those switches (xformers, where installed, replaces the UNet's and VAE's processors instead; see
+`modules.sd_models`). "Automatic" follows the command line as A1111 does: `--xformers`, `--opt-sdp-no-mem-attention`
+and `--disable-opt-split-attention` pick their choice, otherwise "sdp".
+
+The switches decide what a CUDA graph records and what the compiler traces, so each change of kernels bumps
+`version()`, which the graph and compiled-forward caches compare (modules.engine.unet_graph, unet_compile).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import astuple, dataclass
+
+import torch
+
+log = logging.getLogger(__name__)
+
+AUTOMATIC = "Automatic"
+XFORMERS = "xformers"
+SDP_NO_MEM = "sdp-no-mem - scaled dot product without memory efficient attention"
+SDP = "sdp - scaled dot product"
+NONE = "None"
+
+
+@dataclass(frozen=True)
+class SdpKernels:
+    """Which SDPA kernels torch may pick from (torch.backends.cuda's switches; the CPU honours flash and math)."""
+
+    flash: bool
+    mem_efficient: bool
+    cudnn: bool
+    math: bool
+
+
+ALL_KERNELS = SdpKernels(flash=True, mem_efficient=True, cudnn=True, math=True)
+KERNELS: dict[str, SdpKernels] = {
+    XFORMERS: ALL_KERNELS,  # for attention outside the UNet and VAE (ControlNet, depth models)
+    SDP: ALL_KERNELS,
+    SDP_NO_MEM: SdpKernels(flash=True, mem_efficient=False, cudnn=True, math=True),
+    NONE: SdpKernels(flash=False, mem_efficient=False, cudnn=False, math=True),  # softmax(QK^T)V as written
+}
+
+_version = 0
+
+
+@functools.cache
+def xformers_installed() -> bool:
+    try:
+        import xformers.ops  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def choices() -> list[str]:
+    """The setting's dropdown, in A1111's order (Automatic, then by priority, then None)."""
+    return [AUTOMATIC] + ([XFORMERS] if xformers_installed() else []) + [SDP_NO_MEM, SDP, NONE]
+
+
+def resolve(setting: str, cmd_opts: object) -> str:
+    """The choice that runs for `setting` (a dropdown value) under the command-line flags."""
+    flag = lambda name: bool(getattr(cmd_opts, name, False))  # noqa: E731
+    if setting == AUTOMATIC:
+        if flag("disable_opt_split_attention"):
+            return NONE
+        if (flag("xformers") or flag("force_enable_xformers")) and xformers_installed():
+            return XFORMERS
+        return SDP_NO_MEM if flag("opt_sdp_no_mem_attention") else SDP
+    if setting == XFORMERS and not xformers_installed():
+        log.warning("xformers is not installed: attention runs on scaled dot product instead")
+        return SDP
+    return setting if setting in KERNELS else SDP
+
+
+def current_kernels() -> SdpKernels:
+    backends = torch.backends.cuda
+    return SdpKernels(flash=backends.flash_sdp_enabled(), mem_efficient=backends.mem_efficient_sdp_enabled(),
+                      cudnn=backends.cudnn_sdp_enabled(), math=backends.math_sdp_enabled())
+
+
+def set_kernels(kernels: SdpKernels) -> None:
+    """Switch torch's SDPA kernels; a change makes recorded graphs and compiled forwards stale."""
+    global _version
+    if kernels == current_kernels():
+        return
+    flash, mem_efficient, cudnn, math = astuple(kernels)
+    torch.backends.cuda.enable_flash_sdp(flash)
+    torch.backends.cuda.enable_mem_efficient_sdp(mem_efficient)
+    torch.backends.cuda.enable_cudnn_sdp(cudnn)
+    torch.backends.cuda.enable_math_sdp(math)
+    _version += 1
+
+
+def apply(choice: str) -> None:
+    """Put a resolved choice (see `resolve`) into effect for SDPA."""
+    set_kernels(KERNELS.get(choice, ALL_KERNELS))
+
+
+def version() -> int:
+    """Counts kernel switches in this process: a graph or compiled forward made under another count is stale."""
+    return _version

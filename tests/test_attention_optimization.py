@@ -1,0 +1,129 @@
+"""A1111's "Cross attention optimization" setting: its choices, the flags behind "Automatic", the kernels a job then
+runs on (read from torch's profiler), and the CUDA graphs and compiled forwards it makes stale."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from test_api_support import CHECKPOINTS, FAST, SETTINGS, assert_error_json, client, decode, pixels, serving
+from torch.profiler import ProfilerActivity, profile
+
+from modules import attention_optimization as attention
+from modules import shared
+from modules.api.server import create_app
+
+FLASH_OP = "aten::_scaled_dot_product_flash_attention_for_cpu"
+MATH_OP = "aten::_scaled_dot_product_attention_math"
+
+
+@pytest.fixture(autouse=True)
+def all_kernels_afterwards():
+    yield
+    attention.set_kernels(attention.ALL_KERNELS)
+
+
+def sdpa_ops(fn) -> set[str]:
+    """The SDPA kernels that ran during fn() on this thread."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return {e.name for e in prof.events() if e.name in (FLASH_OP, MATH_OP)}
+
+
+def flags(**on: bool) -> argparse.Namespace:
+    names = ("xformers", "force_enable_xformers", "opt_sdp_no_mem_attention", "disable_opt_split_attention")
+    return argparse.Namespace(**{name: on.get(name, False) for name in names})
+
+
+def test_automatic_follows_a1111s_flags():
+    assert attention.resolve("Automatic", flags()) == attention.SDP
+    assert attention.resolve("Automatic", flags(opt_sdp_no_mem_attention=True)) == attention.SDP_NO_MEM
+    assert attention.resolve("Automatic", flags(disable_opt_split_attention=True)) == attention.NONE
+    # a chosen kernel wins over the flags, as in A1111
+    assert attention.resolve(attention.SDP, flags(opt_sdp_no_mem_attention=True)) == attention.SDP
+    if not attention.xformers_installed():
+        assert attention.resolve("Automatic", flags(xformers=True)) == attention.SDP
+        assert attention.resolve("xformers", flags()) == attention.SDP
+        assert "xformers" not in attention.choices()
+
+
+def test_each_choice_switches_torchs_kernels():
+    q = torch.randn(1, 2, 16, 8)
+    run = lambda: F.scaled_dot_product_attention(q, q, q)  # noqa: E731
+    attention.apply(attention.NONE)
+    assert sdpa_ops(run) == {MATH_OP}
+    assert not torch.backends.cuda.mem_efficient_sdp_enabled()
+    attention.apply(attention.SDP_NO_MEM)
+    assert sdpa_ops(run) == {FLASH_OP}
+    assert not torch.backends.cuda.mem_efficient_sdp_enabled() and torch.backends.cuda.flash_sdp_enabled()
+    attention.apply(attention.SDP)
+    assert torch.backends.cuda.mem_efficient_sdp_enabled() and torch.backends.cuda.cudnn_sdp_enabled()
+
+
+def test_a_kernel_switch_makes_recorded_graphs_and_compiled_forwards_stale():
+    from modules.engine import unet_compile, unet_graph
+
+    module = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3))
+    graphs = unet_graph._GraphCache(module)
+    compiled_for = unet_compile._module_version(module)
+    attention.apply(attention.SDP)
+    assert graphs.still_valid(module) and unet_compile._module_version(module) == compiled_for
+    attention.apply(attention.NONE)
+    assert not graphs.still_valid(module)
+    assert unet_compile._module_version(module) != compiled_for
+
+
+def test_the_compile_process_gets_the_parents_kernels():
+    from modules.engine import compile_worker
+
+    attention.apply(attention.NONE)
+    settings = compile_worker._process_settings()
+    attention.apply(attention.SDP)
+    compile_worker._apply_settings(settings)  # as the child does before it compiles
+    assert attention.current_kernels() == attention.KERNELS[attention.NONE]
+
+
+@pytest.fixture(scope="module")
+def http(tmp_path_factory, isolated_data_dir):
+    with isolated_data_dir(tmp_path_factory.mktemp("attention"), CHECKPOINTS, SETTINGS):
+        with serving(create_app(auth=None)) as running, client(running) as c:
+            yield c
+    attention.set_kernels(attention.ALL_KERNELS)
+
+
+def test_the_setting_refuses_a_kernel_this_build_does_not_have_by_name(http):
+    r = http.post("/sdapi/v1/options", json={"cross_attention_optimization": "Doggettx"})
+    error = assert_error_json(r, 422, "cross_attention_optimization")
+    assert "'Doggettx' is not one of" in error["errors"] and attention.SDP_NO_MEM in error["errors"]
+    assert http.get("/sdapi/v1/options").json()["cross_attention_optimization"] == "Automatic"
+
+
+def unet_ops() -> set[str]:
+    """Kernels of one forward of the current model's UNet (the server's job just ran; the state it left)."""
+    unet = shared.sd_model.unet
+    x = torch.randn(1, unet.config.in_channels, 8, 8, dtype=unet.dtype)
+    context = torch.randn(1, 77, unet.config.cross_attention_dim, dtype=unet.dtype)
+    with torch.no_grad():
+        return sdpa_ops(lambda: unet(x, torch.tensor([10]), context))
+
+
+def test_a_job_runs_on_the_chosen_kernels_with_the_same_picture(http):
+    pictures = {}
+    for choice in (attention.NONE, attention.SDP_NO_MEM, "Automatic"):
+        assert http.post("/sdapi/v1/options", json={"cross_attention_optimization": choice}).status_code == 200
+        r = http.post("/sdapi/v1/txt2img", json=FAST)
+        assert r.status_code == 200, r.text
+        pictures[choice] = pixels(decode(r.json()["images"][0])).astype(np.float64)
+        assert unet_ops() == ({MATH_OP} if choice == attention.NONE else {FLASH_OP}), choice
+    assert np.abs(pictures[attention.NONE] - pictures["Automatic"]).max() <= 2  # the same sums, in another order
+
+
+def test_an_override_for_one_job_is_undone_for_the_next(http):
+    body = {**FAST, "override_settings": {"cross_attention_optimization": attention.NONE}}
+    assert http.post("/sdapi/v1/txt2img", json=body).status_code == 200
+    assert unet_ops() == {MATH_OP}
+    assert http.post("/sdapi/v1/txt2img", json=FAST).status_code == 200
+    assert unet_ops() == {FLASH_OP}
