@@ -6,17 +6,25 @@ names, map onto those switches (xformers, where installed, replaces the UNet's a
 `modules.sd_models`). "Automatic" follows the command line as A1111 does: `--xformers`, `--opt-sdp-no-mem-attention`
 and `--disable-opt-split-attention` pick their choice, otherwise "sdp".
 
-The switches decide what a CUDA graph records and what the compiler traces, so each change of kernels bumps
-`version()`, which the graph and compiled-forward caches compare (modules.engine.unet_graph, unet_compile).
+A1111's "Upcast cross attention layer to float32" runs the UNet's attention in 32 bits on 16-bit models
+(`upcast_attention`, entered by the UNet call in modules.engine.unet_call): SD2.x 768-v models overflow 16-bit
+attention on kernels that do not accumulate in 32 bits ("None").
+
+The switches decide what a CUDA graph records and what the compiler traces, so each change bumps `version()`,
+which the graph and compiled-forward caches compare (modules.engine.unet_graph, unet_compile).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from dataclasses import astuple, dataclass
+from typing import Any
 
 import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +54,7 @@ KERNELS: dict[str, SdpKernels] = {
 }
 
 _version = 0
+_upcast = False
 
 
 @functools.cache
@@ -104,3 +113,33 @@ def apply(choice: str) -> None:
 def version() -> int:
     """Counts kernel switches in this process: a graph or compiled forward made under another count is stale."""
     return _version
+
+
+def set_upcast(on: bool) -> None:
+    """The setting "Upcast cross attention layer to float32"."""
+    global _upcast, _version
+    if on != _upcast:
+        _upcast = on
+        _version += 1
+
+
+def upcast() -> bool:
+    return _upcast
+
+
+class _Float32Attention(TorchFunctionMode):
+    """SDPA on 16-bit inputs runs in float32 and returns the caller's dtype; everything else runs as called."""
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func is not F.scaled_dot_product_attention or args[0].dtype not in (torch.float16, torch.bfloat16):
+            return func(*args, **kwargs)
+        dtype = args[0].dtype
+        wide = lambda t: t.float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t  # noqa: E731
+        out = func(*(wide(a) for a in args), **{k: wide(v) for k, v in kwargs.items()})
+        return out.to(dtype)
+
+
+def upcast_attention() -> contextlib.AbstractContextManager:
+    """Around a UNet forward: its attention in float32 when the setting asks for it."""
+    return _Float32Attention() if _upcast else contextlib.nullcontext()

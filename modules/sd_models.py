@@ -90,11 +90,13 @@ def _vae_path_for(info: CheckpointInfo) -> str | None:
 
 
 def apply_attention(model: StableDiffusionModel | None = None) -> None:
-    """Put the "Cross attention optimization" setting into effect (modules.attention_optimization): SDPA's kernels
-    process-wide, and xformers' processors on the UNet and VAE of `model` (default: the current one) when that is
-    the choice. Runs after each load and whenever the setting changes."""
+    """Put the "Cross attention optimization" and "Upcast cross attention layer to float32" settings into effect
+    (modules.attention_optimization): SDPA's kernels process-wide, the UNet's attention precision, and xformers'
+    processors on the UNet and VAE of `model` (default: the current one) when that is the choice (xformers runs
+    in 16 bits: the upcast applies to SDPA). Runs after each load and at the start of each job."""
     choice = attention_optimization.resolve(str(shared.opts.cross_attention_optimization), shared.cmd_opts)
     attention_optimization.apply(choice)
+    attention_optimization.set_upcast(bool(shared.opts.upcast_attn))
     model = model if model is not None else shared.sd_model
     if model is None:
         return

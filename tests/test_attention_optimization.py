@@ -127,3 +127,39 @@ def test_an_override_for_one_job_is_undone_for_the_next(http):
     assert unet_ops() == {MATH_OP}
     assert http.post("/sdapi/v1/txt2img", json=FAST).status_code == 200
     assert unet_ops() == {FLASH_OP}
+
+
+def sdpa_input_dtypes(fn) -> set[str]:
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        fn()
+    return {e.input_dtypes[0] for e in prof.events() if e.name == "aten::scaled_dot_product_attention"}
+
+
+def test_upcast_runs_a_16_bit_unets_attention_in_float32():
+    from diffusers import UNet2DConditionModel
+
+    from modules.engine.unet_call import unet_forward
+
+    half = UNet2DConditionModel(
+        sample_size=8, block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        attention_head_dim=8, norm_num_groups=8).to(torch.bfloat16)
+    x = torch.randn(1, half.config.in_channels, 8, 8, dtype=torch.bfloat16)
+    context = torch.randn(1, 77, half.config.cross_attention_dim, dtype=torch.bfloat16)
+    run = lambda: unet_forward(half, x, torch.tensor([10]), context)  # noqa: E731
+    with torch.no_grad():
+        assert sdpa_input_dtypes(run) == {"c10::BFloat16"}
+        attention.set_upcast(True)
+        try:
+            assert sdpa_input_dtypes(run) == {"float"}
+            assert run().dtype == torch.bfloat16
+        finally:
+            attention.set_upcast(False)
+
+
+def test_the_upcast_setting_reaches_the_next_job(http):
+    body = {**FAST, "override_settings": {"upcast_attn": True}}
+    assert http.post("/sdapi/v1/txt2img", json=body).status_code == 200
+    assert attention.upcast()
+    assert http.post("/sdapi/v1/txt2img", json=FAST).status_code == 200
+    assert not attention.upcast()

@@ -118,6 +118,7 @@ def _process_settings() -> dict[str, Any]:
         "cuda_device": torch.cuda.current_device() if torch.cuda.is_initialized() else None,
         # the setting "Cross attention optimization"; a plain tuple, as the header holds plain values
         "sdp_kernels": dataclasses.astuple(attention_optimization.current_kernels()),
+        "upcast_attention": attention_optimization.upcast(),
     }
 
 
@@ -149,6 +150,7 @@ def _apply_settings(settings: dict[str, Any]) -> None:
             settings["deterministic"]:
         torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
     attention_optimization.set_kernels(attention_optimization.SdpKernels(*settings["sdp_kernels"]))
+    attention_optimization.set_upcast(settings["upcast_attention"])
     if settings["cuda_device"] is not None:
         torch.cuda.set_device(settings["cuda_device"])
 

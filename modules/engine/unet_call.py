@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from modules import attention_optimization
+
 
 @dataclass
 class UNetInput:
@@ -87,7 +89,8 @@ def unet_forward(unet: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, contex
     # diffusers pops from the intrablock list it is given; a copy keeps the caller's (and a graph's) list whole
     if "down_intrablock_additional_residuals" in kwargs:
         kwargs["down_intrablock_additional_residuals"] = list(kwargs["down_intrablock_additional_residuals"])
-    return unet(x, t, encoder_hidden_states=context, return_dict=False, **kwargs)[0]
+    with attention_optimization.upcast_attention():  # "Upcast cross attention layer to float32"
+        return unet(x, t, encoder_hidden_states=context, return_dict=False, **kwargs)[0]
 
 
 def unet_call(unet: torch.nn.Module, inp: UNetInput, use_graphs: bool = False, compiled: bool = False) -> torch.Tensor:
