@@ -12,7 +12,13 @@ import sys
 import time
 
 from modules import shared
-from modules.initialize import initialize, load_extensions, load_first_model, run_startup_downloads  # noqa: F401
+from modules.initialize import (  # noqa: F401
+    freeze_imported_objects,
+    initialize,
+    load_extensions,
+    load_first_model,
+    run_startup_downloads,
+)
 
 log = logging.getLogger("webui")
 
@@ -108,6 +114,7 @@ def start() -> None:
         start_ray(cmd_opts)
     first_load = None
     if not (cmd_opts.skip_load_model_at_start or cmd_opts.ui_debug_mode or cmd_opts.ray):
+        freeze_imported_objects()  # before the first model exists (see its docstring)
         first_load = call_queue.queue.submit("load-model", load_first_model)
     if cmd_opts.nowebui:
         from modules.api import server as api_server

@@ -73,6 +73,7 @@ def start_engine(setup: ReplicaSetup) -> float | None:
     devices.choose_device(shared.cmd_opts.use_cpu, None)
     if not setup.preload or shared.cmd_opts.skip_load_model_at_start:
         return None
+    initialize.freeze_imported_objects()
     started = time.perf_counter()
     return time.perf_counter() - started if initialize.load_first_model() else None
 
