@@ -25,14 +25,20 @@ from bench.report import record  # noqa: E402
 
 
 def child(args: argparse.Namespace) -> None:
-    """The restarted server's work: imports, load the checkpoint, two jobs; prints seconds since `--t0`."""
+    """The restarted server's work: imports, load the checkpoint, two jobs; prints seconds since `--t0`. The
+    collector is run as the server's start-up runs it (webui.start): paused during the imports, their objects
+    frozen before the model loads."""
+    import gc
+
+    gc.disable()
     import torch
 
     from bench.full_size import write_checkpoint_and_config
     from bench.jobs import SIZES, ours
-    from modules import devices
+    from modules import devices, initialize
     from modules.models.loader import load_model
 
+    initialize.freeze_imported_objects()
     marks = {"imported": time.time() - args.t0}
     path = os.path.join(args.workdir, f"{args.family}.safetensors")
     if not os.path.exists(path):
@@ -45,6 +51,7 @@ def child(args: argparse.Namespace) -> None:
     run()  # compiled: runs uncompiled at once while a child process compiles (from the disk cache if filled)
     torch.cuda.synchronize()
     marks["first_image"] = time.time() - args.t0
+    gc.enable()
     if args.compiled:
         from modules.engine import unet_compile
 

@@ -65,17 +65,23 @@ def replica_flags(cmd_opts: argparse.Namespace) -> argparse.Namespace:
 def start_engine(setup: ReplicaSetup) -> float | None:
     """Make this process an engine: flags, settings, model folders, extensions and scripts, first checkpoint.
     Returns how long loading the checkpoint took (None when none was loaded)."""
-    from modules import devices, initialize
+    import gc
 
-    shared.set_cmd_opts(replica_flags(setup.cmd_opts))
-    initialize.initialize()
-    shared.opts.data.update(setup.settings)
-    devices.choose_device(shared.cmd_opts.use_cpu, None)
-    if not setup.preload or shared.cmd_opts.skip_load_model_at_start:
-        return None
-    initialize.freeze_imported_objects()
-    started = time.perf_counter()
-    return time.perf_counter() - started if initialize.load_first_model() else None
+    gc.disable()  # while the libraries are imported, as the server does (webui.start)
+    try:
+        from modules import devices, initialize
+
+        shared.set_cmd_opts(replica_flags(setup.cmd_opts))
+        initialize.initialize()
+        shared.opts.data.update(setup.settings)
+        devices.choose_device(shared.cmd_opts.use_cpu, None)
+        if not setup.preload or shared.cmd_opts.skip_load_model_at_start:
+            return None
+        initialize.freeze_imported_objects()
+        started = time.perf_counter()
+        return time.perf_counter() - started if initialize.load_first_model() else None
+    finally:
+        gc.enable()
 
 
 def _entry(name: str) -> Callable[[Any], Any]:
