@@ -89,9 +89,9 @@ def _every_parser(text: str, steps: int) -> None:
 
 def _measure(run: Callable[[], None]) -> tuple[float, float]:
     """(seconds, peak MB): time first, untraced; memory from a second, traced run. The timed run has the garbage
-    collector paused (after a collection): its pauses grow with whatever the rest of the suite left in memory,
-    not with the prompt, and once made these bounds fail only in the full suite."""
-    gc.collect()
+    collector paused: its pauses grow with whatever the rest of the suite left in memory, not with the prompt,
+    and once made these bounds fail only in the full suite. (No collection first: in a late worker of the full
+    suite each took about a second, five per test.)"""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
