@@ -2,9 +2,8 @@
 
 diffusers' attention layers call torch's scaled dot product attention (SDPA), which picks a kernel among those
 enabled process-wide: flash, memory-efficient, cuDNN, and the plain math one. The setting's choices, with A1111's
-names, map onto those switches (xformers, where installed, replaces the UNet's and VAE's processors instead; see
-`modules.sd_models`). "Automatic" follows the command line as A1111 does: `--xformers`, `--opt-sdp-no-mem-attention`
-and `--disable-opt-split-attention` pick their choice, otherwise "sdp".
+names (modules.attention_choices, which also resolves "Automatic" from the command line), map onto those switches
+(xformers, where installed, replaces the UNet's and VAE's processors instead; see `modules.sd_models`).
 
 A1111's "Upcast cross attention layer to float32" runs the UNet's attention in 32 bits on 16-bit models
 (`upcast_attention`, entered by the UNet call in modules.engine.unet_call): SD2.x 768-v models overflow 16-bit
@@ -17,8 +16,6 @@ which the graph and compiled-forward caches compare (modules.engine.unet_graph, 
 from __future__ import annotations
 
 import contextlib
-import functools
-import logging
 from dataclasses import astuple, dataclass
 from typing import Any
 
@@ -26,13 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-log = logging.getLogger(__name__)
-
-AUTOMATIC = "Automatic"
-XFORMERS = "xformers"
-SDP_NO_MEM = "sdp-no-mem - scaled dot product without memory efficient attention"
-SDP = "sdp - scaled dot product"
-NONE = "None"
+from modules.attention_choices import NONE, SDP, SDP_NO_MEM, XFORMERS
 
 
 @dataclass(frozen=True)
@@ -55,35 +46,6 @@ KERNELS: dict[str, SdpKernels] = {
 
 _version = 0
 _upcast = False
-
-
-@functools.cache
-def xformers_installed() -> bool:
-    try:
-        import xformers.ops  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def choices() -> list[str]:
-    """The setting's dropdown, in A1111's order (Automatic, then by priority, then None)."""
-    return [AUTOMATIC] + ([XFORMERS] if xformers_installed() else []) + [SDP_NO_MEM, SDP, NONE]
-
-
-def resolve(setting: str, cmd_opts: object) -> str:
-    """The choice that runs for `setting` (a dropdown value) under the command-line flags."""
-    flag = lambda name: bool(getattr(cmd_opts, name, False))  # noqa: E731
-    if setting == AUTOMATIC:
-        if flag("disable_opt_split_attention"):
-            return NONE
-        if (flag("xformers") or flag("force_enable_xformers")) and xformers_installed():
-            return XFORMERS
-        return SDP_NO_MEM if flag("opt_sdp_no_mem_attention") else SDP
-    if setting == XFORMERS and not xformers_installed():
-        log.warning("xformers is not installed: attention runs on scaled dot product instead")
-        return SDP
-    return setting if setting in KERNELS else SDP
 
 
 def current_kernels() -> SdpKernels:

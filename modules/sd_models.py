@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 
-from modules import attention_optimization, devices, shared
+from modules import attention_choices, attention_optimization, devices, shared
 from modules.models import registry, vae_registry
 from modules.models.checkpoint_files import ModelFileError
 from modules.models.manager import CachePolicy, ModelManager
@@ -94,13 +94,13 @@ def apply_attention(model: StableDiffusionModel | None = None) -> None:
     (modules.attention_optimization): SDPA's kernels process-wide, the UNet's attention precision, and xformers'
     processors on the UNet and VAE of `model` (default: the current one) when that is the choice (xformers runs
     in 16 bits: the upcast applies to SDPA). Runs after each load and at the start of each job."""
-    choice = attention_optimization.resolve(str(shared.opts.cross_attention_optimization), shared.cmd_opts)
+    choice = attention_choices.resolve(str(shared.opts.cross_attention_optimization), shared.cmd_opts)
     attention_optimization.apply(choice)
     attention_optimization.set_upcast(bool(shared.opts.upcast_attn))
     model = model if model is not None else shared.sd_model
     if model is None:
         return
-    wanted = "xformers" if choice == attention_optimization.XFORMERS else "sdpa"
+    wanted = "xformers" if choice == attention_choices.XFORMERS else "sdpa"
     if wanted == model.attention:
         return
     for network in (model.unet, model.vae):

@@ -7,6 +7,7 @@ their settings with `shared.opts.add_option(key, OptionInfo(...))` (or `options_
 
 from __future__ import annotations
 
+from modules import attention_choices
 from modules.options import OptionInfo, categories, options_section
 
 # Keys nobody may change when --hide-ui-dir-config is set (output dirs, filename patterns), as in A1111.
@@ -64,17 +65,10 @@ options_templates.update(options_section(("vae", "VAE", "sd"), {
         512, "VAE tile size", component_args={"minimum": 64, "maximum": 4096, "step": 64}).info("in pixels"),
 }))
 
-def _attention_choices() -> list[str]:
-    from modules import attention_optimization
-
-    return attention_optimization.choices()
-
-
 options_templates.update(options_section(("optimizations", "Optimizations", "sd"), {
     # modules/attention_optimization.py; applied by modules/sd_models.py
     "cross_attention_optimization": OptionInfo(
-        "Automatic", "Cross attention optimization", choices=_attention_choices,
-        component_args=lambda: {"choices": _attention_choices()}).info(
+        "Automatic", "Cross attention optimization", component_args={"choices": attention_choices.choices()}).info(
         "which kernels attention runs on; Automatic follows --xformers, --opt-sdp-no-mem-attention and "
         "--disable-opt-split-attention, otherwise sdp"),
     "fp8_storage": OptionInfo(

@@ -4,6 +4,7 @@ runs on (read from torch's profiler), and the CUDA graphs and compiled forwards 
 from __future__ import annotations
 
 import argparse
+import json
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 from test_api_support import CHECKPOINTS, FAST, SETTINGS, assert_error_json, client, decode, pixels, serving
 from torch.profiler import ProfilerActivity, profile
 
+from modules import attention_choices as names
 from modules import attention_optimization as attention
 from modules import shared
 from modules.api.server import create_app
@@ -39,27 +41,27 @@ def flags(**on: bool) -> argparse.Namespace:
 
 
 def test_automatic_follows_a1111s_flags():
-    assert attention.resolve("Automatic", flags()) == attention.SDP
-    assert attention.resolve("Automatic", flags(opt_sdp_no_mem_attention=True)) == attention.SDP_NO_MEM
-    assert attention.resolve("Automatic", flags(disable_opt_split_attention=True)) == attention.NONE
+    assert names.resolve("Automatic", flags()) == names.SDP
+    assert names.resolve("Automatic", flags(opt_sdp_no_mem_attention=True)) == names.SDP_NO_MEM
+    assert names.resolve("Automatic", flags(disable_opt_split_attention=True)) == names.NONE
     # a chosen kernel wins over the flags, as in A1111
-    assert attention.resolve(attention.SDP, flags(opt_sdp_no_mem_attention=True)) == attention.SDP
-    if not attention.xformers_installed():
-        assert attention.resolve("Automatic", flags(xformers=True)) == attention.SDP
-        assert attention.resolve("xformers", flags()) == attention.SDP
-        assert "xformers" not in attention.choices()
+    assert names.resolve(names.SDP, flags(opt_sdp_no_mem_attention=True)) == names.SDP
+    if not names.xformers_installed():
+        assert names.resolve("Automatic", flags(xformers=True)) == names.SDP
+        assert names.resolve("xformers", flags()) == names.SDP
+        assert "xformers" not in names.choices()
 
 
 def test_each_choice_switches_torchs_kernels():
     q = torch.randn(1, 2, 16, 8)
     run = lambda: F.scaled_dot_product_attention(q, q, q)  # noqa: E731
-    attention.apply(attention.NONE)
+    attention.apply(names.NONE)
     assert sdpa_ops(run) == {MATH_OP}
     assert not torch.backends.cuda.mem_efficient_sdp_enabled()
-    attention.apply(attention.SDP_NO_MEM)
+    attention.apply(names.SDP_NO_MEM)
     assert sdpa_ops(run) == {FLASH_OP}
     assert not torch.backends.cuda.mem_efficient_sdp_enabled() and torch.backends.cuda.flash_sdp_enabled()
-    attention.apply(attention.SDP)
+    attention.apply(names.SDP)
     assert torch.backends.cuda.mem_efficient_sdp_enabled() and torch.backends.cuda.cudnn_sdp_enabled()
 
 
@@ -69,9 +71,9 @@ def test_a_kernel_switch_makes_recorded_graphs_and_compiled_forwards_stale():
     module = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3))
     graphs = unet_graph._GraphCache(module)
     compiled_for = unet_compile._module_version(module)
-    attention.apply(attention.SDP)
+    attention.apply(names.SDP)
     assert graphs.still_valid(module) and unet_compile._module_version(module) == compiled_for
-    attention.apply(attention.NONE)
+    attention.apply(names.NONE)
     assert not graphs.still_valid(module)
     assert unet_compile._module_version(module) != compiled_for
 
@@ -79,11 +81,26 @@ def test_a_kernel_switch_makes_recorded_graphs_and_compiled_forwards_stale():
 def test_the_compile_process_gets_the_parents_kernels():
     from modules.engine import compile_worker
 
-    attention.apply(attention.NONE)
+    attention.apply(names.NONE)
     settings = compile_worker._process_settings()
-    attention.apply(attention.SDP)
+    attention.apply(names.SDP)
     compile_worker._apply_settings(settings)  # as the child does before it compiles
-    assert attention.current_kernels() == attention.KERNELS[attention.NONE]
+    assert attention.current_kernels() == attention.KERNELS[names.NONE]
+
+
+def test_an_a1111_config_naming_an_optimization_this_build_lacks_starts_on_automatic(tmp_path, capsys):
+    from modules.options import Options
+    from modules.shared_options import options_templates, restricted_opts
+
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"cross_attention_optimization": "Doggettx", "upcast_attn": True}))
+    opts = Options(options_templates, restricted_opts)
+    opts.load(str(config))
+    assert opts.cross_attention_optimization == "Automatic" and opts.upcast_attn is True
+    assert "bad value in the config file: cross_attention_optimization: 'Doggettx'" in capsys.readouterr().err
+    config.write_text(json.dumps({"cross_attention_optimization": names.SDP_NO_MEM}))
+    opts.load(str(config))
+    assert opts.cross_attention_optimization == names.SDP_NO_MEM
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +114,7 @@ def http(tmp_path_factory, isolated_data_dir):
 def test_the_setting_refuses_a_kernel_this_build_does_not_have_by_name(http):
     r = http.post("/sdapi/v1/options", json={"cross_attention_optimization": "Doggettx"})
     error = assert_error_json(r, 422, "cross_attention_optimization")
-    assert "'Doggettx' is not one of" in error["errors"] and attention.SDP_NO_MEM in error["errors"]
+    assert "'Doggettx' is not one of" in error["errors"] and names.SDP_NO_MEM in error["errors"]
     assert http.get("/sdapi/v1/options").json()["cross_attention_optimization"] == "Automatic"
 
 
@@ -112,17 +129,17 @@ def unet_ops() -> set[str]:
 
 def test_a_job_runs_on_the_chosen_kernels_with_the_same_picture(http):
     pictures = {}
-    for choice in (attention.NONE, attention.SDP_NO_MEM, "Automatic"):
+    for choice in (names.NONE, names.SDP_NO_MEM, "Automatic"):
         assert http.post("/sdapi/v1/options", json={"cross_attention_optimization": choice}).status_code == 200
         r = http.post("/sdapi/v1/txt2img", json=FAST)
         assert r.status_code == 200, r.text
         pictures[choice] = pixels(decode(r.json()["images"][0])).astype(np.float64)
-        assert unet_ops() == ({MATH_OP} if choice == attention.NONE else {FLASH_OP}), choice
-    assert np.abs(pictures[attention.NONE] - pictures["Automatic"]).max() <= 2  # the same sums, in another order
+        assert unet_ops() == ({MATH_OP} if choice == names.NONE else {FLASH_OP}), choice
+    assert np.abs(pictures[names.NONE] - pictures["Automatic"]).max() <= 2  # the same sums, in another order
 
 
 def test_an_override_for_one_job_is_undone_for_the_next(http):
-    body = {**FAST, "override_settings": {"cross_attention_optimization": attention.NONE}}
+    body = {**FAST, "override_settings": {"cross_attention_optimization": names.NONE}}
     assert http.post("/sdapi/v1/txt2img", json=body).status_code == 200
     assert unet_ops() == {MATH_OP}
     assert http.post("/sdapi/v1/txt2img", json=FAST).status_code == 200

@@ -56,13 +56,14 @@ def test_graphs_follow_the_attention_setting():
     """A graph records the attention kernels it was captured with: a switch (and the fp16 upcast) re-captures."""
     from torch.profiler import ProfilerActivity, profile
 
+    from modules import attention_choices as names
     from modules import attention_optimization as attention
 
     unet = build_family("sd1").unet.cuda().half().eval()
     x, t, ctx = _inputs(unet)
     try:
-        for choice, upcast in ((attention.SDP, False), (attention.NONE, False), (attention.NONE, True),
-                               (attention.SDP_NO_MEM, False)):
+        for choice, upcast in ((names.SDP, False), (names.NONE, False), (names.NONE, True),
+                               (names.SDP_NO_MEM, False)):
             attention.apply(choice)
             attention.set_upcast(upcast)
             eager = unet_call(unet, UNetInput(x, t, ctx))
@@ -70,7 +71,7 @@ def test_graphs_follow_the_attention_setting():
                 graphed = unet_call(unet, UNetInput(x, t, ctx), use_graphs=True)  # captured now: ops are seen
             torch.testing.assert_close(graphed, eager, rtol=2e-3, atol=2e-3)
             ops = {e.name for e in prof.events() if "scaled_dot_product" in e.name}
-            assert ("aten::_scaled_dot_product_attention_math" in ops) == (choice == attention.NONE), (choice, ops)
+            assert ("aten::_scaled_dot_product_attention_math" in ops) == (choice == names.NONE), (choice, ops)
     finally:
         attention.set_kernels(attention.ALL_KERNELS)
         attention.set_upcast(False)
