@@ -142,3 +142,19 @@ def test_applying_the_page_as_it_opens_is_accepted(config):
         if isinstance(w, gr.Dropdown) and not w.allow_custom_value:
             choices = [c[1] for c in w.choices]
             assert all(v in choices for v in (w.value if isinstance(w.value, list) else [w.value])), key
+
+
+def test_a_saved_choice_missing_from_todays_list_does_not_block_apply(config):
+    """config.json names an upscaler whose file was removed: the page still applies another change, keeps that
+    value, and a new value outside the list is refused by the setting's name."""
+    shared.opts.data["upscaler_for_img2img"] = "4x-Removed"
+    keys = ["upscaler_for_img2img", "show_progress_every_n_steps"]
+    with gr.Blocks():
+        dropdown = settings.component_for(keys[0], shared.opts.data_labels[keys[0]])
+    assert dropdown.preprocess("4x-Removed") == "4x-Removed"  # gradio hands it to our check, not an error of its own
+    html = settings.apply(keys, ["4x-Removed", 3])
+    assert "1 setting changed" in html and shared.opts.show_progress_every_n_steps == 3
+    assert json.loads(config.read_text())["upscaler_for_img2img"] == "4x-Removed"
+    html = settings.apply(keys, ["4x-Typed", 3])
+    assert "class='error'" in html and "upscaler_for_img2img" in html and "&#x27;4x-Typed&#x27; is not one of" in html
+    assert shared.opts.upscaler_for_img2img == "4x-Removed"

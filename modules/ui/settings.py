@@ -68,7 +68,12 @@ def component_for(key: str, info: OptionInfo) -> Any:
     if "choices" in args:
         choices = list(args.pop("choices"))
         multiselect = isinstance(default, list)
-        return gr.Dropdown(choices=choices, value=default, multiselect=multiselect, **common_kwargs)
+        # A list read from folders (upscalers, face restorers) may no longer hold the saved value; gradio would
+        # refuse the whole page's Apply with a message that names no setting. Our check (`apply`) names it, and
+        # keeps a value nobody changed, as start-up does.
+        dynamic = callable(info.component_args) or callable(info.choices)
+        return gr.Dropdown(choices=choices, value=default, multiselect=multiselect, allow_custom_value=dynamic,
+                           **common_kwargs)
     if isinstance(default, bool):
         return gr.Checkbox(value=default, **common_kwargs)
     if isinstance(default, int | float) and "minimum" in args and "maximum" in args:
@@ -136,6 +141,8 @@ def _checked_changes(keys: list[str], values: list[Any]) -> tuple[dict[str, Any]
             continue
         if value == "" and info.default is None:
             value = None
+        if value == shared.opts.data.get(key, info.default):
+            continue  # unchanged: a saved choice that is missing from today's list stays, as at start-up
         try:
             value = shared.opts.validate(key, value)
         except SettingValueError as e:
