@@ -37,6 +37,15 @@ def pytest_sessionstart(session):
     freeze_imported_objects()
 
 
+@pytest.fixture(autouse=True)
+def no_leftover_interrupt():
+    """Each test starts as a new job does (`State.begin` clears these): an Interrupt or Skip that an earlier
+    test's job left set would stop code a test calls outside a job (an upscaler's tiles) before it ran."""
+    from modules import shared
+
+    shared.state.interrupted = shared.state.skipped = shared.state.stopping_generation = False
+
+
 class NetworkAccessError(AssertionError):
     """Raised when a test tries to open a connection off this machine."""
 
