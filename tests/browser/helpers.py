@@ -137,6 +137,17 @@ def set_number(pg, elem_id: str, value: int | float) -> None:
     raise AssertionError(f"#{elem_id} did not keep the value {value}")
 
 
+def fill_prompt(pg, tab: str, text: str) -> None:
+    """Type a prompt, as a person does, again if a late send-to or paste put the old one back."""
+    box = pg.locator(f"#{tab}_prompt textarea")
+    for _ in range(4):
+        box.fill(text)
+        pg.wait_for_timeout(500)  # still there a moment later: not overwritten by a late event
+        if box.input_value() == text:
+            return
+    raise AssertionError(f"the {tab} prompt did not keep {text!r}")
+
+
 def wait_for_run_end(pg, tab: str) -> None:
     """A run has ended when its time line appears in the log (after success, interrupt or error)."""
     pg.wait_for_selector(f"#html_log_{tab} .time, #html_log_{tab} .error", timeout=60_000)

@@ -8,6 +8,7 @@ import pytest
 
 from .helpers import (
     COUNT_RUNS,
+    fill_prompt,
     gallery_png,
     paint_stroke,
     press_generate,
@@ -64,7 +65,7 @@ def test_send_result_to_img2img_then_generate(page, tmp_path, source):
     page.click(f"#{source}_send_to_img2img")
     wait_for_prompt(page, "img2img", "a red circle")
     page.locator("#img2img_image img").wait_for()
-    page.fill("#img2img_prompt textarea", "a red circle, again")
+    fill_prompt(page, "img2img", "a red circle, again")
 
     log = press_generate(page, "img2img")
     assert "Time taken" in log, log
