@@ -192,9 +192,17 @@ def test_available_bytes_respects_the_per_process_cap(monkeypatch):
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (100 * gib, 140 * gib))
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 3 * gib)
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 4 * gib)
-    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda device: 1.0)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+
+    def fraction(value):  # as torch's: a device index, not a device without one (which it refuses)
+        def get(device):
+            assert isinstance(device, int), device
+            return value
+        return get
+
+    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", fraction(1.0))
     assert memory.available_bytes(torch.device("cuda")) == 101 * gib  # free + cached but unused
-    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda device: 4 / 140)
+    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", fraction(4 / 140))
     assert memory.available_bytes(torch.device("cuda")) == 1 * gib  # a 4 GiB cap with 3 GiB allocated
     assert memory.available_bytes(torch.device("cpu")) is None
 

@@ -63,7 +63,9 @@ def available_bytes(device: torch.device) -> int | None:
     free, total = torch.cuda.mem_get_info(device)
     allocated = torch.cuda.memory_allocated(device)
     room = free + torch.cuda.memory_reserved(device) - allocated
-    fraction = torch.cuda.get_per_process_memory_fraction(device)
+    # unlike the calls above, this one refuses a device without an index ("cuda")
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    fraction = torch.cuda.get_per_process_memory_fraction(index)
     if fraction < 1.0:
         room = min(room, int(fraction * total) - allocated)
     return int(room)
