@@ -95,6 +95,7 @@ def main() -> None:
     from modules.engine.compile_cache import compile_cache_dir
 
     # relative to the data folder: the file goes into the repo, the machine's paths do not
+    os.makedirs(args.workdir, exist_ok=True)
     results: dict = {"cache_dir": os.path.relpath(compile_cache_dir(), paths.data_path)}
     for family in args.families.split(","):
         row: dict = {}
