@@ -117,21 +117,34 @@ def torch_gc() -> None:
     _malloc_trim()
 
 
+def placement_version(module: torch.nn.Module) -> int:
+    """How many times `move_modules` moved this module's weights."""
+    return int(getattr(module, "_sd_placement_version", 0))
+
+
 def move_modules(modules: list[torch.nn.Module], target: torch.device) -> None:
     """Move whole models between GPU and RAM. Into RAM they go in pinned memory, which the copy back to the GPU
     reads several times faster than ordinary pages; both directions run asynchronously and sync once."""
     to_cpu_from_cuda = target.type == "cpu" and torch.cuda.is_available()
+    moved = False
 
     def move(t: torch.Tensor) -> torch.Tensor:
+        nonlocal moved
         if t.device == target:
             return t
+        moved = True
         if to_cpu_from_cuda and t.is_cuda:
             pinned = torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=True)
             return pinned.copy_(t, non_blocking=True)
         return t.to(target, non_blocking=True)
 
     for module in modules:
+        moved = False
         module._apply(move)
+        if moved:
+            # what recorded the weights' addresses (CUDA graphs) compares this count: a module that went to RAM and
+            # came back may find its first weight at the old address and the others elsewhere
+            module._sd_placement_version = placement_version(module) + 1
     if torch.cuda.is_available():
         torch.cuda.synchronize()
 

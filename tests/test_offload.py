@@ -290,14 +290,12 @@ def test_place_validates_and_is_idempotent(flags):
 # --- CUDA graphs ----------------------------------------------------------------------------------------------
 
 
-def test_cuda_graphs_follow_the_offload_mode(flags, monkeypatch):
-    """Plain placement: graphs and the compiled forward. medvram: graphs (the UNet moves whole, only between its
-    calls), no compiling. lowvram: neither (its layers move within each call)."""
-    seen: list[tuple[bool, bool]] = []
+def test_cuda_graphs_are_off_for_offloaded_models(flags, monkeypatch):
+    seen: list[bool] = []
     real = generate.unet_call
 
     def recording(unet, inp, use_graphs=False, **kw):
-        seen.append((use_graphs, kw.get("compiled", False)))
+        seen.append(use_graphs and kw.get("compiled", False))
         return real(unet, inp, use_graphs=use_graphs)  # nothing compiles on this CPU run
 
     monkeypatch.setattr(generate, "unet_call", recording)
@@ -306,49 +304,13 @@ def test_cuda_graphs_follow_the_offload_mode(flags, monkeypatch):
     monkeypatch.setattr(unet_compile, "BACKEND", "eager")  # the VAE decoder compiles too: no kernels on this CPU
     use("sd1")
     generate_image()
-    assert seen and set(seen) == {(True, True)}
-    for mode, expected in (("medvram", (True, False)), ("lowvram", (False, False))):
+    assert seen and all(seen)
+    for mode in ("medvram", "lowvram"):
         seen.clear()
         flags(mode)
         use("sd1")
         generate_image()
-        assert seen and set(seen) == {expected}, mode
-
-
-def test_medvram_holds_the_unet_in_place_during_its_calls(flags, monkeypatch):
-    """While a UNet call runs (a CUDA graph may be recorded or replayed) its hook moves nothing and a sibling
-    brought meanwhile does not evict it; after the call it leaves as before, and its graphs go with it."""
-    from modules.engine import unet_graph
-
-    flags("medvram")
-    model = use("sd1")
-    state = model.offload
-    te, unet, vae = model.text_encoders[0], model.unet, model.vae
-    resident: set[int] = set()
-    moves: list[tuple[int, str]] = []
-
-    def fake_move(modules, target):
-        for m in modules:
-            moves.append((id(m), target.type))
-            (resident.discard if target.type == "cpu" else resident.add)(id(m))
-
-    monkeypatch.setattr(offload.devices, "move_modules", fake_move)
-    monkeypatch.setattr(offload, "_resident", lambda m, device: id(m) in resident)
-    monkeypatch.setattr(offload.memory, "available_bytes", lambda device: 0)  # a full card: one at a time
-    state.device = torch.device("meta")
-    try:
-        offload._bring(state, te)
-        with offload.unet_in_place(model):
-            assert resident == {id(unet)}  # the text encoder made room before the call
-            moves.clear()
-            offload._bring(state, unet)  # the UNet's own hook, inside the call
-            offload._bring(state, vae)  # e.g. a live preview's decode
-            assert moves == [(id(vae), "meta")] and resident == {id(unet), id(vae)}
-        unet_graph._cache_for(unet)
-        offload._bring(state, te)
-        assert resident == {id(te)} and "_sd_graph_caches" not in unet.__dict__
-    finally:
-        state.device = torch.device("cpu")
+        assert seen and not any(seen)
 
 
 def test_offloading_drops_every_graph_set_and_its_memory(flags, monkeypatch):
@@ -363,6 +325,22 @@ def test_offloading_drops_every_graph_set_and_its_memory(flags, monkeypatch):
     assert len(model.unet.__dict__["_sd_graph_caches"]) == 2
     offload.place(model, torch.device("cpu"), "medvram")
     assert "_sd_graph_caches" not in model.unet.__dict__ and "_sd_graph_cache" not in model.unet.__dict__
+
+
+def test_graphs_of_a_model_that_moved_are_not_replayed(monkeypatch):
+    """Plain placement to RAM and back (a test, an unload and reload): the caching allocator may give the first weight
+    its old address while the others land elsewhere, so the graphs' check of that address alone is not enough (a GPU
+    run replayed such graphs and drew a black picture). A move that changed nothing keeps them."""
+    from modules.engine import unet_graph
+
+    module = torch.nn.Linear(2, 2)
+    fixed = torch.zeros(1)
+    monkeypatch.setattr(unet_graph, "_first_parameter", lambda m: fixed)  # the address the allocator gave back
+    first = unet_graph._cache_for(module)
+    devices.move_modules([module], torch.device("cpu"))  # already there: nothing moved
+    assert unet_graph._cache_for(module) is first
+    devices.move_modules([module], torch.device("meta"))
+    assert unet_graph._cache_for(module) is not first
 
 
 def test_a_model_parked_in_ram_leaves_no_graphs_on_the_gpu(flags, monkeypatch):

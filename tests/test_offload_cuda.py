@@ -82,10 +82,9 @@ def test_each_mode_gives_the_same_picture_with_less_memory(models, name, monkeyp
         assert model.offload is not None and model.device.type == "cuda"
         assert np.abs(image - plain).max() <= TOLERANCE, mode
         assert peak < plain_peak, f"{mode}: peak {peak} bytes, without offloading {plain_peak}"
-        # between jobs only the last component to run (the VAE) stays; the UNet made room, its graphs went too
+        # between jobs only the last component to run (the VAE) may stay: the UNet and text encoders made room
         assert all(p.device.type == "cpu" for p in model.unet.parameters()), mode
         assert all(p.device.type == "cpu" for m in model.text_encoders for p in m.parameters()), mode
-        assert "_sd_graph_caches" not in vars(model.unet), mode
     offload.place(model, CUDA, "none")
     assert np.abs(_generate(model) - plain).max() <= TOLERANCE
 
@@ -98,7 +97,6 @@ def test_medvram_with_room_keeps_the_components_between_jobs(models):
     image, _ = _peak(model, "medvram")
     assert np.abs(image - plain).max() <= TOLERANCE
     assert all(p.device.type == "cuda" for m in (model.unet, model.vae) for p in m.parameters())
-    assert model.unet._sd_graph_cache.graphs  # the UNet stayed: its calls replayed CUDA graphs
     offload.place(model, CUDA, "none")
 
 

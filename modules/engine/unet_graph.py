@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch.utils import _pytree as pytree
 
-from modules import attention_optimization
+from modules import attention_optimization, devices
 
 log = logging.getLogger(__name__)
 # e.g. the cond+uncond batch, a separate pass for prompts of different lengths, each with and without
@@ -110,6 +110,7 @@ class _GraphCache:
         self.storage_version = _storage_version(module)
         self.structure_version = structure_version(module)
         self.weights_at = _first_parameter(module).data_ptr()
+        self.placement_version = devices.placement_version(module)
         self.padding_probe = next((m for m in module.modules() if isinstance(m, torch.nn.Conv2d)), None)
         self.padding_mode = getattr(self.padding_probe, "padding_mode", None)
         self.broken = False
@@ -117,6 +118,7 @@ class _GraphCache:
 
     def still_valid(self, module: torch.nn.Module) -> bool:
         return (_first_parameter(module).data_ptr() == self.weights_at
+                and self.placement_version == devices.placement_version(module)
                 and self.storage_version == _storage_version(module)
                 and self.structure_version == structure_version(module)
                 and self.attention_version == attention_optimization.version()
