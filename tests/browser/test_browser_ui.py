@@ -150,18 +150,27 @@ def _pnginfo(image: Image.Image):
 
 
 def test_a_setting_survives_a_restart(playwright_browser, tmp_path):
+    """Also: a saved choice whose file is gone (an upscaler deleted since) is not replaced by the list's first entry
+    when another setting is applied."""
     data_dir = make_data_dir(tmp_path / "data")
+    (data_dir / "config.json").write_text(json.dumps({"upscaler_for_img2img": "4x-Deleted-ESRGAN"}))
     srv = Server(data_dir).start()
     context, pg = new_page(playwright_browser)
     try:
         open_page(pg, srv.url)
         pg.click("#tab_settings-button")
+        # the missing choice's section, shown first (its tab is in the overflow menu of the section tabs)
+        pg.click("#settings .overflow-menu > button")
+        pg.click("#settings .overflow-dropdown button:text-is('Upscaling')")
+        pg.wait_for_function("() => document.querySelector('#setting_upscaler_for_img2img input')?.value"
+                             " == '4x-Deleted-ESRGAN'")
         pg.click("#settings_ui-button")
         set_number(pg, "setting_show_progress_every_n_steps", 7)
         pg.click("#settings_submit")
         pg.wait_for_selector("#settings_result :text('1 setting changed')")
         saved = json.loads((data_dir / "config.json").read_text())
         assert saved["show_progress_every_n_steps"] == 7
+        assert saved["upscaler_for_img2img"] == "4x-Deleted-ESRGAN"
 
         srv.stop()
         srv.start()
