@@ -148,6 +148,13 @@ def fill_prompt(pg, tab: str, text: str) -> None:
     raise AssertionError(f"the {tab} prompt did not keep {text!r}")
 
 
+def press_during_job(pg, selector: str) -> None:
+    """Press a button (Interrupt, Skip) while a job's live previews keep the page busy: through the button's own
+    click event, since a mouse click through the browser's input pipeline waited 90 s for such a page on a busy
+    2-core CI host (twice)."""
+    pg.locator(selector).dispatch_event("click", timeout=90_000)
+
+
 def wait_for_run_end(pg, tab: str) -> None:
     """A run has ended when its time line appears in the log (after success, interrupt or error)."""
     pg.wait_for_selector(f"#html_log_{tab} .time, #html_log_{tab} .error", timeout=60_000)

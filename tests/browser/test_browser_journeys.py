@@ -11,6 +11,7 @@ from .helpers import (
     fill_prompt,
     gallery_png,
     paint_stroke,
+    press_during_job,
     press_generate,
     set_number,
     small_run,
@@ -225,7 +226,7 @@ def test_interrupt_shows_and_saves_the_partial_picture(page, server):
     page.evaluate(COUNT_RUNS)
     page.click("#txt2img_generate")
     page.wait_for_selector("#txt2img_progress .livePreview img")  # sampling has begun
-    page.click("#txt2img_interrupt")
+    press_during_job(page, "#txt2img_interrupt")
     page.wait_for_function("() => (window.__runsEnded['txt2img'] || 0) > 0", timeout=90_000)
 
     log = page.inner_text("#html_log_txt2img")
