@@ -126,7 +126,6 @@ def move_modules(modules: list[torch.nn.Module], target: torch.device) -> None:
     """Move whole models between GPU and RAM. Into RAM they go in pinned memory, which the copy back to the GPU
     reads several times faster than ordinary pages; both directions run asynchronously and sync once."""
     to_cpu_from_cuda = target.type == "cpu" and torch.cuda.is_available()
-    moved = False
 
     def move(t: torch.Tensor) -> torch.Tensor:
         nonlocal moved
