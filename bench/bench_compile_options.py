@@ -9,7 +9,10 @@ milliseconds per step. SD1.5 512x512 or SDXL 1024x1024, random weights at real s
 - autotune: plus `max_autotune` (inductor times Triton templates against cuBLAS/cuDNN for each GEMM/conv);
 - cudnn_attention: default, with torch's flash and memory-efficient attention kernels off, so that attention runs
   on cuDNN's (Hopper has its own cuDNN kernels; head size 40 of SD1.5 is padded to 64 by flash attention);
-- cudnn_fused: cudnn_attention and fused_qkv together; eager_cudnn: cuDNN attention without the compiler.
+- cudnn_fused: cudnn_attention and fused_qkv together; eager_cudnn: cuDNN attention without the compiler;
+- fp16_accumulation: default, with cuBLAS allowed to accumulate half-precision matrix products in half precision
+  (`torch.backends.cuda.matmul.allow_fp16_accumulation`, ComfyUI's `--fast fp16_accumulation`): faster on cards
+  whose tensor cores run it at twice the rate, at a cost in precision (the step's difference is printed).
 
 Each setting's compile time is printed; results are written after each setting, so a cut-off run keeps them.
 
@@ -93,6 +96,7 @@ def main() -> None:
         torch.backends.cuda.enable_flash_sdp(not cudnn)
         torch.backends.cuda.enable_mem_efficient_sdp(not cudnn)
         torch.backends.cuda.enable_cudnn_sdp(True)
+        torch.backends.cuda.matmul.allow_fp16_accumulation = setting == "fp16_accumulation"
         options = dict(INDUCTOR_OPTIONS, **(COORDINATE if setting == "coordinate" else {}),
                        **({"max_autotune": True} if setting == "autotune" else {}))
         with torch.inference_mode():

@@ -33,13 +33,20 @@ def child(args: argparse.Namespace) -> None:
     gc.disable()
     import torch
 
+    torch_imported = time.time() - args.t0
     from bench.full_size import write_checkpoint_and_config
     from bench.jobs import SIZES, ours
     from modules import devices, initialize
     from modules.models.loader import load_model
 
     initialize.freeze_imported_objects()
-    marks = {"imported": time.time() - args.t0}
+    marks = {"torch_imported": torch_imported, "imported": time.time() - args.t0}
+    profiler = None
+    if args.profile:  # where the time between the imports and the first picture goes (CPU side)
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
     path = os.path.join(args.workdir, f"{args.family}.safetensors")
     if not os.path.exists(path):
         write_checkpoint_and_config(args.family, path, os.path.join(args.workdir, f"{args.family}-config"))
@@ -51,6 +58,13 @@ def child(args: argparse.Namespace) -> None:
     run()  # compiled: runs uncompiled at once while a child process compiles (from the disk cache if filled)
     torch.cuda.synchronize()
     marks["first_image"] = time.time() - args.t0
+    if profiler is not None:
+        import pstats
+
+        profiler.disable()
+        with open(args.profile, "w") as f:
+            for order in ("cumulative", "tottime"):
+                pstats.Stats(profiler, stream=f).sort_stats(order).print_stats(45)
     gc.enable()
     if args.compiled:
         from modules.engine import unet_compile
@@ -88,6 +102,7 @@ def main() -> None:
     parser.add_argument("--family", default="sd15", help=argparse.SUPPRESS)
     parser.add_argument("--compiled", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--t0", type=float, default=0.0, help=argparse.SUPPRESS)
+    parser.add_argument("--profile", default="", help="(with --child) write a cProfile of load and first job here")
     args = parser.parse_args()
     if args.child:
         child(args)

@@ -11,11 +11,14 @@ import contextlib
 import ctypes
 import gc
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 cpu = torch.device("cpu")
+# called with each module whose weights `move_modules` moved (what recorded their addresses forgets them)
+_move_listeners: list[Callable[[torch.nn.Module], None]] = []
 
 
 @dataclass
@@ -117,6 +120,20 @@ def torch_gc() -> None:
     _malloc_trim()
 
 
+def on_move(listener: Callable[[torch.nn.Module], None]) -> None:
+    """Have `listener(module)` called after `move_modules` moved that module's weights."""
+    if listener not in _move_listeners:
+        _move_listeners.append(listener)
+
+
+def mark_moved(module: torch.nn.Module) -> None:
+    """Count a move of `module`'s weights and tell the listeners: whatever recorded their addresses (CUDA graphs)
+    is stale. `move_modules` calls it; so does code that is about to let weights move in other ways."""
+    module._sd_placement_version = placement_version(module) + 1
+    for listener in _move_listeners:
+        listener(module)
+
+
 def placement_version(module: torch.nn.Module) -> int:
     """How many times `move_modules` moved this module's weights."""
     return int(getattr(module, "_sd_placement_version", 0))
@@ -143,7 +160,7 @@ def move_modules(modules: list[torch.nn.Module], target: torch.device) -> None:
         if moved:
             # what recorded the weights' addresses (CUDA graphs) compares this count: a module that went to RAM and
             # came back may find its first weight at the old address and the others elsewhere
-            module._sd_placement_version = placement_version(module) + 1
+            mark_moved(module)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
 

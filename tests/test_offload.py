@@ -290,12 +290,14 @@ def test_place_validates_and_is_idempotent(flags):
 # --- CUDA graphs ----------------------------------------------------------------------------------------------
 
 
-def test_cuda_graphs_are_off_for_offloaded_models(flags, monkeypatch):
-    seen: list[bool] = []
+def test_cuda_graphs_follow_the_offload_mode(flags, monkeypatch):
+    """Plain placement: graphs and the compiled forward. medvram: graphs (the UNet moves whole, only between its
+    calls), no compiling. lowvram: neither (its layers move within each call)."""
+    seen: list[tuple[bool, bool]] = []
     real = generate.unet_call
 
     def recording(unet, inp, use_graphs=False, **kw):
-        seen.append(use_graphs and kw.get("compiled", False))
+        seen.append((use_graphs, kw.get("compiled", False)))
         return real(unet, inp, use_graphs=use_graphs)  # nothing compiles on this CPU run
 
     monkeypatch.setattr(generate, "unet_call", recording)
@@ -304,13 +306,51 @@ def test_cuda_graphs_are_off_for_offloaded_models(flags, monkeypatch):
     monkeypatch.setattr(unet_compile, "BACKEND", "eager")  # the VAE decoder compiles too: no kernels on this CPU
     use("sd1")
     generate_image()
-    assert seen and all(seen)
-    for mode in ("medvram", "lowvram"):
+    assert seen and set(seen) == {(True, True)}
+    for mode, expected in (("medvram", (True, False)), ("lowvram", (False, False))):
         seen.clear()
         flags(mode)
         use("sd1")
         generate_image()
-        assert seen and not any(seen)
+        assert seen and set(seen) == {expected}, mode
+
+
+def test_medvram_holds_the_unet_in_place_during_its_calls(flags, monkeypatch):
+    """While a UNet call runs (a CUDA graph may be recorded or replayed) its hook moves nothing and a sibling
+    brought meanwhile does not evict it; after the call it leaves as before, and its graphs go with it."""
+    from modules.engine import unet_graph
+
+    flags("medvram")
+    model = use("sd1")
+    state = model.offload
+    te, unet, vae = model.text_encoders[0], model.unet, model.vae
+    resident: set[int] = set()
+    moves: list[tuple[int, str]] = []
+
+    def fake_move(modules, target):  # the real one's bookkeeping, without moving weights to another device
+        for m in modules:
+            moves.append((id(m), target.type))
+            (resident.discard if target.type == "cpu" else resident.add)(id(m))
+            devices.mark_moved(m)
+
+    monkeypatch.setattr(offload.devices, "move_modules", fake_move)
+    monkeypatch.setattr(offload, "_resident", lambda m, device: id(m) in resident)
+    monkeypatch.setattr(offload.memory, "available_bytes", lambda device: 0)  # a full card: one at a time
+    state.device = torch.device("meta")
+    try:
+        offload._bring(state, te)
+        with offload.unet_in_place(model):
+            assert resident == {id(unet)}  # the text encoder made room before the call
+            unet_graph._cache_for(unet)  # a graph recorded during the call
+            moves.clear()
+            offload._bring(state, unet)  # the UNet's own hook, inside the call
+            offload._bring(state, vae)  # e.g. a live preview's decode
+            assert moves == [(id(vae), "meta")] and resident == {id(unet), id(vae)}
+            assert "_sd_graph_caches" in unet.__dict__
+        offload._bring(state, te)
+        assert resident == {id(te)} and "_sd_graph_caches" not in unet.__dict__
+    finally:
+        state.device = torch.device("cpu")
 
 
 def test_offloading_drops_every_graph_set_and_its_memory(flags, monkeypatch):

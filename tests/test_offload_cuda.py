@@ -85,8 +85,32 @@ def test_each_mode_gives_the_same_picture_with_less_memory(models, name, monkeyp
         # between jobs only the last component to run (the VAE) may stay: the UNet and text encoders made room
         assert all(p.device.type == "cpu" for p in model.unet.parameters()), mode
         assert all(p.device.type == "cpu" for m in model.text_encoders for p in m.parameters()), mode
+        assert "_sd_graph_caches" not in vars(model.unet), mode  # the UNet's graphs left with it
     offload.place(model, CUDA, "none")
     assert np.abs(_generate(model) - plain).max() <= TOLERANCE
+
+
+def test_medvram_replays_graphs_captured_again_after_each_move(models, monkeypatch):
+    """On a tight card the UNet comes in for each job and leaves for the VAE: its CUDA graph is captured again
+    each job, without a warm-up (one UNet forward per job beyond the replays), and gives the plain picture."""
+    monkeypatch.setattr(offload, "WORKING_ROOM", torch.cuda.get_device_properties(0).total_memory)
+    model = models["sd1"]
+    plain, _ = _peak(model, "none")
+    offload.place(model, CUDA, "medvram")
+    _generate(model)  # the first capture warms up
+    forwards = {"n": 0}
+    handle = model.unet.register_forward_pre_hook(lambda m, args: forwards.__setitem__("n", forwards["n"] + 1))
+    try:
+        replays = {"n": 0}
+        real_replay = torch.cuda.CUDAGraph.replay
+        monkeypatch.setattr(torch.cuda.CUDAGraph, "replay",
+                            lambda graph: (replays.__setitem__("n", replays["n"] + 1), real_replay(graph))[1])
+        image = _generate(model)
+    finally:
+        handle.remove()
+    assert np.abs(image - plain).max() <= TOLERANCE
+    assert forwards["n"] == 1 and replays["n"] == 6  # 6 steps, cond and uncond batched: one capture, no warm-up
+    offload.place(model, CUDA, "none")
 
 
 def test_medvram_with_room_keeps_the_components_between_jobs(models):
@@ -97,6 +121,7 @@ def test_medvram_with_room_keeps_the_components_between_jobs(models):
     image, _ = _peak(model, "medvram")
     assert np.abs(image - plain).max() <= TOLERANCE
     assert all(p.device.type == "cuda" for m in (model.unet, model.vae) for p in m.parameters())
+    assert model.unet._sd_graph_cache.graphs  # the UNet stayed: its calls replayed CUDA graphs
     offload.place(model, CUDA, "none")
 
 

@@ -22,6 +22,7 @@ from modules.engine.conditioning import PromptEncoder
 from modules.engine.sampling.registry import create_sampler
 from modules.engine.sampling.sampler import ScheduleSettings
 from modules.engine.unet_call import UNetHook, UNetHookContext, UNetInput, unet_call
+from modules.models import offload
 from modules.models.sd_model import StableDiffusionModel
 
 log = logging.getLogger(__name__)
@@ -112,8 +113,9 @@ def build_denoiser(model: StableDiffusionModel, request: BatchRequest, sampler: 
         conditioning.added_cond = {"time_ids": sdxl_time_ids(model, request.width, request.height, False, batch)}
         conditioning.added_uncond = {"time_ids": sdxl_time_ids(model, request.width, request.height, True, batch)}
     unet = model.unet
-    # no graphs over offloaded weights (--medvram/--lowvram): they move every job, a graph reads fixed addresses
-    use_graphs = bool(request.settings.get("cuda_graphs", True)) and getattr(model, "offload", None) is None
+    # a graph reads fixed addresses: under --medvram the UNet stays put during each call (its graphs go when it
+    # leaves); under --lowvram its layers move within the call. The compiler is for plainly placed models.
+    use_graphs = bool(request.settings.get("cuda_graphs", True)) and offload.graphs_allowed(model)
     compiled = bool(request.settings.get("compile_unet", False)) and getattr(model, "offload", None) is None
     unet_hooks = list(request.unet_hooks) if model is request.model else []
 
@@ -125,7 +127,8 @@ def build_denoiser(model: StableDiffusionModel, request: BatchRequest, sampler: 
             context_ = UNetHookContext(inp, step, total_steps, uncond_rows)
             for hook in unet_hooks:
                 hook(context_)
-        return unet_call(unet, inp, use_graphs=use_graphs, compiled=compiled)
+        with offload.unet_in_place(model):
+            return unet_call(unet, inp, use_graphs=use_graphs, compiled=compiled)
 
     denoiser = sampler.make_denoiser(model_fn, model.alphas_cumprod, model.spec.prediction_type,
                                      is_sdxl=model.is_sdxl)

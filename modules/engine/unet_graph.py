@@ -87,6 +87,11 @@ def drop_graphs(module: torch.nn.Module) -> None:
     module.__dict__.pop("_sd_graph_cache", None)
 
 
+# weights that moved leave their graphs reading the old addresses, and the graphs' memory pools would hold device
+# memory the move meant to free (--medvram moves the UNet out for the VAE decode): they go at once
+devices.on_move(drop_graphs)
+
+
 def _cache_for(module: torch.nn.Module) -> _GraphCache:
     caches: OrderedDict[Hashable, _GraphCache] = module.__dict__.setdefault("_sd_graph_caches", OrderedDict())
     variant = current_variant(module)
@@ -152,15 +157,26 @@ def _drop_other_forwards(graphs: OrderedDict[tuple, _Captured], key: tuple) -> N
 
 
 def _capture(module: torch.nn.Module, fn: Callable[..., Any], tensors: list[torch.Tensor], constants: list[Any],
-             spec: Any) -> _Captured:
+             spec: Any, key: tuple) -> _Captured:
     static = [t.clone() for t in tensors]
     args, kwargs = _rebuild(static, constants, spec)
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side), torch.no_grad():
-        for _ in range(2):  # warm up cuDNN/cuBLAS choices and the allocator outside the capture
-            fn(module, *args, **kwargs)
-    torch.cuda.current_stream().wait_stream(side)
+    # Warm up cuDNN/cuBLAS choices, lazily loaded kernels and the allocator outside the capture, the first time
+    # only: a re-capture of the same call after the weights moved (--medvram, each job) runs kernels already
+    # chosen and loaded, and the warm-up's activations would stand beside the capture's under a memory cap.
+    warmed: set[tuple] = module.__dict__.setdefault("_sd_graph_warmed", set())
+    # anything that changes which kernels run asks for a warm-up again
+    warm_key = (key, current_variant(module), structure_version(module), _storage_version(module),
+                attention_optimization.version())
+    if warm_key not in warmed:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side), torch.no_grad():
+            for _ in range(2):
+                fn(module, *args, **kwargs)
+        torch.cuda.current_stream().wait_stream(side)
+        if len(warmed) > 64:  # many sizes over a long session: forget the old ones (a warm-up is cheap)
+            warmed.clear()
+        warmed.add(warm_key)
     graph = torch.cuda.CUDAGraph()
     # thread-local: another thread's CUDA work (a preview, an API call outside the queue) may allocate or
     # synchronise meanwhile, which the default global mode would count as breaking this capture
@@ -179,7 +195,7 @@ def graphed_call(module: torch.nn.Module, fn: Callable[..., Any], args: tuple, k
     captured = cache.graphs.get(key)
     if captured is None:
         try:
-            captured = _capture(module, fn, tensors, constants, spec)
+            captured = _capture(module, fn, tensors, constants, spec, key)
         except (RuntimeError, torch.OutOfMemoryError) as e:
             log.warning("CUDA graph capture of %s failed (%s); running it without graphs", type(module).__name__,
                         str(e).splitlines()[0])

@@ -5,7 +5,8 @@
   accelerate hook: on forward, and on VAE encode/decode through diffusers' `apply_forward_hook`). The others of
   the model leave it only when the device has no room for the newcomer plus `WORKING_ROOM` for its activations
   (on CUDA, within a per-process cap); what fits stays, across jobs too, so a card that holds the UNet and the
-  VAE (an 8-bit SDXL UNet under 4 GiB) stops moving 2-5 GB per job. Like diffusers' `enable_model_cpu_offload`,
+  VAE (an 8-bit SDXL UNet under 4 GiB) stops moving 2-5 GB per job. The UNet moves only between its calls
+  (`unet_in_place`), so its CUDA graphs replay while it stays and are captured again after it came back. Like diffusers' `enable_model_cpu_offload`,
   but any component may come first (img2img encodes before the text encoders run), so an eviction sends all
   its siblings back, not just the previous one.
 - "lowvram": the text encoders and VAE as in medvram; the UNet never sits whole on the device: diffusers' group
@@ -21,10 +22,11 @@ with a message a person can act on.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -57,6 +59,7 @@ class OffloadState:
     grouped: list[torch.nn.Module] = field(default_factory=list)  # components under diffusers group offloading
     unet_offload_type: str = UNET_OFFLOAD_TYPE
     torch_hooks: list[Any] = field(default_factory=list)  # RemovableHandles
+    holding: torch.nn.Module | None = None  # stays put, its hook moves nothing (a UNet call is under way)
 
     @property
     def handle(self) -> str:
@@ -145,9 +148,12 @@ def _has_room_for(state: OffloadState, module: torch.nn.Module) -> bool:
 
 
 def _bring(state: OffloadState, module: torch.nn.Module) -> None:
+    if module is state.holding:
+        return
     keep_siblings = _has_room_for(state, module)
     for other in state.whole:
-        if other is not module and _resident(other, state.device) and not keep_siblings:
+        if other is not module and other is not state.holding and _resident(other, state.device) \
+                and not keep_siblings:
             devices.move_modules([other], CPU)
     for grouped in state.grouped:
         if grouped is not module:
@@ -247,7 +253,7 @@ def place(model, device: torch.device | str, mode: str | None = None,
     if state is not None and state.mode == mode and state.device == device \
             and state.unet_offload_type == unet_offload_type:
         return mode
-    if state is not None or mode != "none":  # plain to plain keeps the UNet's graphs (moves are counted)
+    if state is not None or mode != "none":
         remove(model)
         forget_graphs(model)
     if mode == "none":
@@ -284,6 +290,30 @@ def settle(model) -> None:
         _offload_groups(module)
 
 
+def graphs_allowed(model) -> bool:
+    """Whether the UNet's calls may replay CUDA graphs: placed plainly, or moved whole (medvram), which happens
+    only between its calls (see `unet_in_place`); its graphs go when it moves and are captured again when it is
+    back. Not under lowvram, whose groups move within each call."""
+    state = getattr(model, "offload", None)
+    return state is None or any(m is model.unet for m in state.whole)
+
+
+@contextlib.contextmanager
+def unet_in_place(model) -> Iterator[None]:
+    """Within: the UNet is on the device and nothing moves it (a graph captured or replayed in between reads its
+    weights where they are). Its siblings leave first if it needs their room, as its hook would make them."""
+    state = getattr(model, "offload", None)
+    if state is None or not any(m is model.unet for m in state.whole):
+        yield
+        return
+    _bring(state, model.unet)
+    state.holding = model.unet
+    try:
+        yield
+    finally:
+        state.holding = None
+
+
 def resident_bytes(model) -> int:
     """The most an offloaded model keeps on the device at once (weights): its largest whole component, or for a
     grouped UNet the weights outside its groups. Plain placement: everything."""
@@ -308,11 +338,9 @@ def _register(model) -> None:
 
 
 def forget_graphs(model) -> None:
-    # Recorded CUDA graphs read the weights where they were; offloaded weights move every job. Every variant's
-    # graphs go (token merging keeps its own set): their memory pools would hold GPU memory the offloading frees.
-    from modules.engine.unet_graph import drop_graphs
-
-    drop_graphs(model.unet)
+    """The UNet's CUDA graphs (every variant) and their memory pools go: its weights are about to move, or will
+    move under an offload mode (weights that `devices.move_modules` moves drop theirs by themselves)."""
+    devices.mark_moved(model.unet)
 
 
 # --- out of memory during a job -------------------------------------------------------------------------------
