@@ -108,13 +108,41 @@ def instrumented_job(model, run) -> dict:
     return {"job_s": total, "spent_s": dict(spent), "counts": dict(counts)}
 
 
+def log_captures(always_warm_up: bool) -> None:
+    """Print the device memory at each CUDA graph capture and how it ended."""
+    from modules.engine import unet_graph
+
+    real = unet_graph._capture
+
+    def capture(module, *args, **kwargs):
+        if always_warm_up:
+            module.__dict__.pop("_sd_graph_warmed", None)
+        note = f"capture: allocated {torch.cuda.memory_allocated() / 2**30:.3f} GiB, " \
+               f"reserved {torch.cuda.memory_reserved() / 2**30:.3f} GiB"
+        try:
+            captured = real(module, *args, **kwargs)
+        except Exception as e:
+            print(note, "failed:", repr(e)[:300], flush=True)
+            raise
+        print(note, f"ok, then reserved {torch.cuda.memory_reserved() / 2**30:.3f} GiB", flush=True)
+        return captured
+
+    unet_graph._capture = capture
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--workdir", default="/tmp/bench")
     parser.add_argument("--family", default="sd15", choices=sorted(CASES))
     parser.add_argument("--out", default="lowvram-profile.json")
     parser.add_argument("--mode", default="medvram")
+    parser.add_argument("--always-warm-up", action="store_true", help="warm up before every CUDA graph capture")
+    parser.add_argument("--keep-host-cache", action="store_true",
+                        help="captures do not empty torch's pinned-memory cache (which the next move to RAM refills)")
     args = parser.parse_args()
+    log_captures(args.always_warm_up)
+    if args.keep_host_cache:
+        torch._C._host_emptyCache = lambda: None
     from modules.models import offload
 
     offload.run_job = lambda fn, current_model, **_: fn()  # each mode as itself
