@@ -139,9 +139,14 @@ def placement_version(module: torch.nn.Module) -> int:
     return int(getattr(module, "_sd_placement_version", 0))
 
 
-def move_modules(modules: list[torch.nn.Module], target: torch.device) -> None:
+def move_modules(modules: list[torch.nn.Module], target: torch.device, keep_ram_copy: bool = False) -> None:
     """Move whole models between GPU and RAM. Into RAM they go in pinned memory, which the copy back to the GPU
-    reads several times faster than ordinary pages; both directions run asynchronously and sync once."""
+    reads several times faster than ordinary pages; both directions run asynchronously and sync once.
+
+    `keep_ram_copy` (components that go back and forth, --medvram): a weight keeps its pinned RAM copy while it is
+    on the GPU and returns into it, so no move allocates pinned memory again (torch's pinned cache is emptied by
+    every CUDA graph capture, and pinning a model's worth of pages costs more than copying them). Any other move
+    lets that copy go."""
     to_cpu_from_cuda = target.type == "cpu" and torch.cuda.is_available()
 
     def move(t: torch.Tensor) -> torch.Tensor:
@@ -149,9 +154,13 @@ def move_modules(modules: list[torch.nn.Module], target: torch.device) -> None:
         if t.device == target:
             return t
         moved = True
+        home = t.__dict__.pop("_sd_ram_home", None) if isinstance(t, torch.nn.Parameter) else None
         if to_cpu_from_cuda and t.is_cuda:
-            pinned = torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=True)
-            return pinned.copy_(t, non_blocking=True)
+            if home is None or home.shape != t.shape or home.dtype != t.dtype:
+                home = torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=True)
+            return home.copy_(t, non_blocking=True)
+        if keep_ram_copy and isinstance(t, torch.nn.Parameter) and t.device.type == "cpu" and t.is_pinned():
+            t._sd_ram_home = t.data  # the way back
         return t.to(target, non_blocking=True)
 
     for module in modules:

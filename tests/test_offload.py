@@ -127,7 +127,7 @@ def test_medvram_keeps_one_component_at_a_time(flags):
     names = {id(m): n for n, m in (("te", model.text_encoders[0]), ("unet", model.unet), ("vae", model.vae))}
     resident: set[int] = set()
 
-    def fake_move(modules, target):
+    def fake_move(modules, target, keep_ram_copy=False):
         for m in modules:
             (resident.discard if target.type == "cpu" else resident.add)(id(m))
             moves.append((names[id(m)], target.type))
@@ -159,7 +159,7 @@ def test_medvram_keeps_what_fits_and_evicts_when_the_device_is_full(flags, monke
     resident: set[int] = set()
     room = {"bytes": 10 * 2**30}
 
-    def fake_move(modules, target):
+    def fake_move(modules, target, keep_ram_copy=False):
         for m in modules:
             (resident.discard if target.type == "cpu" else resident.add)(id(m))
 
@@ -327,7 +327,7 @@ def test_medvram_holds_the_unet_in_place_during_its_calls(flags, monkeypatch):
     resident: set[int] = set()
     moves: list[tuple[int, str]] = []
 
-    def fake_move(modules, target):  # the real one's bookkeeping, without moving weights to another device
+    def fake_move(modules, target, keep_ram_copy=False):  # the real one's bookkeeping, no real move
         for m in modules:
             moves.append((id(m), target.type))
             (resident.discard if target.type == "cpu" else resident.add)(id(m))

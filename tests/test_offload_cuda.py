@@ -98,6 +98,10 @@ def test_medvram_replays_graphs_captured_again_after_each_move(models, monkeypat
     plain, _ = _peak(model, "none")
     offload.place(model, CUDA, "medvram")
     _generate(model)  # the first capture warms up
+    _generate(model)  # the UNet's weights come back into the pinned RAM they left (kept while on the GPU)
+    weight = model.unet.conv_in.weight
+    home = weight.data_ptr()
+    assert weight.device.type == "cpu" and weight.is_pinned()
     forwards = {"n": 0}
     handle = model.unet.register_forward_pre_hook(lambda m, args: forwards.__setitem__("n", forwards["n"] + 1))
     try:
@@ -110,7 +114,9 @@ def test_medvram_replays_graphs_captured_again_after_each_move(models, monkeypat
         handle.remove()
     assert np.abs(image - plain).max() <= TOLERANCE
     assert forwards["n"] == 1 and replays["n"] == 6  # 6 steps, cond and uncond batched: one capture, no warm-up
+    assert weight.data_ptr() == home  # no new pinned memory for the way back
     offload.place(model, CUDA, "none")
+    assert not any("_sd_ram_home" in vars(p) for p in model.unet.parameters())  # plainly placed: no RAM copy
 
 
 def test_medvram_with_room_keeps_the_components_between_jobs(models):

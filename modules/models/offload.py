@@ -159,7 +159,7 @@ def _bring(state: OffloadState, module: torch.nn.Module) -> None:
         if grouped is not module:
             _offload_groups(grouped)
     if any(module is m for m in state.whole) and not _resident(module, state.device):
-        devices.move_modules([module], state.device)
+        devices.move_modules([module], state.device, keep_ram_copy=True)
 
 
 def _group_hooks(module: torch.nn.Module) -> list[Any]:
