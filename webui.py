@@ -103,15 +103,16 @@ def start() -> None:
     setup_logging(shared.cmd_opts.loglevel)
     check_public_link()
     claim_data_dir()
-    initialize()
-    remove_leftover_temp_files()
     cmd_opts = shared.cmd_opts
-    from modules import devices
+    from modules import device_warm_up, devices
 
     try:  # a bad --device-id is a start-up error with its reason, not a failure of every model load
-        devices.choose_device(cmd_opts.use_cpu, cmd_opts.device_id)
+        device = devices.choose_device(cmd_opts.use_cpu, cmd_opts.device_id)
     except ValueError as e:
         raise SystemExit(f"Cannot start: {e}") from None
+    device_warm_up.start(device)  # CUDA, cuBLAS and cuDNN set up while the rest imports and the model loads
+    initialize()
+    remove_leftover_temp_files()
     from modules import call_queue
 
     if cmd_opts.ray:  # jobs run on replicas (modules/serve); this process keeps the UI and the API, and no model

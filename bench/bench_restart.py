@@ -34,6 +34,10 @@ def child(args: argparse.Namespace) -> None:
     import torch
 
     torch_imported = time.time() - args.t0
+    if not args.no_warm_up:  # as webui.start does, right after choosing the device
+        from modules import device_warm_up
+
+        device_warm_up.start(torch.device("cuda"))
     from bench.full_size import write_checkpoint_and_config
     from bench.jobs import SIZES, ours
     from modules import devices, initialize
@@ -102,6 +106,7 @@ def main() -> None:
     parser.add_argument("--family", default="sd15", help=argparse.SUPPRESS)
     parser.add_argument("--compiled", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--t0", type=float, default=0.0, help=argparse.SUPPRESS)
+    parser.add_argument("--no-warm-up", action="store_true", help="(with --child) no background GPU warm-up")
     parser.add_argument("--profile", default="", help="(with --child) write a cProfile of load and first job here")
     args = parser.parse_args()
     if args.child:

@@ -65,11 +65,11 @@ def instrumented_job(model, run) -> dict:
                                    *((f"text_encoder_{i}", t) for i, t in enumerate(model.text_encoders)))}
     original_move = devices.move_modules
 
-    def timed_move(modules, target):
+    def timed_move(modules, target, **kwargs):
         modules = list(modules)
         sync()
         start = time.perf_counter()
-        original_move(modules, target)
+        original_move(modules, target, **kwargs)
         sync()
         key = "move " + ",".join(names.get(id(m), type(m).__name__) for m in modules) + f" -> {target.type}"
         spent[key] += time.perf_counter() - start

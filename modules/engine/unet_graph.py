@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch.utils import _pytree as pytree
 
-from modules import attention_optimization, devices
+from modules import attention_optimization, device_warm_up, devices
 
 log = logging.getLogger(__name__)
 # e.g. the cond+uncond batch, a separate pass for prompts of different lengths, each with and without
@@ -158,6 +158,7 @@ def _drop_other_forwards(graphs: OrderedDict[tuple, _Captured], key: tuple) -> N
 
 def _capture(module: torch.nn.Module, fn: Callable[..., Any], tensors: list[torch.Tensor], constants: list[Any],
              spec: Any, key: tuple) -> _Captured:
+    device_warm_up.wait()
     static = [t.clone() for t in tensors]
     args, kwargs = _rebuild(static, constants, spec)
     # Warm up cuDNN/cuBLAS choices, lazily loaded kernels and the allocator outside the capture, the first time
