@@ -38,7 +38,6 @@ def child(args: argparse.Namespace) -> None:
         from modules import device_warm_up
 
         device_warm_up.start(torch.device("cuda"))
-    from bench.full_size import write_checkpoint_and_config
     from bench.jobs import SIZES, ours
     from modules import devices, initialize
     from modules.models.loader import load_model
@@ -52,7 +51,9 @@ def child(args: argparse.Namespace) -> None:
         profiler = cProfile.Profile()
         profiler.enable()
     path = os.path.join(args.workdir, f"{args.family}.safetensors")
-    if not os.path.exists(path):
+    if not os.path.exists(path):  # the bench's own checkpoint writer (and its imports) only when there is none
+        from bench.full_size import write_checkpoint_and_config
+
         write_checkpoint_and_config(args.family, path, os.path.join(args.workdir, f"{args.family}-config"))
     model = load_model(path, devices.choose_precision(torch.device("cuda")))
     model.unet.to(memory_format=torch.channels_last)
