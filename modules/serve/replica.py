@@ -69,12 +69,12 @@ def start_engine(setup: ReplicaSetup) -> float | None:
 
     gc.disable()  # while the libraries are imported, as the server does (webui.start)
     try:
-        from modules import devices, initialize
+        from modules import device_warm_up, devices, initialize
 
         shared.set_cmd_opts(replica_flags(setup.cmd_opts))
+        device_warm_up.start(devices.choose_device(shared.cmd_opts.use_cpu, None))  # as webui.start does
         initialize.initialize()
         shared.opts.data.update(setup.settings)
-        devices.choose_device(shared.cmd_opts.use_cpu, None)
         if not setup.preload or shared.cmd_opts.skip_load_model_at_start:
             return None
         initialize.freeze_imported_objects()
