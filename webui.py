@@ -110,7 +110,8 @@ def start() -> None:
         device = devices.choose_device(cmd_opts.use_cpu, cmd_opts.device_id)
     except ValueError as e:
         raise SystemExit(f"Cannot start: {e}") from None
-    device_warm_up.start(device)  # CUDA, cuBLAS and cuDNN set up while the rest imports and the model loads
+    if not cmd_opts.ray:  # with --ray this process runs no model: a CUDA context here would only take memory
+        device_warm_up.start(device)  # CUDA, cuBLAS and cuDNN set up while the rest imports and the model loads
     initialize()
     remove_leftover_temp_files()
     from modules import call_queue

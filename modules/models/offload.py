@@ -6,9 +6,10 @@
   the model leave it only when the device has no room for the newcomer plus `WORKING_ROOM` for its activations
   (on CUDA, within a per-process cap); what fits stays, across jobs too, so a card that holds the UNet and the
   VAE (an 8-bit SDXL UNet under 4 GiB) stops moving 2-5 GB per job. The UNet moves only between its calls
-  (`unet_in_place`), so its CUDA graphs replay while it stays and are captured again after it came back. Like diffusers' `enable_model_cpu_offload`,
-  but any component may come first (img2img encodes before the text encoders run), so an eviction sends all
-  its siblings back, not just the previous one.
+  (`unet_in_place`), so its CUDA graphs replay while it stays and are captured again after it came back; the
+  weights keep their pinned RAM copy while on the device. Like diffusers' `enable_model_cpu_offload`, but any
+  component may come first (img2img encodes before the text encoders run), so an eviction sends all its siblings
+  back, not just the previous one.
 - "lowvram": the text encoders and VAE as in medvram; the UNet never sits whole on the device: diffusers' group
   offloading moves each layer ("leaf_level") or block just before it runs, prefetched on a side stream on CUDA.
 
