@@ -2,7 +2,7 @@
 # The GPU measurements still owed to the speed work, in order of what they decide, each under its own time limit
 # so one call of a few minutes brings back whatever finished. Results go to $OUT (default: bench/results/new).
 #   bash bench/gpu_runs.sh [stage ...]     stages: tests compile-sd15 compile-sdxl restart profile batching lowvram
-#                                          tome fp8 attention (restart needs a compile stage before it, to fill
+#                                          tome fp8 attention options (restart needs a compile stage before it, to fill
 #                                          the cache)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +37,8 @@ for stage in "${stages[@]}"; do
         tome) run tome 560 python bench/bench_tome_tiled_vae.py --workdir "$work" --out "$out/tome-tiled-vae.json" ;;
         attention) run attention 560 python bench/bench_compile_options.py --family sd15 \
             --settings eager,eager_cudnn,default,cudnn_attention,cudnn_fused --out "$out/compile-options-attention.json" ;;
+        options) run options 560 python bench/bench_compile_options.py --family sd15 \
+            --settings default,coordinate,autotune --out "$out/compile-options.json" ;;
         fp8) run fp8 420 python bench/bench_fp8.py --workdir "$work" --out "$out/fp8.json" ;;
         *) echo "unknown stage $stage" ;;
     esac
