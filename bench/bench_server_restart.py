@@ -98,7 +98,7 @@ def one_restart(args: argparse.Namespace, folder: str, log_path: str) -> dict:
             request(port, "/sdapi/v1/txt2img", payload)
             marks["steady_image_s"] = time.time() - steady
             return marks
-        except Exception as e:  # a broken run is reported with the server's own last words
+        except Exception as e:  # a broken run is reported; the server's output is in the .log beside --out
             return {"error": repr(e)[:300]}
         finally:
             process.terminate()
