@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import types
 from pathlib import Path
 
@@ -57,6 +58,7 @@ def weights_root(tmp_path_factory) -> Path:
     yield folder
     loading.unload_all()
     patcher.undo()
+    shutil.rmtree(root, ignore_errors=True)  # 1.1 GB of full-size networks: gone before the next file's tests
 
 
 @pytest.fixture
