@@ -179,11 +179,35 @@ def _capture(module: torch.nn.Module, fn: Callable[..., Any], tensors: list[torc
             warmed.clear()
         warmed.add(warm_key)
     graph = torch.cuda.CUDAGraph()
-    # thread-local: another thread's CUDA work (a preview, an API call outside the queue) may allocate or
-    # synchronise meanwhile, which the default global mode would count as breaking this capture
-    with torch.cuda.graph(graph, capture_error_mode="thread_local"), torch.no_grad():
-        out = fn(module, *args, **kwargs)
+    pool = torch.cuda.graph_pool_handle()  # a private pool as by default, but one we can name if capture fails
+    stream = torch.cuda.current_stream()
+    try:
+        # thread-local: another thread's CUDA work (a preview, an API call outside the queue) may allocate or
+        # synchronise meanwhile, which the default global mode would count as breaking this capture
+        with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"), torch.no_grad():
+            out = fn(module, *args, **kwargs)
+    except BaseException:
+        _end_broken_capture(stream, pool)
+        raise
     return _Captured(graph, static, out)
+
+
+def _end_broken_capture(stream: torch.cuda.Stream, pool: tuple[int, int]) -> None:
+    """Undo what torch leaves behind when ending a broken capture raises (e.g. the forward synchronised).
+
+    `torch.cuda.graph` then skips restoring the thread's stream, so every later job would run on the capture's side
+    stream; and the allocator may still count the capture as under way, which stops it from ever giving cached
+    blocks back, with the capture's private pool kept. Both are put right; each step is a no-op where torch did it."""
+    torch.cuda.set_stream(stream)
+    device = torch.cuda.current_device()
+    try:
+        torch._C._cuda_endAllocateToPool(device, pool)
+    except RuntimeError:  # torch ended the capture's allocations itself: the graph object frees its pool when dropped
+        return
+    try:
+        torch._C._cuda_releasePool(device, pool)
+    except RuntimeError as e:
+        log.warning("could not release the memory of a failed CUDA graph capture: %s", str(e).splitlines()[0])
 
 
 def graphed_call(module: torch.nn.Module, fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
@@ -195,14 +219,18 @@ def graphed_call(module: torch.nn.Module, fn: Callable[..., Any], args: tuple, k
     key = _key(fn, tensors, constants, spec)
     captured = cache.graphs.get(key)
     if captured is None:
+        failure = ""
         try:
             captured = _capture(module, fn, tensors, constants, spec, key)
         except (RuntimeError, torch.OutOfMemoryError) as e:
+            failure = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if captured is None:  # out of the except block: its traceback no longer holds the failed graph's buffers
             log.warning("CUDA graph capture of %s failed (%s); running it without graphs", type(module).__name__,
-                        str(e).splitlines()[0])
+                        failure)
             cache.broken = True
             cache.graphs.clear()
             torch.cuda.synchronize()
+            torch.cuda.empty_cache()  # the failed capture's pool, before the eager call needs the memory
             return fn(module, *args, **kwargs)
         _drop_other_forwards(cache.graphs, key)
         cache.graphs[key] = captured
