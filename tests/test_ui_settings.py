@@ -152,6 +152,14 @@ def test_a_saved_choice_missing_from_todays_list_does_not_block_apply(config):
     with gr.Blocks():
         dropdown = settings.component_for(keys[0], shared.opts.data_labels[keys[0]])
     assert dropdown.preprocess("4x-Removed") == "4x-Removed"  # gradio hands it to our check, not an error of its own
+    assert ("4x-Removed (not found)", "4x-Removed") in dropdown.choices  # listed, so the page keeps it
+    assert ("None", "None") in dropdown.choices
+    # set after the page was built (the API): a page load lists it too
+    shared.opts.data["upscaler_for_img2img"] = "4x-Gone-Later"
+    update = settings._loaded(shared.opts.data_labels[keys[0]], "4x-Gone-Later")
+    assert update.value == "4x-Gone-Later" and ("4x-Gone-Later (not found)", "4x-Gone-Later") in update.choices
+    assert ("4x-Removed (not found)", "4x-Removed") not in update.choices
+    shared.opts.data["upscaler_for_img2img"] = "4x-Removed"
     html = settings.apply(keys, ["4x-Removed", 3])
     assert "1 setting changed" in html and shared.opts.show_progress_every_n_steps == 3
     assert json.loads(config.read_text())["upscaler_for_img2img"] == "4x-Removed"

@@ -66,14 +66,13 @@ def component_for(key: str, info: OptionInfo) -> Any:
                          interactive=not _frozen(key, info))
     default = info.default
     if "choices" in args:
-        choices = list(args.pop("choices"))
+        choices = _listed(list(args.pop("choices")), shared.opts.data.get(key, default))
         multiselect = isinstance(default, list)
         # A list read from folders (upscalers, face restorers) may no longer hold the saved value; gradio would
         # refuse the whole page's Apply with a message that names no setting. Our check (`apply`) names it, and
         # keeps a value nobody changed, as start-up does.
-        dynamic = callable(info.component_args) or callable(info.choices)
-        return gr.Dropdown(choices=choices, value=default, multiselect=multiselect, allow_custom_value=dynamic,
-                           **common_kwargs)
+        return gr.Dropdown(choices=choices, value=default, multiselect=multiselect,
+                           allow_custom_value=_dynamic(info), **common_kwargs)
     if isinstance(default, bool):
         return gr.Checkbox(value=default, **common_kwargs)
     if isinstance(default, int | float) and "minimum" in args and "maximum" in args:
@@ -86,6 +85,28 @@ def component_for(key: str, info: OptionInfo) -> Any:
         return gr.Dropdown(choices=[str(x) for x in default], value=default, multiselect=True,
                            allow_custom_value=True, **common_kwargs)
     return gr.Textbox(value="" if default is None else str(default), lines=1, **common_kwargs)
+
+
+def _dynamic(info: OptionInfo) -> bool:
+    """Choices read at the time (model and upscaler folders), not fixed."""
+    return callable(info.component_args) or callable(info.choices)
+
+
+def _listed(choices: list[Any], value: Any) -> list[Any]:
+    """The choices, and the saved value(s) no longer among them (an upscaler deleted since), marked as not found:
+    a value the list lacks was replaced by the list's first entry on the page's next Apply in most tries."""
+    values = [c[1] if isinstance(c, tuple | list) and len(c) == 2 else c for c in choices]
+    saved = value if isinstance(value, list) else [value]
+    return choices + [(f"{v} (not found)", v) for v in saved if v not in (None, "") and v not in values]
+
+
+def _loaded(info: OptionInfo | None, value: Any) -> Any:
+    """What a page load puts in a setting's widget: the value, and a list read from folders read again (what was
+    added or deleted since the page was built shows)."""
+    if info is None or not _dynamic(info):
+        return value
+    args = _args(info)
+    return gr.Dropdown(choices=_listed(list(args["choices"]), value), value=value) if "choices" in args else value
 
 
 def _sections() -> dict[tuple[str, str], list[tuple[str, OptionInfo]]]:
@@ -192,7 +213,8 @@ def wire(demo: gr.Blocks, page: SettingsPage) -> None:
         return apply(keys, list(values))
 
     def on_load() -> list[Any]:
-        return current_values(keys)
+        return [_loaded(shared.opts.data_labels.get(key), value)
+                for key, value in zip(keys, current_values(keys), strict=True)]
 
     page.apply.click(on_apply, inputs=page.components, outputs=[page.result], show_progress="hidden")
     page.reload.click(None, js="() => { window.location.reload(); }")

@@ -137,6 +137,17 @@ def set_number(pg, elem_id: str, value: int | float) -> None:
     raise AssertionError(f"#{elem_id} did not keep the value {value}")
 
 
+def wait_for_saved(config: Path, key: str, value: object, timeout: float = 30.0) -> None:
+    """Until config.json holds `value` for `key`: two Applies in a row both say "1 setting changed", so the
+    page's text alone cannot tell the second one has run."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if config.exists() and json.loads(config.read_text() or "{}").get(key) == value:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"config.json did not get {key}={value!r}: {config.read_text() if config.exists() else None}")
+
+
 def fill_prompt(pg, tab: str, text: str) -> None:
     """Type a prompt, as a person does, again if a late send-to or paste put the old one back."""
     box = pg.locator(f"#{tab}_prompt textarea")

@@ -3,11 +3,9 @@ the setting, and config.json stays as it was; the corrected value then saves."""
 
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 
-from .helpers import set_number
+from .helpers import set_number, wait_for_saved
 
 ENSD_BOX = "setting_eta_noise_seed_delta"  # a Number box: the browser lets any number through, unlike a slider
 
@@ -21,17 +19,6 @@ def _apply_and_wait(pg, text: str) -> str:
     pg.click("#settings_submit")
     pg.wait_for_selector(f"#settings_result :text('{text}')")
     return pg.inner_text("#settings_result")
-
-
-def _wait_for_saved(config: Path, key: str, value: object, timeout: float = 30.0) -> None:
-    """Until config.json holds `value` for `key`: two Applies in a row both say "1 setting changed", so the
-    page's text alone cannot tell the second one has run."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if config.exists() and json.loads(config.read_text() or "{}").get(key) == value:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"config.json did not get {key}={value!r}: {_config_bytes(config)!r}")
 
 
 def test_out_of_range_setting_is_refused_and_config_json_untouched(page, server):
@@ -50,7 +37,7 @@ def test_out_of_range_setting_is_refused_and_config_json_untouched(page, server)
     # corrected in the same page, it saves; then put back, as the server is shared with other tests
     set_number(page, ENSD_BOX, 31337)
     assert "1 setting changed: Eta noise seed delta" in _apply_and_wait(page, "1 setting changed")
-    _wait_for_saved(config, "eta_noise_seed_delta", 31337)
+    wait_for_saved(config, "eta_noise_seed_delta", 31337)
     set_number(page, ENSD_BOX, 0)
     page.click("#settings_submit")
-    _wait_for_saved(config, "eta_noise_seed_delta", 0)
+    wait_for_saved(config, "eta_noise_seed_delta", 0)
