@@ -134,11 +134,12 @@ def start() -> None:
 
     try:
         demo = app.create_ui(first_load)
-        fastapi_app = server.serve(demo, cmd_opts, assets.css(), assets.head())
+        mount_api = None
         if cmd_opts.api:
             from modules.api import server as api_server
 
-            api_server.mount(fastapi_app)
+            mount_api = api_server.mount
+        fastapi_app = server.serve(demo, cmd_opts, assets.css(), assets.head(), before_serving=mount_api)
         from modules import script_callbacks
 
         script_callbacks.app_started_callback(demo, fastapi_app)

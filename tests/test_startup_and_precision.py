@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 import torch
@@ -42,13 +45,44 @@ def _launch(*args, env_extra=None, until=("Model loaded", "Could not load the ch
             if (served and seen) or time.monotonic() > deadline:
                 break
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        _stop(process)
     return "".join(lines), served
+
+
+def _stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def test_the_api_answers_from_the_first_connection_the_web_ui_accepts(tmp_path):
+    """With --api the /sdapi routes exist before the server accepts a connection: a client polling them while
+    it starts gets its answer, never a 404 (they were added after gradio started serving: about 20 polls got
+    404 "Not Found" here first)."""
+    port = _free_port()
+    process = subprocess.Popen([sys.executable, "launch.py", "--skip-install", "--port", str(port), "--api",
+                                "--data-dir", str(tmp_path), "--skip-load-model-at-start"],
+                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    answers = []
+    deadline = time.monotonic() + 300
+    try:
+        while not answers and time.monotonic() < deadline and process.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/sdapi/v1/samplers", timeout=30) as r:
+                    answers.append((r.status, json.loads(r.read())))
+            except urllib.error.HTTPError as e:
+                answers.append((e.code, None))
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.005)  # not accepting connections yet
+    finally:
+        _stop(process)
+    assert answers, "the server never answered"
+    status, samplers = answers[0]
+    assert status == 200
+    assert "Euler a" in [s["name"] for s in samplers]
 
 
 def test_launch_loads_the_checkpoint_from_the_data_dir(tmp_path):

@@ -8,6 +8,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import fastapi
@@ -175,8 +177,10 @@ def guard_config(cmd_opts: argparse.Namespace, api_auth: Any = None) -> http_gua
         login_paths=LOGIN_PATHS, logged_in=logged_in)
 
 
-def serve(demo: gr.Blocks, cmd_opts: argparse.Namespace, css: str, head: str) -> Any:
-    """Start the server without blocking; returns gradio's FastAPI app."""
+def serve(demo: gr.Blocks, cmd_opts: argparse.Namespace, css: str, head: str,
+          before_serving: Callable[[fastapi.FastAPI], Any] | None = None) -> Any:
+    """Start the server without blocking; returns gradio's FastAPI app. `before_serving(app)` runs before the first
+    connection is accepted (the /sdapi routes: added after `launch()`, clients polling them at start got 404s)."""
     gr.set_static_paths([])  # serve nothing from disk beyond gradio's cache and uploads
     kwargs = launch_kwargs(cmd_opts, css, head)
     api_auth = None
@@ -189,12 +193,24 @@ def serve(demo: gr.Blocks, cmd_opts: argparse.Namespace, css: str, head: str) ->
         # gradio's routes are added after these; A1111's file= for extensions' files, and the page's `opts`
         "routes": internal_routes(api_auth) + extension_routes.routes(lambda r: allowed(r.app, r, api_auth))
         + extra_networks_routes.routes(lambda r: allowed(r.app, r, api_auth)),  # the cards' previews
-        "lifespan": http_guard.installing_lifespan(guard),  # in front of gradio's middleware, before serving
+        "lifespan": _lifespan(http_guard.installing_lifespan(guard), before_serving),
     }
     app, local_url, share_url = demo.launch(**kwargs)
     http_guard.install(app, guard)  # a no-op unless the server skipped the lifespan: never serve unguarded
     announce(local_url, kwargs["root_path"], bool(cmd_opts.share))
     return app
+
+
+def _lifespan(guard_lifespan: Callable[[Any], contextlib.AbstractAsyncContextManager[None]],
+              before_serving: Callable[[fastapi.FastAPI], Any] | None) -> Callable[[Any], Any]:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        async with guard_lifespan(app):  # the guard in front of gradio's middleware, before serving
+            if before_serving is not None:
+                before_serving(app)
+            yield
+
+    return lifespan
 
 
 def announce(local_url: str, root_path: str | None, share: bool) -> None:
