@@ -65,10 +65,11 @@ def value_of(page, elem_id: str) -> str:
 
 
 def wait_for_value(page, elem_id: str, expected: str, prefix: bool = False) -> None:
+    # 60 s: one CI run on the 2-core machine, both workers driving a server and a browser, missed 15 s once
     page.wait_for_function("""([id, expected, prefix]) => {
         const input = document.querySelector(`#${id} input:not([type=range]):not([type=checkbox])`);
         return input !== null && (prefix ? input.value.startsWith(expected) : input.value === expected);
-    }""", arg=[elem_id, expected, prefix], timeout=15_000)
+    }""", arg=[elem_id, expected, prefix], timeout=60_000)
 
 
 def is_checked(page, elem_id: str) -> bool:
