@@ -17,11 +17,16 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from modules import atomic_files
+
+
+def choice_values(choices: Iterable[Any]) -> list[Any]:
+    """The values of a dropdown's or radio's choices: gradio also takes (label, value) pairs."""
+    return [c[1] if isinstance(c, tuple | list) and len(c) == 2 else c for c in choices]
 
 
 class OptionInfo:
@@ -129,8 +134,7 @@ class OptionInfo:
                 return None
         if choices is None:
             return None
-        # gradio also takes (label, value) pairs
-        return [c[1] if isinstance(c, tuple | list) and len(c) == 2 else c for c in choices]
+        return choice_values(choices)
 
 
 class OptionHTML(OptionInfo):

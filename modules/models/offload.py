@@ -148,6 +148,11 @@ def _has_room_for(state: OffloadState, module: torch.nn.Module) -> bool:
     return room >= coming + WORKING_ROOM
 
 
+def _moves_whole(state: OffloadState, module: torch.nn.Module) -> bool:
+    """Whether `module` is one of the components this state moves whole (not group-offloaded, not unmanaged)."""
+    return any(module is m for m in state.whole)
+
+
 def _bring(state: OffloadState, module: torch.nn.Module) -> None:
     if module is state.holding:
         return
@@ -159,7 +164,7 @@ def _bring(state: OffloadState, module: torch.nn.Module) -> None:
     for grouped in state.grouped:
         if grouped is not module:
             _offload_groups(grouped)
-    if any(module is m for m in state.whole) and not _resident(module, state.device):
+    if _moves_whole(state, module) and not _resident(module, state.device):
         devices.move_modules([module], state.device, keep_ram_copy=True)
 
 
@@ -296,7 +301,7 @@ def graphs_allowed(model) -> bool:
     only between its calls (see `unet_in_place`); its graphs go when it moves and are captured again when it is
     back. Not under lowvram, whose groups move within each call."""
     state = getattr(model, "offload", None)
-    return state is None or any(m is model.unet for m in state.whole)
+    return state is None or _moves_whole(state, model.unet)
 
 
 @contextlib.contextmanager
@@ -304,7 +309,7 @@ def unet_in_place(model) -> Iterator[None]:
     """Within: the UNet is on the device and nothing moves it (a graph captured or replayed in between reads its
     weights where they are). Its siblings leave first if it needs their room, as its hook would make them."""
     state = getattr(model, "offload", None)
-    if state is None or not any(m is model.unet for m in state.whole):
+    if state is None or not _moves_whole(state, model.unet):
         yield
         return
     _bring(state, model.unet)

@@ -18,7 +18,7 @@ from typing import Any
 import gradio as gr
 
 from modules import shared
-from modules.options import OptionHTML, OptionInfo, SettingValueError
+from modules.options import OptionHTML, OptionInfo, SettingValueError, choice_values
 from modules.ui import common, downloads
 
 QUICKSETTINGS = ("sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers")
@@ -95,7 +95,7 @@ def _dynamic(info: OptionInfo) -> bool:
 def _listed(choices: list[Any], value: Any) -> list[Any]:
     """The choices, and the saved value(s) no longer among them (an upscaler deleted since), marked as not found:
     a value the list lacks was replaced by the list's first entry on the page's next Apply in most tries."""
-    values = [c[1] if isinstance(c, tuple | list) and len(c) == 2 else c for c in choices]
+    values = choice_values(choices)
     saved = value if isinstance(value, list) else [value]
     return choices + [(f"{v} (not found)", v) for v in saved if v not in (None, "") and v not in values]
 
