@@ -12,7 +12,12 @@ milliseconds per step. SD1.5 512x512 or SDXL 1024x1024, random weights at real s
 - cudnn_fused: cudnn_attention and fused_qkv together; eager_cudnn: cuDNN attention without the compiler;
 - fp16_accumulation: default, with cuBLAS allowed to accumulate half-precision matrix products in half precision
   (`torch.backends.cuda.matmul.allow_fp16_accumulation`, ComfyUI's `--fast fp16_accumulation`): faster on cards
-  whose tensor cores run it at twice the rate, at a cost in precision (the step's difference is printed).
+  whose tensor cores run it at twice the rate, at a cost in precision (the step's difference is printed);
+- benchmark: default, with cuDNN timing its convolution algorithms for each shape (`torch.backends.cudnn.benchmark`);
+- autotune_gemm: plus `max_autotune_gemm` only (Triton templates timed against cuBLAS for the matrix products; the
+  convolutions stay on cuDNN), which searches far fewer kernels than `max_autotune`.
+
+A setting may join several of these with "+" (`fused_qkv+benchmark+autotune_gemm`).
 
 Each setting's compile time is printed; results are written after each setting, so a cut-off run keeps them.
 
@@ -35,6 +40,30 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.full_size import build  # noqa: E402
 
 COORDINATE = {"coordinate_descent_tuning": True, "coordinate_descent_check_all_directions": True}
+ALIASES = {"cudnn_attention": "cudnn", "cudnn_fused": "cudnn+fused_qkv", "eager_cudnn": "eager+cudnn"}
+FEATURES = {"eager", "default", "cudnn", "fused_qkv", "coordinate", "autotune", "autotune_gemm", "benchmark",
+            "fp16_accumulation"}
+
+
+def features(setting: str) -> set[str]:
+    named = set(ALIASES.get(setting, setting).split("+"))
+    unknown = named - FEATURES
+    if unknown:
+        raise SystemExit(f"unknown setting {sorted(unknown)}; known: {sorted(FEATURES)} joined by '+'")
+    return named
+
+
+def inductor_options(named: set[str]) -> dict:
+    from modules.engine.unet_compile import INDUCTOR_OPTIONS
+
+    options = dict(INDUCTOR_OPTIONS)
+    if "coordinate" in named:
+        options.update(COORDINATE)
+    if "autotune" in named:
+        options["max_autotune"] = True
+    if "autotune_gemm" in named:
+        options.update({"max_autotune_gemm": True, "max_autotune_gemm_backends": "ATEN,TRITON"})
+    return options
 
 
 def inputs(family: str) -> tuple[tuple, dict]:
@@ -81,26 +110,24 @@ def main() -> None:
                         default="eager,eager_cudnn,default,cudnn_attention,fused_qkv,cudnn_fused,coordinate,autotune")
     parser.add_argument("--out", default="compile-options.json")
     args = parser.parse_args()
-    from modules.engine.unet_compile import INDUCTOR_OPTIONS
-
     unet = build(args.family)["unet"].to(memory_format=torch.channels_last)
     call_args, call_kwargs = inputs(args.family)
     results: dict = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "family": args.family}
     reference = None
     for setting in args.settings.split(","):
         torch._dynamo.reset()
-        fused, cudnn = setting in ("fused_qkv", "cudnn_fused"), "cudnn" in setting
+        named = features(setting)
+        fused, cudnn = "fused_qkv" in named, "cudnn" in named
         if fused:
             unet.fuse_qkv_projections()
         # kernels are chosen when traced or captured: the flags must be set before compiling
         torch.backends.cuda.enable_flash_sdp(not cudnn)
         torch.backends.cuda.enable_mem_efficient_sdp(not cudnn)
         torch.backends.cuda.enable_cudnn_sdp(True)
-        torch.backends.cuda.matmul.allow_fp16_accumulation = setting == "fp16_accumulation"
-        options = dict(INDUCTOR_OPTIONS, **(COORDINATE if setting == "coordinate" else {}),
-                       **({"max_autotune": True} if setting == "autotune" else {}))
+        torch.backends.cuda.matmul.allow_fp16_accumulation = "fp16_accumulation" in named
+        torch.backends.cudnn.benchmark = "benchmark" in named
         with torch.inference_mode():
-            fn = unet if setting.startswith("eager") else torch.compile(unet, dynamic=False, options=options)
+            fn = unet if "eager" in named else torch.compile(unet, dynamic=False, options=inductor_options(named))
             start = time.perf_counter()
             fn(*call_args, **call_kwargs)
             torch.cuda.synchronize()

@@ -2,8 +2,8 @@
 # The GPU measurements still owed to the speed work, in order of what they decide, each under its own time limit
 # so one call of a few minutes brings back whatever finished. Results go to $OUT (default: bench/results/new).
 #   bash bench/gpu_runs.sh [stage ...]     stages: tests compile-sd15 compile-sdxl restart profile batching lowvram
-#                                          tome fp8 attention options (restart needs a compile stage before it, to fill
-#                                          the cache)
+#                                          tome fp8 attention options imports (restart needs a compile stage before it,
+#                                          to fill the cache)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-bench/results/new}"
@@ -23,8 +23,8 @@ run() {  # name, seconds, command...
 
 for stage in "${stages[@]}"; do
     case $stage in
-        tests) run cuda-tests 420 python -m pytest -q -p no:logging tests/test_unet_compile_cuda.py \
-            tests/test_unet_graph.py tests/test_unet_graph_capture_failure.py tests/test_device_warm_up.py tests/test_token_merging_cuda.py tests/test_offload_cuda.py tests/test_controlnet_cuda.py tests/test_lora_cuda.py ;;
+        tests) run cuda-tests "${TESTS_LIMIT:-420}" python -m pytest -q -p no:logging tests/test_unet_graph_capture_failure.py \
+            tests/test_device_warm_up.py tests/test_unet_compile_cuda.py tests/test_unet_graph.py tests/test_token_merging_cuda.py tests/test_offload_cuda.py tests/test_controlnet_cuda.py tests/test_lora_cuda.py ;;
         compile-sd15) run compile-sd15 560 python bench/bench_compile.py --workdir "$work" --families sd15 \
             --repeats "${REPEATS:-5}" --out "$out/compile-sd15.json" ;;
         compile-sdxl) run compile-sdxl 560 python bench/bench_compile.py --workdir "$work" --families sdxl \
@@ -37,8 +37,11 @@ for stage in "${stages[@]}"; do
         tome) run tome 560 python bench/bench_tome_tiled_vae.py --workdir "$work" --out "$out/tome-tiled-vae.json" ;;
         attention) run attention 560 python bench/bench_compile_options.py --family sd15 \
             --settings eager,eager_cudnn,default,cudnn_attention,cudnn_fused --out "$out/compile-options-attention.json" ;;
-        options) run options 560 python bench/bench_compile_options.py --family sd15 \
-            --settings default,coordinate,autotune --out "$out/compile-options.json" ;;
+        options) run options 560 python bench/bench_compile_options.py --family "${OPTIONS_FAMILY:-sd15}" \
+            --settings "${OPTIONS_SETTINGS:-default,coordinate,autotune}" --out "$out/compile-options.json" ;;
+        imports) run imports 120 python bench/import_profile.py --runs 2 --out "$out/imports.json"
+            PYTHONPYCACHEPREFIX=/tmp/pyc run imports-cached 200 python bench/import_profile.py --runs 2 --write-caches \
+                --out "$out/imports-cached.json" ;;
         fp8) run fp8 420 python bench/bench_fp8.py --workdir "$work" --out "$out/fp8.json" ;;
         *) echo "unknown stage $stage" ;;
     esac
