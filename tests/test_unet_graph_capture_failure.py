@@ -43,6 +43,7 @@ class _FakeCuda:
         monkeypatch.setattr(torch._C, "_cuda_endAllocateToPool", self._end_allocate, raising=False)
         monkeypatch.setattr(torch._C, "_cuda_releasePool", self._release, raising=False)
         monkeypatch.setattr(unet_graph.device_warm_up, "wait", lambda: None)
+        monkeypatch.setattr(unet_graph, "_WARM_UP_STREAMS", {})  # no fake stream is left for a real GPU test
 
     def _set_stream(self, stream: _FakeStream) -> None:
         self.stream = stream
@@ -99,13 +100,20 @@ class _SynchronisingNet(torch.nn.Module):
         return y * (1.0 if y.abs().max().item() >= 0 else 0.0)
 
 
+def _reserved_without_workspaces() -> int:
+    """Reserved memory less cuBLAS's per-stream workspaces (32 MiB each on Hopper), which stay allocated for any
+    stream that ran a matrix product (the warm-up's side stream) and are not what this test is about."""
+    torch.cuda.synchronize()
+    torch._C._cuda_clearCublasWorkspaces()
+    torch.cuda.empty_cache()
+    return torch.cuda.memory_reserved()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_a_capture_broken_by_a_synchronising_forward_leaves_the_gpu_usable():
     module = _SynchronisingNet().cuda().eval()
     x = torch.randn(64, 256, device="cuda")
-    torch.cuda.synchronize()
-    torch.cuda.empty_cache()
-    reserved_before = torch.cuda.memory_reserved()
+    reserved_before = _reserved_without_workspaces()
     with torch.no_grad():
         expected = module(x)
         out = unet_graph.graphed_call(module, lambda m, t: m(t), (x,), {})
@@ -113,8 +121,8 @@ def test_a_capture_broken_by_a_synchronising_forward_leaves_the_gpu_usable():
     assert module._sd_graph_cache.broken
     assert torch.cuda.current_stream() == torch.cuda.default_stream()
     del out, expected
-    torch.cuda.synchronize()
-    torch.cuda.empty_cache()  # only gives blocks back when no capture is counted as under way
-    assert torch.cuda.memory_reserved() <= reserved_before + (4 << 20)
+    # empty_cache only gives blocks back when no capture is counted as under way
+    reserved_after = _reserved_without_workspaces()
+    assert reserved_after <= reserved_before + (4 << 20), (reserved_before, reserved_after)
     big = torch.empty(1 << 28, dtype=torch.uint8, device="cuda")  # 256 MiB: the allocator still serves
     assert big.numel() == 1 << 28

@@ -109,6 +109,15 @@ def _module_version(module: torch.nn.Module) -> tuple:
             attention_optimization.version())
 
 
+def _cause(e: BaseException) -> str:
+    """A compiler error's first line and its last one: dynamo wraps the cause ("backend='inductor' raised:" over
+    the backend's own error), so the first line alone says nothing."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    if not lines:
+        return type(e).__name__
+    return lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1][:300]}"
+
+
 def _make_compiler(module: torch.nn.Module, forward: Forward, backend: Any) -> _ModuleCompiler:
     use_disk_cache()
     compiled = torch.compile(forward, backend=backend, dynamic=False, fullgraph=False, options=_options(backend))
@@ -164,8 +173,7 @@ def forward_for(module: torch.nn.Module, forward: Forward, args: tuple, kwargs: 
     try:  # a first call on copies, in the caller's autograd mode (dynamo guards on it): compiles
         state.compiled(module, *copies, **copied_kwargs)
     except Exception as e:  # a compiler failure must never fail a job: the plain forward keeps running
-        log.warning("compiling %s failed (%s); it keeps running uncompiled", type(module).__name__,
-                    str(e).splitlines()[0] if str(e) else type(e).__name__)
+        log.warning("compiling %s failed (%s); it keeps running uncompiled", type(module).__name__, _cause(e))
         state.failed = True
         return forward
     state.ready.add(key)

@@ -156,6 +156,18 @@ def _drop_other_forwards(graphs: OrderedDict[tuple, _Captured], key: tuple) -> N
         del graphs[old]
 
 
+_WARM_UP_STREAMS: dict[int, torch.cuda.Stream] = {}
+
+
+def _warm_up_stream() -> torch.cuda.Stream:
+    """One side stream per device for every warm-up: cuBLAS keeps a workspace (32 MiB on Hopper) for each stream it
+    has run on until the process ends, so a fresh stream from torch's pool per capture would add up to 32 of them."""
+    device = torch.cuda.current_device()
+    if device not in _WARM_UP_STREAMS:
+        _WARM_UP_STREAMS[device] = torch.cuda.Stream()
+    return _WARM_UP_STREAMS[device]
+
+
 def _capture(module: torch.nn.Module, fn: Callable[..., Any], tensors: list[torch.Tensor], constants: list[Any],
              spec: Any, key: tuple) -> _Captured:
     device_warm_up.wait()
@@ -169,7 +181,7 @@ def _capture(module: torch.nn.Module, fn: Callable[..., Any], tensors: list[torc
     warm_key = (key, current_variant(module), structure_version(module), _storage_version(module),
                 attention_optimization.version())
     if warm_key not in warmed:
-        side = torch.cuda.Stream()
+        side = _warm_up_stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side), torch.no_grad():
             for _ in range(2):
