@@ -24,6 +24,17 @@ class _FakeStream:
         pass
 
 
+class _FakeGenerator:
+    def __init__(self, state: str):
+        self.state = state
+
+    def clone_state(self) -> _FakeGenerator:
+        return _FakeGenerator(self.state.replace("capturing", "not capturing"))
+
+    def graphsafe_set_state(self, other: _FakeGenerator) -> None:
+        self.state = other.state
+
+
 class _FakeCuda:
     """The parts of torch.cuda a capture touches; `graph` runs the body, then fails as an invalidated capture does
     (without restoring the stream)."""
@@ -33,12 +44,13 @@ class _FakeCuda:
         self.pool_calls: list[tuple[str, int, tuple[int, int]]] = []
         self.captures = 0
         self.torch_ends_routing = torch_ends_routing
+        self.generator = _FakeGenerator("seed 5, offset 8, capturing")
         cuda = torch.cuda
         for name, value in (("current_stream", lambda: self.stream), ("set_stream", self._set_stream),
                             ("Stream", lambda: _FakeStream("side")), ("stream", lambda s: contextlib.nullcontext()),
                             ("graph_pool_handle", lambda: (0, 7)), ("CUDAGraph", object),
                             ("graph", self._graph), ("synchronize", lambda: None), ("empty_cache", lambda: None),
-                            ("current_device", lambda: 0)):
+                            ("current_device", lambda: 0), ("default_generators", (self.generator,))):
             monkeypatch.setattr(cuda, name, value)
         monkeypatch.setattr(torch._C, "_cuda_endAllocateToPool", self._end_allocate, raising=False)
         monkeypatch.setattr(torch._C, "_cuda_releasePool", self._release, raising=False)
@@ -78,6 +90,7 @@ def test_a_failed_capture_restores_the_stream_ends_its_pool_and_runs_eagerly(mon
         out = unet_graph.graphed_call(module, _call, (x,), {})
     torch.testing.assert_close(out, expected)
     assert fake.stream.name == "default"  # not left on the capture's stream
+    assert fake.generator.state == "seed 5, offset 8, not capturing"  # random ops work again, same sequence
     if torch_ends_routing:  # the graph object releases its own pool: releasing it again would underflow its count
         assert fake.pool_calls == []
     else:
@@ -126,3 +139,6 @@ def test_a_capture_broken_by_a_synchronising_forward_leaves_the_gpu_usable():
     assert reserved_after <= reserved_before + (4 << 20), (reserved_before, reserved_after)
     big = torch.empty(1 << 28, dtype=torch.uint8, device="cuda")  # 256 MiB: the allocator still serves
     assert big.numel() == 1 << 28
+    generator = torch.cuda.default_generators[torch.cuda.current_device()]
+    expected_noise = torch.randn(8, device="cuda", generator=torch.Generator("cuda").set_state(generator.get_state()))
+    torch.testing.assert_close(torch.randn(8, device="cuda"), expected_noise)  # the generator left capture mode

@@ -208,10 +208,16 @@ def _end_broken_capture(stream: torch.cuda.Stream, pool: tuple[int, int]) -> Non
     """Undo what torch leaves behind when ending a broken capture raises (e.g. the forward synchronised).
 
     `torch.cuda.graph` then skips restoring the thread's stream, so every later job would run on the capture's side
-    stream; and the allocator may still count the capture as under way, which stops it from ever giving cached
-    blocks back, with the capture's private pool kept. Both are put right; each step is a no-op where torch did it."""
+    stream; the allocator may still count the capture as under way, which stops it from ever giving cached blocks
+    back, with the capture's private pool kept; and the random generator stays in capture mode. All are put right;
+    each step is a no-op where torch did it."""
     torch.cuda.set_stream(stream)
     device = torch.cuda.current_device()
+    # The default generator also missed the end of its capture and stays in capture mode: every later random op
+    # on this GPU (noise, a compile's benchmark inputs) would fail with "Offset increment outside graph capture".
+    # A clone of its state has the same seed and offset and is not in capture mode.
+    generator = torch.cuda.default_generators[device]
+    generator.graphsafe_set_state(generator.clone_state())
     try:
         torch._C._cuda_endAllocateToPool(device, pool)
     except RuntimeError:  # torch ended the capture's allocations itself: the graph object frees its pool when dropped
