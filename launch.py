@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from typing import NoReturn
 
-from modules import cmd_args, extension_install, extension_preload, install_plan, shared
+from modules import bytecode_cache, cmd_args, extension_install, extension_preload, install_plan, shared
 
 script_path = os.path.dirname(os.path.abspath(__file__))
 python: str = sys.executable
@@ -296,6 +296,11 @@ def main(argv: list[str] | None = None) -> int:
     global args
     args = extension_preload.parse_args(argv, os.environ)  # enabled extensions' preload.py add their flags first
     shared.set_cmd_opts(args)
+    if not args.no_bytecode_cache:  # before the heavy imports, which are most of a start's time without caches
+        folder = bytecode_cache.use_own_cache(args.data_dir)
+        if folder:
+            print(f"Python writes no bytecode caches here (PYTHONDONTWRITEBYTECODE); keeping them in {folder}",
+                  flush=True)
     for flag in cmd_args.not_yet_effective(args):
         print(f"note: {flag} is accepted but not yet effective")
     prepare_environment(args)

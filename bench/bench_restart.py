@@ -30,6 +30,9 @@ def child(args: argparse.Namespace) -> None:
     frozen before the model loads."""
     import gc
 
+    from modules import bytecode_cache
+
+    bytecode_cache.use_own_cache(args.workdir)  # as launch.py does before the heavy imports
     gc.disable()
     import torch
 

@@ -92,6 +92,7 @@ EFFECTIVE_FLAGS: set[str] = {
     "--api-auth",
     "--api-log",
     "--nowebui",
+    "--no-bytecode-cache",  # launch.py (modules/bytecode_cache.py)
     "--timeout-keep-alive",  # the API-only server's uvicorn (modules/api/server.py)
     # extensions (modules/extensions.py, modules/extension_manager.py)
     "--disable-all-extensions",
@@ -361,6 +362,8 @@ _flag("--api", "start the API together with the UI")
 _add("--api-auth", help="credentials for the API, as user:password[,user2:password2]", type=str, default=None)
 _flag("--api-log", "log every API request")
 _flag("--nowebui", "start only the API, without the UI")
+_flag("--no-bytecode-cache", "where Python is told not to write bytecode caches (PYTHONDONTWRITEBYTECODE), do not "
+      "keep them under <data dir>/cache/bytecode either (every start then compiles the imported modules' source)")
 _flag("--api-server-stop", "allow stopping or restarting the server through the API")
 _add("--timeout-keep-alive", help="seconds uvicorn keeps idle connections open", type=int, default=30)
 

@@ -197,3 +197,15 @@ def test_launch_does_not_import_torch_before_needed(tmp_path):
     result = _launch(code=code)
     assert result.returncode == 0, result.stderr
     assert "heavy: []" in result.stdout
+
+
+@pytest.mark.parametrize("flags", [[], ["--no-bytecode-cache"]])
+def test_main_keeps_bytecode_caches_in_the_data_folder_unless_told_not_to(clean_env, no_commands, tmp_path, capsys,
+                                                                        flags):
+    asked = []
+    clean_env.setattr(launch.bytecode_cache, "use_own_cache",
+                      lambda data_dir: asked.append(data_dir) or os.path.join(data_dir, "cache", "bytecode"))
+    assert launch.main(["--exit", "--skip-install", "--data-dir", str(tmp_path), *flags]) == 0
+    assert asked == ([] if flags else [str(tmp_path)])
+    message = "keeping them in " + os.path.join(str(tmp_path), "cache", "bytecode")
+    assert (message in capsys.readouterr().out) == (not flags)
