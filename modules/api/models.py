@@ -122,7 +122,7 @@ class ImageToImageResponse(TextToImageResponse):
 
 
 class PNGInfoRequest(_Model):
-    image: str
+    image: str = Field(description="base64 image (optionally a data: URL) whose infotext is read")
 
 
 class PNGInfoResponse(_Model):
