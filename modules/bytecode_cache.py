@@ -1,15 +1,14 @@
 """Bytecode caches for an interpreter told to write none (PYTHONDONTWRITEBYTECODE, common in container images).
 
 Without caches every start compiles the source of each module it imports again; torch, diffusers and transformers
-are about 2,000 of them. On a GPU host whose image sets that variable, the engine's imports took 17-19 s without
-caches and 9-10 s with them, and a restart's first picture came after 23-29 s instead of 10-13 s (bench/README,
-"Speed, sixth run"). Such an interpreter gets a cache folder of its own under the data folder
-(`sys.pycache_prefix`): the installed packages stay as the image left them, only the web UI's data folder is
-written. Only where the installed packages came without caches (an installer that compiles none, as uv does by
-default, or pip's `--no-compile`): pip's usual install leaves caches beside them, and then the web UI's own few
-hundred modules are not worth a second cache folder. Processes started from here (compile workers, extensions' install scripts) find the same folder through
-PYTHONPYCACHEPREFIX. `--no-bytecode-cache` keeps Python's own setting. The folder holds code that this interpreter
-runs, so it has the trust of the data folder's `extensions` folder, which holds code too.
+are about 2,000 of them. On a GPU host whose image sets that variable and whose packages came without caches, the
+engine's imports took 17-19 s, against 9-10 s with caches, and a restart's first picture came after 23 s instead of
+10-13 s (bench/README, "Speed, sixth run"). There the interpreter gets a cache folder of its own under the data
+folder (`sys.pycache_prefix`): the installed packages stay as the image left them. Where the packages have caches
+(pip writes them as it installs; uv by default and `pip --no-compile` do not), nothing changes: the web UI's own
+few hundred modules are not worth a second folder. Processes started from here (compile workers, extensions'
+install scripts) find the folder through PYTHONPYCACHEPREFIX. `--no-bytecode-cache` keeps Python's own setting.
+The folder holds code that this interpreter runs: it has the trust of the data folder's `extensions` folder.
 """
 
 from __future__ import annotations
