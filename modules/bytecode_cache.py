@@ -29,11 +29,18 @@ def installed_without_caches(package: str) -> bool:
     return not os.path.exists(importlib.util.cache_from_source(origin))
 
 
-def use_own_cache(data_dir: str, probe: str = "torch") -> str | None:
-    """Point Python's bytecode caches at `<data_dir>/cache/bytecode` when it would write none and the installed
-    packages (`probe` stands for them) have none. Returns the folder, or None where caches are written as usual, a
-    cache folder was chosen already, the packages have caches, or the folder cannot be made."""
-    if not sys.dont_write_bytecode or sys.pycache_prefix or not installed_without_caches(probe):
+# the heavy imports; one installed without caches is enough to be worth the folder (e.g. an image whose torch came
+# with caches and whose diffusers was added later with `--no-compile`)
+PROBES = ("torch", "diffusers", "transformers")
+
+
+def use_own_cache(data_dir: str, probes: tuple[str, ...] = PROBES) -> str | None:
+    """Point Python's bytecode caches at `<data_dir>/cache/bytecode` when it would write none and one of the
+    installed packages in `probes` has none. Returns the folder, or None where caches are written as usual, a cache
+    folder was chosen already, the packages have caches, or the folder cannot be made."""
+    if not sys.dont_write_bytecode or sys.pycache_prefix:
+        return None
+    if not any(installed_without_caches(package) for package in probes):
         return None
     folder = os.path.abspath(os.path.join(data_dir, FOLDER))
     try:

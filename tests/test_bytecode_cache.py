@@ -16,7 +16,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CODE = """
 import subprocess, sys
 from modules import bytecode_cache
-print('folder', bytecode_cache.use_own_cache(sys.argv[1], probe='slowpkg'))
+print('folder', bytecode_cache.use_own_cache(sys.argv[1], probes=('json', 'slowpkg')))
 import slowpkg.part
 print('child', subprocess.run([sys.executable, '-c', 'import sys; print(sys.pycache_prefix)'],
                               capture_output=True, text=True).stdout.strip())
@@ -58,10 +58,10 @@ def test_a_start_without_caches_keeps_them_in_the_data_folder(tmp_path):
 def test_python_s_own_caches_are_left_as_they_are(tmp_path, monkeypatch, case):
     monkeypatch.setattr(sys, "dont_write_bytecode", case != "writes caches")
     monkeypatch.setattr(sys, "pycache_prefix", str(tmp_path / "mine") if case == "folder chosen" else None)
-    probe = "json" if case == "packages have caches" else "slowpkg"
+    probes = ("json",) if case == "packages have caches" else ("json", "slowpkg")
     monkeypatch.syspath_prepend(_installed_package(tmp_path))
     before = dict(os.environ)
-    assert bytecode_cache.use_own_cache(str(tmp_path / "data"), probe=probe) is None
+    assert bytecode_cache.use_own_cache(str(tmp_path / "data"), probes=probes) is None
     assert not (tmp_path / "data").exists() and dict(os.environ) == before
 
 
@@ -70,5 +70,5 @@ def test_a_data_folder_that_cannot_be_written_leaves_python_as_it_was(tmp_path, 
     monkeypatch.setattr(sys, "pycache_prefix", None)
     monkeypatch.syspath_prepend(_installed_package(tmp_path))
     (tmp_path / "data").write_text("a file where the data folder should be")
-    assert bytecode_cache.use_own_cache(str(tmp_path / "data"), probe="slowpkg") is None
+    assert bytecode_cache.use_own_cache(str(tmp_path / "data"), probes=("slowpkg",)) is None
     assert sys.dont_write_bytecode and sys.pycache_prefix is None
