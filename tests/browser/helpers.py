@@ -243,6 +243,19 @@ def press_generate(pg, tab: str) -> str:
     return pg.inner_text(f"#html_log_{tab}")
 
 
+def paint_and_generate(pg, editor_id: str = "img2maskimg", tab: str = "img2img") -> str:
+    """Paint a stroke in the inpaint editor and press Generate; returns the run's message. The editor draws the sent
+    or uploaded picture a moment after its canvas shows (seen once in CI: a stroke made in that moment was dropped
+    and the run said the mask was empty); like a person who reads that line, paint again, at most twice more."""
+    for _ in range(3):
+        paint_stroke(pg, editor_id)
+        log = press_generate(pg, tab)
+        if "the mask is empty" not in log:
+            break
+        pg.wait_for_timeout(1000)
+    return log
+
+
 def paint_stroke(pg, editor_id: str) -> None:
     """Paint a horizontal brush stroke across the middle of an image editor's canvas, as a person drags."""
     editor = pg.locator(f"#{editor_id}")

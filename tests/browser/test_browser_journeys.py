@@ -10,7 +10,7 @@ from .helpers import (
     COUNT_RUNS,
     fill_prompt,
     gallery_png,
-    paint_stroke,
+    paint_and_generate,
     press_during_job,
     press_generate,
     set_number,
@@ -85,9 +85,8 @@ def test_send_result_to_inpaint_paint_then_generate(page, tmp_path, source):
     page.locator("#img2img_inpaint_controls").first.wait_for(state="visible")
     assert_checked(page, "img2img_mask_mode", "Inpaint masked")
     assert_checked(page, "img2img_inpainting_fill", "original")
-    paint_stroke(page, "img2maskimg")
 
-    log = press_generate(page, "img2img")
+    log = paint_and_generate(page)
     assert "Time taken" in log, log
     parameters = gallery_png(page, "img2img").info["parameters"]
     assert parameters.startswith("a green square\n")
@@ -109,11 +108,10 @@ def test_png_info_send_to_then_generate(page, tmp_path, target):
         assert_checked(page, "img2img_mask_mode", "Inpaint not masked")
         assert_checked(page, "img2img_inpainting_fill", "fill")
         assert_checked(page, "img2img_inpaint_full_res", "Only masked")
-        paint_stroke(page, "img2maskimg")
     elif target == "img2img":
         page.locator("#img2img_image img").wait_for()
 
-    log = press_generate(page, tab)
+    log = paint_and_generate(page) if target == "inpaint" else press_generate(page, tab)
     assert "Time taken" in log, log
     parameters = gallery_png(page, tab).info["parameters"]
     assert parameters.startswith("a blue square\nNegative prompt: blurry\n")
