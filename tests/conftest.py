@@ -44,33 +44,6 @@ def pytest_sessionstart(session):
     freeze_imported_objects()
 
 
-# The files that took longest in CI (a clean clone, 2 workers, `--dist loadfile`), slowest first. xdist hands
-# files to the workers in collection order, so a long file collected last kept one worker busy for minutes after
-# the other had run out of work (the Ray and compile-worker files sort late by name); run first, the short files
-# fill in around them. The other files keep their order after these.
-LONGEST_FIRST = (
-    "browser/test_browser_journeys.py", "browser/test_browser_ui.py", "test_ray_serve.py",
-    "browser/test_browser_extensions.py", "browser/test_browser_extra_networks.py",
-    "browser/test_controlnet_browser.py", "browser/test_browser_scripts.py", "test_unet_compile_worker.py",
-    "browser/test_browser_hires.py", "test_ray_serve_cluster.py", "browser/test_depth_tab.py",
-    "test_face_restoration.py", "test_model_switching.py", "test_unet_compile.py", "browser/test_browser_extras.py",
-    "test_startup_and_precision.py", "browser/test_browser_downloads.py", "test_data_dir_lock.py",
-)
-
-
-def pytest_collection_modifyitems(session, config, items):
-    tests_dir = Path(__file__).parent
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-
-    def position(item) -> int:
-        try:
-            return rank.get(item.path.relative_to(tests_dir).as_posix(), len(rank))
-        except ValueError:  # a test file outside this folder
-            return len(rank)
-
-    items.sort(key=position)  # stable: each file's tests, and the other files, keep their order
-
-
 @pytest.fixture(autouse=True)
 def no_leftover_interrupt():
     """Each test starts as a new job does (`State.begin` clears these): an Interrupt or Skip that an earlier
