@@ -23,25 +23,21 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHAIN = ("import torch; from modules import device_warm_up; from bench.jobs import SIZES, ours; "
          "from modules import devices, initialize; from modules.models.loader import load_model")
-# after the chain: which imported modules have no bytecode cache next to their source
-CACHE_CHECK = """
-import importlib.util, json, os, sys
+# after the chain: the imported modules with no bytecode cache next to their source (or under the cache prefix)
+MISSING = """
+import importlib.util, json, os, py_compile, sys
 missing = [m.__file__ for m in list(sys.modules.values())
            if getattr(m, '__file__', None) and m.__file__.endswith('.py')
            and not os.path.exists(importlib.util.cache_from_source(m.__file__))]
+"""
+CACHE_CHECK = MISSING + """
 print('CACHES ' + json.dumps({'dont_write_bytecode': sys.flags.dont_write_bytecode,
       'pycache_prefix': sys.pycache_prefix, 'modules': len(sys.modules), 'without_cache': len(missing),
       'examples': missing[:5]}))
 """
-
-
-WRITE_CACHES = """
-import importlib.util, os, py_compile, sys
+WRITE_CACHES = MISSING + """
 written = failed = 0
-for m in list(sys.modules.values()):
-    source = getattr(m, '__file__', None)
-    if not source or not source.endswith('.py') or os.path.exists(importlib.util.cache_from_source(source)):
-        continue
+for source in missing:
     try:
         py_compile.compile(source, cfile=importlib.util.cache_from_source(source), doraise=True)
         written += 1

@@ -200,6 +200,15 @@ def run(spec_path: str) -> None:
         torch.cuda.synchronize()
 
 
+def failure_cause(e: BaseException) -> str:
+    """A compiler error's first line and its last one: dynamo wraps the cause ("backend='inductor' raised:" over
+    the backend's own error), so the first line alone says nothing."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    if not lines:
+        return type(e).__name__
+    return lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1][:300]}"
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m modules.engine.compile_worker SPEC", file=sys.stderr)
@@ -208,8 +217,7 @@ def main(argv: list[str]) -> int:
         run(argv[0])
     except BaseException as e:  # noqa: B036 - the parent reads the last line, whatever went wrong
         traceback.print_exc()
-        message = str(e).strip().splitlines()
-        print(f"{type(e).__name__}: {message[0] if message else ''}", file=sys.stderr, flush=True)
+        print(f"{type(e).__name__}: {failure_cause(e)}", file=sys.stderr, flush=True)
         return 1
     return 0
 

@@ -38,6 +38,7 @@ from torch.utils import _pytree as pytree
 from modules.engine import compile_processes
 from modules.engine.compile_cache import use_disk_cache
 from modules.engine.compile_processes import WorkerJob, wait_for_workers  # noqa: F401 (tests and benchmarks wait here)
+from modules.engine.compile_worker import failure_cause
 
 log = logging.getLogger(__name__)
 
@@ -109,15 +110,6 @@ def _module_version(module: torch.nn.Module) -> tuple:
             attention_optimization.version())
 
 
-def _cause(e: BaseException) -> str:
-    """A compiler error's first line and its last one: dynamo wraps the cause ("backend='inductor' raised:" over
-    the backend's own error), so the first line alone says nothing."""
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    if not lines:
-        return type(e).__name__
-    return lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1][:300]}"
-
-
 def _make_compiler(module: torch.nn.Module, forward: Forward, backend: Any) -> _ModuleCompiler:
     use_disk_cache()
     compiled = torch.compile(forward, backend=backend, dynamic=False, fullgraph=False, options=_options(backend))
@@ -173,7 +165,8 @@ def forward_for(module: torch.nn.Module, forward: Forward, args: tuple, kwargs: 
     try:  # a first call on copies, in the caller's autograd mode (dynamo guards on it): compiles
         state.compiled(module, *copies, **copied_kwargs)
     except Exception as e:  # a compiler failure must never fail a job: the plain forward keeps running
-        log.warning("compiling %s failed (%s); it keeps running uncompiled", type(module).__name__, _cause(e))
+        log.warning("compiling %s failed (%s); it keeps running uncompiled", type(module).__name__,
+                    failure_cause(e))
         state.failed = True
         return forward
     state.ready.add(key)
