@@ -42,11 +42,13 @@ def thumbnail_sources(page, tab: str = "txt2img") -> list[str]:
     return page.evaluate(f"() => [...document.querySelectorAll('#{tab}_gallery .thumbnail-lg img')].map(i => i.src)")
 
 
-def select_picture(page, index: int) -> str:
-    """Click the gallery's thumbnail `index`, as a person picks a picture; the infotext shown under it."""
+def select_picture(page, index: int, seed: str) -> str:
+    """Click the gallery's thumbnail `index`, as a person picks a picture; the infotext shown under it once it
+    names the picture's `seed` (the select event answers after the click, in its own time)."""
     small = page.locator("#txt2img_gallery .thumbnail-small")  # the strip under a picture already shown large
     (small if small.count() else page.locator("#txt2img_gallery .thumbnail-lg")).nth(index).click()
-    page.wait_for_timeout(500)  # the select event has answered
+    page.wait_for_function("(seed) => document.querySelector('#html_info_txt2img')?.innerText"
+                           ".includes(`Seed: ${seed},`)", arg=seed, timeout=15_000)
     return page.inner_text("#html_info_txt2img")
 
 
@@ -92,7 +94,7 @@ def test_upscale_button_replaces_the_selected_picture_in_the_gallery(page):
     assert [im.size for im in before] == [(128, 64), (64, 64), (64, 64)]  # the grid, then the two pictures
     assert "Hires" not in before[1].info["parameters"]
     seed = before[1].info["parameters"].split("Seed: ")[1].split(",")[0]
-    assert f"Seed: {seed}," in select_picture(page, 1)  # the first picture of the batch
+    assert "Hires" not in select_picture(page, 1, seed)  # the first picture of the batch
 
     open_hires(page)  # the settings the ✨ button uses; it runs the hires pass even with the accordion closed
     set_number(page, "txt2img_hr_scale", 2)
@@ -110,9 +112,10 @@ def test_upscale_button_replaces_the_selected_picture_in_the_gallery(page):
     assert "Hires upscale: 2" in shown and "Hires upscaler: Latent" in shown and "Denoising strength" in shown
     assert f"Seed: {seed}," in shown  # the picture's own seed
 
-    other = select_picture(page, 2)  # the other picture keeps its own infotext
-    assert "Hires" not in other and before[2].info["parameters"].split("Seed: ")[1].split(",")[0] in other
-    assert "Hires upscale: 2" in select_picture(page, 1)  # and the replaced one has the new one at its place
+    other_seed = before[2].info["parameters"].split("Seed: ")[1].split(",")[0]
+    assert other_seed != seed
+    assert "Hires" not in select_picture(page, 2, other_seed)  # the other picture keeps its own infotext
+    assert "Hires upscale: 2" in select_picture(page, 1, seed)  # and the replaced one has the new one at its place
 
 
 def test_png_info_paste_of_a_hires_infotext_fills_the_accordion(page, tmp_path):
