@@ -222,8 +222,10 @@ def test_errors_are_listed_for_the_page(data_dir):
 def test_the_tab_builds(data_dir):
     import gradio as gr
 
+    from modules.ui.page_load import PageLoad
+
     with gr.Blocks() as demo, gr.Tabs():
-        extensions_tab.build()
+        extensions_tab.build(PageLoad())
     ids = {getattr(block, "elem_id", None) for block in demo.blocks.values()}
     assert {"tab_extensions", "extensions_apply", "extensions_check", "extensions_install_url",
             "extensions_install_button", "extensions_installed_html"} <= ids

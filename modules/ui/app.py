@@ -20,6 +20,7 @@ from modules.ui import (
     styles_store,
     txt2img,
 )
+from modules.ui.page_load import PageLoad
 
 
 def create_ui(first_load: call_queue.Job | None = None) -> gr.Blocks:
@@ -37,6 +38,7 @@ def create_ui(first_load: call_queue.Job | None = None) -> gr.Blocks:
 
 def _page(first_load: call_queue.Job | None, ext_tabs: list) -> gr.Blocks:
     """The tabs in A1111's order; extensions' tabs go before Settings."""
+    loads = PageLoad()  # what each page open refreshes, as one event
     with gr.Blocks(title="Stable Diffusion", analytics_enabled=False) as demo:
         quick = quicksettings.build()
         with gr.Tabs(elem_id="tabs") as tabs:
@@ -51,15 +53,15 @@ def _page(first_load: call_queue.Job | None, ext_tabs: list) -> gr.Blocks:
             with gr.Tab("Depth", id="depth", elem_id="tab_depth"):
                 dep = depth.build()
             extension_tabs.build(ext_tabs)
-            extensions_tab.build()
+            extensions_tab.build(loads)
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 page = settings.build()
         sendto.wire(tabs, t2i, i2i, png, image_only_panels=(ext.results, dep.results))
         sendto.wire_extras(tabs, ext, [t2i.results, i2i.results, dep.results], png)
         depth.wire_send(dep, tabs, i2i)
         refiner_boxes = [t2i.refiner.checkpoint, i2i.refiner.checkpoint]
-        quicksettings.wire(demo, quick, refiner_boxes, first_load)
-        settings.wire(demo, page)
+        quicksettings.wire(demo, loads, quick, refiner_boxes, first_load)
+        settings.wire(loads, page)
         # a finished download shows in the checkpoint and VAE lists at once, without pressing 🔄
         page.download.finished.then(quicksettings.refresher(len(refiner_boxes)),
                                     outputs=[quick.checkpoint, quick.vae, *refiner_boxes], show_progress="hidden")
@@ -69,6 +71,6 @@ def _page(first_load: call_queue.Job | None, ext_tabs: list) -> gr.Blocks:
             return gr.Dropdown(choices=choices), gr.Dropdown(choices=choices)
 
         # Each page load sees the current styles file (another tab may have saved a style).
-        demo.load(refresh_styles, outputs=[t2i.toprow.styles, i2i.toprow.styles], show_progress="hidden",
-                  queue=False)
+        loads.add(refresh_styles, [t2i.toprow.styles, i2i.toprow.styles])
+        loads.wire(demo)
     return demo

@@ -18,6 +18,7 @@ import gradio as gr
 
 from modules import extension_manager, extensions, restart, shared
 from modules.ui import common
+from modules.ui.page_load import PageLoad
 
 # name -> result of the last "Check for updates" (the server's view, shared by every page)
 update_status: dict[str, str] = {}
@@ -143,14 +144,19 @@ def install(url: str, branch: str, dirname: str) -> Iterator[tuple[str, Any]]:
     yield common.notice_html(last), table_html()
 
 
-def build() -> None:
-    """The tab; call inside the page's `gr.Tabs()` (app.py puts it before Settings)."""
+def disable_all_value() -> str:
+    return shared.opts.data.get("disable_all_extensions", "none")
+
+
+def build(loads: PageLoad) -> None:
+    """The tab; call inside the page's `gr.Tabs()` (app.py puts it before Settings). Its error list, table and
+    "Disable all" choice are refreshed by each page open (`loads`)."""
     refusal = extension_manager.access_refusal(shared.cmd_opts)
     allowed = refusal is None
     with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions"):
         if refusal:
             gr.HTML(common.notice_html(refusal), elem_id="extensions_access_refused")
-        gr.HTML(errors_html, elem_id="extensions_errors")
+        errors = gr.HTML(errors_html(), elem_id="extensions_errors")
         with gr.Tabs(elem_id="tabs_extensions"):
             with gr.Tab("Installed", id="extensions_installed", elem_id="extensions_installed_tab"):
                 with gr.Row(elem_id="extensions_installed_top"):
@@ -159,10 +165,10 @@ def build() -> None:
                     check_button = gr.Button("Check for updates", elem_id="extensions_check",
                                              interactive=allowed)
                     disable_all = gr.Radio(label="Disable all extensions", choices=["none", "extra", "all"],
-                                           value=lambda: shared.opts.data.get("disable_all_extensions", "none"),
+                                           value=disable_all_value(),
                                            elem_id="extensions_disable_all", interactive=allowed)
                 result = gr.HTML("", elem_id="extensions_installed_result")
-                table = gr.HTML(table_html, elem_id="extensions_installed_html")
+                table = gr.HTML(table_html(), elem_id="extensions_installed_html")
                 enabled_json = gr.Textbox(visible=False)
             with gr.Tab("Install from URL", id="extensions_install", elem_id="extensions_install_tab"):
                 url = gr.Textbox(label="URL for extension's git repository", elem_id="extensions_install_url",
@@ -174,6 +180,7 @@ def build() -> None:
                 install_button = gr.Button("Install", variant="primary", elem_id="extensions_install_button",
                                            interactive=allowed)
                 install_result = gr.HTML("", elem_id="extension_install_result")
+    loads.add(lambda: (errors_html(), disable_all_value(), table_html()), [errors, disable_all, table])
     apply_button.click(apply, inputs=[enabled_json, disable_all], outputs=[result, table], js=COLLECT_ENABLED_JS,
                        show_progress="hidden").then(None, inputs=[result], js=RELOAD_WHEN_BACK_JS)
     check_button.click(check_for_updates, outputs=[result, table], show_progress="hidden")

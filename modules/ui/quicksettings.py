@@ -14,6 +14,7 @@ import gradio as gr
 from modules import call_queue, extensions, script_callbacks, scripts, sd_models, shared
 from modules.models import registry, vae_registry
 from modules.ui import common
+from modules.ui.page_load import PageLoad
 
 SWITCH_TIMEOUT = 600.0
 
@@ -146,7 +147,7 @@ def startup_notices(first_load: call_queue.Job | None) -> str:
     return html + "".join(common.error_html(p) for p in problems)
 
 
-def wire(demo: gr.Blocks, quick: QuickSettings, refiner_boxes: list[gr.Dropdown],
+def wire(demo: gr.Blocks, loads: PageLoad, quick: QuickSettings, refiner_boxes: list[gr.Dropdown],
          first_load: call_queue.Job | None = None) -> None:
     # .input fires only for the person's own changes, not when a page load sets the value.
     quick.checkpoint.input(switch_checkpoint, inputs=[quick.checkpoint], outputs=[quick.checkpoint, quick.result],
@@ -156,8 +157,7 @@ def wire(demo: gr.Blocks, quick: QuickSettings, refiner_boxes: list[gr.Dropdown]
 
     quick.refresh.click(refresher(len(refiner_boxes)), outputs=[quick.checkpoint, quick.vae, *refiner_boxes],
                         show_progress="hidden")
-    demo.load(current_values, outputs=[quick.checkpoint, quick.vae, quick.clip_skip], show_progress="hidden",
-              queue=False)
+    loads.add(current_values, [quick.checkpoint, quick.vae, quick.clip_skip])
     # Waits for the start-up load in its own event, so the page is usable meanwhile.
     demo.load(lambda: startup_notices(first_load), outputs=[quick.result], show_progress="hidden",
               concurrency_limit=None)

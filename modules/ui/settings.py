@@ -20,6 +20,7 @@ import gradio as gr
 from modules import shared
 from modules.options import OptionHTML, OptionInfo, SettingValueError, choice_values
 from modules.ui import common, downloads
+from modules.ui.page_load import PageLoad
 
 QUICKSETTINGS = ("sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers")
 _TAGS = re.compile(r"<[^>]+>")
@@ -206,7 +207,7 @@ def apply(keys: list[str], values: list[Any]) -> str:
     return "".join(parts)
 
 
-def wire(demo: gr.Blocks, page: SettingsPage) -> None:
+def wire(loads: PageLoad, page: SettingsPage) -> None:
     keys = list(page.keys)
 
     def on_apply(*values: Any) -> str:
@@ -218,4 +219,4 @@ def wire(demo: gr.Blocks, page: SettingsPage) -> None:
 
     page.apply.click(on_apply, inputs=page.components, outputs=[page.result], show_progress="hidden")
     page.reload.click(None, js="() => { window.location.reload(); }")
-    demo.load(on_load, outputs=page.components, show_progress="hidden", queue=False)
+    loads.add(on_load, page.components)

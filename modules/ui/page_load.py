@@ -1,0 +1,51 @@
+"""What the page refreshes from the server each time it opens, sent as one load event.
+
+Gradio's front end walks every component (about a thousand on this page) for each event's status messages and for
+each load event's dispatch, so seven small load events cost over a second of the browser's time per page open on a
+slow machine; one event costs one walk. A part that raises leaves its own outputs as they were and the others
+still arrive.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import gradio as gr
+
+log = logging.getLogger(__name__)
+
+
+class PageLoad:
+    """Collects (function, outputs) parts; `wire(demo)` registers them as one non-queued, silent load event."""
+
+    def __init__(self) -> None:
+        self._parts: list[tuple[Callable[[], Any], list[gr.components.Component]]] = []
+
+    def add(self, fn: Callable[[], Any], outputs: Sequence[gr.components.Component]) -> None:
+        """`fn()` returns one value per output (a bare value when there is one output), as a gradio handler does."""
+        self._parts.append((fn, list(outputs)))
+
+    def values(self) -> list[Any]:
+        """Every part's values in order; a part that raised gives `gr.skip()` for each of its outputs."""
+        values: list[Any] = []
+        for fn, outputs in self._parts:
+            try:
+                result = fn()
+            except Exception:
+                log.exception("refreshing the page's values failed in %s", getattr(fn, "__qualname__", fn))
+                values.extend(gr.skip() for _ in outputs)
+                continue
+            if len(outputs) == 1:
+                values.append(result)
+            else:
+                if len(result) != len(outputs):
+                    raise ValueError(f"{fn.__qualname__} returned {len(result)} values for {len(outputs)} outputs")
+                values.extend(result)
+        return values
+
+    def wire(self, demo: gr.Blocks) -> None:
+        outputs = [component for _, part in self._parts for component in part]
+        if outputs:
+            demo.load(self.values, outputs=outputs, show_progress="hidden", queue=False)
