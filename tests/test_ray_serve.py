@@ -191,8 +191,10 @@ def test_the_front_door_holds_no_model_and_its_settings_reach_the_replicas(door,
     assert params_of(_post(door, {**FAST, "seed": 56}).json())[0]["Model"] == "default-shapes-v1"
 
 
-def test_a_ui_job_runs_on_a_replica_with_its_progress_in_the_page():
+def test_a_ui_job_runs_on_a_replica_with_its_progress_in_the_page(monkeypatch):
     from modules.ui import tasks
+
+    monkeypatch.setitem(shared.opts.data, "live_preview_refresh_period", 100)  # a short job still shows a bar
 
     p = processing.StableDiffusionProcessingTxt2Img(prompt="a yellow square", steps=40, width=64, height=64,
                                                     sampler_name="Euler", seed=77, do_not_save_samples=True,

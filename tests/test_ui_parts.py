@@ -5,7 +5,7 @@ from __future__ import annotations
 import gradio as gr
 from PIL import Image, ImageDraw
 
-from modules import call_queue
+from modules import call_queue, shared
 from modules.ui import masks, paste, tasks
 
 
@@ -86,3 +86,25 @@ def test_a_job_streams_its_result_or_its_readable_error():
     # the queue goes on after a failure
     assert list(tasks.run("test", lambda: "next", "session-b"))[-1].result == "next"
     assert call_queue.queue.current() is None
+
+
+def test_the_page_s_progress_updates_follow_the_update_period_setting(monkeypatch):
+    """"Progressbar and preview update period" (ms) sets how often a running job's bar is sent to the page; the
+    result is sent when the job ends, not at the next period; 0 means A1111's 500 ms."""
+    import time
+
+    def sleeper(seconds: float):
+        return lambda: time.sleep(seconds) or "done"
+
+    monkeypatch.setitem(shared.opts.data, "live_preview_refresh_period", 100)
+    updates = list(tasks.run("test", sleeper(0.8), "session-fast"))
+    assert updates[-1].result == "done" and len(updates[:-1]) >= 3  # about eight bars
+
+    monkeypatch.setitem(shared.opts.data, "live_preview_refresh_period", 5000)
+    started = time.monotonic()
+    updates = list(tasks.run("test", sleeper(0.5), "session-slow"))
+    assert updates[-1].result == "done" and updates[:-1] == []  # no bar within the period
+    assert time.monotonic() - started < 4  # the result came when the job ended
+
+    monkeypatch.setitem(shared.opts.data, "live_preview_refresh_period", 0)
+    assert tasks.refresh_seconds() == 0.5

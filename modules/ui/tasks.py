@@ -18,7 +18,7 @@ from typing import Any
 
 from modules import call_queue, progress, shared
 
-POLL_SECONDS = 0.25
+DEFAULT_REFRESH_MS = 500  # A1111's page polls this often when the setting is 0
 _MAX_SESSIONS = 1000
 
 _lock = threading.Lock()
@@ -74,11 +74,19 @@ def run(kind: str, fn: Callable[[], Any], session: str | None, user: str | None 
             job.cancel()
 
 
+def refresh_seconds() -> float:
+    """How often the page's bar and preview update: the "Progressbar and preview update period" setting. Each
+    update costs the page a pass over all its components, so the default (1 s, as in A1111) keeps a slow machine's
+    browser from spending a third of a core on it; a finished job is shown at once whatever the period."""
+    period_ms = shared.opts.live_preview_refresh_period or DEFAULT_REFRESH_MS
+    return max(float(period_ms), 1.0) / 1000
+
+
 def _follow(job: call_queue.Job) -> Iterator[Update]:
     id_live_preview, preview = -1, None
     while True:
         try:
-            result = job.wait(timeout=POLL_SECONDS)
+            result = job.wait(timeout=refresh_seconds())
         except TimeoutError:
             info = progress.progress_for(job.id, id_live_preview=id_live_preview, live_preview=True)
             if info.get("live_preview"):
