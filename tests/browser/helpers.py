@@ -89,20 +89,34 @@ def make_data_dir(root: Path) -> Path:
     return root
 
 
+VIEWPORT = {"width": 1400, "height": 1000}
+_tab_contexts: dict[int, object] = {}  # id(browser) -> the context tests open their pages in
+
+
 def new_page(browser):
     """A fresh browser context (its own cookies and session, like another person) and a page in it."""
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    context = browser.new_context(viewport=VIEWPORT)
     pg = context.new_page()
     pg.set_default_timeout(30_000)
     return context, pg
 
 
 def opened_page(browser, url: str):
-    """A fixture body: a fresh page open on `url` (yielded), its context closed afterwards."""
-    context, pg = new_page(browser)
-    open_page(pg, url)
-    yield pg
-    context.close()
+    """A fixture body: a new tab open on `url` (yielded), closed afterwards. Tabs share one context without
+    cookies, as one person opens tabs: the browser's cache keeps the page's scripts, so the server does not send
+    and compress them again and the browser does not compile them again (0.3-0.7 s less per page here).
+    A test that needs another person uses `new_page`."""
+    context = _tab_contexts.get(id(browser))
+    if context is None:
+        context = _tab_contexts[id(browser)] = browser.new_context(viewport=VIEWPORT)
+    context.clear_cookies()
+    pg = context.new_page()
+    pg.set_default_timeout(30_000)
+    try:
+        open_page(pg, url)
+        yield pg
+    finally:
+        pg.close()
 
 
 def open_page(pg, url: str, model: str = "tiny") -> None:
