@@ -168,7 +168,10 @@ def test_extensions_tab_apply_install_and_check(ext_page, ext_server, tmp_path):
     pg.click("#extensions_install_tab-button")
     pg.locator("#extensions_install_url textarea, #extensions_install_url input").fill(str(source))
     pg.click("#extensions_install_button")
-    pg.wait_for_selector("#extension_install_result :text('Installed into extensions/browser-installed')")
+    # `:text()` ignores case, and the first line ("Cloning …/browser-installed into extensions/browser-installed")
+    # already holds "installed into extensions/browser-installed": wait for the last line's own words
+    pg.wait_for_selector("#extension_install_result :text('Restart the server to load it')")
+    assert "Installed into extensions/browser-installed." in pg.inner_text("#extension_install_result")
     assert (ext_server.data_dir / "extensions" / "browser-installed" / "style.css").exists()
 
     pg.click("#extensions_installed_tab-button")
