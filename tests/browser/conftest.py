@@ -40,7 +40,7 @@ def playwright_browser() -> Iterator[object]:
 @pytest.fixture(scope="session")
 def server(tmp_path_factory, playwright_browser) -> Iterator[Server]:
     data_dir = make_data_dir(tmp_path_factory.mktemp("webui"))
-    srv = Server(data_dir).start()
+    srv = Server(data_dir, warm=True).start()
     yield srv
     srv.stop()
 

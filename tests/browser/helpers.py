@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import socket
@@ -11,6 +12,8 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from .warm_start import ForkedProcess, WarmStarter
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
@@ -25,14 +28,38 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class Server:
-    """`python3 launch.py` on loopback, as a person starts it; stopped by its own process id."""
+SERVER_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
+              "PYTHONUNBUFFERED": "1"}
+_warm_starter: WarmStarter | None = None
 
-    def __init__(self, data_dir: Path, *extra_args: str):
+
+def server_env() -> dict[str, str]:
+    env = dict(os.environ, **SERVER_ENV)
+    env.pop("COMMANDLINE_ARGS", None)
+    return env
+
+
+def warm_starter() -> WarmStarter:
+    """This test process's warm starter (see warm_start.py), started on first use."""
+    global _warm_starter
+    if _warm_starter is None or not _warm_starter.alive():
+        _warm_starter = WarmStarter(server_env())
+        atexit.register(_warm_starter.stop)
+    return _warm_starter
+
+
+class Server:
+    """`python3 launch.py` on loopback, as a person starts it; stopped by its own process id.
+
+    warm: fork it from the warm starter, whose process has the third-party libraries imported already (the
+    browser tests' servers; see warm_start.py). Off, a cold `python launch.py` (the launcher's own tests)."""
+
+    def __init__(self, data_dir: Path, *extra_args: str, warm: bool = False):
         self.data_dir = data_dir
         self.extra_args = list(extra_args)
+        self.warm = warm
         self.port = 0
-        self.process: subprocess.Popen | None = None
+        self.process: subprocess.Popen | ForkedProcess | None = None
         self.log_path = data_dir / "server.log"
 
     @property
@@ -41,15 +68,17 @@ class Server:
 
     def start(self) -> Server:
         self.port = free_port()
-        env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False",
-                   PYTHONUNBUFFERED="1")
-        env.pop("COMMANDLINE_ARGS", None)
-        args = [sys.executable, "launch.py", "--skip-install", "--data-dir", str(self.data_dir), "--port",
-                str(self.port), *self.extra_args]
-        log = open(self.log_path, "ab")  # noqa: SIM115  (closed in stop())
-        self.process = subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-        self._log = log
+        env = server_env()
+        args = ["launch.py", "--skip-install", "--data-dir", str(self.data_dir), "--port", str(self.port),
+                *self.extra_args]
         deadline = time.monotonic() + START_TIMEOUT
+        if self.warm:
+            self.process = warm_starter().start(args, env, self.log_path, START_TIMEOUT)
+        else:
+            log = open(self.log_path, "ab")  # noqa: SIM115  (closed in stop())
+            self.process = subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, stdout=log,
+                                            stderr=subprocess.STDOUT)
+            self._log = log
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")

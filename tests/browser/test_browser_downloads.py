@@ -20,7 +20,7 @@ def model_server():
 
 @pytest.fixture(scope="module")
 def download_server(tmp_path_factory, playwright_browser):
-    srv = Server(make_data_dir(tmp_path_factory.mktemp("downloads")), "--allow-private-downloads").start()
+    srv = Server(make_data_dir(tmp_path_factory.mktemp("downloads")), "--allow-private-downloads", warm=True).start()
     yield srv
     srv.stop()
 

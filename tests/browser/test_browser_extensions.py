@@ -56,7 +56,7 @@ def ext_server(tmp_path_factory, playwright_browser):
     (data_dir / "user.css").write_text("body { --user-test: 8; }\n")
     (data_dir / "user.js").write_text("window.userJsRan = typeof onUiLoaded === 'function';\n")
     (data_dir / "config.json").write_text(json.dumps({"ext_test_secret": SECRET}))
-    srv = Server(data_dir).start()
+    srv = Server(data_dir, warm=True).start()
     yield srv
     srv.stop()
 

@@ -42,7 +42,7 @@ def lora_server(tmp_path_factory, playwright_browser):
     embeddings.mkdir()
     save_file({"emb_params": torch.randn(1, TEXT_HIDDEN)}, str(embeddings / "fits.safetensors"))
     save_file({"clip_l": torch.randn(1, 768), "clip_g": torch.randn(1, 1280)}, str(embeddings / "xlonly.safetensors"))
-    srv = Server(data_dir).start()
+    srv = Server(data_dir, warm=True).start()
     yield srv
     srv.stop()
 

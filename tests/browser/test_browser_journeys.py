@@ -200,7 +200,7 @@ def test_a_corrupt_checkpoint_that_sorts_first_is_skipped_and_named_on_the_page(
 
     data_dir = make_data_dir(tmp_path / "data")
     (data_dir / "models" / "Stable-diffusion" / "aaa-broken.safetensors").write_bytes(b"\x08" + b"\0" * 7 + b"{not json")
-    srv = Server(data_dir).start()
+    srv = Server(data_dir, warm=True).start()
     context, pg = new_page(playwright_browser)
     try:
         open_page(pg, srv.url)  # the quicksettings show the tiny model that did load

@@ -17,7 +17,7 @@ EXTENSIONS = Path(__file__).resolve().parents[1] / "extensions_for_tests"
 def ext_server(tmp_path_factory, playwright_browser):
     data_dir = make_data_dir(tmp_path_factory.mktemp("ext-webui"))
     shutil.copytree(EXTENSIONS, data_dir / "extensions")
-    srv = Server(data_dir).start()
+    srv = Server(data_dir, warm=True).start()
     yield srv
     srv.stop()
 

@@ -156,7 +156,7 @@ def test_a_setting_survives_a_restart(playwright_browser, tmp_path):
     data_dir = make_data_dir(tmp_path / "data")
     config = data_dir / "config.json"
     config.write_text(json.dumps({"upscaler_for_img2img": "4x-Deleted-ESRGAN"}))
-    srv = Server(data_dir).start()
+    srv = Server(data_dir, warm=True).start()
     context, pg = new_page(playwright_browser)
     try:
         open_page(pg, srv.url)
@@ -204,7 +204,7 @@ def test_screenshots_of_each_tab_with_the_bundled_model(playwright_browser, tmp_
     With UPDATE_SCREENSHOTS=1 the pictures in docs/screenshots/ (shown in the README) are refreshed."""
     data_dir = tmp_path / "fresh"
     (data_dir / "models" / "Stable-diffusion").mkdir(parents=True)  # no checkpoint of the user's own
-    srv = Server(data_dir).start()
+    srv = Server(data_dir, warm=True).start()
     context, pg = new_page(playwright_browser)
     target = SCREENSHOTS if os.environ.get("UPDATE_SCREENSHOTS") == "1" else tmp_path / "shots"
     target.mkdir(parents=True, exist_ok=True)
@@ -252,7 +252,8 @@ def test_login_and_subpath(tmp_path):
     import urllib.parse
     import urllib.request
 
-    srv = Server(make_data_dir(tmp_path / "data"), "--subpath", "sd", "--gradio-auth", "alice:s3cret").start()
+    srv = Server(make_data_dir(tmp_path / "data"), "--subpath", "sd", "--gradio-auth", "alice:s3cret",
+                 warm=True).start()
     url = f"{srv.url}sd/"
     jar = http.cookiejar.CookieJar()
     opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))

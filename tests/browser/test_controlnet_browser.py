@@ -36,7 +36,7 @@ def cn_server(tmp_path_factory, playwright_browser):
 
     root = make_data_dir(tmp_path_factory.mktemp("controlnet-webui"))  # tiny.safetensors: SD1, seed 3
     write_controlnet(root / "models" / "ControlNet" / f"{MODEL}.safetensors", "sd1", "original", seed=1)
-    srv = Server(root).start()
+    srv = Server(root, warm=True).start()
     yield srv
     srv.stop()
 

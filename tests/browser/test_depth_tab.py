@@ -22,7 +22,7 @@ def depth_server(tmp_path_factory, playwright_browser):
     (root / "models" / "Stable-diffusion").mkdir(parents=True)
     write_tiny_checkpoint(root / "models" / "Stable-diffusion" / "sd2-depth.safetensors", "sd2", "depth", seed=2)
     write_estimator(root / "models", "midas_dpt_hybrid", seed=1)
-    srv = Server(root).start()
+    srv = Server(root, warm=True).start()
     yield srv
     srv.stop()
 
