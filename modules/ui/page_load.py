@@ -2,8 +2,9 @@
 
 Gradio's front end walks every component (about a thousand on this page) for each event's status messages and for
 each load event's dispatch, so seven small load events cost over a second of the browser's time per page open on a
-slow machine; one event costs one walk. A part that raises leaves its own outputs as they were and the others
-still arrive.
+slow machine; one event costs one walk. A value the page already has (the one its config was built with) is not
+sent again: each output the front end applies costs it a re-render, and most settings are as they were. A part
+that raises leaves its own outputs as they were and the others still arrive.
 """
 
 from __future__ import annotations
@@ -15,6 +16,17 @@ from typing import Any
 import gradio as gr
 
 log = logging.getLogger(__name__)
+_MISSING = object()
+
+
+def _same(value: Any, served: Any) -> bool:
+    """A plain value equal to the served one, of the same type (an update object or a doubtful comparison: not)."""
+    if served is _MISSING or type(value) is not type(served) or not isinstance(value, str | int | float | bool | list):
+        return False
+    try:
+        return bool(value == served)
+    except Exception:
+        return False
 
 
 class PageLoad:
@@ -22,6 +34,8 @@ class PageLoad:
 
     def __init__(self) -> None:
         self._parts: list[tuple[Callable[[], Any], list[gr.components.Component]]] = []
+        self._demo: gr.Blocks | None = None
+        self._served: tuple[dict, dict[int, Any]] | None = None  # (the config, its values by component id)
 
     def add(self, fn: Callable[[], Any], outputs: Sequence[gr.components.Component]) -> None:
         """`fn()` returns one value per output (a bare value when there is one output), as a gradio handler does."""
@@ -43,9 +57,23 @@ class PageLoad:
                 if len(result) != len(outputs):
                     raise ValueError(f"{fn.__qualname__} returned {len(result)} values for {len(outputs)} outputs")
                 values.extend(result)
-        return values
+        served = self._served_values()
+        outputs = [component for _, part in self._parts for component in part]
+        return [gr.skip() if _same(value, served.get(component._id, _MISSING)) else value
+                for component, value in zip(outputs, values, strict=True)]
+
+    def _served_values(self) -> dict[int, Any]:
+        """Each component's value in the config pages are given (gradio builds it again at launch)."""
+        config = getattr(self._demo, "config", None)
+        if not config:
+            return {}
+        if self._served is None or self._served[0] is not config:
+            self._served = (config, {c["id"]: c["props"]["value"] for c in config.get("components", [])
+                                     if "value" in c.get("props", {})})
+        return self._served[1]
 
     def wire(self, demo: gr.Blocks) -> None:
         outputs = [component for _, part in self._parts for component in part]
+        self._demo = demo
         if outputs:
             demo.load(self.values, outputs=outputs, show_progress="hidden", queue=False)

@@ -1,11 +1,12 @@
 """Settings checked in the real page: a value out of a setting's range is refused on Apply with a line naming
-the setting, and config.json stays as it was; the corrected value then saves."""
+the setting, and config.json stays as it was; the corrected value then saves, and a tab opened afterwards shows
+it (the page's config was built with the old one)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from .helpers import set_number, wait_for_saved
+from .helpers import open_page, set_number, wait_for_saved
 
 ENSD_BOX = "setting_eta_noise_seed_delta"  # a Number box: the browser lets any number through, unlike a slider
 
@@ -38,6 +39,14 @@ def test_out_of_range_setting_is_refused_and_config_json_untouched(page, server)
     set_number(page, ENSD_BOX, 31337)
     assert "1 setting changed: Eta noise seed delta" in _apply_and_wait(page, "1 setting changed")
     wait_for_saved(config, "eta_noise_seed_delta", 31337)
+    other = page.context.new_page()
+    try:
+        open_page(other, server.url)
+        other.click("#tab_settings-button")
+        other.click("#settings_sampler-params-button")
+        other.wait_for_function(f"() => document.querySelector('#{ENSD_BOX} input').value == '31337'")
+    finally:
+        other.close()
     set_number(page, ENSD_BOX, 0)
     page.click("#settings_submit")
     wait_for_saved(config, "eta_noise_seed_delta", 0)
