@@ -14,8 +14,9 @@ milliseconds per step. SD1.5 512x512 or SDXL 1024x1024, random weights at real s
   (`torch.backends.cuda.matmul.allow_fp16_accumulation`, ComfyUI's `--fast fp16_accumulation`): faster on cards
   whose tensor cores run it at twice the rate, at a cost in precision (the step's difference is printed);
 - benchmark: default, with cuDNN timing its convolution algorithms for each shape (`torch.backends.cudnn.benchmark`);
-- autotune_gemm: plus `max_autotune_gemm` only (Triton templates timed against cuBLAS for the matrix products; the
-  convolutions stay on cuDNN), which searches far fewer kernels than `max_autotune`.
+- autotune_gemm: plus `max_autotune_gemm` (Triton templates timed against cuBLAS for the matrix products), which
+  searches fewer kernels than `max_autotune`; it times Triton convolutions against cuDNN's as well;
+- autotune_mm: autotune_gemm with the convolutions left to cuDNN untimed (`max_autotune_conv_backends="ATEN"`).
 
 A setting may join several of these with "+" (`fused_qkv+benchmark+autotune_gemm`).
 
@@ -41,8 +42,8 @@ from bench.full_size import build  # noqa: E402
 
 COORDINATE = {"coordinate_descent_tuning": True, "coordinate_descent_check_all_directions": True}
 ALIASES = {"cudnn_attention": "cudnn", "cudnn_fused": "cudnn+fused_qkv", "eager_cudnn": "eager+cudnn"}
-FEATURES = {"eager", "default", "cudnn", "fused_qkv", "coordinate", "autotune", "autotune_gemm", "benchmark",
-            "fp16_accumulation"}
+FEATURES = {"eager", "default", "cudnn", "fused_qkv", "coordinate", "autotune", "autotune_gemm", "autotune_mm",
+            "benchmark", "fp16_accumulation"}
 
 
 def features(setting: str) -> set[str]:
@@ -61,8 +62,10 @@ def inductor_options(named: set[str]) -> dict:
         options.update(COORDINATE)
     if "autotune" in named:
         options["max_autotune"] = True
-    if "autotune_gemm" in named:
+    if "autotune_gemm" in named or "autotune_mm" in named:
         options.update({"max_autotune_gemm": True, "max_autotune_gemm_backends": "ATEN,TRITON"})
+    if "autotune_mm" in named:
+        options["max_autotune_conv_backends"] = "ATEN"
     return options
 
 
