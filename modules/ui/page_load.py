@@ -58,9 +58,11 @@ class PageLoad:
                     raise ValueError(f"{fn.__qualname__} returned {len(result)} values for {len(outputs)} outputs")
                 values.extend(result)
         served = self._served_values()
-        outputs = [component for _, part in self._parts for component in part]
         return [gr.skip() if _same(value, served.get(component._id, _MISSING)) else value
-                for component, value in zip(outputs, values, strict=True)]
+                for component, value in zip(self._outputs(), values, strict=True)]
+
+    def _outputs(self) -> list[gr.components.Component]:
+        return [component for _, part in self._parts for component in part]
 
     def _served_values(self) -> dict[int, Any]:
         """Each component's value in the config pages are given (gradio builds it again at launch)."""
@@ -73,7 +75,7 @@ class PageLoad:
         return self._served[1]
 
     def wire(self, demo: gr.Blocks) -> None:
-        outputs = [component for _, part in self._parts for component in part]
+        outputs = self._outputs()
         self._demo = demo
         if outputs:
             demo.load(self.values, outputs=outputs, show_progress="hidden", queue=False)
