@@ -411,3 +411,7 @@ def test_token_counter_for_the_ui(data_dir):
     from modules.ui import toprow
 
     assert toprow.count_tokens("a red circle <lora:film grain:0.8>") == toprow.counter_html(3, 75)
+    # a steps change recounts both prompts: the longer prompt of a schedule counts only when its step is reached
+    negative = "[blurry:a blurry dark photo:10]"
+    assert toprow.count_both("a red circle", negative, 20) == (toprow.counter_html(3, 75), toprow.counter_html(4, 75))
+    assert toprow.count_both("a red circle", negative, 4) == (toprow.counter_html(3, 75), toprow.counter_html(1, 75))

@@ -87,12 +87,19 @@ def count_tokens(text: str, steps: float | None = 20) -> str:
     return counter_html(count, limit)
 
 
+def count_both(prompt: str, negative: str, steps: float | None = 20) -> tuple[str, str]:
+    return count_tokens(prompt, steps), count_tokens(negative, steps)
+
+
 def wire(toprow: Toprow, steps: gr.Slider) -> None:
-    """Token counters follow the prompts (and steps, which prompt-editing schedules depend on)."""
+    """Token counters follow the prompts (and steps, which prompt-editing schedules depend on). A changed steps
+    value recounts both prompts in one event (each event costs the page a walk over all its components); it is
+    `change`, not the slider's `release`, which typing a number into the box never fires, nor pasted parameters."""
+    counting = dict(show_progress="hidden", trigger_mode="always_last", concurrency_limit=None, queue=False)
     for box, counter in ((toprow.prompt, toprow.token_counter), (toprow.negative_prompt, toprow.negative_token_counter)):
-        for event in (box.change, steps.release):
-            event(count_tokens, inputs=[box, steps], outputs=[counter], show_progress="hidden",
-                  trigger_mode="always_last", concurrency_limit=None, queue=False)
+        box.change(count_tokens, inputs=[box, steps], outputs=[counter], **counting)
+    steps.change(count_both, inputs=[toprow.prompt, toprow.negative_prompt, steps],
+                  outputs=[toprow.token_counter, toprow.negative_token_counter], **counting)
 
     def save_style(name: str, prompt: str, negative: str):
         try:
@@ -106,4 +113,4 @@ def wire(toprow: Toprow, steps: gr.Slider) -> None:
                             outputs=[toprow.styles, toprow.style_result], show_progress="hidden")
 
 
-__all__ = ["Toprow", "build", "count_tokens", "counter_html", "wire"]
+__all__ = ["Toprow", "build", "count_both", "count_tokens", "counter_html", "wire"]

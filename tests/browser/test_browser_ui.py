@@ -33,7 +33,12 @@ SCREENSHOTS = REPO / "docs" / "screenshots"
 def test_txt2img_generate_shows_image_whose_png_carries_the_infotext(page):
     page.fill("#txt2img_prompt textarea", "a red circle")
     page.wait_for_selector("#txt2img_token_counter :text('3/75')")
-    small_run(page, "txt2img")
+    # a prompt-editing schedule counts its longer prompt only if its step comes within the steps
+    page.fill("#txt2img_neg_prompt textarea", "[blurry:a blurry dark photo:10]")
+    page.wait_for_selector("#txt2img_negative_token_counter :text('4/75')")
+    small_run(page, "txt2img")  # 4 steps: both counters are counted again
+    page.wait_for_selector("#txt2img_negative_token_counter :text('1/75')")
+    assert page.inner_text("#txt2img_token_counter") == "3/75"
     page.click("#txt2img_generate")
     page.wait_for_selector("#txt2img_gallery img", timeout=90_000)
     wait_for_run_end(page, "txt2img")
