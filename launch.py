@@ -301,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         if folder:
             print(f"Python writes no bytecode caches here (PYTHONDONTWRITEBYTECODE); keeping them in {folder}",
                   flush=True)
+            bytecode_cache.prune_in_background(folder)
     for flag in cmd_args.not_yet_effective(args):
         print(f"note: {flag} is accepted but not yet effective")
     prepare_environment(args)

@@ -9,6 +9,9 @@ folder (`sys.pycache_prefix`): the installed packages stay as the image left the
 few hundred modules are not worth a second folder. Processes started from here (compile workers, extensions'
 install scripts) find the folder through PYTHONPYCACHEPREFIX. `--no-bytecode-cache` keeps Python's own setting.
 The folder holds code that this interpreter runs: it has the trust of the data folder's `extensions` folder.
+Caches that no start will read again (their source is gone: an upgraded package, a rebuilt environment; or another
+Python version wrote them) are removed in the background after each start, so the folder does not grow with every
+upgrade.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+import threading
 
 FOLDER = os.path.join("cache", "bytecode")
 
@@ -51,3 +55,45 @@ def use_own_cache(data_dir: str, probes: tuple[str, ...] = PROBES) -> str | None
     sys.dont_write_bytecode = False
     os.environ["PYTHONPYCACHEPREFIX"] = folder  # children read and write here; their own setting stays as it is
     return folder
+
+
+def _source_of(cache_file: str, folder: str) -> tuple[str, str] | None:
+    """(source path, interpreter tag) of a cache file under `folder`, which mirrors the sources' absolute paths
+    (`sys.pycache_prefix`: `<folder>/<source dir>/<name>.<tag>[.opt-N].pyc`); None for anything else."""
+    directory, name = os.path.split(os.path.relpath(cache_file, folder))
+    parts = name.split(".")
+    if len(parts) not in (3, 4) or parts[-1] != "pyc":
+        return None
+    return os.path.join(os.sep, directory, parts[0] + ".py"), parts[1]
+
+
+def prune_stale(folder: str, tag: str | None = None) -> int:
+    """Remove the cache files in `folder` that no start will read again: their source is gone, or another
+    interpreter version wrote them; then the folders left empty. Returns how many files went."""
+    tag = tag or sys.implementation.cache_tag
+    removed = 0
+    for root, _dirs, files in os.walk(folder, topdown=False):
+        for name in files:
+            path = os.path.join(root, name)
+            found = _source_of(path, folder)
+            if found is None or (found[1] == tag and os.path.exists(found[0])):
+                continue
+            try:
+                os.remove(path)
+                removed += 1
+            except OSError:  # read-only, or removed by another process meanwhile
+                pass
+        if root != folder and not os.listdir(root):
+            try:
+                os.rmdir(root)
+            except OSError:  # a cache written into it meanwhile
+                pass
+    return removed
+
+
+def prune_in_background(folder: str) -> threading.Thread:
+    """prune_stale on a daemon thread: it must not delay the start, whose imports write into the same folder (what
+    they write has its source and this interpreter's tag, so it stays)."""
+    thread = threading.Thread(target=prune_stale, args=(folder,), name="bytecode-cache-prune", daemon=True)
+    thread.start()
+    return thread

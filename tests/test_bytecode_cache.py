@@ -72,3 +72,29 @@ def test_a_data_folder_that_cannot_be_written_leaves_python_as_it_was(tmp_path, 
     (tmp_path / "data").write_text("a file where the data folder should be")
     assert bytecode_cache.use_own_cache(str(tmp_path / "data"), probes=("slowpkg",)) is None
     assert sys.dont_write_bytecode and sys.pycache_prefix is None
+
+
+def test_caches_no_start_will_read_again_are_removed_after_a_start(tmp_path):
+    """An upgraded package or a rebuilt environment leaves caches whose source is gone; a new Python version leaves
+    caches of another tag. They go after the next start; the caches of what is installed now stay."""
+    site = _installed_package(tmp_path)
+    data_dir = tmp_path / "data"
+    folder = data_dir / "cache" / "bytecode"
+    _start(site, str(data_dir))
+    tag = sys.implementation.cache_tag
+    package_cache = folder / os.path.relpath(os.path.join(site, "slowpkg"), os.sep)
+    kept = package_cache / f"part.{tag}.pyc"
+    assert kept.exists()
+    old_env = folder / "old-venv" / "lib" / "gone"
+    old_env.mkdir(parents=True)
+    (old_env / f"removed.{tag}.pyc").write_bytes(b"stale")
+    (package_cache / "part.cpython-30.pyc").write_bytes(b"another python")
+    (package_cache / f"renamed.{tag}.opt-1.pyc").write_bytes(b"source renamed")
+    (package_cache / "notes.txt").write_text("not a cache: left alone")
+
+    assert bytecode_cache.prune_in_background(str(folder)).join(timeout=30) is None
+    left = sorted(os.path.relpath(os.path.join(d, f), folder) for d, _, files in os.walk(folder) for f in files)
+    assert left == sorted(os.path.relpath(p, folder) for p in (kept, package_cache / f"__init__.{tag}.pyc",
+                                                                 package_cache / "notes.txt"))
+    assert not (folder / "old-venv").exists()  # the folders left empty go too
+    assert _start(site, str(data_dir))["folder"] == str(folder)  # and the next start still reads the folder

@@ -205,7 +205,10 @@ def test_main_keeps_bytecode_caches_in_the_data_folder_unless_told_not_to(clean_
     asked = []
     clean_env.setattr(launch.bytecode_cache, "use_own_cache",
                       lambda data_dir: asked.append(data_dir) or os.path.join(data_dir, "cache", "bytecode"))
+    pruned = []
+    clean_env.setattr(launch.bytecode_cache, "prune_in_background", pruned.append)
     assert launch.main(["--exit", "--skip-install", "--data-dir", str(tmp_path), *flags]) == 0
     assert asked == ([] if flags else [str(tmp_path)])
+    assert pruned == ([] if flags else [os.path.join(str(tmp_path), "cache", "bytecode")])
     message = "keeping them in " + os.path.join(str(tmp_path), "cache", "bytecode")
     assert (message in capsys.readouterr().out) == (not flags)
