@@ -253,6 +253,25 @@ def upload_into(pg, component, path: Path) -> None:
     component.locator(".empty").wait_for(state="hidden")
 
 
+def drop_into_editor(pg, editor_id: str, path: Path) -> None:
+    """Drop a picture into an image editor and wait until the editor shows it: it keeps the picture in the page (no
+    request to wait on) and, once it has it, turns Undo on. A drop the editor missed (seen once in CI, on a loaded
+    host, with the editor's sub-tab just opened) is made again, as a person who sees an empty editor would."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    editor = pg.locator(f"#{editor_id}")
+    editor.locator(".pixi-target canvas").first.wait_for(state="visible")
+    shown = editor.locator("button[aria-label=Undo]:not([disabled])")
+    for _ in range(3):
+        editor.locator("input[type=file]").set_input_files(str(path))
+        try:
+            shown.wait_for(state="visible", timeout=20_000)
+            return
+        except PlaywrightTimeout:
+            continue
+    raise AssertionError(f"#{editor_id} never showed the dropped picture")
+
+
 # Counts finished Generate events per tab: the page calls window.studioAfterGenerate(tab) after each one
 # (modules/ui/generation.py), whether it ended in pictures or in an error line.
 COUNT_RUNS = """() => {

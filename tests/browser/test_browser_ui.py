@@ -12,6 +12,7 @@ from PIL import Image
 from .helpers import (
     REPO,
     Server,
+    drop_into_editor,
     gallery_png,
     make_data_dir,
     new_page,
@@ -60,16 +61,12 @@ def test_txt2img_generate_shows_image_whose_png_carries_the_infotext(page):
 def test_inpaint_with_a_mask_painted_in_the_page(page, tmp_path):
     page.click("#tab_img2img-button")
     page.click("#img2img_inpaint_tab-button")
-    editor = page.locator("#img2maskimg")
-    editor.locator("input[type=file]").set_input_files(str(source_png(tmp_path / "src.png")))
-    canvas = editor.locator(".pixi-target canvas").first
-    canvas.wait_for(state="visible")
+    drop_into_editor(page, "img2maskimg", source_png(tmp_path / "src.png"))
     small_run(page, "img2img")
     page.fill("#img2img_prompt textarea", "a green square")
 
-    # Nothing painted yet: a readable message, not a stack trace. The editor takes the dropped picture into its
-    # state on its own time (no request to wait on); pressed before that, the page says "Add an image first" and,
-    # like a person, the test presses again.
+    # Nothing painted yet: a readable message, not a stack trace. Pressed before the editor has handed the picture
+    # to its state, the page says "Add an image first" and, like a person, the test presses again.
     for _ in range(10):
         message = press_generate(page, "img2img")
         if "Add an image first" not in message:
