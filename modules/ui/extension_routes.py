@@ -124,6 +124,7 @@ def routes(allowed: Callable[[fastapi.Request], bool]) -> list[fastapi.routing.A
         return Response(shared.opts.dumpjson(), media_type="application/json", headers={"Cache-Control": "no-store"})
 
     return [
-        fastapi.routing.APIRoute("/file={path:path}", file_route, methods=["GET", "HEAD"]),
+        # the page's files, not API: left out of the schema (GET and HEAD would share one operation id there)
+        fastapi.routing.APIRoute("/file={path:path}", file_route, methods=["GET", "HEAD"], include_in_schema=False),
         fastapi.routing.APIRoute("/internal/opts", opts_route, methods=["GET"]),
     ]

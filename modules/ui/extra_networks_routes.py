@@ -63,4 +63,6 @@ def routes(allowed: Callable[[fastapi.Request], bool]) -> list[fastapi.routing.A
         media_type = mimetypes.guess_type(target)[0] or "application/octet-stream"
         return FileResponse(target, media_type=media_type, headers={"Cache-Control": "no-cache"})
 
-    return [fastapi.routing.APIRoute("/sd_extra_networks/preview", preview_route, methods=["GET", "HEAD"])]
+    # the page's own route, not API: left out of the schema (GET and HEAD would share one operation id there)
+    return [fastapi.routing.APIRoute("/sd_extra_networks/preview", preview_route, methods=["GET", "HEAD"],
+                                     include_in_schema=False)]
