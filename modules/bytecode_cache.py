@@ -67,11 +67,10 @@ def _source_of(cache_file: str, folder: str) -> tuple[str, str] | None:
     return os.path.join(os.sep, directory, parts[0] + ".py"), parts[1]
 
 
-def prune_stale(folder: str, tag: str | None = None) -> int:
+def prune_stale(folder: str, tag: str | None = None) -> None:
     """Remove the cache files in `folder` that no start will read again: their source is gone, or another
-    interpreter version wrote them; then the folders left empty. Returns how many files went."""
+    interpreter version wrote them; then the folders left empty."""
     tag = tag or sys.implementation.cache_tag
-    removed = 0
     for root, _dirs, files in os.walk(folder, topdown=False):
         for name in files:
             path = os.path.join(root, name)
@@ -80,7 +79,6 @@ def prune_stale(folder: str, tag: str | None = None) -> int:
                 continue
             try:
                 os.remove(path)
-                removed += 1
             except OSError:  # read-only, or removed by another process meanwhile
                 pass
         if root != folder and not os.listdir(root):
@@ -88,7 +86,6 @@ def prune_stale(folder: str, tag: str | None = None) -> int:
                 os.rmdir(root)
             except OSError:  # a cache written into it meanwhile
                 pass
-    return removed
 
 
 def prune_in_background(folder: str) -> threading.Thread:

@@ -15,6 +15,7 @@ from test_api_support import (
     FAST,
     SETTINGS,
     assert_error_json,
+    assert_unique_operation_ids,
     b64_png,
     client,
     decode,
@@ -277,8 +278,7 @@ def test_docs_and_openapi(http):
     assert http.get("/docs").status_code == 200
     schema = http.get("/openapi.json").json()
     assert "/sdapi/v1/txt2img" in schema["paths"] and "/internal/progress" in schema["paths"]
-    ids = [op["operationId"] for item in schema["paths"].values() for op in item.values() if "operationId" in op]
-    assert len(ids) == len(set(ids))  # client generators refuse a schema whose operations share an id
+    assert_unique_operation_ids(schema)
     assert http.get("/sdapi/v1/txt2img").headers["content-type"].startswith("application/json")  # 405, as JSON
 
 

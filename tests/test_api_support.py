@@ -94,3 +94,9 @@ def assert_error_json(response: httpx.Response, status: int, field: str | None =
     if field is not None:
         assert field in body["errors"], body
     return body
+
+
+def assert_unique_operation_ids(schema: dict[str, Any]) -> None:
+    """Client generators (openapi-generator, ...) refuse a schema in which two operations share an id."""
+    ids = [op["operationId"] for item in schema["paths"].values() for op in item.values() if "operationId" in op]
+    assert len(ids) == len(set(ids)), sorted(i for i in ids if ids.count(i) > 1)

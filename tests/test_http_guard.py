@@ -13,6 +13,7 @@ import pytest
 from fastapi import FastAPI, WebSocket
 from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
+from test_api_support import assert_unique_operation_ids
 
 from modules import http_guard, shared
 from modules.api.server import create_app
@@ -376,9 +377,8 @@ def test_openapi_and_heartbeat_need_the_login(ui):
     cookies = _logged_in(ui)
     with httpx.Client(base_url=str(ui.base_url), cookies=cookies, timeout=30) as client:
         schema = client.get("/openapi.json").json()
-        # client generators refuse a schema whose operations share an id; the page's file routes are not API
-        ids = [op["operationId"] for item in schema["paths"].values() for op in item.values() if "operationId" in op]
-        assert len(ids) == len(set(ids)) and "/internal/progress" in schema["paths"]
+        assert_unique_operation_ids(schema)
+        assert "/internal/progress" in schema["paths"]  # the page's file routes are not API:
         assert not [path for path in schema["paths"] if path.startswith(("/file=", "/sd_extra_networks"))]
         with client.stream("GET", "/gradio_api/heartbeat/some-session") as r:
             assert r.status_code == 200
