@@ -10,6 +10,7 @@ import gc
 import logging
 import os
 import sys
+import threading
 import time
 
 from modules import shared
@@ -149,6 +150,13 @@ def start() -> None:
         raise SystemExit(1) from None
     gc.enable()
     print(f"Startup time: {time.perf_counter() - started:.1f}s (the model may still be loading)")
+    from modules import restart
+
+    def close_on_stop() -> None:  # POST /sdapi/v1/server-stop: block_thread below returns once the UI is closed
+        restart.wait_for_stop()
+        demo.close()
+
+    threading.Thread(target=close_on_stop, name="stop-watcher", daemon=True).start()
     try:
         demo.block_thread()
     finally:

@@ -39,6 +39,8 @@ EFFECTIVE_FLAGS: set[str] = {
     "--disable-opt-split-attention",
     "--force-enable-xformers",
     "--exit",
+    "--api-server-stop",  # modules/api/server_control.py
+    "--disable-nan-check",  # modules/devices.py test_for_nans, after each batch's sampling
     "--skip-load-model-at-start",
     "--no-hashing",
     "--loglevel",

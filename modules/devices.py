@@ -46,6 +46,32 @@ def parse_device_id(device_id: int | str | None, device_count: int) -> int:
     return index
 
 
+class NansException(Exception):
+    """A1111's: a network produced nothing but NaNs (float16 overflow, or broken weights such as a bad merge).
+    The job fails with advice instead of finishing as a black picture."""
+
+
+def test_for_nans(x: torch.Tensor | None, where: str) -> None:
+    """Raise NansException when every value of `x` is NaN, unless `--disable-nan-check` (A1111's check; it makes
+    the GPU wait, so it runs once per batch, not once per step). `where`: "unet" or "vae"."""
+    from modules import shared  # the flags are parsed after this module is imported
+
+    if x is None or x.numel() == 0 or getattr(shared.cmd_opts, "disable_nan_check", False):
+        return
+    if not bool(torch.isnan(x).all()):
+        return
+    if where == "unet":
+        message = "A tensor with all NaNs was produced in Unet."
+        if not getattr(shared.cmd_opts, "no_half", False):
+            message += (" This could be either because there's not enough precision to represent the picture, or"
+                        " because your video card does not support half type. Try setting the \"Upcast cross"
+                        " attention layer to float32\" option in Settings > Stable Diffusion or using the"
+                        " --no-half commandline argument to fix this.")
+    else:
+        message = f"A tensor with all NaNs was produced in {where}."
+    raise NansException(message + " Use --disable-nan-check commandline argument to disable this check.")
+
+
 def choose_device(use_cpu: list[str] | None = None, device_id: int | str | None = None) -> torch.device:
     use_cpu = [u.lower() for u in (use_cpu or [])]
     if "all" in use_cpu or "sd" in use_cpu or not torch.cuda.is_available():

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from PIL import Image, ImageOps
 
-from modules import extra_networks, hires, images, infotext_utils, paths, rng, shared
+from modules import devices, extra_networks, hires, images, infotext_utils, paths, rng, shared
 from modules.engine import generate, inpainting, previews, token_merging
 from modules.engine.generate import BatchRequest
 from modules.engine.sampling.common import InterruptedException
@@ -739,13 +739,16 @@ def _sample(request: BatchRequest, p: StableDiffusionProcessing, state,
     """(latents, stopped). As A1111, an interrupted or skipped batch keeps its latest estimate as a picture."""
     try:
         with token_merging.for_pass(p, request.model, hires_pass):  # this pass only, removed even on failure
-            return generate.sample_batch(request, callback=_progress_callback(state, p),
-                                         should_stop=_stop_check(state)), False
+            latents = generate.sample_batch(request, callback=_progress_callback(state, p),
+                                            should_stop=_stop_check(state))
     except InterruptedException as stop:
         if state is not None and state.skipped and not state.interrupted:
             state.skipped = False
             return stop.last_latent, False  # skip moves on to the next batch
         return stop.last_latent, True
+    # All NaNs: the job fails with A1111's advice rather than a black picture (and a VAE wrongly upcast).
+    devices.test_for_nans(latents, "unet")
+    return latents, False
 
 
 def _decode(p: StableDiffusionProcessing, n: int, model, latents: torch.Tensor) -> list[Image.Image]:

@@ -2,7 +2,8 @@
 
 Routes of features that do not exist yet are not registered (a 404 tells a client the truth sooner than an
 empty answer would): interrogate, hypernetworks,
-training (create/train embedding), extensions, server control.
+training (create/train embedding), extensions. Server control (stop, restart, kill) exists only with
+`--api-server-stop`, as in A1111.
 """
 
 from __future__ import annotations
@@ -102,6 +103,10 @@ class Api:
 
         depth.register(self)
         controlnet.register(self)
+        if getattr(shared.cmd_opts, "api_server_stop", False):
+            from modules.api import server_control
+
+            server_control.register(self)
 
     def _register_internal(self) -> None:
         taken = {(getattr(r, "path", None), method) for r in self.app.router.routes

@@ -10,13 +10,14 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import threading
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 
-from modules import call_queue, http_guard, shared
+from modules import call_queue, http_guard, restart, shared
 from modules.api import errors
 from modules.api.api import FROM_FLAGS, Api
 from modules.api.auth import BasicAuth
@@ -116,7 +117,14 @@ def serve_api_only(cmd_opts: argparse.Namespace | None = None) -> None:
     config = uvicorn_config(app, cmd_opts)
     scheme = "https" if cmd_opts.tls_keyfile and cmd_opts.tls_certfile else "http"
     print(f"API on {scheme}://{config.host}:{config.port}{config.root_path} (docs at /docs)")
+    server = uvicorn.Server(config)
+
+    def exit_on_stop() -> None:  # POST /sdapi/v1/server-stop: uvicorn's own clean shutdown
+        restart.wait_for_stop()
+        server.should_exit = True
+
+    threading.Thread(target=exit_on_stop, name="stop-watcher", daemon=True).start()
     try:
-        uvicorn.Server(config).run()
+        server.run()
     finally:
         call_queue.queue.shutdown(timeout=5)

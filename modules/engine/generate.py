@@ -273,7 +273,8 @@ def vae_encode(model: StableDiffusionModel, images: torch.Tensor, tile_size: int
 
 
 def to_pil(images: torch.Tensor) -> list[Image.Image]:
-    arrays = (images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+    # NaNs (let through by --disable-nan-check) become black, not numpy's undefined cast
+    arrays = (images.nan_to_num(0.0).permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
     return [Image.fromarray(a) for a in arrays]
 
 
