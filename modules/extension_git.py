@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 GIT = os.environ.get("GIT", "git")
 INFO_TIMEOUT = 10.0  # reading local state: should take milliseconds
@@ -64,8 +65,21 @@ def read_info(folder: str) -> RepoInfo:
     remotes = run(["remote"], folder).split()
     if remotes:
         name = "origin" if "origin" in remotes else remotes[0]
-        info.remote = run(["remote", "get-url", name], folder) or None
+        info.remote = without_credentials(run(["remote", "get-url", name], folder)) or None
     return info
+
+
+def without_credentials(url: str) -> str:
+    """The URL without a user name or token (`https://user:ghp_...@github.com/a/b` -> `https://github.com/a/b`):
+    a private extension's clone URL may carry one, and the Extensions tab and the API show remotes."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return ""
+    if not parts.scheme or "@" not in parts.netloc:
+        return url  # a path, or scp-like `git@host:repo` (a user name, no secret)
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
 def fetch(folder: str) -> None:

@@ -153,6 +153,17 @@ def scan() -> list[Extension]:
     return found
 
 
+def scan_with_settings(settings: Mapping[str, Any] | None = None) -> list[Extension]:
+    """Both folders, each extension enabled unless the settings' `disabled_extensions` lists it."""
+    settings = _settings() if settings is None else settings
+    listed = settings.get("disabled_extensions")
+    disabled = set(listed) if isinstance(listed, list) else set()  # config.json may be hand-edited
+    found = scan()
+    for ext in found:
+        ext.enabled = ext.name not in disabled
+    return found
+
+
 def list_extensions(settings: Mapping[str, Any] | None = None, cmd_opts: Any = None) -> list[Extension]:
     """Scan both folders, mark what the settings disable, order by metadata.ini and check requirements.
 
@@ -162,11 +173,8 @@ def list_extensions(settings: Mapping[str, Any] | None = None, cmd_opts: Any = N
     global disabled_mode
     settings = _settings() if settings is None else settings
     cmd_opts = shared.cmd_opts if cmd_opts is None else cmd_opts
-    listed = settings.get("disabled_extensions")
-    disabled = set(listed) if isinstance(listed, list) else set()  # config.json may be hand-edited
-    found = scan()
+    found = scan_with_settings(settings)
     for ext in found:
-        ext.enabled = ext.name not in disabled
         if ext.metadata.error:
             report(f'Extension "{ext.name}": cannot read metadata.ini ({ext.metadata.error}); it is ignored')
     nodes = [extension_metadata.Node(

@@ -2,7 +2,7 @@
 
 Routes of features that do not exist yet are not registered (a 404 tells a client the truth sooner than an
 empty answer would): interrogate, hypernetworks,
-training (create/train embedding), extensions. Server control (stop, restart, kill) exists only with
+training (create/train embedding). Server control (stop, restart, kill) exists only with
 `--api-server-stop`, as in A1111.
 """
 
@@ -96,6 +96,7 @@ class Api:
         add(f"{v1}/refresh-embeddings", self.refresh_embeddings, methods=["POST"])
         add(f"{v1}/loras", self.get_loras, methods=["GET"], response_model=list[dict[str, Any]])
         add(f"{v1}/refresh-loras", self.refresh_loras, methods=["POST"])
+        add(f"{v1}/extensions", self.get_extensions_list, methods=["GET"], response_model=list[m.ExtensionItem])
         add(f"{v1}/scripts", self.get_scripts_list, methods=["GET"], response_model=m.ScriptsList)
         add(f"{v1}/script-info", self.get_script_info, methods=["GET"], response_model=list[m.ScriptInfo])
         # /sdapi/v1/depth(-estimators); sd-webui-controlnet's /controlnet/* routes
@@ -302,6 +303,14 @@ class Api:
 
         return [{"name": s.name, "prompt": s.prompt, "negative_prompt": s.negative_prompt}
                 for s in infotext.styles_db().styles.values() if s.path != DIVIDER_PATH]
+
+    def get_extensions_list(self) -> list[dict[str, Any]]:
+        """A1111's: the installed extensions that are git clones (remote without credentials), enabled or not."""
+        from modules import extensions
+
+        return [{"name": ext.name, "remote": ext.remote, "branch": ext.branch, "commit_hash": ext.commit_hash,
+                 "version": ext.version, "commit_date": ext.commit_date, "enabled": ext.enabled}
+                for ext in extensions.scan_with_settings() if ext.remote]
 
     def get_scripts_list(self) -> dict[str, list[str]]:
         return {kind: scripts.names(kind) for kind in scripts.KINDS}

@@ -195,6 +195,16 @@ class SDVaeItem(_Model):
     filename: str
 
 
+class ExtensionItem(_Model):
+    name: str
+    remote: str
+    branch: str | None = None
+    commit_hash: str | None = None
+    version: str
+    commit_date: int | None = None
+    enabled: bool
+
+
 class PromptStyleItem(_Model):
     name: str
     prompt: str | None = None
