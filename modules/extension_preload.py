@@ -90,7 +90,7 @@ def parse_args(argv: list[str] | None = None, environ: Mapping[str, str] | None 
     """The strict parse of `cmd_args.parse_args`, with the flags of enabled extensions' preload.py added first."""
     early = cmd_args.parse_args(argv, environ, strict=False)
     paths.configure(early.data_dir, early.models_dir)
-    settings = read_settings(paths.data_file("config.json"))
+    settings = read_settings(early.ui_settings_file or paths.data_file("config.json"))
     with _quiet() if quiet else contextlib.nullcontext():
         extensions.list_extensions(settings, early)
         run_preloads()

@@ -48,6 +48,12 @@ extensions_dir: str = paths.extensions_dir
 hf_endpoint: str = os.getenv("HF_ENDPOINT") or "https://huggingface.co"
 
 
+def _settings_file(ns: argparse.Namespace) -> str:
+    """--ui-settings-file (A1111's: keep config.json elsewhere, on a notebook's mounted drive say); config.json in
+    the data dir by default."""
+    return getattr(ns, "ui_settings_file", None) or paths.data_file("config.json")
+
+
 def _styles_files(ns: argparse.Namespace) -> list[str]:
     return list(getattr(ns, "styles_file", None) or []) or [paths.data_file("styles.csv")]
 
@@ -61,7 +67,7 @@ def set_cmd_opts(ns: argparse.Namespace) -> None:
     global cmd_opts, config_filename, data_path, models_path, extensions_dir, styles_filename, hide_dirs
     cmd_opts = ns
     paths.configure(ns.data_dir, ns.models_dir)
-    config_filename = paths.data_file("config.json")
+    config_filename = _settings_file(ns)
     data_path = paths.data_path
     models_path = paths.models_path
     extensions_dir = paths.extensions_dir

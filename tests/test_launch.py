@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -156,6 +157,31 @@ def test_main_parses_configures_and_starts_webui(clean_env, no_commands, tmp_pat
     assert paths.data_path == str(tmp_path)
     assert shared.config_filename == os.path.join(str(tmp_path), "config.json")
     assert "note: --opt-channelslast is accepted but not yet effective" in capsys.readouterr().out
+
+
+def test_ui_settings_file_is_where_settings_are_read(clean_env, no_commands, tmp_path):
+    """--ui-settings-file (config.json kept elsewhere, a notebook's drive say): the launcher's extension list and
+    the settings come from that file, and saving goes to it."""
+    from modules import extensions
+
+    elsewhere = tmp_path / "drive" / "my-settings.json"
+    elsewhere.parent.mkdir()
+    elsewhere.write_text(json.dumps({"samples_format": "jpg", "disabled_extensions": ["off-ext"]}))
+    (tmp_path / "data" / "extensions" / "off-ext").mkdir(parents=True)
+    (tmp_path / "data" / "config.json").write_text(json.dumps({"samples_format": "webp"}))
+    clean_env.setitem(sys.modules, "webui", types.SimpleNamespace(start=lambda: None))
+    clean_env.setattr(extensions, "extensions", [])
+    assert launch.main(["--skip-install", "--data-dir", str(tmp_path / "data"), "--ui-settings-file",
+                        str(elsewhere)]) == 0
+    assert shared.config_filename == str(elsewhere)
+    assert [e.enabled for e in extensions.extensions if e.name == "off-ext"] == [False]
+    saved = dict(shared.opts.data)
+    try:
+        shared.opts.load(shared.config_filename)  # what start-up's initialize() does
+        assert shared.opts.samples_format == "jpg"
+    finally:
+        shared.opts.data.clear()
+        shared.opts.data.update(saved)
 
 
 def test_main_exit_stops_before_webui(clean_env, no_commands, tmp_path):
