@@ -1,4 +1,5 @@
-"""The results column: progress with live preview, gallery, infotext under it, send-to buttons, output path."""
+"""The results column: progress with live preview, gallery, infotext under it, save and send-to buttons, output
+path."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ from typing import Any
 
 import gradio as gr
 
-from modules import paths
+from modules import paths, results_save
 from modules.ui import common, tasks
+
+SAVE = "\U0001f4be"  # 💾
+SAVE_ZIP = "\U0001f5c3\ufe0f"  # 🗃️
 
 
 @dataclass
@@ -23,6 +27,9 @@ class Results:
     html_info: gr.HTML
     html_log: gr.HTML
     selected_index: gr.State
+    save: gr.Button
+    save_zip: gr.Button
+    download_files: gr.File
     send_to_img2img: gr.Button
     send_to_inpaint: gr.Button
     send_to_extras: gr.Button | None = None
@@ -39,6 +46,10 @@ def build(tabname: str) -> Results:
         gallery = gr.Gallery(label="Output", elem_id=f"{tabname}_gallery", show_label=False, columns=4,
                              format="png", type="filepath", interactive=False, height="auto", object_fit="contain")
         with gr.Row(elem_id=f"image_buttons_{tabname}", elem_classes=["image-buttons"]):
+            save = common.tool_button(SAVE, f"save_{tabname}",
+                                      "Save the image to a dedicated directory (log/images)")
+            save_zip = common.tool_button(SAVE_ZIP, f"save_zip_{tabname}",
+                                          "Save zip archive with images to a dedicated directory (log/images)")
             send_img2img = common.tool_button(common.SEND_IMG2IMG, f"{tabname}_send_to_img2img",
                                               "Send the image and its parameters to the img2img tab")
             send_inpaint = common.tool_button(common.SEND_INPAINT, f"{tabname}_send_to_inpaint",
@@ -48,6 +59,8 @@ def build(tabname: str) -> Results:
         generation_info = gr.Textbox(visible=False, elem_id=f"generation_info_{tabname}")
         html_info = gr.HTML("", elem_id=f"html_info_{tabname}", elem_classes=["infotext"])
         html_log = gr.HTML("", elem_id=f"html_log_{tabname}", elem_classes=["html-log"])
+        download_files = gr.File(None, file_count="multiple", interactive=False, show_label=False, visible=False,
+                                 elem_id=f"download_files_{tabname}")
         selected_index = gr.State(0)
 
     def select(info_json: str, event: gr.SelectData):
@@ -55,8 +68,35 @@ def build(tabname: str) -> Results:
         return info_html(info_json, index), index
 
     gallery.select(select, inputs=[generation_info], outputs=[html_info, selected_index], show_progress="hidden")
-    return Results(tabname, progress, gallery, generation_info, html_info, html_log, selected_index, send_img2img,
-                   send_inpaint, send_extras)
+    for button, make_zip in ((save, False), (save_zip, True)):
+        button.click(lambda info_json, items, index, z=make_zip: save_clicked(info_json, items, index, z),
+                     inputs=[generation_info, gallery, selected_index], outputs=[download_files, html_log],
+                     show_progress="hidden")
+    return Results(tabname, progress, gallery, generation_info, html_info, html_log, selected_index, save, save_zip,
+                   download_files, send_img2img, send_inpaint, send_extras)
+
+
+def save_clicked(info_json: str, gallery: Any, index: int | None, make_zip: bool) -> tuple[Any, str]:
+    """💾 / 🗃️: copies into log/images; the files offered for download and a line saying where they went."""
+    if not gallery:
+        return gr.File(value=None, visible=False), common.notice_html("Nothing to save: the gallery is empty.")
+    try:
+        saved = results_save.save_files(info_json, gallery, index, make_zip)
+    except (OSError, ValueError) as e:
+        return gr.File(value=None, visible=False), common.error_html(f"Could not save: {e}")
+    log = ""
+    if saved.refused:
+        log += common.error_html(f"Refused (not a picture from this server's outputs): {', '.join(saved.refused)}")
+    written = [saved.zip_file] if saved.zip_file else []
+    written += saved.files
+    if written:
+        names = ", ".join(_display_path(p) for p in written)
+        log += f"<p class='saved-files'>Saved: <code>{common.escape_multiline(names)}</code></p>"
+    # the download comes from gradio's cache: the data dir may lie where gradio serves nothing from
+    from gradio import processing_utils, utils
+
+    offered = [processing_utils.save_file_to_cache(p, utils.get_upload_folder()) for p in written]
+    return gr.File(value=offered or None, visible=bool(offered)), log
 
 
 def info_html(info_json: str, index: int = 0) -> str:
