@@ -87,6 +87,10 @@
         if (menu !== null && !menu.contains(event.target)) closeMenu();
     });
 
+    // The 🗑️ button's event (modules/ui/toprow.py), under A1111's global name: empties both prompts if confirmed.
+    window.confirm_clear_prompt = (prompt, negative) => (
+        window.confirm("Delete prompt?") ? ["", ""] : [prompt, negative]);
+
     // Hover hints for the icon buttons.
     const hints = window.studioHints || {};
     new MutationObserver(() => {

@@ -44,6 +44,7 @@ EFFECTIVE_FLAGS: set[str] = {
     "--disable-nan-check",  # modules/devices.py test_for_nans, after each batch's sampling
     "--skip-load-model-at-start",
     "--no-hashing",
+    "--no-prompt-history",  # params.txt (modules/processing.py, read by the ↙️ button in modules/ui/paste.py)
     "--loglevel",
     "--filenames-max-length",
     "--device-id",

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from PIL import Image, ImageOps
 
-from modules import devices, extra_networks, hires, images, infotext_utils, paths, rng, shared
+from modules import atomic_files, devices, extra_networks, hires, images, infotext_utils, paths, rng, shared
 from modules.engine import generate, inpainting, previews, token_merging
 from modules.engine.generate import BatchRequest
 from modules.engine.sampling.common import InterruptedException
@@ -590,6 +590,8 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
         for auxiliary in (refiner, p.hr_model):
             if auxiliary is not None:
                 sd_models.manager.release_auxiliary(auxiliary)
+    if outputs.infotexts:
+        _write_last_params(outputs.infotexts[0])
     index_of_first_image = _add_grid(p, outputs)
     result = Processed(p, outputs.images, p.all_seeds[0] if p.all_seeds else -1,
                        outputs.infotexts[0] if outputs.infotexts else "",
@@ -598,6 +600,17 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
     if p.scripts is not None:
         p.scripts.postprocess(p, result)
     return result
+
+
+def _write_last_params(infotext: str) -> None:
+    """A1111's params.txt in the data dir: the job's first infotext, which the ↙️ button reads back when the prompt
+    is empty. Once per job, after its pictures, not per step or image. A failure to write it costs only that."""
+    if getattr(shared.cmd_opts, "no_prompt_history", False):
+        return
+    try:
+        atomic_files.atomic_write_text(paths.data_file("params.txt"), infotext)
+    except Exception as e:  # a full disk, a read-only data dir, text that cannot be encoded: the job's pictures stand
+        log.warning("could not write params.txt: %s", e)
 
 
 @dataclass

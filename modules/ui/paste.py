@@ -7,16 +7,20 @@ left as it was rather than breaking the paste.
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
 
-from modules import extra_networks, infotext_utils, script_callbacks
+from modules import extra_networks, infotext_utils, paths, script_callbacks, shared
 from modules.networks import extra_network_lora
-from modules.ui import styles_store
+from modules.ui import common, styles_store
 
 Field = tuple[Any, str | Callable[[dict[str, Any]], Any]]
+# params.txt holds one infotext (a few KB); a bigger file was edited or replaced by hand and is not parsed.
+MAX_PARAMS_BYTES = 256 * 1024
 
 
 def common_fields(toprow: Any, sampler: Any, size: Any, batch: Any, seeds: Any, tiling: Any, refiner: Any) -> list[Field]:
@@ -86,3 +90,46 @@ def values_for(fields: list[Field], params: dict[str, Any]) -> list[Any]:
         value = target(params) if callable(target) else params.get(target)
         out.append(gr.skip() if value is None else _fit(component, value))
     return out
+
+
+def last_generation() -> str:
+    """The infotext in params.txt (the last generation, written by modules.processing), or ValueError saying
+    why it cannot be used."""
+    if getattr(shared.cmd_opts, "no_prompt_history", False):
+        raise ValueError("The last generation is not kept on this server (--no-prompt-history).")
+    if getattr(shared.cmd_opts, "hide_ui_dir_config", False):  # as A1111: on a shared server it is someone else's
+        raise ValueError("Reading the last generation is turned off on this server (--hide-ui-dir-config).")
+    try:
+        # non-blocking open, then a check of what was opened: a FIFO or device put there would hang the read
+        fd = os.open(paths.data_file("params.txt"), os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise ValueError("There is no last generation yet (no params.txt): generate an image first, or paste "
+                         "generation parameters into the prompt.") from None
+    except OSError as e:
+        raise ValueError(f"Could not read params.txt: {e.strerror or e}.") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ValueError("params.txt is not a regular file: not read.")
+    with os.fdopen(fd, "rb") as file:
+        data = file.read(MAX_PARAMS_BYTES + 1)
+    if len(data) > MAX_PARAMS_BYTES:
+        raise ValueError(f"params.txt is larger than {MAX_PARAMS_BYTES // 1024} KB: not read.")
+    try:
+        text = data.decode("utf-8-sig")  # a BOM from an editor is not prompt text
+    except UnicodeDecodeError:
+        text = None
+    if text is None or "\0" in text:
+        raise ValueError("params.txt does not hold text: not read.")
+    if not text.strip():
+        raise ValueError("params.txt is empty: there is nothing to read.")
+    return text
+
+
+def from_prompt(fields: list[Field], text: str) -> list[Any]:
+    """The ↙️ button: values for `fields` from the infotext in the prompt box, or from params.txt when the box is
+    empty, then the message line (empty, or why nothing changed)."""
+    try:
+        source = text if (text or "").strip() else last_generation()
+    except ValueError as e:
+        return [gr.skip()] * len(fields) + [common.error_html(str(e))]
+    return values_for(fields, parse(source)) + [""]

@@ -65,6 +65,11 @@ def wire(tabs: gr.Tabs, t2i: Txt2ImgTab, i2i: img2img.Img2ImgTab, png: PngInfoTa
 
         return send
 
+    # ↙️ in each tab's top row: the same fields as "send to", from the tab's own prompt box (or params.txt).
+    for top, fields in ((t2i.toprow, t2i_fields), (i2i.toprow, i2i_fields)):
+        top.paste.click(lambda text, fields=fields: paste.from_prompt(fields, text), inputs=[top.prompt],
+                        outputs=[c for c, _ in fields] + [top.paste_result], show_progress="hidden")
+
     t2i_outputs = [c for c, _ in t2i_fields] + [tabs, extra_networks.built_tabs["txt2img"]]
     i2i_outputs = [c for c, _ in i2i_fields]
 

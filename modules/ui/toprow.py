@@ -1,4 +1,5 @@
-"""The top row of txt2img and img2img: prompts with token counters, Generate / Interrupt / Skip, styles."""
+"""The top row of txt2img and img2img: prompts with token counters, Generate / Interrupt / Skip, A1111's tool
+buttons (↙️ paste parameters, 🗑️ clear prompt, 📋 apply styles), styles."""
 
 from __future__ import annotations
 
@@ -24,6 +25,10 @@ class Toprow:
     style_name: gr.Textbox
     style_save: gr.Button
     style_result: gr.HTML
+    paste: gr.Button  # wired by modules.ui.sendto, which holds each tab's paste fields
+    clear_prompt: gr.Button
+    style_apply: gr.Button
+    paste_result: gr.HTML  # why ↙️ changed nothing
 
 
 def build(tabname: str) -> Toprow:
@@ -43,6 +48,16 @@ def build(tabname: str) -> Toprow:
                 interrupt = gr.Button("Interrupt", elem_id=f"{tabname}_interrupt", variant="stop", min_width=60)
                 skip = gr.Button("Skip", elem_id=f"{tabname}_skip", min_width=60)
                 generate = gr.Button("Generate", elem_id=f"{tabname}_generate", variant="primary", min_width=120)
+            # A1111's ids are `paste` on both tabs; ids must be unique here, so the tab prefix, and its class.
+            with gr.Row(elem_id=f"{tabname}_tools"):
+                paste = common.tool_button(common.PASTE, f"{tabname}_paste",
+                                           "Read generation parameters from prompt or last generation if prompt is "
+                                           "empty into user interface.", elem_classes=["paste"])
+                clear_prompt = common.tool_button(common.CLEAR_PROMPT, f"{tabname}_clear_prompt", "Clear prompt")
+                style_apply = common.tool_button(common.APPLY_STYLES, f"{tabname}_style_apply",
+                                                 "Apply all selected styles to prompts")
+            paste_result = gr.HTML("", elem_id=f"{tabname}_paste_result", elem_classes=["toprow-message"],
+                                   padding=False)
             styles = gr.Dropdown(label="Styles", elem_id=f"{tabname}_styles", choices=styles_store.names(),
                                  value=[], multiselect=True)
             with gr.Row(elem_id=f"{tabname}_style_save_row"):
@@ -50,9 +65,10 @@ def build(tabname: str) -> Toprow:
                                         placeholder="style name", scale=4)
                 style_save = common.tool_button(common.SAVE_STYLE, f"{tabname}_style_create",
                                                 "Save the current prompt and negative prompt as a style")
-            style_result = gr.HTML("", elem_id=f"{tabname}_style_result", padding=False)
+            style_result = gr.HTML("", elem_id=f"{tabname}_style_result", elem_classes=["toprow-message"],
+                                   padding=False)
     return Toprow(tabname, prompt, negative, counter, negative_counter, generate, interrupt, skip, styles,
-                  style_name, style_save, style_result)
+                  style_name, style_save, style_result, paste, clear_prompt, style_apply, paste_result)
 
 
 def counter_html(count: int, limit: int) -> str:
@@ -112,5 +128,20 @@ def wire(toprow: Toprow, steps: gr.Slider) -> None:
     toprow.style_save.click(save_style, inputs=[toprow.style_name, toprow.prompt, toprow.negative_prompt],
                             outputs=[toprow.styles, toprow.style_result], show_progress="hidden")
 
+    # In the page only, no server round trip: A1111's JS asks "Delete prompt?" first (javascript/ui.js).
+    toprow.clear_prompt.click(None, inputs=[toprow.prompt, toprow.negative_prompt],
+                              outputs=[toprow.prompt, toprow.negative_prompt], js="confirm_clear_prompt")
+    toprow.style_apply.click(apply_styles, inputs=[toprow.prompt, toprow.negative_prompt, toprow.styles],
+                             outputs=[toprow.prompt, toprow.negative_prompt, toprow.styles], show_progress="hidden")
 
-__all__ = ["Toprow", "build", "count_both", "count_tokens", "counter_html", "wire"]
+
+def apply_styles(prompt: str, negative: str, selected: list[str] | None) -> tuple[str, str, list[str]]:
+    """📋: the selected styles written into the prompts (A1111's rules: `{prompt}` or ", "), selection cleared so
+    Generate does not apply them a second time."""
+    db = styles_store.database()
+    selected = list(selected or [])
+    return (db.apply_styles_to_prompt(prompt or "", selected),
+            db.apply_negative_styles_to_prompt(negative or "", selected), [])
+
+
+__all__ = ["Toprow", "apply_styles", "build", "count_both", "count_tokens", "counter_html", "wire"]
