@@ -344,7 +344,7 @@ class Options:
         except FileNotFoundError:
             loaded = {}
         except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-            _move_aside(filename, e)
+            move_aside(filename, e)
             loaded = {}
 
         data = self._defaults()
@@ -510,7 +510,8 @@ def _migrate(data: dict[str, Any], loaded: dict[str, Any]) -> None:
         data["sd_vae_overrides_per_model_preferences"] = not loaded["sd_vae_as_default"]
 
 
-def _move_aside(filename: str, error: Exception) -> None:
+def move_aside(filename: str, error: Exception, what: str = "settings", fallback: str = "default settings") -> None:
+    """Rename a file that cannot be loaded to `<name>.bad-<time>` (kept for its owner), with a warning."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     target = f"{filename}.bad-{stamp}"
     n = 1
@@ -522,5 +523,5 @@ def _move_aside(filename: str, error: Exception) -> None:
         where = f'it was moved to "{target}"'
     except OSError as move_error:
         where = f"it could not be moved aside ({move_error})"
-    print(f'Warning: could not load settings from "{filename}" ({type(error).__name__}: {error}); '
-          f"{where}; using default settings", file=sys.stderr)
+    print(f'Warning: could not load {what} from "{filename}" ({type(error).__name__}: {error}); '
+          f"{where}; using {fallback}", file=sys.stderr)

@@ -42,6 +42,32 @@ def pytest_sessionstart(session):
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # also where torch was imported before this file
     freeze_imported_objects()
+    _keep_ui_config_out_of_the_checkout()
+
+
+def _keep_ui_config_out_of_the_checkout() -> None:
+    """Tests that build the page without a data dir of their own use the checkout's, where the page would write
+    ui-config.json and read it back in later runs (old defaults pinned). Theirs goes to a temporary file."""
+    import tempfile
+
+    from modules import cmd_args, shared
+
+    checkout = os.path.abspath(paths.script_path)
+    temporary = os.path.join(tempfile.mkdtemp(prefix="ui-config-"), "ui-config.json")
+    path_defaults = cmd_args._path_defaults
+
+    def defaults(data_dir: str, models_dir: str | None) -> dict[str, str]:
+        found = path_defaults(data_dir, models_dir)
+        if os.path.abspath(data_dir) == checkout:
+            found["ui_config_file"] = temporary
+        return found
+
+    cmd_args._path_defaults = defaults
+    for action in cmd_args.parser._actions:  # what a plain `parser.parse_args([])` gives
+        if action.dest == "ui_config_file":
+            action.default = temporary
+    if os.path.dirname(os.path.abspath(shared.cmd_opts.ui_config_file or "")) == checkout:
+        shared.cmd_opts.ui_config_file = temporary
 
 
 @pytest.fixture(autouse=True)

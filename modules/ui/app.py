@@ -19,6 +19,7 @@ from modules.ui import (
     settings,
     styles_store,
     txt2img,
+    ui_config,
 )
 from modules.ui.page_load import PageLoad
 
@@ -56,6 +57,7 @@ def _page(first_load: call_queue.Job | None, ext_tabs: list) -> gr.Blocks:
             extensions_tab.build(loads)
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 page = settings.build()
+        ui_config.apply(tabs)  # ui-config.json's defaults, before the page's config is made
         sendto.wire(tabs, t2i, i2i, png, image_only_panels=(ext.results, dep.results))
         sendto.wire_extras(tabs, ext, [t2i.results, i2i.results, dep.results], png)
         depth.wire_send(dep, tabs, i2i)

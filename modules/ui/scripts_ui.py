@@ -33,6 +33,11 @@ def build(runner: scripts.ScriptRunner) -> list[Any]:
     def show(index: int | None) -> list[Any]:
         return [gr.Group(visible=(index or 0) - 1 == i) for i in range(len(groups))]
 
+    def init_field(title: str) -> None:  # A1111's hook: a Script choice from ui-config.json shows its controls
+        if title in runner.titles:
+            groups[runner.titles.index(title)].visible = True
+
+    dropdown.init_field = init_field  # type: ignore[attr-defined]
     if groups:
         dropdown.change(show, inputs=[dropdown], outputs=groups, show_progress="hidden", queue=False)
     return list(runner.inputs)
