@@ -304,6 +304,11 @@ def main(argv: list[str] | None = None) -> int:
             bytecode_cache.prune_in_background(folder)
     for flag in cmd_args.not_yet_effective(args):
         print(f"note: {flag} is accepted but not yet effective")
+    if args.dump_sysinfo:  # A1111's: a report for a bug, without extensions or settings, and nothing else
+        from modules import sysinfo
+
+        print(f"Sysinfo saved as {sysinfo.dump()}. Exiting...")
+        return 0
     prepare_environment(args)
     extension_install.run_installers(args)  # each new extension version's install.py, unless --skip-install
     warning = old_torch_warning()

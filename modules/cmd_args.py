@@ -39,8 +39,9 @@ EFFECTIVE_FLAGS: set[str] = {
     "--disable-opt-split-attention",
     "--force-enable-xformers",
     "--exit",
-    "--ui-config-file",  # modules/ui/ui_config.py: ui-config.json, the page's defaults and limits
+    "--dump-sysinfo",  # modules/sysinfo.py
     "--ui-settings-file",  # modules/shared.py: where config.json is read and saved
+    "--ui-config-file",  # modules/ui/ui_config.py: ui-config.json, the page's defaults and limits
     "--api-server-stop",  # modules/api/server_control.py
     "--disable-nan-check",  # modules/devices.py test_for_nans, after each batch's sampling
     "--skip-load-model-at-start",

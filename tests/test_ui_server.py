@@ -76,9 +76,11 @@ def test_internal_routes_need_the_ui_login_when_auth_is_on():
     client = TestClient(_app(auth=True))
     assert client.post("/internal/progress", json={"id_task": "t"}).status_code == 401
     assert client.get("/internal/ping").status_code == 401
+    assert client.get("/internal/sysinfo").status_code == 401  # A1111 served it to anyone (#17161)
     client.cookies.set("access-token-abc", "good-token")
     assert client.post("/internal/progress", json={"id_task": "t"}).status_code == 200
     assert client.get("/internal/ping").status_code == 200
+    assert client.get("/internal/sysinfo").status_code == 200
 
 
 # --- the guard in front of the UI server (modules/http_guard.py; the full checks are in test_http_guard.py) --

@@ -133,7 +133,8 @@ def allowed(app: Any, request: fastapi.Request, api_auth: Any = None) -> bool:
 
 
 def internal_routes(api_auth: Any = None) -> list[fastapi.routing.APIRoute]:
-    """POST /internal/progress with A1111's request and response shape; GET /internal/ping.
+    """POST /internal/progress with A1111's request and response shape; GET /internal/ping; GET /internal/sysinfo
+    (`?attachment=true` to download it), behind the UI login, where A1111 left it open (#17161).
 
     Handed to gradio when it builds its app, so they exist before the server answers its first request.
     """
@@ -158,9 +159,19 @@ def internal_routes(api_auth: Any = None) -> list[fastapi.routing.APIRoute]:
             raise fastapi.HTTPException(status_code=401, detail="Not authenticated")
         return {}
 
+    def sysinfo_route(request: fastapi.Request, attachment: bool = False) -> fastapi.Response:
+        # a sync route: it runs on the thread pool, and reading package metadata takes a moment
+        if not allowed(request.app, request, api_auth):
+            raise fastapi.HTTPException(status_code=401, detail="Not authenticated")
+        from modules import sysinfo
+
+        headers = {"Content-Disposition": f'attachment; filename="{sysinfo.file_name()}"'} if attachment else {}
+        return fastapi.Response(sysinfo.as_text(sysinfo.get()), media_type="application/json", headers=headers)
+
     return [
         fastapi.routing.APIRoute("/internal/progress", progress_route, methods=["POST"]),
         fastapi.routing.APIRoute("/internal/ping", ping, methods=["GET"]),
+        fastapi.routing.APIRoute("/internal/sysinfo", sysinfo_route, methods=["GET"]),
     ]
 
 

@@ -19,7 +19,7 @@ import gradio as gr
 
 from modules import shared
 from modules.options import OptionHTML, OptionInfo, SettingValueError, choice_values
-from modules.ui import common, downloads
+from modules.ui import common, downloads, settings_actions
 from modules.ui.page_load import PageLoad
 
 QUICKSETTINGS = ("sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers")
@@ -137,6 +137,7 @@ def build() -> SettingsPage:
                         continue
                     page.keys.append(key)
                     page.components.append(component_for(key, info))
+        settings_actions.build()
     return page
 
 
