@@ -1,4 +1,5 @@
-"""Build the page: quicksettings bar, then the tabs txt2img, img2img, Extras, PNG Info, Depth and Settings."""
+"""Build the page: quicksettings bar, then the tabs txt2img, img2img, Extras, PNG Info, Checkpoint Merger, Depth
+and Settings."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import gradio as gr
 
 from modules import call_queue, infotext_utils, script_callbacks, ui_extra_networks
 from modules.ui import (
+    checkpoint_merger,
     component_hooks,
     depth,
     extension_tabs,
@@ -51,6 +53,8 @@ def _page(first_load: call_queue.Job | None, ext_tabs: list) -> gr.Blocks:
                 ext = extras.build()
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 png = pnginfo.build()
+            with gr.Tab("Checkpoint Merger", id="modelmerger", elem_id="tab_modelmerger"):
+                merger = checkpoint_merger.build()
             with gr.Tab("Depth", id="depth", elem_id="tab_depth"):
                 dep = depth.build()
             extension_tabs.build(ext_tabs)
@@ -67,6 +71,8 @@ def _page(first_load: call_queue.Job | None, ext_tabs: list) -> gr.Blocks:
         # a finished download shows in the checkpoint and VAE lists at once, without pressing 🔄
         page.download.finished.then(quicksettings.refresher(len(refiner_boxes)),
                                     outputs=[quick.checkpoint, quick.vae, *refiner_boxes], show_progress="hidden")
+        merger.finished.then(quicksettings.refresher(len(refiner_boxes)),  # and a merged one, after the merge
+                             outputs=[quick.checkpoint, quick.vae, *refiner_boxes], show_progress="hidden")
 
         def refresh_styles():
             choices = styles_store.names()
