@@ -66,26 +66,30 @@ def component_for(key: str, info: OptionInfo) -> Any:
     common_kwargs = dict(label=label, info=note, elem_id=f"setting_{key}",
                          interactive=not _frozen(key, info))
     default = info.default
+    # Built with the saved value, not the default: the page's load event refreshes it anyway, but a page whose
+    # load has not arrived yet must not hold defaults that an Apply would save over the person's settings.
+    value = shared.opts.data.get(key, default)
     if "choices" in args:
-        choices = _listed(list(args.pop("choices")), shared.opts.data.get(key, default))
+        choices = _listed(list(args.pop("choices")), value)
         multiselect = isinstance(default, list)
         # A list read from folders (upscalers, face restorers) may no longer hold the saved value; gradio would
         # refuse the whole page's Apply with a message that names no setting. Our check (`apply`) names it, and
         # keeps a value nobody changed, as start-up does.
-        return gr.Dropdown(choices=choices, value=default, multiselect=multiselect,
+        return gr.Dropdown(choices=choices, value=value, multiselect=multiselect,
                            allow_custom_value=_dynamic(info), **common_kwargs)
     if isinstance(default, bool):
-        return gr.Checkbox(value=default, **common_kwargs)
+        return gr.Checkbox(value=value, **common_kwargs)
     if isinstance(default, int | float) and "minimum" in args and "maximum" in args:
         return gr.Slider(minimum=args["minimum"], maximum=args["maximum"], step=args.get("step", 1),
-                         value=default, **common_kwargs)
+                         value=value, **common_kwargs)
     if isinstance(default, int | float):
         precision = args.get("precision", 0 if isinstance(default, int) else None)
-        return gr.Number(value=default, precision=precision, **common_kwargs)
+        return gr.Number(value=value, precision=precision, **common_kwargs)
     if isinstance(default, list):
-        return gr.Dropdown(choices=[str(x) for x in default], value=default, multiselect=True,
+        value = value if isinstance(value, list) else default
+        return gr.Dropdown(choices=[str(x) for x in value], value=value, multiselect=True,
                            allow_custom_value=True, **common_kwargs)
-    return gr.Textbox(value="" if default is None else str(default), lines=1, **common_kwargs)
+    return gr.Textbox(value="" if value is None else str(value), lines=1, **common_kwargs)
 
 
 def _dynamic(info: OptionInfo) -> bool:
@@ -122,7 +126,8 @@ def _sections() -> dict[tuple[str, str], list[tuple[str, OptionInfo]]]:
 def build() -> SettingsPage:
     page = SettingsPage()
     with gr.Row(elem_id="settings_top"):
-        page.apply = gr.Button("Apply settings", variant="primary", elem_id="settings_submit")
+        # Off until the page's load event has given every widget its current value (see `wire`).
+        page.apply = gr.Button("Apply settings", variant="primary", elem_id="settings_submit", interactive=False)
         page.reload = gr.Button("Reload UI", elem_id="settings_restart_gradio")
     page.result = gr.HTML(elem_id="settings_result")
     gr.Markdown("Checkpoint, VAE and Clip skip are in the bar at the top of the page. "
@@ -216,8 +221,10 @@ def wire(loads: PageLoad, page: SettingsPage) -> None:
 
     def on_load() -> list[Any]:
         return [_loaded(shared.opts.data_labels.get(key), value)
-                for key, value in zip(keys, current_values(keys), strict=True)]
+                for key, value in zip(keys, current_values(keys), strict=True)] + [gr.Button(interactive=True)]
 
     page.apply.click(on_apply, inputs=page.components, outputs=[page.result], show_progress="hidden")
     page.reload.click(None, js="() => { window.location.reload(); }")
-    loads.add(on_load, page.components)
+    # Apply turns on with the values, in the same event: pressed earlier, it would send the values the page was
+    # built with, and a setting changed since (by another tab, the API) would be set back.
+    loads.add(on_load, [*page.components, page.apply])

@@ -4,9 +4,10 @@ it (the page's config was built with the old one)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from .helpers import open_page, set_number, wait_for_saved
+from .helpers import new_page, open_page, set_number, wait_for_saved
 
 ENSD_BOX = "setting_eta_noise_seed_delta"  # a Number box: the browser lets any number through, unlike a slider
 
@@ -50,3 +51,46 @@ def test_out_of_range_setting_is_refused_and_config_json_untouched(page, server)
     set_number(page, ENSD_BOX, 0)
     page.click("#settings_submit")
     wait_for_saved(config, "eta_noise_seed_delta", 0)
+
+
+def test_apply_waits_until_the_page_has_the_current_values(page, server, playwright_browser):
+    """A tab opened after a setting changed gets the page built at start (the old value) and the current values
+    in its load event. Apply stays off until they arrive: pressed before, it sent the old value back and undid
+    the other tab's change. The load event is held here, as a slow server or network would hold it."""
+    config = server.data_dir / "config.json"
+    page.click("#tab_settings-button")
+    page.click("#settings_sampler-params-button")
+    set_number(page, ENSD_BOX, 4242)  # changed in this tab, after the page was built
+    page.click("#settings_submit")
+    wait_for_saved(config, "eta_noise_seed_delta", 4242)
+
+    context, other = new_page(playwright_browser)
+    held = []
+
+    def hold_the_load_event(route):
+        if '"data":[]' in (route.request.post_data or ""):  # the page's one load event sends no inputs
+            held.append(route)
+        else:
+            route.continue_()
+
+    try:
+        other.route("**/gradio_api/run/predict", hold_the_load_event)
+        other.goto(server.url)
+        other.wait_for_selector("#txt2img_generate")
+        for _ in range(100):
+            if held:
+                break
+            other.wait_for_timeout(100)
+        assert held, "the page sent no load event"
+        other.click("#tab_settings-button")
+        assert other.locator("#settings_submit").is_disabled()
+        held[0].continue_()
+        other.wait_for_function("() => !document.querySelector('#settings_submit').disabled")
+        other.click("#settings_submit")
+        other.wait_for_selector("#settings_result :text('No settings changed')")
+        assert json.loads(config.read_text())["eta_noise_seed_delta"] == 4242
+    finally:
+        context.close()
+        set_number(page, ENSD_BOX, 0)  # put back: the server is shared with other tests
+        page.click("#settings_submit")
+        wait_for_saved(config, "eta_noise_seed_delta", 0)
