@@ -20,7 +20,16 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from typing import NoReturn
 
-from modules import bytecode_cache, cmd_args, extension_install, extension_preload, install_plan, shared
+from modules import (
+    bytecode_cache,
+    cmd_args,
+    extension_install,
+    extension_manager,
+    extension_preload,
+    extensions,
+    install_plan,
+    shared,
+)
 
 script_path = os.path.dirname(os.path.abspath(__file__))
 python: str = sys.executable
@@ -310,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Sysinfo saved as {sysinfo.dump()}. Exiting...")
         return 0
     prepare_environment(args)
+    if args.update_all_extensions:  # before the installers: an updated extension's install.py runs at this start
+        extension_manager.update_all_at_start(extensions.active())
     extension_install.run_installers(args)  # each new extension version's install.py, unless --skip-install
     warning = old_torch_warning()
     if warning:

@@ -104,6 +104,7 @@ EFFECTIVE_FLAGS: set[str] = {
     "--disable-all-extensions",
     "--disable-extra-extensions",
     "--enable-insecure-extension-access",
+    "--update-all-extensions",  # launch.py: fetch + reset each enabled git extension before the installers run
     # model downloads a person asks for (modules/downloads.py)
     "--download",
     "--allow-private-downloads",

@@ -29,16 +29,17 @@ def _env(folder: str) -> dict[str, str]:
 def run(args: list[str], cwd: str, timeout: float = INFO_TIMEOUT) -> str:
     """`git <args>` in cwd; its stdout stripped. GitError with git's own message on failure."""
     command = [GIT, "-c", "protocol.ext.allow=never", *args]
+    verb = args[2] if args[:1] == ["-c"] else args[0]  # the command's name in messages, after a `-c key=value`
     try:
         result = subprocess.run(command, cwd=cwd, env=_env(cwd), capture_output=True, text=True, errors="replace",
                                 timeout=timeout, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
-        raise GitError(f"git {args[0]} took longer than {timeout:.0f}s") from None
+        raise GitError(f"git {verb} took longer than {timeout:.0f}s") from None
     except OSError as e:
         raise GitError(f"cannot run git: {e.strerror or e}") from None
     if result.returncode != 0:
         lines = [line for line in (result.stderr or result.stdout).splitlines() if line.strip()]
-        raise GitError(f"git {args[0]} failed: {lines[-1] if lines else f'exit code {result.returncode}'}")
+        raise GitError(f"git {verb} failed: {lines[-1] if lines else f'exit code {result.returncode}'}")
     return result.stdout.strip()
 
 

@@ -1,5 +1,5 @@
 """What the Extensions tab does, without the UI: install from a git URL, save which extensions are disabled,
-check for updates, and refuse all of that on a server other machines can reach (A1111's check_access:
+check for updates and update, and refuse all of that on a server other machines can reach (A1111's check_access:
 --listen, --share, --ngrok, a --server-name that is not loopback; --enable-insecure-extension-access allows it).
 """
 
@@ -11,6 +11,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from modules import extension_git, extension_install, extensions, paths, shared
@@ -61,13 +62,20 @@ def dirname_from_url(url: str) -> str:
     return last.removesuffix(".git")
 
 
+def dirname_refusal(name: str) -> str | None:
+    """Why `name` cannot be a folder directly under extensions/ (separators, `.`/`..`, hidden), or None."""
+    if not name:
+        return "No folder name: give one, or a URL that ends in a name"
+    if "/" in name or "\\" in name or "\x00" in name or name in (".", "..") or name.startswith("."):
+        return f"Folder name {name!r} is not allowed: use a plain name without '/', '\\' or a leading '.'"
+    return None
+
+
 def check_dirname(name: str) -> None:
     """A folder name directly under extensions/: no separators, no `.`/`..`, not hidden, not taken."""
-    if not name:
-        raise ExtensionError("No folder name: give one, or a URL that ends in a name")
-    if "/" in name or "\\" in name or "\x00" in name or name in (".", "..") or name.startswith("."):
-        raise ExtensionError(f"Folder name {name!r} is not allowed: use a plain name without '/', '\\' or a "
-                             "leading '.'")
+    refusal = dirname_refusal(name)
+    if refusal:
+        raise ExtensionError(refusal)
     if os.path.lexists(os.path.join(paths.extensions_dir, name)):
         raise ExtensionError(f"extensions/{name} already exists: remove it first, or choose another folder name")
 
@@ -144,3 +152,73 @@ def check_updates(exts: Iterable[extensions.Extension]) -> Iterator[extensions.E
     for ext in exts:
         ext.check_updates()
         yield ext
+
+
+@dataclass(frozen=True)
+class UpdateResult:
+    name: str
+    status: str  # "updated" (a restart loads the new version), "latest" or "failed"
+    message: str  # for the person: "<name>: updated to 1a2b3c4d", "<name>: not updated: <why>"
+
+
+def update(ext: extensions.Extension) -> tuple[str, str]:
+    """A1111's fetch_and_reset_hard (git fetch, then `reset --hard` to the upstream of the current branch), except
+    that a person's own work is kept: a detached HEAD, changed tracked files or local commits leave the extension as
+    it is (ExtensionError says which). Permission-only changes do not count (core.fileMode off): they are the WSL2
+    case A1111 resets for. Returns the short commit before and after."""
+    path = ext.path
+    if not extension_git.is_repository(path):
+        raise ExtensionError("not a git repository")
+    try:
+        before = extension_git.run(["rev-parse", "HEAD"], path)
+        if extension_git.run(["rev-parse", "--abbrev-ref", "HEAD"], path) == "HEAD":
+            raise ExtensionError("not on a branch (detached HEAD); left as it is")
+        changed = extension_git.run(["-c", "core.fileMode=false", "status", "--porcelain", "--untracked-files=no"],
+                                    path).splitlines()
+        if changed:
+            raise ExtensionError(f"{len(changed)} tracked file(s) changed here; left as it is (commit, stash or undo "
+                                 "the changes, then update)")
+        extension_git.fetch(path)
+        ahead = int(extension_git.run(["rev-list", "--count", "@{upstream}..HEAD"], path) or 0)
+        if ahead:
+            raise ExtensionError(f"{ahead} local commit(s) not on its remote branch; left as it is")
+        extension_git.run(["reset", "--hard", "--quiet", "@{upstream}"], path, timeout=extension_git.NETWORK_TIMEOUT)
+        after = extension_git.run(["rev-parse", "HEAD"], path)
+    except extension_git.GitError as e:
+        raise ExtensionError(str(e)) from None
+    ext.have_info_from_repo = False  # branch, commit and date are read again
+    return before[:8], after[:8]
+
+
+def update_result(ext: extensions.Extension) -> UpdateResult:
+    try:
+        before, after = update(ext)
+    except ExtensionError as e:
+        return UpdateResult(ext.name, "failed", f"{ext.name}: not updated: {e}")
+    if before == after:
+        return UpdateResult(ext.name, "latest", f"{ext.name}: already up to date ({after})")
+    return UpdateResult(ext.name, "updated", f"{ext.name}: updated to {after}")
+
+
+def update_extensions(names: Iterable[str]) -> list[UpdateResult]:
+    """Update the installed (not built-in) extensions named, one after the other; a failure does not stop the rest."""
+    check_access()
+    wanted = set(names)
+    return [update_result(ext) for ext in extensions.scan() if ext.name in wanted and not ext.is_builtin]
+
+
+def update_all_at_start(exts: Iterable[extensions.Extension]) -> list[UpdateResult]:
+    """--update-all-extensions: every given (enabled) extension that is a git clone, before the installers run, so
+    an updated extension's install.py runs at this start (its version changed). Failures are reported by name and
+    start-up goes on."""
+    results = []
+    for ext in exts:
+        if ext.is_builtin or not extension_git.is_repository(ext.path):
+            continue
+        result = update_result(ext)
+        if result.status == "failed":
+            extensions.report(f"Could not update extension {result.message}")
+        else:
+            print(f"Extension {result.message}", flush=True)
+        results.append(result)
+    return results

@@ -162,7 +162,7 @@ def test_check_for_updates_after_a_new_commit_in_the_source(source, data_dir):
     commit_file(source, "javascript/tiny.js", "window.tiny = 2;\n", "second")
     steps = list(extensions_tab.check_for_updates())
     assert "Checked 1 of 1: tiny-ext: 1 new commit" in steps[0][0]
-    assert "Updates available for: tiny-ext." in steps[-1][0] and ">1 new commit<" in steps[-1][1]
+    assert "Updates available for: tiny-ext." in steps[-1][0] and "> 1 new commit</label>" in steps[-1][1]
     ext = extensions.Extension("tiny-ext", str(data_dir / "extensions" / "tiny-ext"))
     ext.check_updates()
     assert ext.can_update and ext.status == "1 new commit"
@@ -228,4 +228,144 @@ def test_the_tab_builds(data_dir):
         extensions_tab.build(PageLoad())
     ids = {getattr(block, "elem_id", None) for block in demo.blocks.values()}
     assert {"tab_extensions", "extensions_apply", "extensions_check", "extensions_install_url",
-            "extensions_install_button", "extensions_installed_html"} <= ids
+            "extensions_install_button", "extensions_installed_html", "extensions_available_load",
+            "extensions_available_index_url", "extensions_available_html", "extensions_available_install_url",
+            "extensions_available_install_button"} <= ids
+
+
+# --- updating ----------------------------------------------------------------------------------------------------
+
+
+def head(repo: Path) -> str:
+    return git(repo, "rev-parse", "HEAD")
+
+
+def test_check_ticks_update_and_apply_resets_to_the_new_upstream_commit(source, data_dir, monkeypatch):
+    from modules import restart
+
+    restarts = []
+    monkeypatch.setattr(restart, "request_restart", lambda: restarts.append(True))
+    install(str(source))
+    target = data_dir / "extensions" / "tiny-ext"
+    *_, (_, table) = extensions_tab.check_for_updates()
+    assert "data-update=" not in table  # up to date: no update box
+    commit_file(source, "javascript/tiny.js", "window.tiny = 2;\n", "second")
+    *_, (summary, table) = extensions_tab.check_for_updates()
+    assert "Updates available for: tiny-ext." in summary
+    assert "<input type='checkbox' name='update_tiny-ext' data-update='tiny-ext' checked" in table
+    result, table = extensions_tab.apply(json.dumps(["tiny-ext"]), "none", json.dumps(["tiny-ext"]))
+    new = head(source)
+    assert head(target) == new and (target / "javascript" / "tiny.js").read_text() == "window.tiny = 2;\n"
+    assert f"tiny-ext: updated to {new[:8]}" in result and "Restarting the server" in result and restarts == [True]
+    assert "data-update=" not in table and f"updated to {new[:8]}" in table and f"<code>{new[:8]}</code>" in table
+    result, _ = extensions_tab.apply(json.dumps(["tiny-ext"]), "none", json.dumps(["tiny-ext"]))
+    assert f"tiny-ext: already up to date ({new[:8]})" in result and "Nothing changed." in result
+    assert restarts == [True]  # nothing new: no restart
+
+
+def test_an_unticked_extension_is_not_updated(source, data_dir, monkeypatch):
+    from modules import restart
+
+    monkeypatch.setattr(restart, "request_restart", lambda: None)
+    install(str(source))
+    before = head(data_dir / "extensions" / "tiny-ext")
+    commit_file(source, "javascript/tiny.js", "window.tiny = 2;\n", "second")
+    list(extensions_tab.check_for_updates())
+    extensions_tab.apply(json.dumps(["tiny-ext"]), "none", "[]")
+    assert head(data_dir / "extensions" / "tiny-ext") == before
+
+
+def clone_into(data_dir: Path, source: Path, name: str) -> Path:
+    target = data_dir / "extensions" / name
+    git(data_dir, "clone", "-q", str(source), str(target))
+    return target
+
+
+def test_a_failed_update_is_reported_and_the_others_still_update(source, data_dir, tmp_path):
+    gone = clone_into(data_dir, source, "a-gone")
+    git(gone, "remote", "set-url", "origin", str(tmp_path / "nowhere"))
+    edited = clone_into(data_dir, source, "b-edited")
+    (edited / "javascript" / "tiny.js").write_text("my own change\n")
+    detached = clone_into(data_dir, source, "c-detached")
+    git(detached, "checkout", "-q", "--detach", "HEAD")
+    ahead = clone_into(data_dir, source, "d-ahead")
+    commit_file(ahead, "mine.txt", "x", "a local commit")
+    mode_only = clone_into(data_dir, source, "e-mode-only")
+    (mode_only / "install.py").chmod(0o755)  # the WSL2 case A1111 resets for: not a change of the person's
+    clone_into(data_dir, source, "f-good")
+    (data_dir / "extensions" / "g-plain").mkdir()
+    commit_file(source, "javascript/tiny.js", "window.tiny = 2;\n", "second")
+    new = head(source)
+    results = {r.name: r for r in extension_manager.update_extensions(
+        ["a-gone", "b-edited", "c-detached", "d-ahead", "e-mode-only", "f-good", "g-plain", "not-installed"])}
+    assert set(results) == {"a-gone", "b-edited", "c-detached", "d-ahead", "e-mode-only", "f-good", "g-plain"}
+    assert results["a-gone"].message.startswith("a-gone: not updated: git fetch failed")
+    assert results["b-edited"].message == ("b-edited: not updated: 1 tracked file(s) changed here; left as it is "
+                                           "(commit, stash or undo the changes, then update)")
+    assert results["c-detached"].message == "c-detached: not updated: not on a branch (detached HEAD); left as it is"
+    assert results["d-ahead"].message == "d-ahead: not updated: 1 local commit(s) not on its remote branch; left as it is"
+    assert results["g-plain"].message == "g-plain: not updated: not a git repository"
+    assert all(results[n].status == "failed" for n in ("a-gone", "b-edited", "c-detached", "d-ahead", "g-plain"))
+    for name in ("e-mode-only", "f-good"):
+        assert results[name].status == "updated" and results[name].message == f"{name}: updated to {new[:8]}"
+        assert head(data_dir / "extensions" / name) == new
+    assert (edited / "javascript" / "tiny.js").read_text() == "my own change\n"  # the person's work is kept
+    assert head(detached) != new and head(ahead) != new
+
+
+def test_apply_shows_each_failure_and_does_not_restart_for_failures_alone(source, data_dir, monkeypatch, tmp_path):
+    from modules import restart
+
+    restarts = []
+    monkeypatch.setattr(restart, "request_restart", lambda: restarts.append(True))
+    gone = clone_into(data_dir, source, "gone")
+    git(gone, "remote", "set-url", "origin", str(tmp_path / "nowhere"))
+    result, table = extensions_tab.apply(json.dumps(["gone"]), "none", json.dumps(["gone"]))
+    assert "<div class='error'>gone: not updated: git fetch failed" in result and "Nothing changed." in result
+    assert restarts == [] and "not updated: git fetch failed" in table
+
+
+def test_updating_is_refused_when_listening(source, data_dir, monkeypatch):
+    install(str(source))
+    commit_file(source, "javascript/tiny.js", "window.tiny = 2;\n", "second")
+    before = head(data_dir / "extensions" / "tiny-ext")
+    monkeypatch.setattr(shared, "cmd_opts", shared.parser.parse_args(["--listen"]))
+    with pytest.raises(extension_manager.ExtensionError, match="--listen"):
+        extension_manager.update_extensions(["tiny-ext"])
+    result, _ = extensions_tab.apply(json.dumps(["tiny-ext"]), "none", json.dumps(["tiny-ext"]))
+    assert "--listen" in result and head(data_dir / "extensions" / "tiny-ext") == before
+
+
+def test_update_all_extensions_at_launch_updates_before_the_installers(source, data_dir, monkeypatch, tmp_path,
+                                                                       capsys):
+    import sys
+    import types
+
+    import launch
+    from modules import cmd_args
+
+    assert "--update-all-extensions" in cmd_args.EFFECTIVE_FLAGS
+    good = clone_into(data_dir, source, "good")
+    gone = clone_into(data_dir, source, "gone")
+    git(gone, "remote", "set-url", "origin", str(tmp_path / "nowhere"))
+    off = clone_into(data_dir, source, "off")
+    (data_dir / "config.json").write_text(json.dumps({"disabled_extensions": ["off"]}))
+    # upstream: a new install.py, which must run at this very start (its version is the new commit)
+    commit_file(source, "install.py", f"open({str(tmp_path / 'installed')!r}, 'a').write('new')\n", "new installer")
+    new = head(source)
+    monkeypatch.setattr(launch, "prepare_environment", lambda args: None)  # no pip in a test
+    monkeypatch.setattr(launch, "args", launch.args)  # main() replaces it: put back afterwards
+    monkeypatch.setitem(sys.modules, "webui", types.SimpleNamespace(start=lambda: None))
+    for name in ("models_path", "sd_model_dir", "vae_dir"):  # launch.main re-points them at --data-dir
+        monkeypatch.setattr(paths, name, getattr(paths, name))
+    try:
+        assert launch.main(["--exit", "--update-all-extensions", "--data-dir", str(data_dir)]) == 0
+    finally:
+        shared.set_cmd_opts(shared.parser.parse_args([]))
+    assert head(good) == new
+    # updated before the installers ran: good's new install.py ran, its old one did not (gone's old one did)
+    assert sorted((tmp_path / "installed").read_text().replace("new", "N")) == ["N", "x"]
+    assert head(off) != new  # disabled: left alone
+    assert f"Extension good: updated to {new[:8]}" in capsys.readouterr().out
+    assert any(e.startswith("Could not update extension gone: not updated: git fetch failed")
+               for e in extensions.errors)

@@ -1,7 +1,9 @@
 """The Extensions tab (A1111's): the installed extensions with their git facts and an enabled checkbox each,
-Apply and restart UI (saves `disabled_extensions` / `disable_all_extensions`, then restarts the server in place
-after the jobs already queued, so the change loads; the page reloads when the server is back),
-Check for updates (git fetch and compare), and Install from URL (git clone into extensions/<name>).
+Apply and restart UI (updates the extensions whose "update" box is ticked, saves `disabled_extensions` /
+`disable_all_extensions`, then restarts the server in place after the jobs already queued, so the change loads;
+the page reloads when the server is back), Check for updates (git fetch and compare; an extension behind its
+remote gets a ticked "update" box), Available (the extension index, loaded only when the person asks:
+modules/extension_index.py) and Install from URL (git clone into extensions/<name>).
 
 Changing anything is refused on a server other machines can reach, unless --enable-insecure-extension-access
 (modules/extension_manager.py says why); the list stays visible.
@@ -16,17 +18,22 @@ from typing import Any
 
 import gradio as gr
 
-from modules import extension_manager, extensions, restart, shared
+from modules import extension_index, extension_manager, extensions, restart, shared
 from modules.ui import common
 from modules.ui.page_load import PageLoad
 
-# name -> result of the last "Check for updates" (the server's view, shared by every page)
+# name -> result of the last "Check for updates" or update (the server's view, shared by every page)
 update_status: dict[str, str] = {}
+# names the last "Check for updates" found behind their remote: their row shows a ticked "update" box
+updatable: set[str] = set()
 
-# Before Apply runs on the server: the names whose checkbox is ticked, as JSON, in place of the hidden box.
-COLLECT_ENABLED_JS = """(enabled, disableAll) => {
-    const boxes = document.querySelectorAll('#extensions_installed_html input[type=checkbox][data-extension]');
-    return [JSON.stringify(Array.from(boxes).filter((b) => b.checked).map((b) => b.dataset.extension)), disableAll];
+# Before Apply runs on the server: the names whose "enabled" and whose "update" box is ticked, as JSON, in place of
+# the hidden boxes.
+COLLECT_ENABLED_JS = """(enabled, disableAll, update) => {
+    const ticked = (kind) => JSON.stringify(Array.from(document.querySelectorAll(
+        `#extensions_installed_html input[type=checkbox][data-${kind}]`)).filter((b) => b.checked)
+        .map((b) => b.dataset[kind]));
+    return [ticked('extension'), disableAll, ticked('update')];
 }"""
 
 
@@ -53,6 +60,15 @@ def _link(url: str | None) -> str:
     return text
 
 
+def _update_cell(name: str, refused: bool) -> str:
+    status = html.escape(update_status.get(name, ""))
+    if name not in updatable or refused:
+        return status
+    name = html.escape(name)
+    return (f"<label><input type='checkbox' name='update_{name}' data-update='{name}' checked"
+            f" aria-label='Update {name}'> {status}</label>")
+
+
 def table_html() -> str:
     """The installed extensions as a table; the checkbox shows the saved setting, "Loaded" what runs now."""
     refused = extension_manager.access_refusal(shared.cmd_opts) is not None
@@ -77,7 +93,7 @@ def table_html() -> str:
             f"<td><code>{html.escape(ext.version)}</code></td>"
             f"<td>{html.escape(ext.commit_date_text())}</td>"
             f"<td>{'yes' if ext.path in running else 'no'}</td>"
-            f"<td class='extension-update'>{html.escape(update_status.get(ext.name, ''))}</td>"
+            f"<td class='extension-update'>{_update_cell(ext.name, refused)}</td>"
             "</tr>"
         )
     head = "".join(f"<th>{h}</th>" for h in ("Enabled", "Extension", "URL", "Branch", "Commit", "Date", "Loaded",
@@ -92,22 +108,38 @@ def errors_html() -> str:
     return f"<div class='error'>Problems with extensions:<ul>{items}</ul></div>"
 
 
-def apply(enabled_json: str, disable_all: str) -> tuple[str, str]:
-    """Save the checkboxes and the "Disable all extensions" choice; (result, table)."""
+def _names(text: str) -> list[str]:
+    names = json.loads(text or "[]")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError("expected a list of names")
+    return names
+
+
+def apply(enabled_json: str, disable_all: str, update_json: str = "[]") -> tuple[str, str]:
+    """Save the checkboxes and the "Disable all extensions" choice, update the ticked extensions, and restart when
+    something changed; (result, table). The result says per extension what its update did."""
     try:
-        enabled = json.loads(enabled_json or "[]")
-        if not isinstance(enabled, list) or not all(isinstance(n, str) for n in enabled):
-            raise ValueError("expected a list of names")
+        enabled, update = _names(enabled_json), _names(update_json)
     except ValueError as e:
         return common.error_html(f"Could not read the checkboxes: {e}"), table_html()
     try:
-        message = extension_manager.save_disabled(enabled, disable_all)
+        message = extension_manager.save_disabled(enabled, disable_all)  # first: it checks access and the choice
+        results = extension_manager.update_extensions(update)
     except (extension_manager.ExtensionError, ValueError, OSError) as e:  # SettingValueError is a ValueError
         return common.error_html(str(e)), table_html()
+    lines = []
+    for result in results:
+        update_status[result.name] = result.message.removeprefix(f"{result.name}: ")
+        if result.status != "failed":
+            updatable.discard(result.name)
+        lines.append((common.error_html if result.status == "failed" else common.notice_html)(result.message))
+    updated = any(r.status == "updated" for r in results)
+    if updated and extension_manager.CHANGED_MESSAGE not in message:
+        message = extension_manager.CHANGED_MESSAGE  # the new versions load at the next start
     if extension_manager.CHANGED_MESSAGE in message and restart.is_restartable():
         restart.request_restart()  # after the jobs already waiting; the page reloads when the server is back
         message = RESTARTING
-    return common.notice_html(message), table_html()
+    return "".join(lines) + common.notice_html(message), table_html()
 
 
 def check_for_updates() -> Iterator[tuple[str, str]]:
@@ -119,6 +151,7 @@ def check_for_updates() -> Iterator[tuple[str, str]]:
     try:
         for n, ext in enumerate(extension_manager.check_updates(found), start=1):
             update_status[ext.name] = ext.status
+            (updatable.add if ext.can_update else updatable.discard)(ext.name)
             yield common.notice_html(f"Checked {n} of {len(found)}: {ext.name}: {ext.status}"), gr.skip()
     except extension_manager.ExtensionError as e:
         yield common.error_html(str(e)), table_html()
@@ -142,6 +175,32 @@ def install(url: str, branch: str, dirname: str) -> Iterator[tuple[str, Any]]:
         yield common.error_html(f"Could not install: {e.strerror or e}"), gr.skip()
         return
     yield common.notice_html(last), table_html()
+
+
+def load_index(url: str, hide_tags: list[str], order: str, search: str) -> tuple[str, Any, str, Any]:
+    """"Load from:": (result line, the loaded index for this page, its table, the tag choices)."""
+    try:
+        index = extension_index.load(url)
+    except extension_index.IndexFailure as e:
+        return common.error_html(str(e)), gr.skip(), gr.skip(), gr.skip()
+    return (common.notice_html(extension_index.summary(index)), index,
+            extension_index.table_html(index, hide_tags, order, search),
+            gr.update(choices=index.tag_choices(hide_tags)))
+
+
+def filter_index(index: extension_index.Index | None, hide_tags: list[str], order: str, search: str) -> str:
+    return extension_index.table_html(index, hide_tags, order, search)
+
+
+def install_from_index(url: str, index: extension_index.Index | None, hide_tags: list[str], order: str,
+                       search: str) -> Iterator[tuple[Any, Any, Any, Any]]:
+    """A row's Install: the same path, checks and lines as Install from URL; (result, available table, installed
+    table, the index marked with what is installed now)."""
+    for message, installed in install(url, "", ""):
+        yield message, gr.skip(), installed, gr.skip()
+    if index is not None:  # the row now says "Installed"
+        index = extension_index.with_installed(index)
+        yield gr.skip(), extension_index.table_html(index, hide_tags, order, search), gr.skip(), index
 
 
 def disable_all_value() -> str:
@@ -170,6 +229,29 @@ def build(loads: PageLoad) -> None:
                 result = gr.HTML("", elem_id="extensions_installed_result")
                 table = gr.HTML(table_html(), elem_id="extensions_installed_html")
                 enabled_json = gr.Textbox(visible=False)
+                update_json = gr.Textbox(visible=False)
+            with gr.Tab("Available", id="extensions_available", elem_id="extensions_available_tab"):
+                with gr.Row():
+                    load_button = gr.Button("Load from:", variant="primary", elem_id="extensions_available_load",
+                                            interactive=allowed, scale=0)
+                    index_url = gr.Textbox(value=extension_index.index_url(), label="Extension index URL",
+                                           show_label=False, elem_id="extensions_available_index_url",
+                                           interactive=allowed)
+                with gr.Row():
+                    hide_tags = gr.CheckboxGroup(label="Hide extensions with tags",
+                                                 choices=list(extension_index.INITIAL_TAGS),
+                                                 value=list(extension_index.DEFAULT_HIDDEN),
+                                                 elem_id="extensions_available_hide_tags")
+                    order = gr.Radio(label="Order", choices=list(extension_index.ORDERS), value="newest first",
+                                     elem_id="extensions_available_order")
+                search = gr.Textbox(label="Search", elem_id="extensions_available_search")
+                available_result = gr.HTML("", elem_id="extensions_available_result")
+                available_table = gr.HTML("", elem_id="extensions_available_html")
+                index_state = gr.State(None)  # this page's loaded index
+                # kept in the page but never shown: a row's Install button fills and presses them
+                # (javascript/extensions_tab.js)
+                chosen_url = gr.Textbox(visible="hidden", elem_id="extensions_available_install_url")
+                chosen_install = gr.Button("Install", visible="hidden", elem_id="extensions_available_install_button")
             with gr.Tab("Install from URL", id="extensions_install", elem_id="extensions_install_tab"):
                 url = gr.Textbox(label="URL for extension's git repository", elem_id="extensions_install_url",
                                  interactive=allowed)
@@ -181,8 +263,18 @@ def build(loads: PageLoad) -> None:
                                            interactive=allowed)
                 install_result = gr.HTML("", elem_id="extension_install_result")
     loads.add(lambda: (errors_html(), disable_all_value(), table_html()), [errors, disable_all, table])
-    apply_button.click(apply, inputs=[enabled_json, disable_all], outputs=[result, table], js=COLLECT_ENABLED_JS,
-                       show_progress="hidden").then(None, inputs=[result], js=RELOAD_WHEN_BACK_JS)
+    apply_button.click(apply, inputs=[enabled_json, disable_all, update_json], outputs=[result, table],
+                       js=COLLECT_ENABLED_JS, show_progress="hidden").then(None, inputs=[result], js=RELOAD_WHEN_BACK_JS)
+    filters = [hide_tags, order, search]
+    load_button.click(load_index, inputs=[index_url, *filters], outputs=[available_result, index_state,
+                                                                        available_table, hide_tags])
+    for component in (hide_tags, order):
+        component.change(filter_index, inputs=[index_state, *filters], outputs=[available_table],
+                         show_progress="hidden")
+    search.input(filter_index, inputs=[index_state, *filters], outputs=[available_table], show_progress="hidden",
+                 trigger_mode="always_last")
+    chosen_install.click(install_from_index, inputs=[chosen_url, index_state, *filters],
+                         outputs=[available_result, available_table, table, index_state], show_progress="hidden")
     check_button.click(check_for_updates, outputs=[result, table], show_progress="hidden")
     install_button.click(install, inputs=[url, branch, dirname], outputs=[install_result, table],
                          show_progress="hidden")
