@@ -24,7 +24,7 @@ run() {  # name, seconds, command...
 for stage in "${stages[@]}"; do
     case $stage in
         tests) run cuda-tests "${TESTS_LIMIT:-420}" python -m pytest -q -o addopts="" -p no:cacheprovider tests/test_unet_graph_capture_failure.py \
-            tests/test_device_warm_up.py tests/test_unet_compile_cuda.py tests/test_unet_graph.py tests/test_token_merging_cuda.py tests/test_offload_cuda.py tests/test_controlnet_cuda.py tests/test_lora_cuda.py ;;
+            tests/test_device_warm_up.py tests/test_unet_compile_cuda.py tests/test_unet_graph.py tests/test_token_merging_cuda.py tests/test_offload_cuda.py tests/test_controlnet_cuda.py tests/test_lora_cuda.py tests/test_nan_check_cuda.py ;;
         compile-sd15) run compile-sd15 560 python bench/bench_compile.py --workdir "$work" --families sd15 \
             --repeats "${REPEATS:-5}" --out "$out/compile-sd15.json" ;;
         compile-sdxl) run compile-sdxl 560 python bench/bench_compile.py --workdir "$work" --families sdxl \
