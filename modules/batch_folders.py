@@ -6,8 +6,9 @@ text alone), which touches no disk, so a refusal says nothing about what exists 
 with symlinks resolved (os.path.realpath), so a link inside a root cannot lead out of it. Only a path that
 passes both may be reported "not found", and the resolved path is the one that gets used.
 
-Batch is off with --hide-ui-dir-config (as in A1111), and off on a server that other machines can reach
-(--listen, --share, --ngrok, a non-loopback --server-name) unless --allow-batch-dirs-when-listening.
+The optional PNG info folder (infotexts matched by file name) follows the same rules. Batch from folders is
+off with --hide-ui-dir-config (as in A1111), and off on a server that other machines can reach (--listen,
+--share, --ngrok, a non-loopback --server-name) unless --allow-batch-dirs-when-listening; uploads read no folder.
 Relative paths are taken from the data dir, which is the web UI's folder by default, as in A1111.
 """
 
@@ -159,6 +160,27 @@ def check(input_dir: str | None, output_dir: str | None, mask_dir: str | None,
         mask=_folder("Mask directory", mask_dir, roots, must_exist=True) if mask_dir else None,
         roots=roots,
     )
+
+
+def png_info_dir(text: str, cmd_opts: argparse.Namespace) -> tuple[str, tuple[Root, ...]]:
+    """The checked "PNG info directory" (where a batch reads infotexts, by file name) and the roots; ValueError
+    like the other Batch folders, since it too reads a folder on the server."""
+    try:
+        check_enabled(cmd_opts)
+    except ValueError as e:  # say which field is at fault: the Upload source itself needs no folder
+        raise ValueError(f"PNG info directory: {e}") from None
+    roots = allowed_roots(cmd_opts)
+    return _folder("PNG info directory", text.strip(), roots, must_exist=True), roots
+
+
+def png_info_file(folder: str, name: str, roots: Iterable[Root]) -> str | None:
+    """The resolved file called `name` (its base name only) in the PNG info folder, or None when there is none
+    or it is a link leading outside the roots."""
+    base = os.path.basename(name)
+    if base in ("", ".", ".."):
+        return None
+    real = _inside(os.path.join(folder, base), roots)
+    return real if real is not None and os.path.isfile(real) else None
 
 
 def _inside(path: str, roots: Iterable[Root]) -> str | None:

@@ -130,6 +130,25 @@ def test_links_to_files_outside_are_skipped(data, tmp_path):
 
 
 @posix_only
+def test_the_png_info_folder_is_checked_and_its_files_matched_by_name_inside_only(data, tmp_path):
+    folder, roots = batch_folders.png_info_dir("masks", opts())
+    assert folder == os.path.realpath(data / "masks")
+    assert batch_folders.png_info_file(folder, "a.png", roots) == os.path.realpath(data / "masks" / "a.png")
+    # only the base name counts: a name with a path in it never leads out of the folder
+    assert batch_folders.png_info_file(folder, "../in/b.jpg", roots) is None
+    assert batch_folders.png_info_file(folder, "../../in/a.png", roots) == os.path.realpath(data / "masks" / "a.png")
+    os.symlink(tmp_path / "outside" / "secret.png", data / "masks" / "secret.png")
+    assert batch_folders.png_info_file(folder, "secret.png", roots) is None  # a link leading outside
+    assert batch_folders.png_info_file(folder, "..", roots) is None
+    assert batch_folders.png_info_file(folder, "missing.png", roots) is None
+    for outside in ("/etc", str(tmp_path / "outside"), "../outside"):
+        with pytest.raises(ValueError, match="^PNG info directory: Batch folders must be inside"):
+            batch_folders.png_info_dir(outside, opts())
+    with pytest.raises(ValueError, match="^PNG info directory: .*--allow-batch-dirs-when-listening"):
+        batch_folders.png_info_dir("masks", opts("--listen"))
+
+
+@posix_only
 def test_a_symlinked_data_dir_works_under_either_name(tmp_path, monkeypatch):
     real = tmp_path / "real-data"
     (real / "in").mkdir(parents=True)

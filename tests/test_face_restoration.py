@@ -257,7 +257,7 @@ def test_restore_faces_checkboxes_reach_the_request_and_paste_back(data_dir):
     assert txt2img.make_request(*t2i_values, False).restore_faces is False
     i2i_values = [0, Image.new("RGB", (64, 64)), None, None, None, None, "", "", "", 0, False, 1.0, 4, 0, 1, False,
                   32, 0.5] + t2i_values
-    assert len(i2i_values) + 1 == img2img.FIELD_COUNT
+    assert len(i2i_values) + 1 + 5 == img2img.FIELD_COUNT  # then the Batch source and its PNG info options
     work = img2img.make_work(i2i_values + [True])
     assert work.__closure__ is not None
     p = next(c.cell_contents for c in work.__closure__ if isinstance(c.cell_contents, processing.StableDiffusionProcessing))

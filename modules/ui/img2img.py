@@ -1,5 +1,6 @@
 """The img2img tab with A1111's sub-tabs: img2img, sketch, inpaint (mask painted in the page), inpaint upload
-and batch (from a directory). Each becomes a StableDiffusionProcessingImg2Img on the shared queue."""
+and batch (uploads or a server folder, with A1111's PNG info options; modules/img2img_batch.py). Each becomes
+StableDiffusionProcessingImg2Img requests on the shared queue."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
-from modules import batch_folders, processing, scripts, shared
+from modules import batch_folders, img2img_batch, processing, scripts, shared
 from modules.ui import common, extra_networks, generation, masks, params, results, scripts_ui, toprow, uploads
 
 MODES = ("img2img", "sketch", "inpaint", "inpaint_upload", "batch")
@@ -18,6 +19,7 @@ MASK_MODES = ["Inpaint masked", "Inpaint not masked"]
 MASKED_CONTENT = ["fill", "original", "latent noise", "latent nothing"]
 INPAINT_AREAS = ["Whole picture", "Only masked"]
 INPAINT_MODES = ("inpaint", "inpaint_upload", "batch")
+BATCH_SOURCES = ("upload", "from dir")  # A1111's img2img_batch_source_type values
 
 
 @dataclass
@@ -51,6 +53,11 @@ class Img2ImgTab:
     inpaint_controls: gr.Group
     results: results.Results
     restore_faces: gr.Checkbox | None = None  # A1111's img2img_restore_faces; its paste key is "Face restoration"
+    batch_source: gr.State | None = None
+    batch_files: gr.File | None = None
+    batch_use_png_info: gr.Checkbox | None = None
+    batch_png_info_props: gr.CheckboxGroup | None = None
+    batch_png_info_dir: gr.Textbox | None = None
 
 
 def _editor(elem_id: str, label: str, brush: gr.Brush) -> gr.ImageEditor:
@@ -83,14 +90,35 @@ def build() -> Img2ImgTab:
                         inpaint_mask = uploads.checked_image(label="Mask (white = repaint)", elem_id="img_inpaint_mask", type="pil",
                                                 image_mode="RGBA", sources=["upload", "clipboard"], height=320)
                     with gr.Tab("Batch", id="batch", elem_id="img2img_batch_tab") as tab4:
-                        gr.Markdown("Process every image in a folder on the server. Results go to the output folder "
-                                    "(or the usual img2img folder when empty). Masks are matched by file name. "
-                                    "Folders must be inside the data dir or a folder the server allows with "
-                                    "--batch-dirs.")
-                        batch_input = gr.Textbox(label="Input directory", elem_id="img2img_batch_input_dir")
-                        batch_output = gr.Textbox(label="Output directory", elem_id="img2img_batch_output_dir")
-                        batch_mask = gr.Textbox(label="Inpaint batch mask directory (optional)",
-                                                elem_id="img2img_batch_inpaint_mask_dir")
+                        # no elem_id: ui-config.json could then select a sub-tab that batch_source does not follow
+                        with gr.Tabs():
+                            with gr.Tab("Upload", id="batch_upload", elem_id="img2img_batch_upload_tab") as up_tab:
+                                # no file_types: gradio would refuse the whole event; a non-picture is named instead
+                                batch_files = gr.File(label="Batch Process", file_count="multiple", type="filepath",
+                                                      elem_id="img2img_image_batch")
+                            with gr.Tab("From directory", id="batch_from_dir",
+                                        elem_id="img2img_batch_from_dir_tab") as dir_tab:
+                                gr.Markdown("Process every image in a folder on the server. Results go to the output "
+                                            "folder (or the usual img2img folder when empty). Masks are matched by "
+                                            "file name. Folders must be inside the data dir or a folder the server "
+                                            "allows with --batch-dirs.")
+                                batch_input = gr.Textbox(label="Input directory", elem_id="img2img_batch_input_dir")
+                                batch_output = gr.Textbox(label="Output directory", elem_id="img2img_batch_output_dir")
+                                batch_mask = gr.Textbox(label="Inpaint batch mask directory (optional)",
+                                                        elem_id="img2img_batch_inpaint_mask_dir")
+                        with gr.Accordion("PNG info", open=False, elem_id="img2img_batch_png_info"):
+                            use_png_info = gr.Checkbox(label="Append png info to prompts",
+                                                       elem_id="img2img_batch_use_png_info")
+                            png_info_dir = gr.Textbox(label="PNG info directory",
+                                                      placeholder="Leave empty to use the input pictures",
+                                                      elem_id="img2img_batch_png_info_dir")
+                            png_info_props = gr.CheckboxGroup(
+                                list(img2img_batch.PNG_INFO_PROPS), label="Parameters to take from png info",
+                                info="Prompts from png info are appended to the prompts set in the page.",
+                                elem_id="img2img_batch_png_info_props")
+                batch_source = gr.State(BATCH_SOURCES[0])
+                for source, source_tab in zip(BATCH_SOURCES, (up_tab, dir_tab), strict=True):
+                    source_tab.select(lambda s=source: s, outputs=[batch_source], show_progress="hidden", queue=False)
                 resize_mode = gr.Radio(label="Resize mode", elem_id="resize_mode", choices=RESIZE_MODES,
                                        value=RESIZE_MODES[0], type="index")
                 with gr.Group(elem_id="img2img_inpaint_controls", visible=False) as inpaint_controls:
@@ -136,7 +164,8 @@ def build() -> Img2ImgTab:
     tab = Img2ImgTab(top, mode_tabs, mode, init_img, sketch, inpaint, inpaint_base, inpaint_mask, batch_input,
                      batch_output, batch_mask, resize_mode, resize_by, scale_by, sampler, size, batch, denoising,
                      seeds, tiling, refiner, mask_blur, mask_mode, inpainting_fill, inpaint_full_res,
-                     inpaint_padding, inpaint_controls, panel, restore_faces)
+                     inpaint_padding, inpaint_controls, panel, restore_faces, batch_source, batch_files,
+                     use_png_info, png_info_props, png_info_dir)
     toprow.wire(top, sampler.steps)
     params.wire_reuse_seed(seeds, panel.generation_info, panel.selected_index)
     detect.click(detect_size, inputs=[mode, init_img, sketch, inpaint, inpaint_base],
@@ -162,7 +191,8 @@ def inputs(t: Img2ImgTab) -> list[Any]:
             t.sampler.scheduler, t.size.width, t.size.height, t.batch.batch_count, t.batch.batch_size,
             t.batch.cfg_scale, t.seeds.seed, t.seeds.extra, t.seeds.subseed, t.seeds.subseed_strength,
             t.seeds.seed_resize_from_w, t.seeds.seed_resize_from_h, t.tiling, t.refiner.enabled,
-            t.refiner.checkpoint, t.refiner.switch_at, t.restore_faces]
+            t.refiner.checkpoint, t.refiner.switch_at, t.restore_faces, t.batch_source, t.batch_files,
+            t.batch_use_png_info, t.batch_png_info_props, t.batch_png_info_dir]
 
 
 def _source_image(mode: int, init_img: Any, sketch: Any, inpaint: Any, inpaint_base: Any) -> Image.Image | None:
@@ -201,7 +231,7 @@ def _common_fields(values: list[Any]) -> dict[str, Any]:
     )
 
 
-FIELD_COUNT = 40  # the values of inputs(); the scripts' values follow them
+FIELD_COUNT = 45  # the values of inputs(); the scripts' values follow them
 
 
 def generate(request: gr.Request, *values: Any):
@@ -219,12 +249,16 @@ def make_work(values: list[Any], script_args: list[Any] | None = None):
     mode = int(mode or 0)
     fields = _common_fields(rest)
     fields["restore_faces"] = bool(values[39]) if len(values) > 39 else False
+    # the Batch sub-tab's source and PNG info options (absent: a directory batch without PNG info)
+    source, files, use_png_info, png_info_props, png_info_dir = (values[40:45] + ["from dir", None, False, [], ""])[:5]
     inpaint_fields = dict(mask_blur=int(mask_blur), inpainting_mask_invert=int(mask_mode or 0),
                           inpainting_fill=int(inpainting_fill if inpainting_fill is not None else 1),
                           inpaint_full_res=bool(inpaint_full_res), inpaint_full_res_padding=int(padding))
     if MODES[mode] == "batch":
         return _batch_work(batch_input, batch_output, batch_mask, fields, inpaint_fields, int(resize_mode or 0),
-                           bool(resize_by), float(scale_by), width, height, float(denoising), script_args)
+                           bool(resize_by), float(scale_by), width, height, float(denoising), script_args,
+                           files=list(files or []) if source == "upload" else None,
+                           png=img2img_batch.png_info(bool(use_png_info), png_info_props, png_info_dir))
 
     image = uploads.readable(_source_image(mode, init_img, sketch, inpaint, inpaint_base))
     if image is None:
@@ -248,44 +282,30 @@ def make_work(values: list[Any], script_args: list[Any] | None = None):
 
 def _batch_work(input_dir: str, output_dir: str, mask_dir: str, fields: dict[str, Any],
                 inpaint_fields: dict[str, Any], resize_mode: int, resize_by: bool, scale_by: float, width: Any,
-                height: Any, denoising: float, script_args: list[Any] | None = None):
-    # Folders are typed by whoever reaches the page: limited to the allowed roots (modules/batch_folders.py).
-    folders = batch_folders.check(input_dir, output_dir, mask_dir, shared.cmd_opts)
-    files = batch_folders.input_images(folders)
-    shown_input = input_dir.strip()
-    if not files:
-        raise ValueError(f"No images in {shown_input}")
+                height: Any, denoising: float, script_args: list[Any] | None = None, *,
+                files: list[Any] | None = None, png: img2img_batch.PngInfo | None = None):
+    """The job for the Batch sub-tab: the uploaded `files` when given (saved to the usual img2img folder, as in
+    A1111), else the folders, which are typed by whoever reaches the page: limited to the allowed roots."""
+    output = None
+    if files is not None:
+        pictures = img2img_batch.uploaded(files)
+        shown = f"{len(pictures)} upload(s)"
+    else:
+        folders = batch_folders.check(input_dir, output_dir, mask_dir, shared.cmd_opts)
+        pictures, output, shown = img2img_batch.from_folder(folders), folders.output, input_dir.strip()
+        if not pictures:
+            raise ValueError(f"No images in {shown}")
 
-    def work() -> processing.Processed:
-        done_images: list[Image.Image] = []
-        infotexts: list[str] = []
-        last = None
-        shared.state.job_count = len(files)
-        for file in files:
-            if shared.state.interrupted or shared.state.stopping_generation:
-                break
-            with Image.open(file.real) as opened:
-                image = opened.convert("RGB")
-            mask_path = batch_folders.mask_for(file, folders) if folders.mask else None
-            mask = None
-            if mask_path:
-                with Image.open(mask_path) as opened:
-                    mask = masks.uploaded_mask(opened.copy())
-            w, h = _size(image, resize_by, scale_by, width, height)
-            # outputs are named by images.save_image, which keeps them inside this folder
-            p = processing.StableDiffusionProcessingImg2Img(
-                init_images=[image], mask=mask, resize_mode=resize_mode, denoising_strength=denoising, width=w,
-                height=h, outpath_samples=folders.output, do_not_save_grid=True, **fields,
-                **(inpaint_fields if mask else {}))
-            # the always-on scripts take part in each image, as in A1111 (a selectable script runs per image too)
-            scripts_ui.attach(p, scripts.scripts_img2img, list(script_args or []))
-            last = scripts.process_request(p)
-            done_images += last.images
-            infotexts += last.infotexts
-        if last is None:
-            raise ValueError("Interrupted before the first image.")
-        return processing.Processed(p, done_images, last.seed, infotexts[0] if infotexts else "",
-                                    infotexts=infotexts, comments=f"Processed {len(infotexts)} image(s) from "
-                                                                  f"{shown_input}.")
+    def make_p(image: Image.Image, mask: Image.Image | None, picture_fields: dict[str, Any]
+               ) -> processing.StableDiffusionProcessingImg2Img:
+        w, h = _size(image, resize_by, scale_by, width, height)
+        # outputs are named by images.save_image, which keeps them inside the output folder
+        p = processing.StableDiffusionProcessingImg2Img(
+            init_images=[image], mask=mask, resize_mode=resize_mode, denoising_strength=denoising, width=w,
+            height=h, outpath_samples=output, do_not_save_grid=True, **picture_fields,
+            **(inpaint_fields if mask else {}))
+        # the always-on scripts take part in each image, as in A1111 (a selectable script runs per image too)
+        scripts_ui.attach(p, scripts.scripts_img2img, list(script_args or []))
+        return p
 
-    return work
+    return lambda: img2img_batch.run(pictures, make_p, fields, png, shown)
