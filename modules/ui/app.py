@@ -19,6 +19,7 @@ from modules.ui import (
     quicksettings,
     sendto,
     settings,
+    settings_defaults,
     styles_store,
     txt2img,
     ui_config,
@@ -61,13 +62,14 @@ def _page(first_load: call_queue.Job | None, ext_tabs: list) -> gr.Blocks:
             extensions_tab.build(loads)
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 page = settings.build()
-        ui_config.apply(tabs)  # ui-config.json's defaults, before the page's config is made
+        tracked = ui_config.apply(tabs)  # ui-config.json's defaults, before the page's config is made
         sendto.wire(tabs, t2i, i2i, png, image_only_panels=(ext.results, dep.results))
         sendto.wire_extras(tabs, ext, [t2i.results, i2i.results, dep.results], png)
         depth.wire_send(dep, tabs, i2i)
         refiner_boxes = [t2i.refiner.checkpoint, i2i.refiner.checkpoint]
         quicksettings.wire(demo, loads, quick, refiner_boxes, first_load)
         settings.wire(loads, page)
+        settings_defaults.wire(page.defaults, tracked)  # Settings > Defaults reads the components ui_config keyed
         # a finished download shows in the checkpoint and VAE lists at once, without pressing 🔄
         page.download.finished.then(quicksettings.refresher(len(refiner_boxes)),
                                     outputs=[quick.checkpoint, quick.vae, *refiner_boxes], show_progress="hidden")

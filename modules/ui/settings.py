@@ -5,6 +5,9 @@ shows why and nothing is saved. Otherwise it sets each changed value through `op
 run) and saves config.json atomically (`Options.save`). Reload UI reloads the page, which reads every value afresh. The quicksettings
 (checkpoint, VAE, Clip skip) live in the bar at the top and are left out here, so two widgets never fight
 over one setting.
+
+Search (javascript/settings_search.js) filters in the page: each setting's widget is marked `settings-item` and
+each section's tab `settings-section`, so the script finds them and shows the matching ones of all sections together.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import gradio as gr
 
 from modules import shared
 from modules.options import OptionHTML, OptionInfo, SettingValueError, choice_values
-from modules.ui import common, downloads, settings_actions
+from modules.ui import common, downloads, settings_actions, settings_defaults
 from modules.ui.page_load import PageLoad
 
 QUICKSETTINGS = ("sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers")
@@ -34,6 +37,7 @@ class SettingsPage:
     reload: gr.Button | None = None
     result: gr.HTML | None = None
     download: Any = None  # modules.ui.downloads.DownloadBox
+    defaults: settings_defaults.DefaultsTab | None = None
 
 
 def _plain(text: str) -> str:
@@ -63,7 +67,7 @@ def component_for(key: str, info: OptionInfo) -> Any:
     args.pop("visible", None)
     label = info.label or key
     note = _plain(info.comment_after) or None
-    common_kwargs = dict(label=label, info=note, elem_id=f"setting_{key}",
+    common_kwargs = dict(label=label, info=note, elem_id=f"setting_{key}", elem_classes=["settings-item"],
                          interactive=not _frozen(key, info))
     default = info.default
     # Built with the saved value, not the default: the page's load event refreshes it anyway, but a page whose
@@ -133,15 +137,20 @@ def build() -> SettingsPage:
     gr.Markdown("Checkpoint, VAE and Clip skip are in the bar at the top of the page. "
                 f"Settings are saved to `{_display_config()}`.")
     page.download = downloads.build()  # the "Download model" box (modules/ui/downloads.py)
+    gr.Textbox(value="", placeholder="Search...", show_label=False, max_lines=1, elem_id="settings_search")
+    gr.HTML("<p>No setting matches.</p>", elem_id="settings_search_none", padding=False)  # shown by the script
     with gr.Tabs(elem_id="settings"):
         for (section_id, section_label), options in _sections().items():
-            with gr.Tab(section_label, id=section_id, elem_id=f"settings_{section_id}"):
+            with gr.Tab(section_label, id=section_id, elem_id=f"settings_{section_id}",
+                        elem_classes=["settings-section"]):
                 for key, info in options:
                     if isinstance(info, OptionHTML):
-                        gr.HTML(info.default)  # registered by our code or an extension: trusted markup
+                        # registered by our code or an extension: trusted markup; hidden while searching
+                        gr.HTML(info.default, elem_classes=["settings-note"])
                         continue
                     page.keys.append(key)
                     page.components.append(component_for(key, info))
+        page.defaults = settings_defaults.build()
         settings_actions.build()
     return page
 

@@ -8,15 +8,22 @@ Components sharing a label in one tab share a key, as in A1111.
 
 The file is hand-edited: a value that does not fit its component is skipped with a warning naming the key, and
 a file that cannot be read as a JSON object is moved aside; the page is built with its own defaults either way.
+
+Settings > Defaults (A1111's) saves the page's current values: `apply` returns the components it keyed (value
+fields only, the first component of a shared key), `review` compares what the page sends for them with the file,
+and `save` writes the changes that fit, by the rules the file is read with.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import sys
+import threading
 import traceback
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import gradio as gr
@@ -33,9 +40,9 @@ def filename() -> str:
     return getattr(shared.cmd_opts, "ui_config_file", None) or paths.data_file("ui-config.json")
 
 
-def apply(tabs: gr.Tabs) -> None:
+def apply(tabs: gr.Tabs) -> dict[str, Any]:
     """Apply the file to the page's tabs (the top gr.Tabs) and record missing keys. Call before the page's
-    config is made (inside its gr.Blocks)."""
+    config is made (inside its gr.Blocks). Returns the components of the `.../value` keys, keyed, in page order."""
     path = filename()
     loaded, readable = _read(path)
     walker = _Walker(path, loaded, _script_sources())
@@ -50,6 +57,7 @@ def apply(tabs: gr.Tabs) -> None:
             atomic_files.atomic_write_text(path, json.dumps(walker.out, indent=4, ensure_ascii=False))
         except (OSError, ValueError) as e:
             print(f'Warning: could not write "{path}": {e}', file=sys.stderr)
+    return walker.tracked
 
 
 def _read(path: str) -> tuple[dict[str, Any], bool]:
@@ -97,6 +105,30 @@ def _jsonable(value: Any) -> bool:
         return False
 
 
+def _unfit(x: Any, value: Any) -> str:
+    """Why `value` cannot be the component's value ("" when it can)."""
+    if isinstance(x, gr.Checkbox):
+        return "" if isinstance(value, bool) else "is not true or false"
+    if isinstance(x, gr.Textbox):
+        return "" if isinstance(value, str) or _real(value) else "is not text"
+    if isinstance(x, gr.Number | gr.Slider):  # a slider: the page's value (a file's is checked in _slider)
+        if not _real(value):
+            return "is not a number"
+        low = x.minimum if x.minimum is not None else -math.inf
+        high = x.maximum if x.maximum is not None else math.inf
+        return "" if low <= value <= high else f"is outside {low}..{high}"
+    choices = options.choice_values(x.choices)
+    custom = isinstance(x, gr.Dropdown) and x.allow_custom_value
+
+    def fits(v: Any) -> bool:
+        return v in choices or (custom and isinstance(v, str))
+
+    if isinstance(x, gr.Dropdown) and x.multiselect:
+        ok = isinstance(value, list) and all(fits(v) for v in value)
+        return "" if ok else f"is not a list of choices ({choices})"
+    return "" if fits(value) else f"is not one of the choices {choices}"
+
+
 class _Walker:
     def __init__(self, path: str, loaded: dict[str, Any], sources: dict[int, str]) -> None:
         self.path = path
@@ -105,6 +137,7 @@ class _Walker:
         self.added = False
         self.sources = sources
         self.uses: dict[str, int] = {}  # key -> components looked it up: a shared key's value was made for the first
+        self.tracked: dict[str, Any] = {}  # `.../value` key -> its first component (Settings > Defaults reads it)
 
     def block(self, block: Any, path: str) -> None:
         children = getattr(block, "children", None)
@@ -161,10 +194,11 @@ class _Walker:
             self._slider(x, prefix)
         elif isinstance(x, gr.Number | gr.Checkbox | gr.Textbox | gr.Radio | gr.Dropdown):
             key = f"{prefix}/value"
+            self.tracked.setdefault(key, x)
             value = self._lookup(key, x.value)
             if value is _UNSET or _same(value, x.value):
                 return
-            reason = self._unfit(x, value)
+            reason = _unfit(x, value)
             if reason:
                 self._warn(key, value, reason)
                 return
@@ -180,33 +214,10 @@ class _Walker:
             if callable(init_field):
                 init_field(value)
 
-    @staticmethod
-    def _unfit(x: Any, value: Any) -> str:
-        """Why `value` cannot be the component's value ("" when it can)."""
-        if isinstance(x, gr.Checkbox):
-            return "" if isinstance(value, bool) else "is not true or false"
-        if isinstance(x, gr.Textbox):
-            return "" if isinstance(value, str) or _real(value) else "is not text"
-        if isinstance(x, gr.Number):
-            if not _real(value):
-                return "is not a number"
-            low = x.minimum if x.minimum is not None else -math.inf
-            high = x.maximum if x.maximum is not None else math.inf
-            return "" if low <= value <= high else f"is outside {low}..{high}"
-        choices = options.choice_values(x.choices)
-        custom = isinstance(x, gr.Dropdown) and x.allow_custom_value
-
-        def fits(v: Any) -> bool:
-            return v in choices or (custom and isinstance(v, str))
-
-        if isinstance(x, gr.Dropdown) and x.multiselect:
-            ok = isinstance(value, list) and all(fits(v) for v in value)
-            return "" if ok else f"is not a list of choices ({choices})"
-        return "" if fits(value) else f"is not one of the choices {choices}"
-
     def _slider(self, x: gr.Slider, prefix: str) -> None:
         # looked up in A1111's order (the file's order on a first start), applied limits first: the value must
         # fit the limits as changed
+        self.tracked.setdefault(f"{prefix}/value", x)
         saved = {field: self._lookup(f"{prefix}/{field}", getattr(x, field))
                  for field in ("value", "minimum", "maximum", "step")}
         limits = {"minimum": x.minimum, "maximum": x.maximum, "step": x.step}
@@ -248,3 +259,79 @@ class _Walker:
             x.selected = value
         else:
             self._warn(key, value, f"is not one of the tabs {ids}")
+
+
+# Settings > Defaults: the page's values for the tracked keys against the file's
+
+
+class Refused(Exception):
+    """Why Settings > Defaults wrote nothing (a readable line for the page)."""
+
+
+@dataclasses.dataclass
+class Review:
+    changes: list[tuple[str, Any, Any]] = dataclasses.field(default_factory=list)  # key, the file's value, the page's
+    refused: list[str] = dataclasses.field(default_factory=list)  # a line per value that does not fit, naming its key
+    readable: bool = True  # False: the file was bad (moved aside, or left where it could not be moved)
+    loaded: dict[str, Any] = dataclasses.field(default_factory=dict)  # the file as read
+
+
+_save_lock = threading.Lock()  # one Apply at a time: the second reads what the first wrote, and keeps it
+
+
+def _from_page(x: Any, value: Any) -> Any:
+    """The page's value as the file holds it: a radio or dropdown of type="index" passes an index, not the choice."""
+    if getattr(x, "type", None) != "index" or not isinstance(x, gr.Radio | gr.Dropdown):
+        return value
+    choices = options.choice_values(x.choices)
+
+    def choice(i: Any) -> Any:
+        return choices[i] if isinstance(i, int) and not isinstance(i, bool) and 0 <= i < len(choices) else i
+
+    return [choice(i) for i in value] if isinstance(value, list) else choice(value)
+
+
+def _differs(x: Any, old: Any, new: Any) -> bool:
+    if old is None:  # a key the file lacks (or holds as null): an empty box is no change, as in A1111
+        return new not in (None, "", [])
+    if isinstance(x, gr.Textbox) and _real(old):  # a number for a textbox shows as its text
+        old = str(old)
+    return not (old == new and isinstance(old, bool) == isinstance(new, bool))  # 1 is no checked box
+
+
+def review(tracked: Mapping[str, Any], values: Sequence[Any]) -> Review:
+    """The tracked keys whose page value (`values`, in `tracked`'s order) differs from the file's. The file is read
+    as at start: a bad one is moved aside, so every value differs from it."""
+    loaded, readable = _read(filename())
+    found = Review(readable=readable, loaded=loaded)
+    for (key, x), value in zip(tracked.items(), values, strict=True):
+        new = _from_page(x, value)
+        if not _differs(x, loaded.get(key), new):
+            continue
+        reason = _unfit(x, new) or ("" if _jsonable(new) else "is not JSON")
+        if reason:
+            found.refused.append(f'"{key}": {new!r} {reason}')
+        else:
+            found.changes.append((key, loaded.get(key), new))
+    return found
+
+
+def save(tracked: Mapping[str, Any], values: Sequence[Any]) -> Review:
+    """Write the fitting changes into the file, keeping its other keys; only `tracked` keys are written."""
+    if getattr(shared.cmd_opts, "freeze_settings", False):
+        raise Refused("Settings are frozen on this server (--freeze-settings): the defaults were not saved.")
+    path = filename()
+    with _save_lock:
+        found = review(tracked, values)
+        if not found.readable and os.path.lexists(path):  # as at start: a bad file is its owner's to fix
+            raise Refused(f"{os.path.basename(path)} cannot be read and could not be moved aside: nothing was "
+                          "saved (the server's log says why).")
+        if found.changes:
+            out = dict(found.loaded)
+            out.update({key: new for key, _, new in found.changes})
+            try:
+                os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+                atomic_files.atomic_write_text(path, json.dumps(out, indent=4, ensure_ascii=False))
+            except OSError as e:
+                raise Refused(f"Could not write {os.path.basename(path)}: {e.strerror or e}") from e
+    return found

@@ -191,6 +191,13 @@ def wait_for_saved(config: Path, key: str, value: object, timeout: float = 30.0)
     raise AssertionError(f"config.json did not get {key}={value!r}: {config.read_text() if config.exists() else None}")
 
 
+def open_settings_section(pg, label: str) -> None:
+    """Settings has more sections than fit in a row: the last ones are in gradio's overflow menu (⋯)."""
+    pg.click("#tab_settings-button")
+    pg.locator("#settings .overflow-menu > button").click()
+    pg.locator("#settings .overflow-dropdown button", has_text=label).click()
+
+
 def fill_prompt(pg, tab: str, text: str) -> None:
     """Type a prompt, as a person does, again if a late send-to or paste put the old one back."""
     box = pg.locator(f"#{tab}_prompt textarea")

@@ -7,14 +7,7 @@ from __future__ import annotations
 import json
 import re
 
-from .helpers import fill_prompt, gallery_png, press_generate, small_run
-
-
-def open_settings_section(page, label: str) -> None:
-    """Settings has more sections than fit in a row: the last ones are in gradio's overflow menu (⋯)."""
-    page.click("#tab_settings-button")
-    page.locator("#settings .overflow-menu > button").click()
-    page.locator("#settings .overflow-dropdown button", has_text=label).click()
+from .helpers import fill_prompt, gallery_png, open_settings_section, press_generate, small_run
 
 
 def _press_and_read(page, button: str, expected: str) -> str:
