@@ -174,7 +174,8 @@ def with_png_info(fields: dict[str, Any], text: str | None, png: PngInfo, name: 
         except ValueError as e:
             notes.append(f"{name}: {prop} {str(raw)[:40]!r} from PNG info not used ({e}).")
             continue
-        out[key] = value
+        # a picture's model joins the page's override settings (A1111 sets that one key of p.override_settings)
+        out[key] = {**(out.get(key) or {}), **value} if key == "override_settings" else value
     return out, notes
 
 

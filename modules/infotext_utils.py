@@ -546,9 +546,11 @@ def _setting_mapping() -> list[tuple[str, str]]:
 
 
 def _cast_setting(setting_name: str, value: Any) -> Any:
+    # A value that does not cast ("Clip skip: abc") stays as written: it differs from the setting, so the paste
+    # lists it, and the check of the job's override_settings refuses it by name instead of the paste failing.
     try:
         return shared.opts.cast_value(setting_name, value)
-    except AttributeError:
+    except (AttributeError, ValueError):
         return value
 
 

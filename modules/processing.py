@@ -412,6 +412,14 @@ def fix_seed(p: StableDiffusionProcessing) -> None:
 get_fixed_seed = rng.get_fixed_seed
 
 
+def _ensd(p: StableDiffusionProcessing) -> int | None:
+    """A1111 writes ENSD only when it is set and the sampler's noise uses it (ancestral samplers)."""
+    from modules import sd_samplers_common
+
+    ensd = int(_opt("eta_noise_seed_delta", 0) or 0)
+    return ensd if ensd and sd_samplers_common.is_sampler_using_eta_noise_seed_delta(p) else None
+
+
 def create_infotext(p: StableDiffusionProcessing, all_prompts, all_seeds, all_subseeds, comments=None,
                     iteration: int = 0, position_in_batch: int = 0, all_negative_prompts=None) -> str:
     index = position_in_batch + iteration * p.batch_size
@@ -441,6 +449,7 @@ def create_infotext(p: StableDiffusionProcessing, all_prompts, all_seeds, all_su
         if p.seed_resize_from_w > 0 and p.seed_resize_from_h > 0 else None,
         "Denoising strength": p.denoising_strength if p.kind == "img2img" else None,
         "Clip skip": p.clip_skip if p.clip_skip > 1 else None,
+        "ENSD": _ensd(p),
         **fp8_storage.infotext_values(model),
         "Token merging ratio": token_merging.ratio_for(p) or None,
         "Token merging ratio hr": (token_merging.ratio_for(p, hires=True) or None) if _hires(p) else None,

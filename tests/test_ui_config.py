@@ -63,6 +63,7 @@ def test_the_first_build_records_every_default_in_build_order(config):
     assert saved["customscript/xyz_grid.py/txt2img/Draw legend/value"] is True  # a script's control
     assert saved["txt2img/🎲️/visible"] is True  # a labelless button: keyed by its text
     assert not [k for k in saved if k.startswith(("settings/", "extensions/"))]
+    assert not [k for k in saved if "/Override settings/" in k]  # filled per paste (do_not_save_to_config)
     keys = list(saved)
     assert keys[0].startswith("txt2img/") and keys.index("txt2img/Width/value") < keys.index("img2img/Prompt/value")
     assert '\n    "txt2img/Sampling steps/value": 20,' in text  # indent 4, as A1111 writes it

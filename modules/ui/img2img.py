@@ -11,7 +11,18 @@ import gradio as gr
 from PIL import Image
 
 from modules import batch_folders, img2img_batch, processing, scripts, shared
-from modules.ui import common, extra_networks, generation, masks, params, results, scripts_ui, toprow, uploads
+from modules.ui import (
+    common,
+    extra_networks,
+    generation,
+    masks,
+    override_settings,
+    params,
+    results,
+    scripts_ui,
+    toprow,
+    uploads,
+)
 
 MODES = ("img2img", "sketch", "inpaint", "inpaint_upload", "batch")
 RESIZE_MODES = ["Just resize", "Crop and resize", "Resize and fill"]
@@ -58,6 +69,7 @@ class Img2ImgTab:
     batch_use_png_info: gr.Checkbox | None = None
     batch_png_info_props: gr.CheckboxGroup | None = None
     batch_png_info_dir: gr.Textbox | None = None
+    override_settings: gr.Dropdown | None = None  # filled by pastes (modules.ui.sendto)
 
 
 def _editor(elem_id: str, label: str, brush: gr.Brush) -> gr.ImageEditor:
@@ -153,6 +165,7 @@ def build() -> Img2ImgTab:
                 denoising = gr.Slider(label="Denoising strength", minimum=0.0, maximum=1.0, step=0.01, value=0.75,
                                       elem_id="img2img_denoising_strength")
                 seeds = params.seed_controls("img2img")
+                overrides = override_settings.build("img2img")
                 tiling = params.tiling_checkbox("img2img")
                 restore_faces = gr.Checkbox(label="Restore faces", elem_id="img2img_restore_faces",
                                             value=bool(shared.opts.data.get("face_restoration", False)))
@@ -165,12 +178,12 @@ def build() -> Img2ImgTab:
                      batch_output, batch_mask, resize_mode, resize_by, scale_by, sampler, size, batch, denoising,
                      seeds, tiling, refiner, mask_blur, mask_mode, inpainting_fill, inpaint_full_res,
                      inpaint_padding, inpaint_controls, panel, restore_faces, batch_source, batch_files,
-                     use_png_info, png_info_props, png_info_dir)
+                     use_png_info, png_info_props, png_info_dir, overrides)
     toprow.wire(top, sampler.steps)
     params.wire_reuse_seed(seeds, panel.generation_info, panel.selected_index)
     detect.click(detect_size, inputs=[mode, init_img, sketch, inpaint, inpaint_base],
                  outputs=[size.width, size.height], show_progress="hidden")
-    generation.wire_buttons(top, panel, generate, inputs(tab) + script_inputs)
+    generation.wire_buttons(top, panel, generate, [overrides] + inputs(tab) + script_inputs)
     for picture in (init_img, inpaint_base, inpaint_mask):
         # Say at once when a dropped file is not a picture, where the person is looking.
         picture.upload(upload_check, inputs=[picture], outputs=[panel.html_log], show_progress="hidden")
@@ -234,13 +247,14 @@ def _common_fields(values: list[Any]) -> dict[str, Any]:
 FIELD_COUNT = 45  # the values of inputs(); the scripts' values follow them
 
 
-def generate(request: gr.Request, *values: Any):
-    yield from generation.stream("img2img", lambda: make_work(list(values[:FIELD_COUNT]),
-                                                              list(values[FIELD_COUNT:])), request)
+def generate(request: gr.Request, overrides: list[str] | None, *values: Any):
+    yield from generation.stream("img2img", lambda: make_work(list(values[:FIELD_COUNT]), list(values[FIELD_COUNT:]),
+                                                              overrides), request)
 
 
-def make_work(values: list[Any], script_args: list[Any] | None = None):
-    """Widget values -> a function the queue runs (one request, or a loop over a batch folder)."""
+def make_work(values: list[Any], script_args: list[Any] | None = None, overrides: list[str] | None = None):
+    """Widget values -> a function the queue runs (one request, or a loop over a batch folder); `overrides`: the
+    Override settings box's entries."""
     (mode, init_img, sketch, inpaint, inpaint_base, inpaint_mask, batch_input, batch_output, batch_mask,
      resize_mode, resize_by, scale_by, mask_blur, mask_mode, inpainting_fill, inpaint_full_res, padding,
      denoising) = values[:18]
@@ -249,6 +263,7 @@ def make_work(values: list[Any], script_args: list[Any] | None = None):
     mode = int(mode or 0)
     fields = _common_fields(rest)
     fields["restore_faces"] = bool(values[39]) if len(values) > 39 else False
+    fields["override_settings"] = override_settings.checked(overrides)  # refused before any picture is read
     # the Batch sub-tab's source and PNG info options (absent: a directory batch without PNG info)
     source, files, use_png_info, png_info_props, png_info_dir = (values[40:45] + ["from dir", None, False, [], ""])[:5]
     inpaint_fields = dict(mask_blur=int(mask_blur), inpainting_mask_invert=int(mask_mode or 0),

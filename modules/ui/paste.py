@@ -16,7 +16,7 @@ import gradio as gr
 
 from modules import extra_networks, infotext_utils, paths, script_callbacks, shared
 from modules.networks import extra_network_lora
-from modules.ui import common, styles_store
+from modules.ui import common, override_settings, styles_store
 
 Field = tuple[Any, str | Callable[[dict[str, Any]], Any]]
 # params.txt holds one infotext (a few KB); a bigger file was edited or replaced by hand and is not parsed.
@@ -125,11 +125,22 @@ def last_generation() -> str:
     return text
 
 
-def from_prompt(fields: list[Field], text: str) -> list[Any]:
+def field_keys(fields: list[Field]) -> list[str]:
+    """The infotext keys the fields take: those are not offered again as override settings (A1111)."""
+    return [target for _, target in fields if isinstance(target, str)]
+
+
+def with_overrides(fields: list[Field], params: dict[str, Any]) -> list[Any]:
+    """values_for, then the tab's Override settings box (modules.ui.override_settings)."""
+    return values_for(fields, params) + [override_settings.update(params, field_keys(fields))]
+
+
+def from_prompt(fields: list[Field], text: str, overrides: bool = False) -> list[Any]:
     """The ↙️ button: values for `fields` from the infotext in the prompt box, or from params.txt when the box is
-    empty, then the message line (empty, or why nothing changed)."""
+    empty, [the Override settings box, when `overrides`,] then the message line (empty, or why nothing changed)."""
     try:
         source = text if (text or "").strip() else last_generation()
     except ValueError as e:
-        return [gr.skip()] * len(fields) + [common.error_html(str(e))]
-    return values_for(fields, parse(source)) + [""]
+        return [gr.skip()] * (len(fields) + overrides) + [common.error_html(str(e))]
+    params = parse(source)
+    return (with_overrides(fields, params) if overrides else values_for(fields, params)) + [""]

@@ -39,20 +39,22 @@ def wire(tabs: gr.Tabs, t2i: Txt2ImgTab, i2i: img2img.Img2ImgTab, png: PngInfoTa
     t2i_fields.append((t2i.restore_faces, lambda d: "Face restoration" in d))
     t2i_fields += _script_fields(scripts.scripts_txt2img)
     i2i_fields = _img2img_fields(i2i) + _script_fields(scripts.scripts_img2img)
-    # A1111's registry, so extensions can find the fields of each tab.
-    infotext_utils.add_paste_fields("txt2img", None, t2i_fields)
-    infotext_utils.add_paste_fields("img2img", i2i.init_img, i2i_fields)
-    infotext_utils.add_paste_fields("inpaint", i2i.inpaint, i2i_fields)
+    # A1111's registry, so extensions can find the fields (and the Override settings box) of each tab.
+    infotext_utils.add_paste_fields("txt2img", None, t2i_fields, t2i.override_settings)
+    infotext_utils.add_paste_fields("img2img", i2i.init_img, i2i_fields, i2i.override_settings)
+    infotext_utils.add_paste_fields("inpaint", i2i.inpaint, i2i_fields, i2i.override_settings)
 
     def to_txt2img(text: str) -> list[Any]:
         if not text:
-            return [gr.skip()] * len(t2i_fields) + [gr.skip(), gr.skip()]
-        return paste.values_for(t2i_fields, paste.parse(text)) + [gr.Tabs(selected="txt2img"),
-                                                                  extra_networks.show_generation("txt2img")]
+            return [gr.skip()] * (len(t2i_fields) + 3)
+        return paste.with_overrides(t2i_fields, paste.parse(text)) + [gr.Tabs(selected="txt2img"),
+                                                                      extra_networks.show_generation("txt2img")]
 
     def to_img2img_with(mode: str):
         def send(image: str | None, text: str) -> list[Any]:
-            values = paste.values_for(i2i_fields, paste.parse(text)) if text else [gr.skip()] * len(i2i_fields)
+            # no text (a picture alone): the fields and the box keep what they have
+            values = paste.with_overrides(i2i_fields, paste.parse(text)) if text else \
+                [gr.skip()] * (len(i2i_fields) + 1)
             if image is None:
                 picture = gr.skip()
             elif mode == "inpaint":
@@ -66,12 +68,14 @@ def wire(tabs: gr.Tabs, t2i: Txt2ImgTab, i2i: img2img.Img2ImgTab, png: PngInfoTa
         return send
 
     # ↙️ in each tab's top row: the same fields as "send to", from the tab's own prompt box (or params.txt).
-    for top, fields in ((t2i.toprow, t2i_fields), (i2i.toprow, i2i_fields)):
-        top.paste.click(lambda text, fields=fields: paste.from_prompt(fields, text), inputs=[top.prompt],
-                        outputs=[c for c, _ in fields] + [top.paste_result], show_progress="hidden")
+    for top, fields, box in ((t2i.toprow, t2i_fields, t2i.override_settings),
+                             (i2i.toprow, i2i_fields, i2i.override_settings)):
+        top.paste.click(lambda text, fields=fields: paste.from_prompt(fields, text, overrides=True),
+                        inputs=[top.prompt], outputs=[c for c, _ in fields] + [box, top.paste_result],
+                        show_progress="hidden")
 
-    t2i_outputs = [c for c, _ in t2i_fields] + [tabs, extra_networks.built_tabs["txt2img"]]
-    i2i_outputs = [c for c, _ in i2i_fields]
+    t2i_outputs = [c for c, _ in t2i_fields] + [t2i.override_settings, tabs, extra_networks.built_tabs["txt2img"]]
+    i2i_outputs = [c for c, _ in i2i_fields] + [i2i.override_settings]
 
     def outputs_for(mode: str) -> list[Any]:
         picture = i2i.inpaint if mode == "inpaint" else i2i.init_img

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from modules import processing, scripts, shared
-from modules.ui import extra_networks, generation, hires_fix, params, results, scripts_ui, toprow
+from modules.ui import extra_networks, generation, hires_fix, override_settings, params, results, scripts_ui, toprow
 
 
 @dataclass
@@ -22,6 +22,7 @@ class Txt2ImgTab:
     results: results.Results
     restore_faces: gr.Checkbox | None = None  # A1111's txt2img_restore_faces; its paste key is "Face restoration"
     hires: hires_fix.HiresControls | None = None
+    override_settings: gr.Dropdown | None = None  # filled by pastes (modules.ui.sendto)
 
 
 def build() -> Txt2ImgTab:
@@ -33,6 +34,7 @@ def build() -> Txt2ImgTab:
                 size = params.size_controls("txt2img")
                 batch = params.batch_controls("txt2img")
                 seeds = params.seed_controls("txt2img")
+                overrides = override_settings.build("txt2img")
                 hr = hires_fix.build("txt2img")
                 tiling = params.tiling_checkbox("txt2img")
                 restore_faces = gr.Checkbox(label="Restore faces", elem_id="txt2img_restore_faces",
@@ -42,15 +44,18 @@ def build() -> Txt2ImgTab:
             with gr.Column(scale=1):
                 panel = results.build("txt2img")
                 upscale = hires_fix.upscale_button("txt2img")
-    tab = Txt2ImgTab(top, sampler, size, batch, seeds, tiling, refiner, panel, restore_faces)
+    tab = Txt2ImgTab(top, sampler, size, batch, seeds, tiling, refiner, panel, restore_faces,
+                     override_settings=overrides)
     toprow.wire(top, sampler.steps)
     params.wire_reuse_seed(seeds, panel.generation_info, panel.selected_index)
     inputs = [top.prompt, top.negative_prompt, top.styles, sampler.steps, sampler.sampler, sampler.scheduler,
               size.width, size.height, batch.batch_count, batch.batch_size, batch.cfg_scale, seeds.seed, seeds.extra,
               seeds.subseed, seeds.subseed_strength, seeds.seed_resize_from_w, seeds.seed_resize_from_h, tiling,
               refiner.enabled, refiner.checkpoint, refiner.switch_at, restore_faces]
-    generation.wire_buttons(top, panel, generate, inputs + script_inputs + hr.inputs)
-    hires_fix.wire_upscale_button(upscale, panel, upscale_picture, inputs + script_inputs + hr.inputs)
+    # the box goes first: the hires values are read from the end and the scripts' from FIELD_COUNT on
+    generation.wire_buttons(top, panel, generate, [overrides] + inputs + script_inputs + hr.inputs)
+    hires_fix.wire_upscale_button(upscale, panel, upscale_picture,
+                                  [overrides] + inputs + script_inputs + hr.inputs)
     tab.hires = hr
     return tab
 
@@ -81,27 +86,29 @@ def make_request(prompt: str, negative_prompt: str, styles: list[str] | None, st
 FIELD_COUNT = 22  # the values make_request takes; the scripts' values follow them
 
 
-def generate(request: gr.Request, *values):
+def _request(overrides: list[str] | None, values: tuple) -> processing.StableDiffusionProcessingTxt2Img:
+    try:
+        p = make_request(*values[:FIELD_COUNT])
+    except (TypeError, ValueError) as e:  # a widget left empty or holding text where a number belongs
+        raise ValueError(f"Check the parameters: {e}") from e
+    p.override_settings.update(override_settings.checked(overrides))
+    scripts_ui.attach(p, scripts.scripts_txt2img, list(values[FIELD_COUNT:-len(hires_fix.FIELDS)]))
+    return p
+
+
+def generate(request: gr.Request, overrides: list[str] | None, *values):
     def make_work():
-        try:
-            p = make_request(*values[:FIELD_COUNT])
-        except (TypeError, ValueError) as e:  # a widget left empty or holding text where a number belongs
-            raise ValueError(f"Check the parameters: {e}") from e
-        scripts_ui.attach(p, scripts.scripts_txt2img, list(values[FIELD_COUNT:-len(hires_fix.FIELDS)]))
+        p = _request(overrides, values)
         hires_fix.apply(p, values[-len(hires_fix.FIELDS):])
         return lambda: scripts.process_request(p)
 
     yield from generation.stream("txt2img", make_work, request)
 
 
-def upscale_picture(request: gr.Request, picture: str | None, infotext: str, *values):
+def upscale_picture(request: gr.Request, picture: str | None, infotext: str, overrides: list[str] | None, *values):
     """The ✨ button: the hires pass alone on the selected picture, with the current settings."""
     def make_work():
-        try:
-            p = make_request(*values[:FIELD_COUNT])
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"Check the parameters: {e}") from e
-        scripts_ui.attach(p, scripts.scripts_txt2img, list(values[FIELD_COUNT:-len(hires_fix.FIELDS)]))
+        p = _request(overrides, values)
         hires_fix.apply(p, values[-len(hires_fix.FIELDS):], force=True)
         hires_fix.for_finished_picture(p, picture, infotext)
         return lambda: scripts.process_request(p)

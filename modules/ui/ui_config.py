@@ -147,6 +147,8 @@ class _Walker:
             for child in children:
                 self.block(child, path)
             return
+        if getattr(block, "do_not_save_to_config", False):  # A1111's opt-out (Override settings: per paste)
+            return
         label = getattr(block, "label", None)
         if not label and isinstance(block, gr.Button) and isinstance(block.value, str):
             label = block.value  # A1111 keys a labelless button by its text
