@@ -90,6 +90,9 @@
     // The 🗑️ button's event (modules/ui/toprow.py), under A1111's global name: empties both prompts if confirmed.
     window.confirm_clear_prompt = (prompt, negative) => (
         window.confirm("Delete prompt?") ? ["", ""] : [prompt, negative]);
+    // The styles editor's Delete (modules/ui/toprow.py): no name (null) when the question is cancelled.
+    window.confirm_delete_style = (name) => (
+        !name || !name.trim() || window.confirm(`Delete style ${name.trim()}?`) ? [name] : [null]);
 
     // Hover hints for the icon buttons.
     const hints = window.studioHints || {};

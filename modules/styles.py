@@ -202,13 +202,14 @@ class StyleDatabase:
     def apply_negative_styles_to_prompt(self, prompt: str, styles: Iterable[str]) -> str:
         return apply_styles_to_prompt(prompt, self.get_negative_style_prompts(styles))
 
-    def save_styles(self, path: str | None = None) -> None:
-        """Write each file's styles back. `path` is ignored (kept for A1111 callers).
+    def save_styles(self, path: str | None = None, also: Iterable[str] = ()) -> None:
+        """Write each file's styles back, and the files in `also` (e.g. one whose last style was deleted). `path`
+        is ignored (kept for A1111 callers).
 
         Each file is written to a temporary name and renamed over the old one, so a crash never leaves a
         half-written file; the previous version is kept as `<file>.bak`.
         """
-        for style_path in self.get_style_paths():
+        for style_path in self.get_style_paths() | set(also):
             rows = [
                 {field: escape_cell(getattr(style, field) or "") for field in self.prompt_fields}
                 for style in self.styles.values()

@@ -21,6 +21,7 @@ from modules.ui import (
     settings,
     settings_defaults,
     styles_store,
+    toprow,
     txt2img,
     ui_config,
 )
@@ -63,6 +64,7 @@ def _page(first_load: call_queue.Job | None, ext_tabs: list) -> gr.Blocks:
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 page = settings.build()
         tracked = ui_config.apply(tabs)  # ui-config.json's defaults, before the page's config is made
+        toprow.link_style_lists([t2i.toprow, i2i.toprow])
         sendto.wire(tabs, t2i, i2i, png, image_only_panels=(ext.results, dep.results))
         sendto.wire_extras(tabs, ext, [t2i.results, i2i.results, dep.results], png)
         depth.wire_send(dep, tabs, i2i)

@@ -19,6 +19,7 @@ DETECT_SIZE = "\U0001f4d0"  # 📐
 PASTE = "\u2199\ufe0f"  # ↙️
 CLEAR_PROMPT = "\U0001f5d1\ufe0f"  # 🗑️
 APPLY_STYLES = "\U0001f4cb"  # 📋
+EDIT_STYLES = "\U0001f58c\ufe0f"  # 🖌️
 
 
 # elem_id -> hover text; javascript/ui.js puts them into `title` attributes (gradio buttons have no tooltip).
