@@ -3,7 +3,8 @@ Apply and restart UI (updates the extensions whose "update" box is ticked, saves
 `disable_all_extensions`, then restarts the server in place after the jobs already queued, so the change loads;
 the page reloads when the server is back), Check for updates (git fetch and compare; an extension behind its
 remote gets a ticked "update" box), Available (the extension index, loaded only when the person asks:
-modules/extension_index.py) and Install from URL (git clone into extensions/<name>).
+modules/extension_index.py), Install from URL (git clone into extensions/<name>) and Backup/Restore (config
+states: modules/config_states.py).
 
 Changing anything is refused on a server other machines can reach, unless --enable-insecure-extension-access
 (modules/extension_manager.py says why); the list stays visible.
@@ -18,7 +19,7 @@ from typing import Any
 
 import gradio as gr
 
-from modules import extension_index, extension_manager, extensions, restart, shared
+from modules import config_states, extension_index, extension_manager, extensions, restart, shared
 from modules.ui import common
 from modules.ui.page_load import PageLoad
 
@@ -122,10 +123,14 @@ def apply(enabled_json: str, disable_all: str, update_json: str = "[]") -> tuple
         enabled, update = _names(enabled_json), _names(update_json)
     except ValueError as e:
         return common.error_html(f"Could not read the checkboxes: {e}"), table_html()
+    backup = None
     try:
-        message = extension_manager.save_disabled(enabled, disable_all)  # first: it checks access and the choice
+        backup = config_states.save("Backup (pre-apply)")  # first: it checks access; removed when nothing changed
+        message = extension_manager.save_disabled(enabled, disable_all)
         results = extension_manager.update_extensions(update)
     except (extension_manager.ExtensionError, ValueError, OSError) as e:  # SettingValueError is a ValueError
+        if backup:
+            config_states.remove(backup)
         return common.error_html(str(e)), table_html()
     lines = []
     for result in results:
@@ -136,10 +141,54 @@ def apply(enabled_json: str, disable_all: str, update_json: str = "[]") -> tuple
     updated = any(r.status == "updated" for r in results)
     if updated and extension_manager.CHANGED_MESSAGE not in message:
         message = extension_manager.CHANGED_MESSAGE  # the new versions load at the next start
-    if extension_manager.CHANGED_MESSAGE in message and restart.is_restartable():
+    if extension_manager.CHANGED_MESSAGE not in message:
+        config_states.remove(backup)
+    elif restart.is_restartable():
         restart.request_restart()  # after the jobs already waiting; the page reloads when the server is back
         message = RESTARTING
     return "".join(lines) + common.notice_html(message), table_html()
+
+
+def state_choices() -> Any:
+    choices = config_states.list_states()
+    return gr.update(choices=choices, value=choices[0][1] if choices else None)
+
+
+def save_state(name: str) -> tuple[str, Any, str]:
+    """"Save current config": (result, the state list with the new one chosen, its preview)."""
+    try:
+        filename = config_states.save(name)
+    except (extension_manager.ExtensionError, OSError) as e:
+        return common.error_html(f"Could not save the config state: {e}"), gr.skip(), gr.skip()
+    return (common.notice_html(f"Saved config state {filename}."), gr.update(choices=config_states.list_states(),
+            value=filename), config_states.preview_html(filename))
+
+
+def restore_state(filename: str | None, restore_type: str) -> tuple[str, str, Any]:
+    """"Restore selected config state": back up the state now, restore the chosen one's extensions, restart when
+    something changed; (result, installed table, state list)."""
+    if restore_type != "extensions":
+        return common.error_html("Only extensions can be restored here."), gr.skip(), gr.skip()
+    if not filename:
+        return common.error_html("Choose a config state first."), gr.skip(), gr.skip()
+    try:
+        extension_manager.check_access()
+        config_states.load(filename)  # a file that is not a state is refused before anything is done
+        backup = config_states.save("Backup (pre-restore)")
+        report = config_states.restore(filename)
+    except (extension_manager.ExtensionError, config_states.StateError, ValueError, OSError) as e:
+        return common.error_html(f"Not restored: {e}"), table_html(), gr.skip()
+    lines = [common.notice_html(line) for line in report.restored]
+    lines += [common.error_html(line) for line in report.problems]
+    if not report.changed:
+        config_states.remove(backup)
+        message = "Nothing changed."
+    elif restart.is_restartable():
+        restart.request_restart()
+        message = RESTARTING
+    else:
+        message = extension_manager.CHANGED_MESSAGE
+    return "".join(lines) + common.notice_html(message), table_html(), gr.update(choices=config_states.list_states())
 
 
 def check_for_updates() -> Iterator[tuple[str, str]]:
@@ -262,7 +311,30 @@ def build(loads: PageLoad) -> None:
                 install_button = gr.Button("Install", variant="primary", elem_id="extensions_install_button",
                                            interactive=allowed)
                 install_result = gr.HTML("", elem_id="extension_install_result")
+            with gr.Tab("Backup/Restore", id="extensions_backup", elem_id="extensions_backup_tab"):
+                gr.HTML(common.notice_html(config_states.RESTORE_NOTE), elem_id="extensions_config_note")
+                with gr.Row():
+                    state_list = gr.Dropdown(label="Saved config states", choices=[],
+                                             elem_id="extensions_config_state", interactive=True)
+                    restore_type = gr.Radio(label="Restore type", choices=["extensions"], value="extensions",
+                                            elem_id="extensions_config_restore_type", interactive=allowed)
+                restore_button = gr.Button("Restore selected config state", variant="stop",
+                                           elem_id="extensions_config_restore", interactive=allowed)
+                with gr.Row():
+                    state_name = gr.Textbox(label="Config name", placeholder="Name the current config",
+                                            elem_id="extensions_config_name", interactive=allowed)
+                    save_button = gr.Button("Save current config", elem_id="extensions_config_save",
+                                            interactive=allowed, scale=0)
+                state_result = gr.HTML("", elem_id="extensions_config_result")
+                state_preview = gr.HTML("", elem_id="extensions_config_preview")
     loads.add(lambda: (errors_html(), disable_all_value(), table_html()), [errors, disable_all, table])
+    loads.add(state_choices, [state_list])
+    state_list.change(config_states.preview_html, inputs=[state_list], outputs=[state_preview],
+                      show_progress="hidden")
+    save_button.click(save_state, inputs=[state_name], outputs=[state_result, state_list, state_preview],
+                      show_progress="hidden")
+    restore_button.click(restore_state, inputs=[state_list, restore_type], outputs=[state_result, table, state_list],
+                         show_progress="hidden").then(None, inputs=[state_result], js=RELOAD_WHEN_BACK_JS)
     apply_button.click(apply, inputs=[enabled_json, disable_all, update_json], outputs=[result, table],
                        js=COLLECT_ENABLED_JS, show_progress="hidden").then(None, inputs=[result], js=RELOAD_WHEN_BACK_JS)
     filters = [hide_tags, order, search]
