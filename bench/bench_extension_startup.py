@@ -6,9 +6,9 @@ parallel anyway), so the figure is the extensions' own cost on top of building t
 
     python bench/bench_extension_startup.py --extensions 20      # one start; prints seconds to the first page
 
-Compare with farm-bench, which runs each several times and pairs them:
-    farm-bench -n 5 --timeout 900 -- python3 bench/bench_extension_startup.py --extensions 20 \\
-        --vs 'python3 bench/bench_extension_startup.py --extensions 0'
+Compare against no extensions in alternating pairs (start-up times drift with the machine's load):
+    for i in 1 2 3 4; do python3 bench/bench_extension_startup.py --extensions 0
+                         python3 bench/bench_extension_startup.py --extensions 20; done
 """
 
 from __future__ import annotations
