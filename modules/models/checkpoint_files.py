@@ -437,7 +437,7 @@ def check_pickle_file(path: str) -> bool:
     return False
 
 
-_TORCH_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+TORCH_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
                  "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
                  "BOOL": torch.bool}
 
@@ -451,7 +451,7 @@ def read_state_dict_shapes(path: str) -> dict[str, torch.Tensor] | None:
         return None
     header = validate_safetensors_header(path)
     return {
-        name: torch.empty(entry["shape"], dtype=_TORCH_DTYPES.get(entry["dtype"], torch.float32), device="meta")
+        name: torch.empty(entry["shape"], dtype=TORCH_DTYPES.get(entry["dtype"], torch.float32), device="meta")
         for name, entry in header.items()
         if name != "__metadata__"
     }

@@ -24,6 +24,7 @@ from modules import atomic_files, filename_patterns, hashes, paths
 from modules.models import detection, ldm_export, registry, vae_registry
 from modules.models.checkpoint_files import (
     SAFETENSORS_EXTENSIONS,
+    TORCH_DTYPES,
     ModelFileError,
     ModelFileMissingError,
     read_pickle,
@@ -40,9 +41,7 @@ CONFIG_SOURCES = ("A, B or C", "B", "C", "Don't")
 NO_VAE = "None"
 UNET_INPUT = detection.UNET_PREFIX + "input_blocks.0.0.weight"
 _VAE_DIFFUSERS_KEY = "encoder.down_blocks.0.resnets.0.conv1.weight"
-_ST_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-              torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-              torch.bool: "BOOL"}
+_ST_DTYPES = {dtype: name for name, dtype in TORCH_DTYPES.items()}  # for writing a header
 
 Progress = Callable[[str, int, int], None]  # (what, done, total)
 
