@@ -154,12 +154,5 @@ def run(primary: str | None, secondary: str | None, tertiary: str | None, interp
     except merge.MergeError as e:
         yield common.error_html(f"Merge refused: {e}")
         return
-    yield tasks.progress_html({"queued": True}, None)
-    session = getattr(request, "session_hash", None)
-    for update in tasks.run("modelmerger", lambda: job(req), session, getattr(request, "username", None)):
-        if not update.finished:
-            yield update.progress_html
-        elif update.error is not None:
-            yield common.error_html(f"Merge failed: {update.error}")
-        else:
-            yield done_html(update.result)
+    yield from tasks.stream_html("modelmerger", lambda: job(req), request, done_html,
+                                 lambda error: common.error_html(f"Merge failed: {error}"))

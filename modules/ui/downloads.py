@@ -112,12 +112,5 @@ def run(url: str, repo_id: str, repo_file: str, kind: str, upscaler: str, sha256
     except DownloadRefused as e:
         yield common.error_html(f"Download refused: {e}")
         return
-    yield tasks.progress_html({"queued": True}, None)
-    session = getattr(request, "session_hash", None)
-    for update in tasks.run("download", lambda: job(req), session, getattr(request, "username", None)):
-        if not update.finished:
-            yield update.progress_html
-        elif update.error is not None:
-            yield common.error_html(f"Download refused or failed: {update.error}")
-        else:
-            yield done_html(update.result)
+    yield from tasks.stream_html("download", lambda: job(req), request, done_html,
+                                 lambda error: common.error_html(f"Download refused or failed: {error}"))

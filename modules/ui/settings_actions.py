@@ -48,13 +48,7 @@ def _hash_all() -> str:
 
 def _streamed(kind: str, fn: Callable[[], str]) -> Callable[..., Iterator[str]]:
     def run(request: gr.Request) -> Iterator[str]:
-        for update in tasks.run(kind, fn, getattr(request, "session_hash", None), getattr(request, "username", None)):
-            if not update.finished:
-                yield update.progress_html
-            elif update.error is not None:
-                yield common.error_html(update.error)
-            else:
-                yield common.notice_html(update.result)
+        yield from tasks.stream_html(kind, fn, request, common.notice_html, common.error_html)
     return run
 
 

@@ -74,6 +74,20 @@ def run(kind: str, fn: Callable[[], Any], session: str | None, user: str | None 
             job.cancel()
 
 
+def stream_html(kind: str, fn: Callable[[], Any], request: Any, done: Callable[[Any], str],
+                failed: Callable[[str], str]) -> Iterator[str]:
+    """A button's job as one HTML line that follows it: queued, progress, then `done(result)` or
+    `failed(message)`. For jobs whose result is a message (a download, a merge, a settings action)."""
+    yield progress_html({"queued": True}, None)
+    for update in run(kind, fn, getattr(request, "session_hash", None), getattr(request, "username", None)):
+        if not update.finished:
+            yield update.progress_html
+        elif update.error is not None:
+            yield failed(update.error)
+        else:
+            yield done(update.result)
+
+
 def refresh_seconds() -> float:
     """How often the page's bar and preview update: the "Progressbar and preview update period" setting. Each
     update costs the page a pass over all its components, so the default (1 s, as in A1111) keeps a slow machine's
